@@ -1,0 +1,20 @@
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    initial = True
+    dependencies: list[tuple[str, str]] = []
+
+    operations = [
+        migrations.CreateModel(
+            name="Customer",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False,
+                                           verbose_name="ID")),
+                ("email", models.EmailField(max_length=254, unique=True)),
+                ("last_login", models.DateTimeField(null=True)),
+                ("status", models.CharField(max_length=10, null=True)),
+                ("visits", models.IntegerField(default=0)),
+            ],
+        ),
+    ]

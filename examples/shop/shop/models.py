@@ -1,0 +1,13 @@
+from django.db import models
+
+
+class Customer(models.Model):
+    email = models.EmailField(unique=True)
+    last_login = models.DateTimeField(null=True)
+    #: null until the data migration has classified the customer
+    status = models.CharField(max_length=10, null=True)
+    #: bumped by the per-row example; shows every row was changed exactly once
+    visits = models.IntegerField(default=0)
+
+    def __str__(self) -> str:
+        return self.email

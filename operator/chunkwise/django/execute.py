@@ -1,0 +1,133 @@
+"""Run one BatchedRunPython operation: the glue between Django and the engine.
+
+Used by ``migrate`` (through the operation) and by ``manage.py chunkwise_run``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING, TextIO
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+from django.db.migrations.state import StateApps
+
+from chunkwise.engine import (
+    AnotherRunnerActive,
+    BatchRunner,
+    Outcome,
+    Reporter,
+    RetriesExhausted,
+    RunSettings,
+)
+
+from .batches import DjangoBatchTarget, DjangoCheckpointStore
+from .config import resolve_settings
+from .models import Checkpoint
+from .progress import ProgressBar
+from .refs import OperationRef
+
+if TYPE_CHECKING:
+    from .operations import BatchedRunPython
+
+__all__ = ["execute", "stop_on_signals"]
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event, stream: TextIO) -> Iterator[None]:
+    """SIGTERM/SIGINT: finish the current batch, commit, stop. A second SIGINT aborts at
+    once (the open batch rolls back; the checkpoint still holds)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        stream.write(f"\n{signal.Signals(signum).name}: finishing the current batch, "
+                     "then stopping (Ctrl-C again to abort it)\n")
+        stream.flush()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def execute(
+    operation: BatchedRunPython,
+    ref: OperationRef,
+    apps: StateApps,
+    schema_editor: BaseDatabaseSchemaEditor,
+    *,
+    settings: RunSettings | None = None,
+    env: Mapping[str, str] | None = None,
+    reporter: Reporter | None = None,
+    stream: TextIO | None = None,
+    stop: threading.Event | None = None,
+) -> Outcome:
+    connection = schema_editor.connection
+    stream = stream or sys.stderr
+    if connection.in_atomic_block:
+        raise ImproperlyConfigured(
+            f"{ref}: BatchedRunPython commits batch by batch, so its migration needs "
+            "`atomic = False` (it is running inside a transaction)"
+        )
+    model = apps.get_model(operation.model)
+    if operation.key == "pk":
+        key_field = model._meta.pk
+    else:
+        key_field = model._meta.get_field(operation.key)
+    if not (key_field.primary_key or key_field.unique):
+        raise ImproperlyConfigured(
+            f"BatchedRunPython key: {operation.model}.{operation.key} must be the primary key or "
+            "a unique field (keyset batching needs one row per key)"
+        )
+    forward_direction = ref.direction == "forward"
+    todo_q = operation.todo if forward_direction else operation.reverse_todo
+    rows = model._base_manager.db_manager(connection.alias).all()
+    todo = rows.filter(todo_q) if todo_q is not None else rows
+    if forward_direction and operation.forward is None:
+        target = DjangoBatchTarget(connection.alias, todo, key_field,
+                                   transform=operation.transform, fields=operation.fields)
+    else:
+        code = operation.forward if forward_direction else operation.reverse
+        if code is None:
+            raise ImproperlyConfigured(f"{ref}: the operation has no reverse= code")
+        target = DjangoBatchTarget(connection.alias, todo, key_field,
+                                   forward=lambda batch: code(apps, schema_editor, batch))
+    base = settings or operation.base_settings()
+    run_settings = resolve_settings(base, os.environ if env is None else env)
+    if connection.vendor != "postgresql":
+        stream.write(f"{ref}: note: {connection.vendor} has no lock_timeout or "
+                     "statement_timeout; those settings do not apply here\n")
+    store = DjangoCheckpointStore(ref, connection.alias, todo, key_field)
+    stop = stop or threading.Event()
+    runner = BatchRunner(target, store, run_settings, reporter or ProgressBar(str(ref), stream),
+                         stop)
+    with stop_on_signals(stop, stream):
+        try:
+            outcome = runner.run()
+        except (AnotherRunnerActive, RetriesExhausted) as exc:
+            outcome = Outcome(exc.exit_code, type(exc).__name__, str(exc))
+            stream.write(f"{ref}: {outcome.message}\n")
+    if outcome.exit_code == 0:
+        _forget_other_direction(ref, connection.alias)
+    return outcome
+
+
+def _forget_other_direction(ref: OperationRef, alias: str) -> None:
+    """After a complete run one way, the other way starts from scratch next time."""
+    other = "backward" if ref.direction == "forward" else "forward"
+    Checkpoint.objects.using(alias).filter(
+        app_label=ref.app_label, migration=ref.migration, operation=ref.operation, direction=other
+    ).delete()

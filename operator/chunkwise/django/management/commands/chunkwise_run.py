@@ -1,0 +1,103 @@
+"""manage.py chunkwise_run: run one BatchedRunPython operation outside ``migrate``.
+
+This is what a DataMigration's Job pod runs. Exit statuses are a contract
+(chunkwise.engine.ExitCode): 0 done, 65 halted, 69 another runner is active,
+75 interrupted by a signal after a committed batch, 64 bad usage, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.migration import Migration
+
+from chunkwise.engine import ExitCode, SettingsError
+
+from ...config import add_arguments
+from ...execute import execute
+from ...operations import BatchedRunPython
+from ...refs import OperationRef
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
+
+
+class Command(BaseCommand):
+    help = ("Run one BatchedRunPython operation in committed batches, resuming from its "
+            "checkpoint. Arguments fall back to CHUNKWISE_* environment variables.")
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("app_label", nargs="?", default=_env("CHUNKWISE_APP"),
+                            help="app of the migration [env CHUNKWISE_APP]")
+        parser.add_argument("migration_name", nargs="?", default=_env("CHUNKWISE_MIGRATION"),
+                            help="migration name or unique prefix [env CHUNKWISE_MIGRATION]")
+        parser.add_argument("--operation", type=int,
+                            default=_env("CHUNKWISE_OPERATION"),
+                            help="index of the operation in the migration; default: the only "
+                                 "BatchedRunPython in it [env CHUNKWISE_OPERATION]")
+        parser.add_argument("--direction", choices=["forward", "backward"],
+                            default=_env("CHUNKWISE_DIRECTION", "forward"),
+                            help="forward runs forward/transform, backward runs reverse "
+                                 "[env CHUNKWISE_DIRECTION]")
+        parser.add_argument("--database", default=_env("CHUNKWISE_DATABASE", DEFAULT_DB_ALIAS),
+                            help="database alias [env CHUNKWISE_DATABASE]")
+        add_arguments(parser)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        app_label, name = options["app_label"], options["migration_name"]
+        if not app_label or not name:
+            raise CommandError("app_label and migration_name are required (or set "
+                               "CHUNKWISE_APP and CHUNKWISE_MIGRATION)", returncode=ExitCode.USAGE)
+        alias = options["database"]
+        if alias not in connections:
+            raise CommandError(f"--database: no database alias {alias!r} in settings.DATABASES",
+                               returncode=ExitCode.USAGE)
+        connection = connections[alias]
+        loader = MigrationLoader(connection)
+        try:
+            migration = loader.get_migration_by_prefix(app_label, name)
+        except (KeyError, Exception) as exc:  # AmbiguityError, KeyError
+            raise CommandError(f"migration_name: {exc}", returncode=ExitCode.USAGE) from None
+        index = self._operation_index(migration, options["operation"])
+        operation = migration.operations[index]
+        assert isinstance(operation, BatchedRunPython)
+        state = loader.project_state((migration.app_label, migration.name), at_end=False)
+        for earlier in migration.operations[:index]:
+            earlier.state_forwards(migration.app_label, state)
+        ref = OperationRef(migration.app_label, migration.name, index, options["direction"])
+        flags = {k: v for k, v in options.items() if v is not None}
+        try:
+            from ...config import resolve_settings
+
+            settings = resolve_settings(operation.base_settings(), os.environ, flags)
+            with connection.schema_editor(atomic=False) as schema_editor:
+                outcome = execute(operation, ref, state.apps, schema_editor, settings=settings,
+                                  env={}, stream=sys.stderr)
+        except SettingsError as exc:
+            raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
+        sys.exit(int(outcome.exit_code))
+
+    def _operation_index(self, migration: Migration, wanted: Any) -> int:
+        batched = [i for i, op in enumerate(migration.operations)
+                   if isinstance(op, BatchedRunPython)]
+        if wanted is None or wanted == "":
+            if len(batched) != 1:
+                raise CommandError(
+                    f"--operation: {migration.app_label}.{migration.name} has {len(batched)} "
+                    f"BatchedRunPython operations (at {batched}); name one by index",
+                    returncode=ExitCode.USAGE)
+            return batched[0]
+        index = int(wanted)
+        if index not in batched:
+            raise CommandError(
+                f"--operation: expected the index of a BatchedRunPython operation in "
+                f"{migration.app_label}.{migration.name} (one of {batched}), got {index}",
+                returncode=ExitCode.USAGE)
+        return index

@@ -1,0 +1,79 @@
+"""manage.py chunkwise_status: every checkpoint, and the rows that failed."""
+
+from __future__ import annotations
+
+import json
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.management.base import BaseCommand
+from django.db import DEFAULT_DB_ALIAS
+from django.utils import timezone
+
+from ...models import Checkpoint, FailedRow
+
+
+class Command(BaseCommand):
+    help = "Show the checkpoint of every batched operation and, with --failed, the failed rows."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("app_label", nargs="?", help="only this app")
+        parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="database alias")
+        parser.add_argument("--failed", action="store_true", help="list the failed rows too")
+        parser.add_argument("--limit", type=int, default=50,
+                            help="failed rows to show per checkpoint (default 50)")
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        checkpoints = Checkpoint.objects.using(options["database"]).order_by(
+            "app_label", "migration", "operation", "direction", "shard")
+        if options["app_label"]:
+            checkpoints = checkpoints.filter(app_label=options["app_label"])
+        records = [self._record(cp, options) for cp in checkpoints]
+        if options["json"]:
+            self.stdout.write(json.dumps(records, indent=2, default=str))
+            return
+        if not records:
+            self.stdout.write("no checkpoints yet")
+            return
+        header = ("MIGRATION", "OP", "DIRECTION", "SHARD", "STATE", "ROWS", "ESTIMATED", "DONE%",
+                  "FAILED", "LAST KEY", "HEARTBEAT", "OWNER")
+        rows = [header] + [(
+            f"{r['app_label']}.{r['migration']}", str(r["operation"]), r["direction"],
+            f"{r['shard']}/{r['shard_count']}", r["state"], f"{r['rows_processed']:,}",
+            f"{r['rows_estimated']:,}", f"{r['percent']:.1f}", f"{r['failed_rows']:,}",
+            str(r["last_key"]), r["heartbeat_age"], r["owner"]) for r in records]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        for row in rows:
+            self.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+        for record in records:
+            if record["message"]:
+                self.stdout.write(f"\n{record['app_label']}.{record['migration']} "
+                                  f"[{record['operation']}]: {record['message']}")
+            for failure in record.get("failures", []):
+                self.stdout.write(f"  failed key {failure['key']}: {failure['error_class']}: "
+                                  f"{failure['message']}")
+
+    def _record(self, cp: Checkpoint, options: dict[str, Any]) -> dict[str, Any]:
+        percent = 100.0 if cp.state == Checkpoint.State.DONE else (
+            100.0 * cp.rows_processed / cp.rows_estimated if cp.rows_estimated else 0.0)
+        age = (f"{(timezone.now() - cp.heartbeat_at).total_seconds():.0f}s ago"
+               if cp.heartbeat_at else "-")
+        record: dict[str, Any] = {
+            "app_label": cp.app_label, "migration": cp.migration, "operation": cp.operation,
+            "direction": cp.direction, "shard": cp.shard, "shard_count": cp.shard_count,
+            "state": cp.state, "rows_processed": cp.rows_processed,
+            "rows_estimated": cp.rows_estimated, "percent": min(percent, 100.0),
+            "failed_rows": cp.failed_rows, "batches": cp.batches,
+            "lock_wait_seconds": cp.lock_wait_seconds, "last_key": cp.last_key,
+            "heartbeat_at": cp.heartbeat_at, "heartbeat_age": age, "owner": cp.owner,
+            "message": cp.message,
+        }
+        if options["failed"]:
+            failures = FailedRow.objects.using(options["database"]).filter(
+                checkpoint=cp).order_by("id")[: options["limit"]]
+            record["failures"] = [
+                {"key": f.key, "error_class": f.error_class, "message": f.message}
+                for f in failures
+            ]
+        return record

@@ -1,0 +1,174 @@
+"""``BatchedRunPython``: a RunPython that commits in batches and resumes from a checkpoint."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import router
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.operations.base import Operation
+from django.db.migrations.state import ProjectState, StateApps
+from django.db.models import Q
+
+from chunkwise.engine import RunSettings, Timeouts
+
+from .refs import OperationRef
+
+__all__ = ["BatchedRunPython", "BatchedMigrationStopped"]
+
+
+class BatchedMigrationStopped(Exception):
+    """Raised inside ``migrate`` when a batched operation stopped before the end
+    (halted, interrupted, another runner). The checkpoint is intact: run migrate again."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _check_callable(value: object, name: str) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"BatchedRunPython {name}: expected a callable, got {value!r}")
+
+
+class BatchedRunPython(Operation):
+    """Run data-migration code over a model's rows in small committed batches.
+
+    Give either ``forward(apps, schema_editor, batch)`` (set-based: ``batch`` is a
+    queryset of the rows still to do in one key range) or ``transform(row)`` with the
+    ``fields`` it writes (per row; written back with one UPDATE per batch). ``reverse``
+    is set-based and makes the operation reversible. Use in a migration with
+    ``atomic = False``.
+    """
+
+    reduces_to_sql = False
+    reversible = False  # set per instance: True when ``reverse`` is given
+    atomic = False  # every batch commits on its own; the migration must not wrap them
+    elidable = False
+
+    def __init__(
+        self,
+        model: str,
+        forward: Callable[[StateApps, BaseDatabaseSchemaEditor, Any], None] | None = None,
+        *,
+        transform: Callable[[Any], Any] | None = None,
+        fields: Sequence[str] = (),
+        reverse: Callable[[StateApps, BaseDatabaseSchemaEditor, Any], None] | None = None,
+        todo: Q | None = None,
+        reverse_todo: Q | None = None,
+        key: str = "pk",
+        batch_size: int = 1000,
+        lock_timeout: float = 2.0,
+        statement_timeout: float = 30.0,
+        hints: dict[str, Any] | None = None,
+        elidable: bool = False,
+    ) -> None:
+        if not isinstance(model, str) or model.count(".") != 1:
+            raise ValueError(f"BatchedRunPython model: expected 'app_label.ModelName', got {model!r}")
+        if (forward is None) == (transform is None):
+            raise ValueError("BatchedRunPython: give exactly one of forward= (set-based, gets a "
+                             "queryset per batch) or transform= (per row, with fields=)")
+        for name, value in (("forward", forward), ("transform", transform), ("reverse", reverse)):
+            _check_callable(value, name)
+        if transform is not None and not fields:
+            raise ValueError("BatchedRunPython fields: transform= needs the names of the fields "
+                             "it writes, e.g. fields=['status']")
+        if fields and transform is None:
+            raise ValueError("BatchedRunPython fields: only used with transform=")
+        for name, value in (("todo", todo), ("reverse_todo", reverse_todo)):
+            if value is not None and not isinstance(value, Q):
+                raise TypeError(f"BatchedRunPython {name}: expected a Q object, got {value!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"BatchedRunPython batch_size: expected an integer >= 1, got "
+                             f"{batch_size!r}")
+        Timeouts(lock=lock_timeout, statement=statement_timeout)  # validates both
+        self.model = model
+        self.forward = forward
+        self.transform = transform
+        self.fields = list(fields)
+        self.reverse = reverse
+        self.todo = todo
+        self.reverse_todo = reverse_todo
+        self.key = key
+        self.batch_size = batch_size
+        self.lock_timeout = lock_timeout
+        self.statement_timeout = statement_timeout
+        self.hints = hints or {}
+        self.elidable = elidable
+        self.reversible = reverse is not None
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        defaults: dict[str, Any] = {
+            "transform": None, "fields": [], "reverse": None, "todo": None,
+            "reverse_todo": None, "key": "pk", "batch_size": 1000, "lock_timeout": 2.0,
+            "statement_timeout": 30.0, "hints": {}, "elidable": False,
+        }
+        kwargs = {
+            name: getattr(self, name) for name, default in defaults.items()
+            if getattr(self, name) != default
+        }
+        args: list[Any] = [self.model] + ([self.forward] if self.forward is not None else [])
+        return self.__class__.__name__, args, kwargs
+
+    def describe(self) -> str:
+        how = "per-row transform" if self.transform is not None else "set-based"
+        return f"Batched data migration of {self.model} ({how})"
+
+    @property
+    def migration_name_fragment(self) -> str:
+        return f"batched_{self.model.split('.')[1].lower()}"
+
+    def state_forwards(self, app_label: str, state: ProjectState) -> None:
+        pass  # data only: the schema is unchanged
+
+    def base_settings(self) -> RunSettings:
+        """Defaults for this operation, before env and flags override them."""
+        from chunkwise.engine import BatchSettings
+
+        size = self.batch_size
+        batch = BatchSettings(size=size, min_size=min(100, size), max_size=max(50_000, size))
+        return RunSettings(batch=batch,
+                           timeouts=Timeouts(self.lock_timeout, self.statement_timeout))
+
+    def database_forwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
+                          from_state: ProjectState, to_state: ProjectState) -> None:
+        self._run_inside_migrate(app_label, schema_editor, from_state, "forward")
+
+    def database_backwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
+                           from_state: ProjectState, to_state: ProjectState) -> None:
+        self._run_inside_migrate(app_label, schema_editor, to_state, "backward")
+
+    def _run_inside_migrate(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
+                            state: ProjectState, direction: str) -> None:
+        from .execute import execute
+
+        alias = schema_editor.connection.alias
+        if not router.allow_migrate(alias, app_label, **self.hints):
+            return
+        migration, index = self.locate(app_label)
+        ref = OperationRef(app_label, migration, index, direction)
+        outcome = execute(self, ref, state.apps, schema_editor)
+        if outcome.exit_code != 0:
+            raise BatchedMigrationStopped(
+                f"{ref}: {outcome.reason}: {outcome.message}. The checkpoint is kept; "
+                f"run migrate again to continue.", int(outcome.exit_code))
+
+    def locate(self, app_label: str) -> tuple[str, int]:
+        """This operation's migration name and index, found by identity among the
+        app's loaded migration modules (Django passes neither to an operation)."""
+        package, _ = MigrationLoader.migrations_module(app_label)
+        for module_name, module in list(sys.modules.items()):
+            if package is None or not module_name.startswith(package + "."):
+                continue
+            operations = getattr(getattr(module, "Migration", None), "operations", ())
+            for index, operation in enumerate(operations):
+                if operation is self:
+                    return module_name.rsplit(".", 1)[1], index
+        raise ImproperlyConfigured(
+            f"BatchedRunPython on {self.model}: cannot find the migration of app "
+            f"{app_label!r} that holds this operation"
+        )

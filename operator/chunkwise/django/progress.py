@@ -1,0 +1,87 @@
+"""Progress for people: a one-line bar on a terminal, a log line every few seconds elsewhere."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from chunkwise.engine import BatchReport, CheckpointState, ErrorKind, ExitCode, Outcome
+
+__all__ = ["ProgressBar", "format_duration"]
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class ProgressBar:
+    """Implements the engine's Reporter for a human watching a terminal or a log."""
+
+    WIDTH = 24
+
+    def __init__(self, title: str, stream: TextIO | None = None,
+                 log_every: float = 5.0) -> None:
+        self._title = title
+        self._stream = stream or sys.stderr
+        self._tty = self._stream.isatty()
+        self._log_every = log_every
+        self._started = time.monotonic()
+        self._last_draw = 0.0
+        self._rows_at_start = 0
+        self._retries = 0
+
+    def started(self, state: CheckpointState) -> None:
+        self._started = time.monotonic()
+        self._rows_at_start = state.tally.rows_processed
+        if state.last_key is not None and not state.done:
+            self._write(f"{self._title}: resuming after key {state.last_key} "
+                        f"({state.tally.rows_processed:,} rows already done)\n")
+
+    def line(self, state: CheckpointState) -> str:
+        done = state.tally.rows_processed
+        total = max(state.rows_estimated, done)
+        fraction = 1.0 if state.done else (done / total if total else 0.0)
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        rate = (done - self._rows_at_start) / elapsed
+        eta = (total - done) / rate if rate > 0 and not state.done else None
+        filled = int(fraction * self.WIDTH)
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        failed = f"  failed {state.tally.failed_rows:,}" if state.tally.failed_rows else ""
+        return (f"{self._title} [{bar}] {fraction:6.1%}  {done:,}/{total:,} rows  "
+                f"{rate:,.0f} rows/s  ETA {format_duration(eta)}  "
+                f"lock wait {state.lock_wait_seconds:.2f}s{failed}")
+
+    def batch_committed(self, report: BatchReport) -> None:
+        now = time.monotonic()
+        if self._tty and now - self._last_draw >= 0.1:
+            self._write("\r" + self.line(report.state) + "\x1b[K")
+            self._last_draw = now
+        elif not self._tty and now - self._last_draw >= self._log_every:
+            self._write(self.line(report.state) + "\n")
+            self._last_draw = now
+
+    def retrying(self, kind: ErrorKind, attempt: int, delay: float) -> None:
+        self._retries += 1
+        prefix = "\n" if self._tty else ""
+        self._write(f"{prefix}{self._title}: {kind.value}, retry {attempt} in {delay:.1f}s\n")
+
+    def throttled(self, reason: str, seconds: float) -> None:
+        pass  # pauses are the user's own setting; the rows/s figure already shows them
+
+    def finished(self, outcome: Outcome) -> None:
+        if outcome.state is not None and outcome.reason != "AlreadyDone":
+            self._write(("\r" if self._tty else "") + self.line(outcome.state)
+                        + ("\x1b[K" if self._tty else "") + "\n")
+        verdict = {ExitCode.DONE: "done", ExitCode.HALTED: "HALTED",
+                   ExitCode.INTERRUPTED: "interrupted"}.get(outcome.exit_code, "stopped")
+        self._write(f"{self._title}: {verdict} ({outcome.reason}): {outcome.message}\n")
+
+    def _write(self, text: str) -> None:
+        self._stream.write(text)
+        self._stream.flush()

@@ -1,0 +1,34 @@
+"""Names for a run: which operation, which direction and shard, and who runs it.
+
+Kept free of model imports so the operation module can import it while Django's
+app registry is still loading."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OperationRef:
+    """Which operation a checkpoint belongs to."""
+
+    app_label: str
+    migration: str
+    operation: int
+    direction: str = "forward"
+    shard: int = 0
+    shard_count: int = 1
+
+    def __str__(self) -> str:
+        text = f"{self.app_label}.{self.migration}[{self.operation}] {self.direction}"
+        return text if self.shard_count == 1 else f"{text} shard {self.shard}/{self.shard_count}"
+
+
+def default_owner() -> str:
+    """Who holds a run: the DataMigration when run by the operator, else host and pid."""
+    resource = os.environ.get("CHUNKWISE_RESOURCE")  # "namespace/name", set by the operator
+    if resource:
+        return f"DataMigration {resource}"
+    return f"{socket.gethostname()} pid {os.getpid()}"

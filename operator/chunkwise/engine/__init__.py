@@ -1,0 +1,45 @@
+"""The batch engine: planning, batching, retries, pacing and the error budget.
+
+It knows transactions and SQL error codes, not Kubernetes, kopf or Django's
+migration machinery; the Django layer gives it a :class:`BatchTarget` and a
+:class:`CheckpointStore`.
+"""
+
+from .budget import Tally, check_budget
+from .errors import (
+    AnotherRunnerActive,
+    ErrorKind,
+    ExitCode,
+    Halted,
+    RetriesExhausted,
+    classify,
+    sqlstate_of,
+)
+from .pacing import BatchSizer, RateLimiter, backoff_seconds
+from .runner import (
+    BatchReport,
+    BatchRunner,
+    BatchTarget,
+    CheckpointState,
+    CheckpointStore,
+    Outcome,
+    Reporter,
+    RowFailure,
+)
+from .settings import (
+    BatchSettings,
+    HaltThresholds,
+    RetrySettings,
+    RunSettings,
+    SettingsError,
+    Timeouts,
+    parse_duration,
+)
+
+__all__ = [
+    "AnotherRunnerActive", "BatchReport", "BatchRunner", "BatchSettings", "BatchSizer",
+    "BatchTarget", "CheckpointState", "CheckpointStore", "ErrorKind", "ExitCode",
+    "HaltThresholds", "Halted", "Outcome", "RateLimiter", "Reporter", "RetriesExhausted",
+    "RetrySettings", "RowFailure", "RunSettings", "SettingsError", "Tally", "Timeouts",
+    "backoff_seconds", "check_budget", "classify", "parse_duration", "sqlstate_of",
+]

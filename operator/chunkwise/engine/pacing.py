@@ -1,0 +1,84 @@
+"""Pace: batch size auto-tuning, the rows-per-second cap and retry backoff.
+
+The tuner follows pt-online-schema-change's chunk-time rule: keep an
+exponentially weighted moving average of rows per second (weight 0.5 on the
+newest batch, so it reacts within a few batches yet one slow batch does not
+swing it), and size the next batch so it should take ``target_duration``.
+Growth per step is capped at 2x, so a burst of fast batches cannot jump
+straight to ``max_size`` and hold many row locks at once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+from .settings import BatchSettings, RetrySettings
+
+__all__ = ["BatchSizer", "RateLimiter", "backoff_seconds"]
+
+_WEIGHT_NEWEST = 0.5
+_MAX_GROWTH = 2.0
+
+
+class BatchSizer:
+    def __init__(self, settings: BatchSettings) -> None:
+        self._settings = settings
+        self._rows_per_second: float | None = None
+        self.size = settings.size
+
+    def observe(self, rows: int, seconds: float) -> None:
+        """Feed back one committed batch; sets ``size`` for the next one."""
+        if rows <= 0 or seconds <= 0:
+            return
+        rate = rows / seconds
+        if self._rows_per_second is None:
+            self._rows_per_second = rate
+        else:
+            self._rows_per_second = (
+                _WEIGHT_NEWEST * rate + (1 - _WEIGHT_NEWEST) * self._rows_per_second
+            )
+        wanted = self._rows_per_second * self._settings.target_duration
+        wanted = min(wanted, self.size * _MAX_GROWTH)
+        self.size = self._clamp(int(wanted))
+
+    def halve(self) -> None:
+        """After repeated timeouts: smaller batches hold fewer locks for less time."""
+        self.size = self._clamp(self.size // 2)
+        self._rows_per_second = None
+
+    def _clamp(self, size: int) -> int:
+        return max(self._settings.min_size, min(self._settings.max_size, size))
+
+
+class RateLimiter:
+    """Sleeps so that rows/s over the run stays at or under the cap, plus a fixed pause."""
+
+    def __init__(
+        self,
+        settings: BatchSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._started = clock()
+        self._rows = 0
+
+    def delay_after(self, rows: int) -> float:
+        """Seconds to wait before the next batch, given ``rows`` just committed."""
+        self._rows += rows
+        wait = self._settings.pause
+        cap = self._settings.max_rows_per_second
+        if cap > 0:
+            earliest = self._started + self._rows / cap
+            wait = max(wait, earliest - self._clock())
+        return max(0.0, wait)
+
+
+def backoff_seconds(
+    attempt: int, settings: RetrySettings, rng: Callable[[], float] = random.random
+) -> float:
+    """Exponential backoff with full jitter (AWS architecture blog's variant)."""
+    ceiling = min(settings.max_backoff, settings.backoff * (2 ** (attempt - 1)))
+    return ceiling * rng()

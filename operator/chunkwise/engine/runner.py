@@ -1,0 +1,339 @@
+"""The batch loop.
+
+One batch is one transaction:
+
+1. ``SET LOCAL`` lock and statement timeouts (where the database has them);
+2. lock and re-read the checkpoint row: it is the truth about where we are,
+   which is what makes a lost connection safe (the commit landed or it did not);
+3. the lock step: select the next rows after the checkpoint ``FOR NO KEY UPDATE``,
+   timed, which is the lock wait;
+4. the user's work on exactly that key range;
+5. advance the checkpoint; commit.
+
+A batch and its checkpoint commit together, so a crash at any moment can
+neither skip nor repeat a batch. The loop is database-neutral: the SQL lives
+behind :class:`BatchTarget` and :class:`CheckpointStore`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from .budget import Tally, check_budget
+from .errors import ErrorKind, ExitCode, Halted, RetriesExhausted, classify
+from .pacing import BatchSizer, RateLimiter, backoff_seconds
+from .settings import RunSettings, Timeouts
+
+__all__ = [
+    "BatchReport",
+    "BatchRunner",
+    "BatchTarget",
+    "CheckpointState",
+    "CheckpointStore",
+    "Outcome",
+    "Reporter",
+    "RowFailure",
+]
+
+Key = Any  # int, str, UUID: whatever the key column holds; compared by the database only
+T = TypeVar("T")
+
+
+@dataclass
+class CheckpointState:
+    """The checkpoint row as read inside the current transaction."""
+
+    last_key: Key | None
+    high_water_key: Key | None
+    rows_estimated: int
+    tally: Tally
+    batches: int
+    lock_wait_seconds: float
+    done: bool
+
+
+class CheckpointStore(Protocol):
+    def start(self) -> CheckpointState:
+        """Take the runner lock (or raise AnotherRunnerActive) and create or load the
+        checkpoint, planning the run (estimate, high-water key) the first time."""
+
+    def lock(self) -> CheckpointState:
+        """Inside a transaction: lock the checkpoint row and read it."""
+
+    def advance(self, last_key: Key, rows: int, lock_wait: float, tally: Tally) -> None:
+        """Inside a transaction: move the checkpoint past ``last_key``."""
+
+    def record_failure(self, key: Key, error: BaseException, tally: Tally) -> None:
+        """Inside a transaction: record one failed row and move the checkpoint past it."""
+
+    def finish(self, state: str, message: str = "") -> None:
+        """Mark the checkpoint done, halted or interrupted (own transaction)."""
+
+    def reconnected(self) -> None:
+        """After a lost connection: take the runner lock again on the new session."""
+
+    def stop(self) -> None:
+        """Release the runner lock."""
+
+
+class BatchTarget(Protocol):
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+    def set_timeouts(self, timeouts: Timeouts) -> None: ...
+
+    def lock_rows(self, after: Key | None, upto: Key, limit: int) -> Sequence[Key]:
+        """The lock step: lock the next ``limit`` rows still to do in (after, upto],
+        in key order, and return their keys."""
+
+    def apply(self, after: Key | None, upto: Key) -> None:
+        """The work on the rows just locked, whose keys lie in (after, upto]."""
+
+    def reconnect(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    rows: int
+    failed_rows: int
+    seconds: float
+    lock_wait_seconds: float
+    batch_size: int
+    state: CheckpointState
+
+
+class Reporter(Protocol):
+    def started(self, state: CheckpointState) -> None: ...
+
+    def batch_committed(self, report: BatchReport) -> None: ...
+
+    def retrying(self, kind: ErrorKind, attempt: int, delay: float) -> None: ...
+
+    def throttled(self, reason: str, seconds: float) -> None: ...
+
+    def finished(self, outcome: Outcome) -> None: ...
+
+
+class RowFailure(Exception):
+    """A batch failed for a reason retrying cannot fix; ``keys`` were locked, if known."""
+
+    def __init__(self, keys: Sequence[Key] | None, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.keys = keys
+        self.error = error
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: ExitCode
+    reason: str  # CamelCase: Completed, Interrupted, FailedRowsExceeded, ...
+    message: str
+    state: CheckpointState | None = None
+
+
+@dataclass
+class _Batch:
+    """What one transaction did; filled in as it goes so a failure still has the keys."""
+
+    keys: Sequence[Key] = field(default_factory=list)
+    lock_wait: float = 0.0
+    exhausted: bool = False
+
+
+class BatchRunner:
+    """Runs one operation's batches until done, halted or asked to stop."""
+
+    def __init__(
+        self,
+        target: BatchTarget,
+        store: CheckpointStore,
+        settings: RunSettings,
+        reporter: Reporter,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._target = target
+        self._store = store
+        self._settings = settings
+        self._reporter = reporter
+        self._stop = stop or threading.Event()
+        self._clock = clock
+        self._sizer = BatchSizer(settings.batch)
+        self._state: CheckpointState | None = None
+        self._batch_had_failure = False
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        state = self._store.start()
+        try:
+            return self._run(state)
+        finally:
+            self._store.stop()
+
+    def _run(self, state: CheckpointState) -> Outcome:
+        self._state = state
+        self._reporter.started(state)
+        if state.done:
+            return self._finish(Outcome(ExitCode.DONE, "AlreadyDone", "nothing left to do", state))
+        limiter = RateLimiter(self._settings.batch, self._clock)
+        try:
+            check_budget(state.tally, self._settings.halt_on)
+            while not self._stop.is_set():
+                rows = self._top_level_batch()
+                if rows is None:
+                    self._store.finish("done")
+                    assert self._state is not None
+                    self._state.done = True
+                    return self._finish(Outcome(ExitCode.DONE, "Completed",
+                                                "all rows processed", self._state))
+                delay = limiter.delay_after(rows)
+                if delay > 0:
+                    self._reporter.throttled("pace", delay)
+                    self._stop.wait(delay)
+        except Halted as halt:
+            self._store.finish("halted", f"{halt.reason}: {halt.message}")
+            return self._finish(Outcome(ExitCode.HALTED, halt.reason, halt.message, self._state))
+        self._store.finish("interrupted", "stopped by signal after a committed batch")
+        return self._finish(Outcome(ExitCode.INTERRUPTED, "Interrupted",
+                                    "stopped after the current batch committed", self._state))
+
+    def _finish(self, outcome: Outcome) -> Outcome:
+        self._reporter.finished(outcome)
+        return outcome
+
+    def _top_level_batch(self) -> int | None:
+        """One batch of the current size; isolates bad rows if it has any.
+
+        Returns rows attempted, or None when nothing is left to do."""
+        assert self._state is not None
+        started = self._clock()
+        failed_before = self._state.tally.failed_rows
+        self._batch_had_failure = False
+        try:
+            batch = self._with_retries(lambda: self._commit_batch(None, self._sizer.size,
+                                                                  clean=True),
+                                       halvable=True)
+        except RowFailure as failure:
+            if not failure.keys:
+                raise RetriesExhausted(
+                    f"the batch failed before its rows were locked, so they cannot be "
+                    f"isolated: {type(failure.error).__name__}: {failure.error}"
+                ) from failure.error
+            self._isolate(failure.keys, failure.error)
+            batch = _Batch(keys=failure.keys)
+        if batch.exhausted:
+            return None
+        failed = self._state.tally.failed_rows - failed_before
+        seconds = self._clock() - started
+        if not failed:
+            self._sizer.observe(len(batch.keys), seconds)
+        self._reporter.batch_committed(BatchReport(
+            rows=len(batch.keys) - failed, failed_rows=failed, seconds=seconds,
+            lock_wait_seconds=batch.lock_wait, batch_size=self._sizer.size, state=self._state,
+        ))
+        check_budget(self._state.tally, self._settings.halt_on)
+        return len(batch.keys)
+
+    # -- one transaction ----------------------------------------------------------------
+
+    def _commit_batch(self, upto: Key | None, limit: int, *, clean: bool) -> _Batch:
+        """Lock, work and advance the checkpoint in one transaction.
+
+        ``upto`` bounds the key range during isolation; ``clean`` says a commit here
+        ends a run of failed batches."""
+        batch = _Batch()
+        try:
+            with self._target.transaction():
+                self._target.set_timeouts(self._settings.timeouts)
+                state = self._store.lock()
+                self._state = state
+                bound = state.high_water_key if upto is None else upto
+                if bound is None:
+                    batch.exhausted = True
+                    return batch
+                lock_started = self._clock()
+                batch.keys = list(self._target.lock_rows(state.last_key, bound, limit))
+                batch.lock_wait = self._clock() - lock_started
+                if not batch.keys and upto is None:
+                    batch.exhausted = True
+                    return batch
+                if batch.keys:
+                    self._target.apply(state.last_key, batch.keys[-1])
+                if clean:
+                    state.tally.consecutive_failed_batches = 0
+                state.tally.rows_processed += len(batch.keys)
+                new_last = batch.keys[-1] if batch.keys else upto
+                self._store.advance(new_last, len(batch.keys), batch.lock_wait, state.tally)
+                state.last_key = new_last
+                state.batches += 1
+                state.lock_wait_seconds += batch.lock_wait
+        except Exception as exc:
+            if classify(exc) is ErrorKind.ROW_ERROR:
+                raise RowFailure(batch.keys, exc) from exc
+            raise
+        return batch
+
+    def _record_failure(self, key: Key, error: BaseException) -> None:
+        with self._target.transaction():
+            state = self._store.lock()
+            self._state = state
+            state.tally.failed_rows += 1
+            if not self._batch_had_failure:
+                state.tally.consecutive_failed_batches += 1
+            self._store.record_failure(key, error, state.tally)
+            state.last_key = key
+        self._batch_had_failure = True
+
+    def _isolate(self, keys: Sequence[Key], error: BaseException) -> None:
+        """Split the failed batch ``keys`` until the failing rows are found; commit the rest."""
+        if len(keys) == 1:
+            self._with_retries(lambda: self._record_failure(keys[0], error))
+            assert self._state is not None
+            rows_only = Tally(self._state.tally.rows_processed, self._state.tally.failed_rows)
+            check_budget(rows_only, self._settings.halt_on)  # stop now, not after the batch
+            return
+        middle = len(keys) // 2
+        for part in (keys[:middle], keys[middle:]):
+            if self._stop.is_set():
+                return
+            try:
+                self._with_retries(
+                    lambda part=part: self._commit_batch(part[-1], len(part), clean=False)
+                )
+            except RowFailure as failure:
+                self._isolate(failure.keys or part, failure.error)
+
+    # -- retries --------------------------------------------------------------------------
+
+    def _with_retries(self, work: Callable[[], T], halvable: bool = False) -> T:
+        retry = self._settings.retries
+        timeouts_in_a_row = 0
+        for attempt in range(1, retry.max_attempts + 1):
+            try:
+                return work()
+            except RowFailure:
+                raise
+            except Exception as exc:
+                kind = classify(exc)
+                if not kind.retryable:
+                    raise RowFailure(None, exc) from exc
+                if kind is ErrorKind.CONNECTION or kind is ErrorKind.SHUTDOWN:
+                    self._target.reconnect()
+                    self._store.reconnected()
+                timeouts_in_a_row = timeouts_in_a_row + 1 if kind.is_timeout else 0
+                if halvable and timeouts_in_a_row >= retry.halve_after_timeouts:
+                    self._sizer.halve()
+                    timeouts_in_a_row = 0
+                if attempt == retry.max_attempts:
+                    raise RetriesExhausted(
+                        f"batch failed {attempt} times; last error ({kind.value}): {exc}"
+                    ) from exc
+                delay = backoff_seconds(attempt, retry)
+                self._reporter.retrying(kind, attempt, delay)
+                self._stop.wait(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
