@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from django.db import connections, transaction
-from django.db.models import F, Field, Max, Model, Q, QuerySet
+from django.db.models import F, Field, Model, Q, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -142,7 +142,8 @@ class DjangoCheckpointStore:
         if row.lower_key is not None:
             todo = todo.filter(**{f"{self._key.name}__gt": self._codec.load(row.lower_key)})
         if row.high_water_key is None:  # a shard has its upper bound set by whoever split it
-            top = todo.aggregate(top=Max(self._key.name))["top"]
+            # ORDER BY key DESC LIMIT 1, not MAX(): PostgreSQL has no max(uuid)
+            top = todo.order_by(f"-{self._key.name}").values_list(self._key.name, flat=True).first()
             row.high_water_key = self._codec.dump(top)
         else:
             todo = todo.filter(**{f"{self._key.name}__lte": self._codec.load(row.high_water_key)})

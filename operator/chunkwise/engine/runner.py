@@ -165,6 +165,7 @@ class BatchRunner:
         self._sizer = BatchSizer(settings.batch)
         self._state: CheckpointState | None = None
         self._batch_had_failure = False
+        self._unreported_lock_wait = 0.0  # seconds waited in lock steps that then failed
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -257,8 +258,10 @@ class BatchRunner:
                     batch.exhausted = True
                     return batch
                 lock_started = self._clock()
-                batch.keys = list(self._target.lock_rows(state.last_key, bound, limit))
-                batch.lock_wait = self._clock() - lock_started
+                try:
+                    batch.keys = list(self._target.lock_rows(state.last_key, bound, limit))
+                finally:  # a timed-out lock step is lock wait too: carried to the next commit
+                    batch.lock_wait = self._clock() - lock_started + self._unreported_lock_wait
                 if not batch.keys and upto is None:
                     batch.exhausted = True
                     return batch
@@ -272,7 +275,9 @@ class BatchRunner:
                 state.last_key = new_last
                 state.batches += 1
                 state.lock_wait_seconds += batch.lock_wait
+            self._unreported_lock_wait = 0.0
         except Exception as exc:
+            self._unreported_lock_wait = batch.lock_wait
             if classify(exc) is ErrorKind.ROW_ERROR:
                 raise RowFailure(batch.keys, exc) from exc
             raise

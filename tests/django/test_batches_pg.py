@@ -1,0 +1,324 @@
+"""The batch engine and BatchedRunPython on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+
+import pytest
+
+from tests.conftest import LabDb
+
+pytestmark = pytest.mark.postgres
+
+
+def seed_items(db: LabDb, count: int, gap: int = 1, payload_at: dict[int, str] | None = None) -> None:
+    db.execute("INSERT INTO lab_item (id, counter, payload, score) "
+               "SELECT g * %s, 0, '', 0 FROM generate_series(1, %s) g", (gap, count))
+    for key, payload in (payload_at or {}).items():
+        db.execute("UPDATE lab_item SET payload = %s WHERE id = %s", (payload, key))
+
+
+def counters(db: LabDb, table: str = "lab_item") -> dict[int, int]:
+    rows = db.query(f"SELECT counter, count(*) FROM {table} GROUP BY counter")
+    return {int(c): int(n) for c, n in rows}  # type: ignore[call-overload]
+
+
+def checkpoint(db: LabDb, migration: str, operation: int = 0) -> dict[str, object]:
+    rows = db.query(
+        "SELECT state, rows_processed, failed_rows, batches, last_key, high_water_key, "
+        "lock_wait_seconds, rows_estimated, message FROM chunkwise_checkpoint "
+        "WHERE migration = %s AND operation = %s", (migration, operation))
+    assert rows, f"no checkpoint for {migration}"
+    names = ["state", "rows_processed", "failed_rows", "batches", "last_key", "high_water_key",
+             "lock_wait_seconds", "rows_estimated", "message"]
+    return dict(zip(names, rows[0], strict=True))
+
+
+def test_transform_with_gapped_int_keys_changes_every_row_once(lab_db: LabDb) -> None:
+    seed_items(lab_db, 5000, gap=1000)
+    result = lab_db.manage("chunkwise_run", "lab", "0002", "--batch-size", "300")
+    assert result.returncode == 0, result.stderr
+    assert counters(lab_db) == {1: 5000}
+    cp = checkpoint(lab_db, "0002_bump_items")
+    assert cp["state"] == "done" and cp["rows_processed"] == 5000
+    assert cp["last_key"] == "5000000" and cp["high_water_key"] == "5000000"
+    assert "done (Completed)" in result.stderr
+
+
+def test_set_based_forward_and_reverse(lab_db: LabDb) -> None:
+    seed_items(lab_db, 3000, gap=7)
+    assert lab_db.manage("chunkwise_run", "lab", "0003").returncode == 0
+    assert counters(lab_db) == {1: 3000}
+    result = lab_db.manage("chunkwise_run", "lab", "0003", "--direction", "backward")
+    assert result.returncode == 0, result.stderr
+    assert counters(lab_db) == {0: 3000}
+    # the forward checkpoint was forgotten, so forward runs again from the start
+    assert lab_db.manage("chunkwise_run", "lab", "0003").returncode == 0
+    assert counters(lab_db) == {1: 3000}
+
+
+def test_uuid_and_text_keys(lab_db: LabDb) -> None:
+    lab_db.execute("INSERT INTO lab_uuiditem (id, counter) "
+                   "SELECT gen_random_uuid(), 0 FROM generate_series(1, 1234)")
+    lab_db.execute("INSERT INTO lab_textitem (slug, counter) "
+                   "SELECT md5(g::text) || '-é-' || g, 0 FROM generate_series(1, 987) g")
+    for operation in ("0", "1", "2"):
+        result = lab_db.manage("chunkwise_run", "lab", "0004", "--operation", operation)
+        assert result.returncode == 0, result.stderr
+    assert counters(lab_db, "lab_uuiditem") == {2: 1234}  # set-based + transform
+    assert counters(lab_db, "lab_textitem") == {1: 987}
+
+
+def test_empty_table_and_nothing_to_do(lab_db: LabDb) -> None:
+    result = lab_db.manage("chunkwise_run", "lab", "0002")
+    assert result.returncode == 0, result.stderr
+    cp = checkpoint(lab_db, "0002_bump_items")
+    assert cp["state"] == "done" and cp["rows_processed"] == 0
+    again = lab_db.manage("chunkwise_run", "lab", "0002")
+    assert again.returncode == 0 and "AlreadyDone" in again.stderr
+
+
+def test_todo_filter_that_matches_nothing(lab_db: LabDb) -> None:
+    """The shop-like todo of 0004 op 0 has no filter; use --direction backward on 0003 whose
+    reverse_todo is unset, after marking nothing: an empty todo set still completes."""
+    seed_items(lab_db, 100)
+    result = lab_db.manage("chunkwise_run", "lab", "0002")
+    assert result.returncode == 0
+    result = lab_db.manage("chunkwise_run", "lab", "0002")  # done: nothing left
+    assert result.returncode == 0
+    assert counters(lab_db) == {1: 100}
+
+
+def test_rows_inserted_during_the_run_above_the_high_water_mark_are_left(lab_db: LabDb) -> None:
+    seed_items(lab_db, 2000)
+    runner = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "100",
+                          "--max-rows-per-second", "2000")
+    time.sleep(1.5)
+    lab_db.execute("INSERT INTO lab_item (id, counter, payload, score) "
+                   "SELECT g, 0, '', 0 FROM generate_series(2001, 2100) g")
+    output, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 0, output
+    assert counters(lab_db) == {1: 2000, 0: 100}
+    assert checkpoint(lab_db, "0002_bump_items")["high_water_key"] == "2000"
+
+
+def test_kill_9_at_20_random_moments_changes_every_row_exactly_once(lab_db: LabDb) -> None:
+    seed_items(lab_db, 200_000, gap=3)
+    rng = random.Random(20261121)
+    # kill at 20 random points of progress, each at a random moment inside a batch
+    targets = sorted(rng.randrange(0, 190_000) for _ in range(20))
+    kills = 0
+    for target in targets:
+        runner = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "2000")
+        while runner.poll() is None:
+            done = lab_db.query("SELECT coalesce(max(rows_processed), -1) "
+                                "FROM chunkwise_checkpoint")[0][0]
+            if int(done) >= target:  # type: ignore[call-overload]
+                break
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.05))
+        if runner.poll() is None:
+            runner.send_signal(signal.SIGKILL)
+            kills += 1
+        runner.wait(timeout=30)
+    final = lab_db.manage("chunkwise_run", "lab", "0002")
+    assert final.returncode == 0, final.stderr
+    assert kills >= 15, "most runners should have been killed mid-run"
+    assert counters(lab_db) == {1: 200_000}
+    assert checkpoint(lab_db, "0002_bump_items")["rows_processed"] == 200_000
+
+
+def test_second_runner_exits_with_busy_and_names_the_first(lab_db: LabDb) -> None:
+    seed_items(lab_db, 3000)
+    first = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "100",
+                         LAB_ROW_SLEEP="0.001")
+    deadline = time.monotonic() + 30
+    while not lab_db.query("SELECT 1 FROM chunkwise_checkpoint WHERE batches > 0"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    second = lab_db.manage("chunkwise_run", "lab", "0002", CHUNKWISE_RESOURCE="ns/other")
+    assert second.returncode == 69, second.stderr
+    assert "already being run by" in second.stderr and "pid" in second.stderr
+    output, _ = first.communicate(timeout=120)
+    assert first.returncode == 0, output
+    assert counters(lab_db) == {1: 3000}
+
+
+def test_lock_contention_waits_retries_and_reports_lock_wait(lab_db: LabDb) -> None:
+    import psycopg
+
+    seed_items(lab_db, 1000)
+    holder = psycopg.connect(lab_db.server.dsn(lab_db.name))
+    holder.execute("SELECT id FROM lab_item WHERE id BETWEEN 400 AND 600 FOR UPDATE")
+    release = threading.Timer(2.0, holder.rollback)
+    release.start()
+    try:
+        result = lab_db.manage("chunkwise_run", "lab", "0003", "--batch-size", "100",
+                               "--lock-timeout", "300ms", "--max-attempts", "30",
+                               "--backoff", "100ms")
+    finally:
+        release.join()
+        holder.close()
+    assert result.returncode == 0, result.stderr
+    assert "lock_timeout, retry" in result.stderr
+    assert counters(lab_db) == {1: 1000}
+    assert float(checkpoint(lab_db, "0003_setbased_items")["lock_wait_seconds"]) >= 0.3  # type: ignore[arg-type]
+
+
+def test_failing_rows_are_isolated_recorded_and_skipped(lab_db: LabDb) -> None:
+    bad = {137: "raise", 1500: "raise", 2999: "raise"}
+    seed_items(lab_db, 3000, payload_at=bad)
+    result = lab_db.manage("chunkwise_run", "lab", "0002", "--batch-size", "500")
+    assert result.returncode == 0, result.stderr
+    assert counters(lab_db) == {1: 2997, 0: 3}
+    assert lab_db.query("SELECT counter FROM lab_item WHERE id IN (137, 1500, 2999)") == [(0,)] * 3
+    failures = lab_db.query("SELECT key, error_class, message FROM chunkwise_failedrow ORDER BY id")
+    assert [(k, c) for k, c, _ in failures] == [("137", "ValueError"), ("1500", "ValueError"),
+                                                ("2999", "ValueError")]
+    assert "payload says raise" in str(failures[0][2])
+    cp = checkpoint(lab_db, "0002_bump_items")
+    assert cp["rows_processed"] == 2997 and cp["failed_rows"] == 3
+
+
+def test_constraint_violation_in_set_based_work_is_isolated(lab_db: LabDb) -> None:
+    seed_items(lab_db, 1000, payload_at={10: "negative", 777: "negative"})
+    result = lab_db.manage("chunkwise_run", "lab", "0003", "--batch-size", "200")
+    assert result.returncode == 0, result.stderr
+    assert counters(lab_db) == {1: 998, 0: 2}
+    failures = lab_db.query("SELECT key, error_class FROM chunkwise_failedrow ORDER BY id")
+    assert failures == [("10", "IntegrityError"), ("777", "IntegrityError")]
+
+
+def test_error_budget_halts_then_raised_threshold_resumes(lab_db: LabDb) -> None:
+    bad = {k: "raise" for k in range(100, 1100, 100)}  # 10 bad rows
+    seed_items(lab_db, 2000, payload_at=bad)
+    halted = lab_db.manage("chunkwise_run", "lab", "0002", "--batch-size", "100",
+                           "--halt-failed-rows", "3", "--halt-consecutive-failed-batches", "50")
+    assert halted.returncode == 65, halted.stderr
+    assert "HALTED (FailedRowsExceeded)" in halted.stderr
+    cp = checkpoint(lab_db, "0002_bump_items")
+    assert cp["state"] == "halted" and cp["failed_rows"] == 4
+    assert "FailedRowsExceeded" in str(cp["message"])
+    done_before = counters(lab_db).get(1, 0)
+    assert 0 < done_before < 2000
+    # same threshold: halts again at once without touching a row
+    again = lab_db.manage("chunkwise_run", "lab", "0002", "--halt-failed-rows", "3")
+    assert again.returncode == 65
+    assert counters(lab_db).get(1, 0) == done_before
+    resumed = lab_db.manage("chunkwise_run", "lab", "0002", "--batch-size", "100",
+                            CHUNKWISE_HALT_FAILED_ROWS="20",
+                            CHUNKWISE_HALT_CONSECUTIVE_FAILED_BATCHES="50")
+    assert resumed.returncode == 0, resumed.stderr
+    assert counters(lab_db) == {1: 1990, 0: 10}
+
+
+def test_failure_rate_and_consecutive_batches_halt(lab_db: LabDb) -> None:
+    seed_items(lab_db, 1000, payload_at={k: "raise" for k in range(1, 1001, 50)})
+    rate = lab_db.manage("chunkwise_run", "lab", "0002", "--batch-size", "100",
+                         "--halt-failed-rows", "1000", "--halt-failure-rate", "0.01",
+                         "--halt-min-sample", "200", "--halt-consecutive-failed-batches", "99")
+    assert rate.returncode == 65 and "FailureRateExceeded" in rate.stderr
+    lab_db.execute("DELETE FROM chunkwise_failedrow")
+    lab_db.execute("DELETE FROM chunkwise_checkpoint")
+    lab_db.execute("UPDATE lab_item SET counter = 0")
+    consecutive = lab_db.manage("chunkwise_run", "lab", "0002", "--batch-size", "100",
+                                "--halt-failed-rows", "1000", "--halt-failure-rate", "1",
+                                "--halt-consecutive-failed-batches", "3")
+    assert consecutive.returncode == 65
+    assert "ConsecutiveFailedBatchesExceeded" in consecutive.stderr
+
+
+def test_sigterm_finishes_the_batch_and_exits_interrupted(lab_db: LabDb) -> None:
+    seed_items(lab_db, 5000)
+    runner = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "200",
+                          LAB_ROW_SLEEP="0.0005")
+    deadline = time.monotonic() + 30
+    while not lab_db.query("SELECT 1 FROM chunkwise_checkpoint WHERE batches > 1"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGTERM)
+    output, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 75, output
+    assert "SIGTERM: finishing the current batch" in output
+    cp = checkpoint(lab_db, "0002_bump_items")
+    assert cp["state"] == "interrupted"
+    done = int(cp["rows_processed"])  # type: ignore[call-overload]
+    assert counters(lab_db) == {1: done, 0: 5000 - done}  # the open batch committed whole
+    assert lab_db.manage("chunkwise_run", "lab", "0002").returncode == 0
+    assert counters(lab_db) == {1: 5000}
+
+
+def test_lost_connection_reconnects_and_rereads_the_checkpoint(lab_db: LabDb) -> None:
+    seed_items(lab_db, 4000)
+    runner = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "100",
+                          "--backoff", "50ms", LAB_ROW_SLEEP="0.001")
+    terminated = 0
+    deadline = time.monotonic() + 60
+    while runner.poll() is None and terminated < 3 and time.monotonic() < deadline:
+        if lab_db.query("SELECT 1 FROM chunkwise_checkpoint WHERE batches > %s",
+                        (5 * (terminated + 1),)):
+            rows = lab_db.query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'")
+            terminated += sum(1 for (ok,) in rows if ok)
+        time.sleep(0.05)
+    output, _ = runner.communicate(timeout=120)
+    assert runner.returncode == 0, output
+    assert terminated >= 1
+    assert "connection" in output or "shutdown" in output
+    assert counters(lab_db) == {1: 4000}
+
+
+def test_bad_settings_are_rejected_before_any_row(lab_db: LabDb) -> None:
+    seed_items(lab_db, 10)
+    result = lab_db.manage("chunkwise_run", "lab", "0002", "--lock-timeout", "soon")
+    assert result.returncode == 64
+    assert "timeouts.lock (--lock-timeout): expected a duration" in result.stderr
+    env_bad = lab_db.manage("chunkwise_run", "lab", "0002", CHUNKWISE_BATCH_SIZE="10",
+                            CHUNKWISE_MIN_BATCH_SIZE="50")
+    assert env_bad.returncode == 64 and "batch.size" in env_bad.stderr
+    assert counters(lab_db) == {0: 10}
+    unknown = lab_db.manage("chunkwise_run", "lab", "0099")
+    assert unknown.returncode == 64 and "migration_name" in unknown.stderr
+
+
+def test_migrate_runs_reverses_and_refuses_an_atomic_migration(lab_db: LabDb) -> None:
+    seed_items(lab_db, 1500)
+    result = lab_db.manage("migrate", "lab", "0003")
+    assert result.returncode == 0, result.stderr
+    assert counters(lab_db) == {2: 1500}  # 0002 transform + 0003 set-based
+    back = lab_db.manage("migrate", "lab", "0002")
+    assert back.returncode == 0, back.stderr
+    assert counters(lab_db) == {1: 1500}  # 0003's reverse ran
+    irreversible = lab_db.manage("migrate", "lab", "0001")
+    assert irreversible.returncode != 0 and "not reversible" in irreversible.stderr
+    forward_again = lab_db.manage("migrate", "lab", "0004")
+    assert forward_again.returncode == 0, forward_again.stderr
+    assert counters(lab_db) == {2: 1500}  # a reversed operation runs again from the start
+    atomic = lab_db.manage("migrate", "lab", "0005")
+    assert atomic.returncode != 0
+    assert "needs `atomic = False`" in atomic.stderr
+    assert counters(lab_db) == {2: 1500}
+
+
+def test_status_command_lists_checkpoints_and_failed_rows(lab_db: LabDb) -> None:
+    seed_items(lab_db, 300, payload_at={42: "raise"})
+    assert lab_db.manage("chunkwise_run", "lab", "0002").returncode == 0
+    status = lab_db.manage("chunkwise_status", "--failed")
+    assert status.returncode == 0, status.stderr
+    assert "lab.0002_bump_items" in status.stdout and "done" in status.stdout
+    assert "failed key 42: ValueError" in status.stdout
+
+
+def test_rows_per_second_cap_is_honoured(lab_db: LabDb) -> None:
+    seed_items(lab_db, 3000)
+    started = time.monotonic()
+    result = lab_db.manage("chunkwise_run", "lab", "0003", "--batch-size", "500",
+                           "--max-rows-per-second", "2000")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert elapsed >= 1.2  # 3000 rows at 2000 rows/s: the last batch starts after >= 1.25 s

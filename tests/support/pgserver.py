@@ -1,0 +1,130 @@
+"""A throwaway PostgreSQL server for tests and benchmarks.
+
+Uses the Debian packages' binaries (``scripts/setup`` installs them if missing),
+initdb's a cluster in a temporary directory, starts it on a free loopback port
+and stops and removes it afterwards. Root cannot run postgres, so as root the
+server runs as the ``postgres`` system user the package creates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PgServer", "find_bindir", "free_port", "running_server"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_bindir() -> Path:
+    explicit = os.environ.get("CHUNKWISE_PG_BINDIR")
+    candidates = [explicit] if explicit else sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True
+    )
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "postgres").exists():
+            return Path(candidate)
+    raise RuntimeError(
+        "PostgreSQL server binaries not found (looked in /usr/lib/postgresql/*/bin); "
+        "run scripts/setup, which installs the Debian postgresql package"
+    )
+
+
+@dataclass
+class PgServer:
+    host: str
+    port: int
+    user: str
+    datadir: Path
+
+    def env(self, database: str) -> dict[str, str]:
+        """libpq variables for a client (the shop example settings read these)."""
+        return {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user,
+                "PGDATABASE": database, "PGPASSWORD": ""}
+
+    def dsn(self, database: str) -> str:
+        return f"host={self.host} port={self.port} user={self.user} dbname={database}"
+
+    def sql(self, statement: str, database: str = "postgres") -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn(database), autocommit=True) as conn:
+            conn.execute(statement)  # type: ignore[arg-type]
+
+
+def _as_postgres_user() -> tuple[list[str], int | None, int | None]:
+    if os.geteuid() != 0:
+        return [], None, None
+    entry = pwd.getpwnam("postgres")
+    return [], entry.pw_uid, entry.pw_gid
+
+
+@contextlib.contextmanager
+def running_server(settings: dict[str, str] | None = None) -> Iterator[PgServer]:
+    bindir = find_bindir()
+    _, uid, gid = _as_postgres_user()
+    root = Path(tempfile.mkdtemp(prefix="chunkwise-pg-"))
+    datadir = root / "data"
+    if uid is not None:
+        os.chown(root, uid, gid or -1)
+
+    def run_as(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        def demote() -> None:
+            if uid is not None:
+                os.setgid(gid or 0)
+                os.setuid(uid)
+        return subprocess.run(args, preexec_fn=demote, check=True, text=True,  # noqa: PLW1509
+                              capture_output=True, **kwargs)  # type: ignore[call-overload]
+
+    port = free_port()
+    user = "chunkwise"
+    run_as([str(bindir / "initdb"), "-D", str(datadir), "-U", user, "--auth=trust",
+            "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+    options = {
+        "listen_addresses": "127.0.0.1",
+        "port": str(port),
+        "unix_socket_directories": str(root),
+        "fsync": "off",  # a test server: durability of the server itself is not under test
+        "synchronous_commit": "off",
+        "full_page_writes": "off",
+        "shared_buffers": "256MB",
+        "max_connections": "100",
+        "max_wal_size": "2GB",
+        "log_min_messages": "warning",
+    }
+    options.update(settings or {})
+    with open(datadir / "postgresql.conf", "a") as conf:
+        for name, value in options.items():
+            conf.write(f"{name} = '{value}'\n")
+    log = root / "postgres.log"
+    run_as([str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(log), "-w", "-t", "60", "start"])
+    server = PgServer("127.0.0.1", port, user, datadir)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                server.sql("SELECT 1")
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield server
+    finally:
+        with contextlib.suppress(Exception):
+            run_as([str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"])
+        shutil.rmtree(root, ignore_errors=True)
