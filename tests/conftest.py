@@ -61,7 +61,9 @@ class LabDb:
     def env(self, **extra: str) -> dict[str, str]:
         return lab_env(self.server, self.name, **extra)
 
-    def manage(self, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    def manage(
+        self, *args: str, timeout: float = 300, **env: str
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, str(LAB / "manage.py"), *args], env=self.env(**env),
                               capture_output=True, text=True, timeout=timeout)
 

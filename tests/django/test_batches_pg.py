@@ -14,7 +14,9 @@ from tests.conftest import LabDb
 pytestmark = pytest.mark.postgres
 
 
-def seed_items(db: LabDb, count: int, gap: int = 1, payload_at: dict[int, str] | None = None) -> None:
+def seed_items(
+    db: LabDb, count: int, gap: int = 1, payload_at: dict[int, str] | None = None
+) -> None:
     db.execute("INSERT INTO lab_item (id, counter, payload, score) "
                "SELECT g * %s, 0, '', 0 FROM generate_series(1, %s) g", (gap, count))
     for key, payload in (payload_at or {}).items():

@@ -86,9 +86,11 @@ class DjangoCheckpointStore:
             cursor.execute("SELECT pg_try_advisory_lock(%s)", [self._advisory_key()])
             (acquired,) = cursor.fetchone()
         if not acquired:
-            holder = self._rows().filter(pk=self._id).values_list("owner", "heartbeat_at").first()
+            holder = self._rows().filter(pk=self.checkpoint_id).values_list("owner", "heartbeat_at").first()
             who, beat = holder if holder else ("another runner", None)
-            age = f", last checkpoint {(timezone.now() - beat).total_seconds():.0f}s ago" if beat else ""
+            age = ""
+            if beat:
+                age = f", last checkpoint {(timezone.now() - beat).total_seconds():.0f}s ago"
             raise AnotherRunnerActive(
                 f"{self._ref} is already being run by {who}{age}; not starting a second "
                 "runner (it would wait for the same rows). Wait for it to finish, or stop it."
@@ -125,7 +127,7 @@ class DjangoCheckpointStore:
         self._id = row.pk
         self._take_runner_lock()
         with transaction.atomic(using=self._alias):
-            row = self._rows().select_for_update().get(pk=self._id)
+            row = self._rows().select_for_update().get(pk=self.checkpoint_id)
             if not row.planned:
                 self._plan(row)
             if row.state != Checkpoint.State.DONE:
@@ -156,14 +158,14 @@ class DjangoCheckpointStore:
     def lock(self) -> CheckpointState:
         rows = self._rows()
         if self._vendor == "postgresql":
-            row = rows.select_for_update().get(pk=self._id)
+            row = rows.select_for_update().get(pk=self.checkpoint_id)
         else:  # take SQLite's write lock first, so the batch cannot deadlock on upgrade
-            rows.filter(pk=self._id).update(heartbeat_at=Now())
-            row = rows.get(pk=self._id)
+            rows.filter(pk=self.checkpoint_id).update(heartbeat_at=Now())
+            row = rows.get(pk=self.checkpoint_id)
         return self._state_of(row)
 
     def advance(self, last_key: Key, rows: int, lock_wait: float, tally: Tally) -> None:
-        self._rows().filter(pk=self._id).update(
+        self._rows().filter(pk=self.checkpoint_id).update(
             last_key=self._codec.dump(last_key),
             rows_processed=tally.rows_processed,
             failed_rows=tally.failed_rows,
@@ -175,12 +177,12 @@ class DjangoCheckpointStore:
 
     def record_failure(self, key: Key, error: BaseException, tally: Tally) -> None:
         FailedRow.objects.using(self._alias).create(
-            checkpoint_id=self._id,
+            checkpoint_id=self.checkpoint_id,
             key=self._codec.dump(key) or "",
             error_class=type(error).__name__[:200],
             message=str(error)[:4000],
         )
-        self._rows().filter(pk=self._id).update(
+        self._rows().filter(pk=self.checkpoint_id).update(
             last_key=self._codec.dump(key),
             failed_rows=tally.failed_rows,
             consecutive_failed_batches=tally.consecutive_failed_batches,
@@ -189,7 +191,7 @@ class DjangoCheckpointStore:
 
     def finish(self, state: str, message: str = "") -> None:
         with transaction.atomic(using=self._alias):
-            self._rows().filter(pk=self._id).update(
+            self._rows().filter(pk=self.checkpoint_id).update(
                 state=state, message=message[:4000], heartbeat_at=Now(),
                 completed_at=Now() if state == Checkpoint.State.DONE else None,
             )

@@ -73,7 +73,8 @@ TUNABLES: tuple[Tunable, ...] = (
     Tunable("halt-min-sample", "halt_on", "min_sample", "haltOn.minSample", _int,
             "rows attempted before the failure rate counts"),
     Tunable("halt-consecutive-failed-batches", "halt_on", "consecutive_failed_batches",
-            "haltOn.consecutiveFailedBatches", _int, "halt after this many failing batches in a row"),
+            "haltOn.consecutiveFailedBatches", _int,
+            "halt after this many failing batches in a row"),
 )
 
 

@@ -46,7 +46,6 @@ class BatchedRunPython(Operation):
     """
 
     reduces_to_sql = False
-    reversible = False  # set per instance: True when ``reverse`` is given
     atomic = False  # every batch commits on its own; the migration must not wrap them
     elidable = False
 
@@ -68,7 +67,8 @@ class BatchedRunPython(Operation):
         elidable: bool = False,
     ) -> None:
         if not isinstance(model, str) or model.count(".") != 1:
-            raise ValueError(f"BatchedRunPython model: expected 'app_label.ModelName', got {model!r}")
+            raise ValueError(
+                f"BatchedRunPython model: expected 'app_label.ModelName', got {model!r}")
         if (forward is None) == (transform is None):
             raise ValueError("BatchedRunPython: give exactly one of forward= (set-based, gets a "
                              "queryset per batch) or transform= (per row, with fields=)")
@@ -79,9 +79,9 @@ class BatchedRunPython(Operation):
                              "it writes, e.g. fields=['status']")
         if fields and transform is None:
             raise ValueError("BatchedRunPython fields: only used with transform=")
-        for name, value in (("todo", todo), ("reverse_todo", reverse_todo)):
-            if value is not None and not isinstance(value, Q):
-                raise TypeError(f"BatchedRunPython {name}: expected a Q object, got {value!r}")
+        for name, condition in (("todo", todo), ("reverse_todo", reverse_todo)):
+            if condition is not None and not isinstance(condition, Q):
+                raise TypeError(f"BatchedRunPython {name}: expected a Q object, got {condition!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"BatchedRunPython batch_size: expected an integer >= 1, got "
                              f"{batch_size!r}")
@@ -98,8 +98,11 @@ class BatchedRunPython(Operation):
         self.lock_timeout = lock_timeout
         self.statement_timeout = statement_timeout
         self.hints = hints or {}
-        self.elidable = elidable
-        self.reversible = reverse is not None
+        self.elidable = elidable  # type: ignore[misc]  # per instance, as RunPython does
+
+    @property
+    def reversible(self) -> bool:  # type: ignore[override]  # a property, as on RunPython
+        return self.reverse is not None
 
     def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
         defaults: dict[str, Any] = {

@@ -37,7 +37,10 @@ def write_back(
     names = ", ".join(quote(c.column) for c in columns)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            arrays = ", ".join(f"%s::{c.cast_db_type(connection)}[]" for c in columns)
+            arrays = ", ".join(
+                f"%s::{c.cast_db_type(connection)}[]"  # type: ignore[attr-defined]  # not in stubs
+                for c in columns
+            )
             cursor.execute(
                 f"UPDATE {table} SET {assignments} FROM unnest({arrays}) AS v({names}) "
                 f"WHERE {table}.{quote(key.column)} = v.{quote(key.column)}",

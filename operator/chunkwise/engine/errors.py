@@ -76,7 +76,7 @@ def sqlstate_of(exc: BaseException) -> str | None:
 
 
 def _is_connection_loss(exc: BaseException) -> bool:
-    names = set()
+    names: set[str] = set()
     current: BaseException | None = exc
     while current is not None and len(names) < 10:
         names.add(type(current).__name__)

@@ -80,5 +80,5 @@ def backoff_seconds(
     attempt: int, settings: RetrySettings, rng: Callable[[], float] = random.random
 ) -> float:
     """Exponential backoff with full jitter (AWS architecture blog's variant)."""
-    ceiling = min(settings.max_backoff, settings.backoff * (2 ** (attempt - 1)))
+    ceiling = min(settings.max_backoff, settings.backoff * 2.0 ** (attempt - 1))
     return ceiling * rng()

@@ -307,11 +307,12 @@ class BatchRunner:
             if self._stop.is_set():
                 return
             try:
-                self._with_retries(
-                    lambda part=part: self._commit_batch(part[-1], len(part), clean=False)
-                )
+                self._with_retries(self._sub_batch(part))
             except RowFailure as failure:
                 self._isolate(failure.keys or part, failure.error)
+
+    def _sub_batch(self, keys: Sequence[Key]) -> Callable[[], _Batch]:
+        return lambda: self._commit_batch(keys[-1], len(keys), clean=False)
 
     # -- retries --------------------------------------------------------------------------
 

@@ -33,7 +33,8 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 def parse_duration(value: str | float | int, *, field_name: str) -> float:
     """Parse "500ms", "2s", "1.5m", "1h" or a plain number of seconds into seconds."""
     if isinstance(value, bool):
-        raise SettingsError(f"{field_name}: expected a duration like '500ms' or '2s', got {value!r}")
+        raise SettingsError(
+            f"{field_name}: expected a duration like '500ms' or '2s', got {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)
     else:

@@ -1,0 +1,112 @@
+import pytest
+
+from chunkwise.engine import (
+    BatchSettings,
+    BatchSizer,
+    ErrorKind,
+    Halted,
+    HaltThresholds,
+    RateLimiter,
+    RetrySettings,
+    Tally,
+    backoff_seconds,
+    check_budget,
+    classify,
+)
+
+
+def test_sizer_moves_toward_the_target_duration_within_bounds() -> None:
+    sizer = BatchSizer(BatchSettings(size=1000, min_size=100, max_size=8000,
+                                     target_duration=0.5))
+    sizer.observe(1000, 0.1)  # 10k rows/s: 5000 rows would take 0.5 s, but growth caps at 2x
+    assert sizer.size == 2000
+    for _ in range(10):
+        sizer.observe(sizer.size, sizer.size / 10_000)
+    assert sizer.size == 5000
+    for _ in range(10):
+        sizer.observe(sizer.size, sizer.size / 100)  # suddenly 100 rows/s
+    assert sizer.size == 100  # min_size
+    sizer.observe(100, 0.0001)
+    sizer.observe(200, 0.0001)
+    sizer.observe(400, 0.0001)
+    sizer.observe(800, 0.0001)
+    sizer.observe(1600, 0.0001)
+    sizer.observe(3200, 0.0001)
+    assert sizer.size == 6400
+    sizer.observe(6400, 0.0001)
+    assert sizer.size == 8000  # max_size
+
+
+def test_halving_respects_min_size() -> None:
+    sizer = BatchSizer(BatchSettings(size=300, min_size=100))
+    sizer.halve()
+    assert sizer.size == 150
+    sizer.halve()
+    assert sizer.size == 100
+
+
+def test_rate_limiter_caps_rows_per_second_and_adds_pause() -> None:
+    now = [0.0]
+    limiter = RateLimiter(BatchSettings(max_rows_per_second=1000, pause=0.05),
+                          clock=lambda: now[0])
+    assert limiter.delay_after(500) == pytest.approx(0.5)
+    now[0] = 0.5
+    assert limiter.delay_after(100) == pytest.approx(0.1)
+    now[0] = 5.0  # far behind the cap: only the pause remains
+    assert limiter.delay_after(100) == pytest.approx(0.05)
+
+
+def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
+    settings = RetrySettings(backoff=1.0, max_backoff=10.0)
+    assert backoff_seconds(1, settings, rng=lambda: 1.0) == 1.0
+    assert backoff_seconds(3, settings, rng=lambda: 1.0) == 4.0
+    assert backoff_seconds(9, settings, rng=lambda: 1.0) == 10.0
+    assert backoff_seconds(3, settings, rng=lambda: 0.5) == 2.0
+
+
+@pytest.mark.parametrize(("tally", "reason"), [
+    (Tally(100, 6, 0), "FailedRowsExceeded"),
+    (Tally(900, 5, 0), None),  # 5 <= 5 rows, rate 0.0055 < 0.01
+    (Tally(300, 5, 0), "FailureRateExceeded"),  # 5/305 after the 200-row sample
+    (Tally(100, 5, 0), None),  # below the sample size
+    (Tally(10_000, 1, 3), "ConsecutiveFailedBatchesExceeded"),
+])
+def test_budget(tally: Tally, reason: str | None) -> None:
+    thresholds = HaltThresholds(failed_rows=5, failure_rate=0.01, min_sample=200,
+                                consecutive_failed_batches=3)
+    if reason is None:
+        check_budget(tally, thresholds)
+    else:
+        with pytest.raises(Halted) as raised:
+            check_budget(tally, thresholds)
+        assert raised.value.reason == reason
+
+
+class _PgError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+
+
+class OperationalError(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("sqlstate", "kind"), [
+    ("55P03", ErrorKind.LOCK_TIMEOUT), ("57014", ErrorKind.STATEMENT_TIMEOUT),
+    ("40P01", ErrorKind.DEADLOCK), ("40001", ErrorKind.SERIALIZATION),
+    ("57P01", ErrorKind.SHUTDOWN), ("08006", ErrorKind.CONNECTION),
+    ("23505", ErrorKind.ROW_ERROR), ("22P02", ErrorKind.ROW_ERROR), ("42703", ErrorKind.ROW_ERROR),
+])
+def test_classify_by_sqlstate_through_wrappers(sqlstate: str, kind: ErrorKind) -> None:
+    wrapped = RuntimeError("django wrapper")
+    wrapped.__cause__ = _PgError(sqlstate)
+    assert classify(wrapped) is kind
+
+
+def test_classify_sqlite_and_plain_exceptions() -> None:
+    assert classify(OperationalError("database is locked")) is ErrorKind.LOCK_TIMEOUT
+    assert classify(OperationalError("server closed the connection unexpectedly")) is (
+        ErrorKind.CONNECTION)
+    assert classify(ValueError("user code")) is ErrorKind.ROW_ERROR
+    assert not ErrorKind.ROW_ERROR.retryable and ErrorKind.DEADLOCK.retryable

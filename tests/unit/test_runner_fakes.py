@@ -1,0 +1,219 @@
+"""The batch loop against an in-memory table: fast checks of the loop's logic.
+The same behaviours are tested on a real PostgreSQL in tests/django/."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from chunkwise.engine import (
+    BatchReport,
+    BatchRunner,
+    BatchSettings,
+    CheckpointState,
+    ErrorKind,
+    ExitCode,
+    HaltThresholds,
+    Outcome,
+    RetrySettings,
+    RunSettings,
+    Tally,
+    Timeouts,
+)
+
+
+class LockTimeout(Exception):
+    sqlstate = "55P03"
+
+
+class Rollback(Exception):
+    pass
+
+
+@dataclass
+class Memory:
+    """A table of key -> counter and a checkpoint, with transactions by copy."""
+
+    rows: dict[int, int]
+    bad: set[int] = field(default_factory=set)
+    timeouts_left: int = 0
+    checkpoint: dict[str, Any] = field(default_factory=lambda: {
+        "last_key": None, "tally": Tally(), "batches": 0, "state": "running"})
+    failures: list[int] = field(default_factory=list)
+    lock_limits: list[int] = field(default_factory=list)
+
+
+class FakeTarget:
+    def __init__(self, memory: Memory) -> None:
+        self.m = memory
+        self._locked: list[int] = []
+        self._work: dict[int, int] | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        rows, checkpoint = dict(self.m.rows), dict(self.m.checkpoint)
+        checkpoint["tally"] = Tally(**vars(self.m.checkpoint["tally"]))
+        failures = list(self.m.failures)
+        try:
+            yield
+        except BaseException:
+            self.m.rows, self.m.checkpoint, self.m.failures = rows, checkpoint, failures
+            raise
+
+    def set_timeouts(self, timeouts: Timeouts) -> None:
+        pass
+
+    def lock_rows(self, after: Any, upto: Any, limit: int) -> Sequence[Any]:
+        self.m.lock_limits.append(limit)
+        if self.m.timeouts_left:
+            self.m.timeouts_left -= 1
+            raise LockTimeout("canceling statement due to lock timeout")
+        keys = sorted(k for k in self.m.rows if (after is None or k > after) and k <= upto)
+        self._locked = keys[:limit]
+        return self._locked
+
+    def apply(self, after: Any, upto: Any) -> None:
+        for key in self._locked:
+            if key in self.m.bad:
+                raise ValueError(f"bad row {key}")
+            self.m.rows[key] += 1
+
+    def reconnect(self) -> None:
+        pass
+
+
+class FakeStore:
+    def __init__(self, memory: Memory) -> None:
+        self.m = memory
+
+    def _state(self) -> CheckpointState:
+        c = self.m.checkpoint
+        return CheckpointState(c["last_key"], max(self.m.rows, default=None), len(self.m.rows),
+                               Tally(**vars(c["tally"])), c["batches"], 0.0,
+                               c["state"] == "done")
+
+    def start(self) -> CheckpointState:
+        return self._state()
+
+    def lock(self) -> CheckpointState:
+        return self._state()
+
+    def advance(self, last_key: Any, rows: int, lock_wait: float, tally: Tally) -> None:
+        self.m.checkpoint.update(last_key=last_key, tally=tally,
+                                 batches=self.m.checkpoint["batches"] + 1)
+
+    def record_failure(self, key: Any, error: BaseException, tally: Tally) -> None:
+        self.m.failures.append(key)
+        self.m.checkpoint.update(last_key=key, tally=tally)
+
+    def finish(self, state: str, message: str = "") -> None:
+        self.m.checkpoint["state"] = state
+
+    def reconnected(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class Recorder:
+    def __init__(self, stop_after: int | None = None, stop: threading.Event | None = None):
+        self.batches: list[BatchReport] = []
+        self.retries: list[ErrorKind] = []
+        self._stop_after, self._stop = stop_after, stop
+
+    def started(self, state: CheckpointState) -> None: ...
+
+    def batch_committed(self, report: BatchReport) -> None:
+        self.batches.append(report)
+        if self._stop and self._stop_after == len(self.batches):
+            self._stop.set()
+
+    def retrying(self, kind: ErrorKind, attempt: int, delay: float) -> None:
+        self.retries.append(kind)
+
+    def throttled(self, reason: str, seconds: float) -> None: ...
+
+    def finished(self, outcome: Outcome) -> None: ...
+
+
+def settings(**halt: Any) -> RunSettings:
+    return RunSettings(
+        batch=BatchSettings(size=8, min_size=1, max_size=8),
+        retries=RetrySettings(max_attempts=6, backoff=0, max_backoff=0, halve_after_timeouts=2),
+        halt_on=HaltThresholds(**{"failed_rows": 100, "failure_rate": 1.0, **halt}),
+    )
+
+
+def run(memory: Memory, recorder: Recorder | None = None, stop: threading.Event | None = None,
+        **halt: Any) -> Outcome:
+    return BatchRunner(FakeTarget(memory), FakeStore(memory), settings(**halt),
+                       recorder or Recorder(), stop).run()
+
+
+def test_every_row_once_and_done() -> None:
+    memory = Memory({k: 0 for k in range(3, 300, 7)})
+    outcome = run(memory)
+    assert outcome.exit_code is ExitCode.DONE and outcome.reason == "Completed"
+    assert set(memory.rows.values()) == {1}
+
+
+def test_bad_rows_are_isolated_and_the_rest_commits() -> None:
+    memory = Memory({k: 0 for k in range(1, 101)}, bad={5, 6, 50, 100})
+    outcome = run(memory)
+    assert outcome.exit_code is ExitCode.DONE
+    assert memory.failures == [5, 6, 50, 100]
+    assert [k for k, v in memory.rows.items() if v != 1] == [5, 6, 50, 100]
+    assert memory.checkpoint["tally"].failed_rows == 4
+
+
+def test_repeated_lock_timeouts_halve_the_batch_then_succeed() -> None:
+    memory = Memory({k: 0 for k in range(1, 41)}, timeouts_left=4)
+    recorder = Recorder()
+    outcome = run(memory, recorder)
+    assert outcome.exit_code is ExitCode.DONE
+    assert recorder.retries == [ErrorKind.LOCK_TIMEOUT] * 4
+    assert memory.lock_limits[:5] == [8, 8, 4, 4, 2]  # halved after every 2 timeouts
+    assert set(memory.rows.values()) == {1}
+
+
+def test_retries_exhausted_is_an_error_exit_not_a_halt() -> None:
+    from chunkwise.engine import RetriesExhausted
+
+    memory = Memory({1: 0}, timeouts_left=100)
+    try:
+        run(memory)
+    except RetriesExhausted as exc:
+        assert "failed 6 times" in str(exc)
+    else:
+        raise AssertionError("expected RetriesExhausted")
+    assert memory.rows == {1: 0}
+
+
+def test_consecutive_failed_batches_halt_with_the_checkpoint_kept() -> None:
+    memory = Memory({k: 0 for k in range(1, 81)}, bad={1, 9, 17, 25})  # one per batch of 8
+    outcome = run(memory, consecutive_failed_batches=3)
+    assert outcome.exit_code is ExitCode.HALTED
+    assert outcome.reason == "ConsecutiveFailedBatchesExceeded"
+    assert memory.checkpoint["last_key"] == 24 and memory.checkpoint["state"] == "halted"
+    assert sum(memory.rows.values()) == 21
+
+
+def test_failed_rows_threshold_stops_inside_the_isolation() -> None:
+    memory = Memory({k: 0 for k in range(1, 65)}, bad=set(range(1, 65)))
+    outcome = run(memory, failed_rows=2)
+    assert outcome.exit_code is ExitCode.HALTED and outcome.reason == "FailedRowsExceeded"
+    assert memory.failures == [1, 2, 3]  # stopped at the third, not after the whole batch
+
+
+def test_stop_event_finishes_the_batch_then_interrupts() -> None:
+    memory = Memory({k: 0 for k in range(1, 101)})
+    stop = threading.Event()
+    outcome = run(memory, Recorder(stop_after=3, stop=stop), stop)
+    assert outcome.exit_code is ExitCode.INTERRUPTED
+    assert sum(memory.rows.values()) == 24 and memory.checkpoint["last_key"] == 24
+    resumed = run(memory)
+    assert resumed.exit_code is ExitCode.DONE and set(memory.rows.values()) == {1}

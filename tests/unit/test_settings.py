@@ -1,0 +1,71 @@
+import re
+
+import pytest
+
+from chunkwise.django.config import TUNABLES, resolve_settings
+from chunkwise.engine import (
+    BatchSettings,
+    HaltThresholds,
+    RetrySettings,
+    RunSettings,
+    SettingsError,
+    Timeouts,
+    parse_duration,
+)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("500ms", 0.5), ("2s", 2.0), ("1.5m", 90.0), ("1h", 3600.0), ("3", 3.0), (0.25, 0.25),
+])
+def test_parse_duration(text: str | float, seconds: float) -> None:
+    assert parse_duration(text, field_name="x") == seconds
+
+
+@pytest.mark.parametrize("bad", ["soon", "-1s", "1d", "", True])
+def test_parse_duration_rejects_with_the_field_name(bad: object) -> None:
+    with pytest.raises(SettingsError, match=r"^timeouts\.lock: expected a duration"):
+        parse_duration(bad, field_name="timeouts.lock")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("factory", "field"), [
+    (lambda: BatchSettings(size=10, min_size=50), "batch.size"),
+    (lambda: BatchSettings(size=100, max_size=50), "batch.size"),
+    (lambda: BatchSettings(min_size=0), "batch.minSize"),
+    (lambda: BatchSettings(target_duration=0), "batch.targetDuration"),
+    (lambda: BatchSettings(max_rows_per_second=-1), "batch.maxRowsPerSecond"),
+    (lambda: Timeouts(lock=0), "timeouts.lock"),
+    (lambda: RetrySettings(max_attempts=0), "retries.maxAttempts"),
+    (lambda: HaltThresholds(failure_rate=1.5), "haltOn.failureRate"),
+    (lambda: HaltThresholds(failed_rows=-1), "haltOn.failedRows"),
+    (lambda: HaltThresholds(consecutive_failed_batches=0), "haltOn.consecutiveFailedBatches"),
+])
+def test_invalid_settings_name_the_field(factory, field: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SettingsError, match="^" + re.escape(field) + ": expected"):
+        factory()
+
+
+def test_env_then_flags_override_the_base() -> None:
+    base = RunSettings()
+    settings = resolve_settings(
+        base,
+        {"CHUNKWISE_BATCH_SIZE": "2000", "CHUNKWISE_LOCK_TIMEOUT": "250ms",
+         "CHUNKWISE_HALT_FAILURE_RATE": "0.2"},
+        {"batch_size": "3000"},
+    )
+    assert settings.batch.size == 3000  # the flag wins over the env
+    assert settings.timeouts.lock == 0.25
+    assert settings.halt_on.failure_rate == 0.2
+    assert settings.retries == base.retries
+
+
+def test_bad_env_value_names_the_spec_field_and_the_variable() -> None:
+    with pytest.raises(SettingsError, match=r"batch\.size \(CHUNKWISE_BATCH_SIZE\): expected an "
+                                            r"integer, got 'lots'"):
+        resolve_settings(RunSettings(), {"CHUNKWISE_BATCH_SIZE": "lots"})
+
+
+def test_every_tunable_maps_to_a_real_settings_field() -> None:
+    settings = RunSettings()
+    for tunable in TUNABLES:
+        assert hasattr(getattr(settings, tunable.group), tunable.field), tunable
+    assert len({t.env for t in TUNABLES}) == len(TUNABLES)
