@@ -12,11 +12,17 @@ REPO = Path(__file__).resolve().parents[2]
 SHOP = REPO / "examples" / "shop"
 
 
-def shop(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+def shop_env(db: Path) -> dict[str, str]:
+    """The shop on SQLite, whatever other tests put in this process's environment."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PG", "CHUNKWISE_")) and k != "DJANGO_SETTINGS_MODULE"}
     env.update(SHOP_SQLITE_PATH=str(db), PYTHONPATH=str(REPO / "operator"))
-    return subprocess.run([sys.executable, str(SHOP / "manage.py"), *args], env=env, cwd=SHOP,
-                          capture_output=True, text=True, timeout=300)
+    return env
+
+
+def shop(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SHOP / "manage.py"), *args], env=shop_env(db),
+                          cwd=SHOP, capture_output=True, text=True, timeout=300)
 
 
 def test_shop_example_on_sqlite_migrates_in_batches_and_resumes(tmp_path: Path) -> None:
@@ -29,7 +35,7 @@ def test_shop_example_on_sqlite_migrates_in_batches_and_resumes(tmp_path: Path) 
     runner = subprocess.Popen(
         [sys.executable, str(SHOP / "manage.py"), "chunkwise_run", "shop", "0002",
          "--batch-size", "1000", "--max-rows-per-second", "4000"],
-        env={**os.environ, "SHOP_SQLITE_PATH": str(db), "PYTHONPATH": str(REPO / "operator")},
+        env=shop_env(db),
         cwd=SHOP, stderr=subprocess.PIPE, text=True)
     import time
 
