@@ -110,3 +110,19 @@ def test_classify_sqlite_and_plain_exceptions() -> None:
         ErrorKind.CONNECTION)
     assert classify(ValueError("user code")) is ErrorKind.ROW_ERROR
     assert not ErrorKind.ROW_ERROR.retryable and ErrorKind.DEADLOCK.retryable
+
+
+def test_plan_caps_batches_at_the_locked_fraction_of_the_rows_to_do() -> None:
+    sizer = BatchSizer(BatchSettings(size=5000, min_size=100, max_size=50_000,
+                                     max_locked_fraction=0.005))
+    sizer.plan(400_000)  # 0.5% of 400k = 2000
+    assert sizer.size == 2000
+    for _ in range(5):
+        sizer.observe(sizer.size, 0.001)
+    assert sizer.size == 2000
+    tiny = BatchSizer(BatchSettings(size=1000, min_size=100, max_locked_fraction=0.005))
+    tiny.plan(1000)
+    assert tiny.size == 100  # never below min_size
+    uncapped = BatchSizer(BatchSettings(size=1000, max_locked_fraction=0))
+    uncapped.plan(1000)
+    assert uncapped.size == 1000

@@ -142,7 +142,7 @@ class Recorder:
 
 def settings(**halt: Any) -> RunSettings:
     return RunSettings(
-        batch=BatchSettings(size=8, min_size=1, max_size=8),
+        batch=BatchSettings(size=8, min_size=1, max_size=8, max_locked_fraction=0),
         retries=RetrySettings(max_attempts=6, backoff=0, max_backoff=0, halve_after_timeouts=2),
         halt_on=HaltThresholds(**{"failed_rows": 100, "failure_rate": 1.0, **halt}),
     )

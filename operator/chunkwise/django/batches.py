@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from django.db import connections, transaction
-from django.db.models import F, Field, Model, Q, QuerySet
+from django.db.models import Field, Q, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -20,6 +20,7 @@ from chunkwise.engine import AnotherRunnerActive, CheckpointState, Tally, Timeou
 
 from .models import Checkpoint, FailedRow
 from .refs import OperationRef, default_owner
+from .rows import row_class
 from .writeback import write_back
 
 Key = Any
@@ -86,7 +87,8 @@ class DjangoCheckpointStore:
             cursor.execute("SELECT pg_try_advisory_lock(%s)", [self._advisory_key()])
             (acquired,) = cursor.fetchone()
         if not acquired:
-            holder = self._rows().filter(pk=self.checkpoint_id).values_list("owner", "heartbeat_at").first()
+            holder = (self._rows().filter(pk=self.checkpoint_id)
+                      .values_list("owner", "heartbeat_at").first())
             who, beat = holder if holder else ("another runner", None)
             age = ""
             if beat:
@@ -155,25 +157,39 @@ class DjangoCheckpointStore:
         if row.high_water_key is None:
             row.state = Checkpoint.State.DONE
 
+    # lock() and advance() run once per batch: plain SQL, no queryset compilation
+    _STATE_COLUMNS = ("last_key", "high_water_key", "rows_estimated", "rows_processed",
+                      "failed_rows", "consecutive_failed_batches", "batches",
+                      "lock_wait_seconds", "state")
+
     def lock(self) -> CheckpointState:
-        rows = self._rows()
-        if self._vendor == "postgresql":
-            row = rows.select_for_update().get(pk=self.checkpoint_id)
-        else:  # take SQLite's write lock first, so the batch cannot deadlock on upgrade
-            rows.filter(pk=self.checkpoint_id).update(heartbeat_at=Now())
-            row = rows.get(pk=self.checkpoint_id)
-        return self._state_of(row)
+        connection = connections[self._alias]
+        table = connection.ops.quote_name(Checkpoint._meta.db_table)
+        select = f"SELECT {', '.join(self._STATE_COLUMNS)} FROM {table} WHERE id = %s"
+        with connection.cursor() as cursor:
+            if self._vendor == "postgresql":
+                cursor.execute(select + " FOR UPDATE", [self.checkpoint_id])
+            else:  # take SQLite's write lock first, so the batch cannot deadlock on upgrade
+                cursor.execute(f"UPDATE {table} SET heartbeat_at = %s WHERE id = %s",
+                               [self._now(), self.checkpoint_id])
+                cursor.execute(select, [self.checkpoint_id])
+            values = dict(zip(self._STATE_COLUMNS, cursor.fetchone(), strict=True))
+        return self._state_of(Checkpoint(**values))
 
     def advance(self, last_key: Key, rows: int, lock_wait: float, tally: Tally) -> None:
-        self._rows().filter(pk=self.checkpoint_id).update(
-            last_key=self._codec.dump(last_key),
-            rows_processed=tally.rows_processed,
-            failed_rows=tally.failed_rows,
-            consecutive_failed_batches=tally.consecutive_failed_batches,
-            batches=F("batches") + 1,
-            lock_wait_seconds=F("lock_wait_seconds") + lock_wait,
-            heartbeat_at=Now(),
-        )
+        connection = connections[self._alias]
+        table = connection.ops.quote_name(Checkpoint._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET last_key = %s, rows_processed = %s, failed_rows = %s, "
+                "consecutive_failed_batches = %s, batches = batches + 1, "
+                "lock_wait_seconds = lock_wait_seconds + %s, heartbeat_at = %s WHERE id = %s",
+                [self._codec.dump(last_key), tally.rows_processed, tally.failed_rows,
+                 tally.consecutive_failed_batches, lock_wait, self._now(), self.checkpoint_id],
+            )
+
+    def _now(self) -> Any:
+        return connections[self._alias].ops.adapt_datetimefield_value(timezone.now())
 
     def record_failure(self, key: Key, error: BaseException, tally: Tally) -> None:
         FailedRow.objects.using(self._alias).create(
@@ -228,7 +244,9 @@ class DjangoBatchTarget:
         self._forward = forward
         self._transform = transform
         self._fields = [todo.model._meta.get_field(name) for name in fields]
-        self._rows: list[Model] = []
+        self._row_class = row_class(todo.model)
+        self._attnames = [f.attname for f in todo.model._meta.concrete_fields]
+        self._rows: list[Any] = []
         self._vendor = connections[alias].vendor
 
     def transaction(self) -> AbstractContextManager[None]:
@@ -257,7 +275,8 @@ class DjangoBatchTarget:
             locking = locking.select_for_update(no_key=True, of=("self",))
         if self._forward is not None:
             return list(locking.values_list(self._key.name, flat=True)[:limit])
-        self._rows = list(locking[:limit])
+        make = self._row_class
+        self._rows = [make(*values) for values in locking.values_list(*self._attnames)[:limit]]
         attname = self._key.attname
         return [getattr(row, attname) for row in self._rows]
 

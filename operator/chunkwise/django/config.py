@@ -58,6 +58,8 @@ TUNABLES: tuple[Tunable, ...] = (
     Tunable("pause", "batch", "pause", "batch.pause", _duration, "sleep between batches"),
     Tunable("max-rows-per-second", "batch", "max_rows_per_second", "batch.maxRowsPerSecond",
             _float, "rows/s cap, 0 = none"),
+    Tunable("max-locked-fraction", "batch", "max_locked_fraction", "batch.maxLockedFraction",
+            _float, "largest share of the rows one batch may lock, 0 = no cap"),
     Tunable("lock-timeout", "timeouts", "lock", "timeouts.lock", _duration,
             "wait for row locks at most this long per try (PostgreSQL)"),
     Tunable("statement-timeout", "timeouts", "statement", "timeouts.statement", _duration,

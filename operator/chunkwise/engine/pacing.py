@@ -26,7 +26,16 @@ class BatchSizer:
     def __init__(self, settings: BatchSettings) -> None:
         self._settings = settings
         self._rows_per_second: float | None = None
+        self._max = settings.max_size
         self.size = settings.size
+
+    def plan(self, rows_to_do: int) -> None:
+        """Cap batches at ``max_locked_fraction`` of the rows to do (never below min_size)."""
+        fraction = self._settings.max_locked_fraction
+        if fraction > 0 and rows_to_do > 0:
+            self._max = max(self._settings.min_size,
+                            min(self._settings.max_size, int(rows_to_do * fraction)))
+            self.size = self._clamp(self.size)
 
     def observe(self, rows: int, seconds: float) -> None:
         """Feed back one committed batch; sets ``size`` for the next one."""
@@ -49,7 +58,7 @@ class BatchSizer:
         self._rows_per_second = None
 
     def _clamp(self, size: int) -> int:
-        return max(self._settings.min_size, min(self._settings.max_size, size))
+        return max(self._settings.min_size, min(self._max, size))
 
 
 class RateLimiter:

@@ -182,6 +182,7 @@ class BatchRunner:
         if state.done:
             return self._finish(Outcome(ExitCode.DONE, "AlreadyDone", "nothing left to do", state))
         limiter = RateLimiter(self._settings.batch, self._clock)
+        self._sizer.plan(state.rows_estimated)
         try:
             check_budget(state.tally, self._settings.halt_on)
             while not self._stop.is_set():
