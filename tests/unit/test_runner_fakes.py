@@ -66,14 +66,16 @@ class FakeTarget:
     def set_timeouts(self, timeouts: Timeouts) -> None:
         pass
 
-    def lock_rows(self, after: Any, upto: Any, limit: int) -> Sequence[Any]:
+    def lock_rows(self, after: Any, upto: Any, limit: int) -> tuple[int, Any]:
         self.m.lock_limits.append(limit)
         if self.m.timeouts_left:
             self.m.timeouts_left -= 1
             raise LockTimeout("canceling statement due to lock timeout")
-        keys = sorted(k for k in self.m.rows if (after is None or k > after) and k <= upto)
-        self._locked = keys[:limit]
-        return self._locked
+        self._locked = list(self.keys_in(after, upto))[:limit]
+        return len(self._locked), (self._locked[-1] if self._locked else None)
+
+    def keys_in(self, after: Any, upto: Any) -> Sequence[Any]:
+        return sorted(k for k in self.m.rows if (after is None or k > after) and k <= upto)
 
     def apply(self, after: Any, upto: Any) -> None:
         for key in self._locked:

@@ -269,16 +269,30 @@ class DjangoBatchTarget:
             bounds &= Q(**{f"{name}__gt": after})
         return self._todo.filter(bounds)
 
-    def lock_rows(self, after: Key | None, upto: Key, limit: int) -> Sequence[Key]:
+    def lock_rows(self, after: Key | None, upto: Key, limit: int) -> tuple[int, Key | None]:
         locking = self._range(after, upto).order_by(self._key.name)
         if self._vendor == "postgresql":
             locking = locking.select_for_update(no_key=True, of=("self",))
         if self._forward is not None:
-            return list(locking.values_list(self._key.name, flat=True)[:limit])
+            # lock in a subquery and return only (last key, count): shipping every key of
+            # every batch to Python was a third of the set-based path's overhead
+            inner, params = locking.values_list(self._key.name)[:limit].query.sql_with_params()
+            connection = connections[self._alias]
+            column = connection.ops.quote_name(self._key.column)
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT locked.{column}, count(*) OVER () FROM ({inner}) locked "
+                               f"ORDER BY locked.{column} DESC LIMIT 1", params)
+                found = cursor.fetchone()
+            return (0, None) if found is None else (int(found[1]), found[0])
         make = self._row_class
         self._rows = [make(*values) for values in locking.values_list(*self._attnames)[:limit]]
-        attname = self._key.attname
-        return [getattr(row, attname) for row in self._rows]
+        if not self._rows:
+            return 0, None
+        return len(self._rows), getattr(self._rows[-1], self._key.attname)
+
+    def keys_in(self, after: Key | None, upto: Key) -> Sequence[Key]:
+        return list(self._range(after, upto).order_by(self._key.name)
+                    .values_list(self._key.name, flat=True))
 
     def apply(self, after: Key | None, upto: Key) -> None:
         if self._forward is not None:

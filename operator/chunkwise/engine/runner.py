@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from .budget import Tally, check_budget
@@ -86,9 +86,12 @@ class BatchTarget(Protocol):
 
     def set_timeouts(self, timeouts: Timeouts) -> None: ...
 
-    def lock_rows(self, after: Key | None, upto: Key, limit: int) -> Sequence[Key]:
+    def lock_rows(self, after: Key | None, upto: Key, limit: int) -> tuple[int, Key | None]:
         """The lock step: lock the next ``limit`` rows still to do in (after, upto],
-        in key order, and return their keys."""
+        in key order; return how many and the last one's key."""
+
+    def keys_in(self, after: Key | None, upto: Key) -> Sequence[Key]:
+        """The keys of the rows still to do in (after, upto], in order (for isolation)."""
 
     def apply(self, after: Key | None, upto: Key) -> None:
         """The work on the rows just locked, whose keys lie in (after, upto]."""
@@ -119,11 +122,12 @@ class Reporter(Protocol):
 
 
 class RowFailure(Exception):
-    """A batch failed for a reason retrying cannot fix; ``keys`` were locked, if known."""
+    """A batch failed for a reason retrying cannot fix; ``span`` is the (after, upto] key
+    range it had locked, if it got that far."""
 
-    def __init__(self, keys: Sequence[Key] | None, error: BaseException) -> None:
+    def __init__(self, span: tuple[Key | None, Key] | None, error: BaseException) -> None:
         super().__init__(str(error))
-        self.keys = keys
+        self.span = span
         self.error = error
 
 
@@ -137,9 +141,11 @@ class Outcome:
 
 @dataclass
 class _Batch:
-    """What one transaction did; filled in as it goes so a failure still has the keys."""
+    """What one transaction did; filled in as it goes so a failure still has its range."""
 
-    keys: Sequence[Key] = field(default_factory=list)
+    rows: int = 0
+    after: Key | None = None
+    last_key: Key | None = None
     lock_wait: float = 0.0
     exhausted: bool = False
 
@@ -221,25 +227,27 @@ class BatchRunner:
                                                                   clean=True),
                                        halvable=True)
         except RowFailure as failure:
-            if not failure.keys:
+            if failure.span is None:
                 raise RetriesExhausted(
                     f"the batch failed before its rows were locked, so they cannot be "
                     f"isolated: {type(failure.error).__name__}: {failure.error}"
                 ) from failure.error
-            self._isolate(failure.keys, failure.error)
-            batch = _Batch(keys=failure.keys)
+            after, upto = failure.span
+            keys = self._with_retries(lambda: self._keys_in(after, upto))
+            self._isolate(keys, failure.error)
+            batch = _Batch(rows=len(keys))
         if batch.exhausted:
             return None
         failed = self._state.tally.failed_rows - failed_before
         seconds = self._clock() - started
         if not failed:
-            self._sizer.observe(len(batch.keys), seconds)
+            self._sizer.observe(batch.rows, seconds)
         self._reporter.batch_committed(BatchReport(
-            rows=len(batch.keys) - failed, failed_rows=failed, seconds=seconds,
+            rows=batch.rows - failed, failed_rows=failed, seconds=seconds,
             lock_wait_seconds=batch.lock_wait, batch_size=self._sizer.size, state=self._state,
         ))
         check_budget(self._state.tally, self._settings.halt_on)
-        return len(batch.keys)
+        return batch.rows
 
     # -- one transaction ----------------------------------------------------------------
 
@@ -260,19 +268,21 @@ class BatchRunner:
                     return batch
                 lock_started = self._clock()
                 try:
-                    batch.keys = list(self._target.lock_rows(state.last_key, bound, limit))
+                    batch.after = state.last_key
+                    batch.rows, batch.last_key = self._target.lock_rows(state.last_key, bound,
+                                                                        limit)
                 finally:  # a timed-out lock step is lock wait too: carried to the next commit
                     batch.lock_wait = self._clock() - lock_started + self._unreported_lock_wait
-                if not batch.keys and upto is None:
+                if not batch.rows and upto is None:
                     batch.exhausted = True
                     return batch
-                if batch.keys:
-                    self._target.apply(state.last_key, batch.keys[-1])
+                if batch.rows:
+                    self._target.apply(state.last_key, batch.last_key)
                 if clean:
                     state.tally.consecutive_failed_batches = 0
-                state.tally.rows_processed += len(batch.keys)
-                new_last = batch.keys[-1] if batch.keys else upto
-                self._store.advance(new_last, len(batch.keys), batch.lock_wait, state.tally)
+                state.tally.rows_processed += batch.rows
+                new_last = batch.last_key if batch.rows else upto
+                self._store.advance(new_last, batch.rows, batch.lock_wait, state.tally)
                 state.last_key = new_last
                 state.batches += 1
                 state.lock_wait_seconds += batch.lock_wait
@@ -280,7 +290,8 @@ class BatchRunner:
         except Exception as exc:
             self._unreported_lock_wait = batch.lock_wait
             if classify(exc) is ErrorKind.ROW_ERROR:
-                raise RowFailure(batch.keys, exc) from exc
+                span = (batch.after, batch.last_key) if batch.rows else None
+                raise RowFailure(span, exc) from exc
             raise
         return batch
 
@@ -310,7 +321,11 @@ class BatchRunner:
             try:
                 self._with_retries(self._sub_batch(part))
             except RowFailure as failure:
-                self._isolate(failure.keys or part, failure.error)
+                self._isolate(part, failure.error)
+
+    def _keys_in(self, after: Key | None, upto: Key) -> Sequence[Key]:
+        with self._target.transaction():
+            return list(self._target.keys_in(after, upto))
 
     def _sub_batch(self, keys: Sequence[Key]) -> Callable[[], _Batch]:
         return lambda: self._commit_batch(keys[-1], len(keys), clean=False)
