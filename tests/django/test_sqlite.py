@@ -45,7 +45,8 @@ def test_shop_example_on_sqlite_migrates_in_batches_and_resumes(tmp_path: Path) 
     assert runner.returncode == 75, err
     assert "sqlite has no lock_timeout" in err
     with sqlite3.connect(db) as conn:
-        done = conn.execute("SELECT count(*) FROM shop_customer WHERE status IS NOT NULL").fetchone()
+        done = conn.execute(
+            "SELECT count(*) FROM shop_customer WHERE status IS NOT NULL").fetchone()
     assert 0 < done[0] < 20000
     result = shop(db, "migrate")
     assert result.returncode == 0, result.stderr
