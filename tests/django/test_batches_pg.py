@@ -324,3 +324,25 @@ def test_rows_per_second_cap_is_honoured(lab_db: LabDb) -> None:
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert elapsed >= 1.2  # 3000 rows at 2000 rows/s: the last batch starts after >= 1.25 s
+
+
+def test_deploy_time_migrate_fails_fast_naming_the_datamigration(lab_db: LabDb) -> None:
+    """A DataMigration's worker holds the operation; the app's own `migrate` at deploy time
+    must not run it at the same time: it stops at once and says who holds it."""
+    seed_items(lab_db, 3000)
+    worker = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "100",
+                          CHUNKWISE_RESOURCE="shop/bump-items", LAB_ROW_SLEEP="0.001")
+    deadline = time.monotonic() + 30
+    while not lab_db.query("SELECT 1 FROM chunkwise_checkpoint WHERE batches > 0"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    started = time.monotonic()
+    deploy = lab_db.manage("migrate", "lab", "0002")
+    assert deploy.returncode != 0
+    assert "already being run by DataMigration shop/bump-items" in deploy.stderr
+    assert time.monotonic() - started < 15
+    output, _ = worker.communicate(timeout=120)
+    assert worker.returncode == 0, output
+    after = lab_db.manage("migrate", "lab", "0002")  # finds the checkpoint done: no-op
+    assert after.returncode == 0 and "AlreadyDone" in after.stderr
+    assert counters(lab_db) == {1: 3000}

@@ -19,9 +19,10 @@ from django.db.migrations.migration import Migration
 
 from chunkwise.engine import ExitCode, SettingsError
 
-from ...config import add_arguments
+from ...config import add_arguments, resolve_settings
 from ...execute import execute
 from ...operations import BatchedRunPython
+from ...progress import ProgressBar
 from ...refs import OperationRef
 
 
@@ -74,12 +75,13 @@ class Command(BaseCommand):
         ref = OperationRef(migration.app_label, migration.name, index, options["direction"])
         flags = {k: v for k, v in options.items() if v is not None}
         try:
-            from ...config import resolve_settings
-
             settings = resolve_settings(operation.base_settings(), os.environ, flags)
+            from chunkwise.worker import worker_reporter
+
+            reporter = worker_reporter(ProgressBar(str(ref), sys.stderr))
             with connection.schema_editor(atomic=False) as schema_editor:
                 outcome = execute(operation, ref, state.apps, schema_editor, settings=settings,
-                                  env={}, stream=sys.stderr)
+                                  env={}, stream=sys.stderr, reporter=reporter)
         except SettingsError as exc:
             raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
         sys.exit(int(outcome.exit_code))

@@ -1,0 +1,167 @@
+"""Status in Kubernetes style: conditions, a display phase, and what changed (for Events).
+
+Pure functions: given the current status and what the Job says, compute the new status
+and the Events to post. The handlers only fetch, call these, and write.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from chunkwise.engine import ExitCode
+
+__all__ = ["Event", "Outcome", "job_outcome", "now_iso", "set_condition", "status_for",
+           "stall_status"]
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where a run stands, as read from its Job (and the worker's own report)."""
+
+    phase: str  # Pending | Running | Suspended | Halted | Succeeded | Failed
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+def _job_condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for condition in job.get("status", {}).get("conditions", []) or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return condition  # type: ignore[no-any-return]
+    return None
+
+
+def job_outcome(job: Mapping[str, Any], worker: Mapping[str, Any] | None = None) -> Outcome:
+    worker = worker or {}
+    if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
+        return Outcome("Succeeded", "Completed", "every row was processed")
+    failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
+    if failed:
+        message = str(failed.get("message", ""))
+        if f"exit code {int(ExitCode.HALTED)}" in message:
+            return Outcome("Halted", str(worker.get("reason") or "ErrorBudgetExceeded"),
+                           str(worker.get("message") or message))
+        if f"exit code {int(ExitCode.USAGE)}" in message:
+            return Outcome("Failed", "InvalidConfiguration",
+                           str(worker.get("message") or message))
+        return Outcome("Failed", str(failed.get("reason") or "JobFailed"), message)
+    if _job_condition(job, "Suspended"):
+        return Outcome("Suspended", "SuspendRequested",
+                       "spec.suspend is true; the worker stopped after a committed batch")
+    if job.get("status", {}).get("active"):
+        return Outcome("Running", "Running", "the worker is processing batches")
+    return Outcome("Pending", "JobCreated", "waiting for the worker pod to start")
+
+
+def set_condition(conditions: Sequence[Mapping[str, Any]], kind: str, status: str, reason: str,
+                  message: str, generation: int | None, now: str) -> list[dict[str, Any]]:
+    """Replace one condition; lastTransitionTime moves only when its status changes."""
+    result: list[dict[str, Any]] = []
+    previous = None
+    for condition in conditions:
+        if condition.get("type") == kind:
+            previous = condition
+        else:
+            result.append(dict(condition))
+    changed = previous is None or previous.get("status") != status
+    entry = {"type": kind, "status": status, "reason": reason, "message": message,
+             "lastTransitionTime": now if changed or previous is None
+             else previous.get("lastTransitionTime", now)}
+    if generation is not None:
+        entry["observedGeneration"] = generation
+    result.append(entry)
+    return sorted(result, key=lambda c: _ORDER.get(str(c["type"]), 99))
+
+
+_ORDER = {"Succeeded": 0, "Progressing": 1, "Suspended": 2, "Halted": 3, "Stalled": 4}
+
+# phase -> (Succeeded, Progressing, Suspended, Halted) condition statuses
+_TABLE = {
+    "Pending": ("Unknown", "True", "False", "False"),
+    "Running": ("Unknown", "True", "False", "False"),
+    "Suspended": ("Unknown", "False", "True", "False"),
+    "Halted": ("False", "False", "False", "True"),
+    "Succeeded": ("True", "False", "False", "False"),
+    "Failed": ("False", "False", "False", "False"),
+}
+
+
+def status_for(status: Mapping[str, Any], outcome: Outcome, generation: int | None,
+               now: str | None = None) -> tuple[dict[str, Any], list[Event]]:
+    """The status patch for ``outcome``, and the Events its transition calls for."""
+    now = now or now_iso()
+    previous = status.get("phase")
+    conditions: list[dict[str, Any]] = [dict(c) for c in status.get("conditions", [])]
+    succeeded, progressing, suspended, halted = _TABLE[outcome.phase]
+    for kind, value in (("Succeeded", succeeded), ("Progressing", progressing),
+                        ("Suspended", suspended), ("Halted", halted)):
+        reason = outcome.reason if kind in ("Succeeded", "Progressing") or value == "True" \
+            else f"Not{kind}"
+        conditions = set_condition(conditions, kind, value, reason, outcome.message,
+                                   generation, now)
+    if outcome.phase != "Running":  # a stall only means something while running
+        conditions = set_condition(conditions, "Stalled", "False", "NotRunning",
+                                   "the worker is not running", generation, now)
+    patch: dict[str, Any] = {"phase": outcome.phase, "conditions": conditions,
+                             "observedGeneration": generation}
+    if outcome.phase in ("Succeeded", "Failed", "Halted"):
+        patch["completedAt"] = now
+    events: list[Event] = []
+    if previous != outcome.phase:
+        events.append(_event_for(previous, outcome))
+    return patch, events
+
+
+def _event_for(previous: str | None, outcome: Outcome) -> Event:
+    if outcome.phase == "Running" and previous == "Suspended":
+        return Event("Normal", "Resumed", "resumed from the checkpoint")
+    reasons = {"Pending": "Pending", "Running": "Started", "Suspended": "Suspended",
+               "Halted": "Halted", "Succeeded": "Succeeded", "Failed": "Failed"}
+    kind = "Warning" if outcome.phase in ("Halted", "Failed") else "Normal"
+    text = outcome.message
+    if outcome.phase == "Halted":
+        text = f"{outcome.reason}: {outcome.message}"
+    return Event(kind, reasons[outcome.phase], text)
+
+
+def stall_status(status: Mapping[str, Any], stall_after: float, generation: int | None,
+                 now: datetime.datetime | None = None) -> tuple[dict[str, Any] | None,
+                                                                 list[Event]]:
+    """While Running: Stalled=True once the checkpoint is older than ``stall_after`` s."""
+    if status.get("phase") != "Running":
+        return None, []
+    now = now or datetime.datetime.now(datetime.UTC)
+    stamp = (status.get("progress") or {}).get("lastCheckpointAt") or status.get("startedAt")
+    if not stamp:
+        return None, []
+    age = (now - datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+           ).total_seconds()
+    stalled = age > stall_after
+    current: Mapping[str, Any] = next(
+        (c for c in status.get("conditions", []) if c.get("type") == "Stalled"), {})
+    if (current.get("status") == "True") == stalled:
+        return None, []
+    now_text = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if stalled:
+        message = f"no checkpoint for {age:.0f}s (spec.stallAfter is {stall_after:.0f}s)"
+        conditions = set_condition(status.get("conditions", []), "Stalled", "True",
+                                   "CheckpointTooOld", message, generation, now_text)
+        return {"conditions": conditions}, [Event("Warning", "Stalled", message)]
+    conditions = set_condition(status.get("conditions", []), "Stalled", "False",
+                               "CheckpointAdvancing", "checkpoints are advancing again",
+                               generation, now_text)
+    return {"conditions": conditions}, [Event("Normal", "Unstalled",
+                                              "checkpoints are advancing again")]

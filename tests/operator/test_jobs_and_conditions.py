@@ -1,0 +1,145 @@
+"""The operator's pure parts: the Job it builds, and status from a Job's state."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from chunkwise.operator import build_job, job_name, job_outcome, status_for
+from chunkwise.operator.conditions import set_condition, stall_status
+
+
+def migration(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "chunkwise.dev/v1alpha1", "kind": "DataMigration",
+        "metadata": {"name": "customer-status", "namespace": "shop", "uid": "u-1",
+                     "generation": 3},
+        "spec": {"image": "registry.example.com/shop:1.4.2",
+                 "migration": {"app": "shop", "name": "0002_customer_status"},
+                 "database": "default", "direction": "forward",
+                 "batch": {"size": 2000, "targetDuration": "250ms"},
+                 "haltOn": {"failedRows": 10, "failureRate": "0.05"}, **spec},
+    }
+
+
+def env_of(job: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]
+            ["env"]}
+
+
+def test_job_carries_the_spec_as_env_an_owner_and_the_failure_policy() -> None:
+    job = build_job(migration(), run=2)
+    assert job["metadata"]["name"] == "customer-status-run2"
+    owner = job["metadata"]["ownerReferences"][0]
+    assert owner == {"apiVersion": "chunkwise.dev/v1alpha1", "kind": "DataMigration",
+                     "name": "customer-status", "uid": "u-1", "controller": True,
+                     "blockOwnerDeletion": True}
+    env = env_of(job)
+    assert env["CHUNKWISE_APP"] == "shop" and env["CHUNKWISE_MIGRATION"] == "0002_customer_status"
+    assert env["CHUNKWISE_RESOURCE"] == "shop/customer-status"
+    assert env["CHUNKWISE_BATCH_SIZE"] == "2000" and env["CHUNKWISE_TARGET_DURATION"] == "250ms"
+    assert env["CHUNKWISE_HALT_FAILED_ROWS"] == "10"
+    assert env["CHUNKWISE_HALT_FAILURE_RATE"] == "0.05"
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [65, 64]
+    assert rules[1]["action"] == "Ignore"
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert job["spec"]["backoffLimit"] == 6 and job["spec"]["suspend"] is False
+
+
+def test_user_template_is_copied_and_secrets_are_only_referenced() -> None:
+    secret_ref = {"name": "DATABASE_PASSWORD",
+                  "valueFrom": {"secretKeyRef": {"name": "shop-db", "key": "password"}}}
+    job = build_job(migration(template={
+        "metadata": {"labels": {"team": "shop"}},
+        "spec": {"env": [secret_ref], "envFrom": [{"secretRef": {"name": "shop-db-env"}}],
+                 "serviceAccountName": "shop-migrator", "nodeSelector": {"pool": "batch"},
+                 "tolerations": [{"key": "batch", "operator": "Exists"}],
+                 "resources": {"limits": {"memory": "256Mi"}},
+                 "containerSecurityContext": {"runAsNonRoot": True}}},
+        suspend=True, backoffLimit=2), run=1)
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["env"][-1] == secret_ref  # the user's env after ours: they may override
+    assert container["envFrom"] == [{"secretRef": {"name": "shop-db-env"}}]
+    assert container["securityContext"] == {"runAsNonRoot": True}
+    assert pod["serviceAccountName"] == "shop-migrator" and pod["nodeSelector"] == {"pool": "batch"}
+    assert job["spec"]["template"]["metadata"]["labels"]["team"] == "shop"
+    assert job["spec"]["suspend"] is True and job["spec"]["backoffLimit"] == 2
+
+
+def test_job_name_is_deterministic_and_fits_63_characters() -> None:
+    long = "x" * 80
+    assert job_name(long, 12) == "x" * 57 + "-run12"
+    assert job_name("a", 1) == job_name("a", 1)
+
+
+def job(conditions: list[dict[str, str]] | None = None, active: int = 0) -> dict[str, Any]:
+    return {"status": {"conditions": conditions or [], "active": active}}
+
+
+def test_job_outcomes() -> None:
+    assert job_outcome(job()).phase == "Pending"
+    assert job_outcome(job(active=1)).phase == "Running"
+    assert job_outcome(job([{"type": "Suspended", "status": "True"}])).phase == "Suspended"
+    assert job_outcome(job([{"type": "Complete", "status": "True"}])).phase == "Succeeded"
+    halted = job_outcome(job([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                               "message": "Container worker for pod shop/x failed with exit "
+                                          "code 65 matching FailJob rule at index 0"}]),
+                         {"reason": "FailedRowsExceeded", "message": "11 rows failed"})
+    assert (halted.phase, halted.reason, halted.message) == (
+        "Halted", "FailedRowsExceeded", "11 rows failed")
+    crashed = job_outcome(job([{"type": "Failed", "status": "True",
+                                "reason": "BackoffLimitExceeded", "message": "too many"}]))
+    assert (crashed.phase, crashed.reason) == ("Failed", "BackoffLimitExceeded")
+    usage = job_outcome(job([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                              "message": "failed with exit code 64 matching FailJob"}]))
+    assert (usage.phase, usage.reason) == ("Failed", "InvalidConfiguration")
+
+
+def test_status_for_sets_conditions_and_one_event_per_transition() -> None:
+    running = job_outcome(job(active=1))
+    status, events = status_for({"phase": "Pending"}, running, 3, now="2026-11-21T10:00:00Z")
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert status["phase"] == "Running" and status["observedGeneration"] == 3
+    assert conditions["Succeeded"]["status"] == "Unknown"
+    assert conditions["Progressing"]["status"] == "True"
+    assert conditions["Progressing"]["reason"] == "Running"
+    assert conditions["Halted"]["status"] == "False"
+    assert [(e.type, e.reason) for e in events] == [("Normal", "Started")]
+    again, no_events = status_for(status, running, 3, now="2026-11-21T10:05:00Z")
+    assert no_events == []
+    assert [c["lastTransitionTime"] for c in again["conditions"]] == [
+        c["lastTransitionTime"] for c in status["conditions"]]
+    suspended, events = status_for(status, job_outcome(job([{"type": "Suspended",
+                                                             "status": "True"}])), 4)
+    assert [(e.reason) for e in events] == ["Suspended"]
+    resumed, events = status_for(suspended, running, 4)
+    assert [(e.reason) for e in events] == ["Resumed"]
+    done, events = status_for(resumed, job_outcome(job([{"type": "Complete",
+                                                         "status": "True"}])), 4)
+    assert done["phase"] == "Succeeded" and "completedAt" in done
+    assert {c["type"]: c["status"] for c in done["conditions"]}["Succeeded"] == "True"
+    assert [(e.type, e.reason) for e in events] == [("Normal", "Succeeded")]
+
+
+def test_set_condition_keeps_transition_time_when_status_unchanged() -> None:
+    first = set_condition([], "Stalled", "False", "A", "a", 1, "t1")
+    second = set_condition(first, "Stalled", "False", "B", "b", 2, "t2")
+    assert second[0]["lastTransitionTime"] == "t1" and second[0]["reason"] == "B"
+    third = set_condition(second, "Stalled", "True", "C", "c", 2, "t3")
+    assert third[0]["lastTransitionTime"] == "t3"
+
+
+def test_stall_is_marked_once_and_cleared_when_checkpoints_move() -> None:
+    now = datetime.datetime(2026, 11, 21, 10, 10, tzinfo=datetime.UTC)
+    status = {"phase": "Running", "conditions": [],
+              "progress": {"lastCheckpointAt": "2026-11-21T10:00:00Z"}}
+    patch, events = stall_status(status, 300, 1, now)
+    assert patch is not None and [e.reason for e in events] == ["Stalled"]
+    stalled = {**status, **patch}
+    assert stall_status(stalled, 300, 1, now) == (None, [])
+    fresh = {**stalled, "progress": {"lastCheckpointAt": "2026-11-21T10:09:59Z"}}
+    patch, events = stall_status(fresh, 300, 1, now)
+    assert patch is not None and [e.reason for e in events] == ["Unstalled"]
+    assert stall_status({"phase": "Suspended"}, 300, 1, now) == (None, [])

@@ -1,0 +1,60 @@
+"""The worker's status mirror: throttled to one patch per interval, always at the end,
+and never failing the run when the API is unreachable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chunkwise.engine import BatchReport, CheckpointState, ExitCode, Outcome, Tally
+from chunkwise.worker import StatusReporter, format_eta
+
+
+class FakeClient:
+    resource = "shop/customer-status"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.patches: list[dict[str, Any]] = []
+        self.fail = fail
+
+    def patch_status(self, status: dict[str, Any], timeout: float = 5.0) -> None:
+        if self.fail:
+            raise OSError("connection refused")
+        self.patches.append(status)
+
+
+def state(rows: int, done: bool = False) -> CheckpointState:
+    return CheckpointState(rows, 1000, 1000, Tally(rows, 2, 0), rows // 100, 0.25, done)
+
+
+def report(rows: int) -> BatchReport:
+    return BatchReport(100, 0, 0.01, 0.0, 100, state(rows))
+
+
+def test_patches_at_most_once_per_interval_and_always_at_the_end() -> None:
+    now = [0.0]
+    client = FakeClient()
+    reporter = StatusReporter(client, interval=2.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    reporter.started(state(0))
+    for step in range(1, 10):
+        now[0] = step * 0.5
+        reporter.batch_committed(report(step * 100))
+    assert len(client.patches) == 1 + 2  # start, then at t=2.0 and t=4.0
+    reporter.finished(Outcome(ExitCode.HALTED, "FailedRowsExceeded", "too many", state(900)))
+    last = client.patches[-1]
+    assert last["worker"] == {"state": "halted", "reason": "FailedRowsExceeded",
+                              "message": "too many", "exitCode": 65}
+    assert last["progress"]["rowsProcessed"] == 900 and last["progress"]["percent"] == 90
+    assert last["progress"]["percentText"] == "90%" and last["progress"]["failedRows"] == 2
+    assert last["shards"] == [{"index": 0, "lastKey": "900", "rowsProcessed": 900,
+                               "done": False}]
+
+
+def test_unreachable_api_does_not_fail_the_run(capsys: Any) -> None:
+    reporter = StatusReporter(FakeClient(fail=True))  # type: ignore[arg-type]
+    reporter.started(state(0))
+    reporter.finished(Outcome(ExitCode.DONE, "Completed", "ok", state(1000, done=True)))
+    assert capsys.readouterr().err.count("cannot update DataMigration") == 1
+
+
+def test_format_eta() -> None:
+    assert [format_eta(s) for s in (None, 5, 75, 3725)] == ["", "5s", "1m15s", "1h02m"]
