@@ -41,7 +41,7 @@ def test_job_carries_the_spec_as_env_an_owner_and_the_failure_policy() -> None:
     assert env["CHUNKWISE_HALT_FAILED_ROWS"] == "10"
     assert env["CHUNKWISE_HALT_FAILURE_RATE"] == "0.05"
     rules = job["spec"]["podFailurePolicy"]["rules"]
-    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [65, 64]
+    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [64, 65]
     assert rules[1]["action"] == "Ignore"
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     assert job["spec"]["backoffLimit"] == 6 and job["spec"]["suspend"] is False

@@ -111,7 +111,9 @@ def build_job(body: Mapping[str, Any], run: int) -> dict[str, Any]:
                 {   # halted or bad usage: retrying cannot help, fail the Job at once
                     "action": "FailJob",
                     "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                    "values": [int(ExitCode.HALTED), int(ExitCode.USAGE)]},
+                                    # the API server wants them in ascending order
+                                    "values": sorted([int(ExitCode.HALTED),
+                                                      int(ExitCode.USAGE)])},
                 },
                 {   # evictions and node drains do not count against backoffLimit
                     "action": "Ignore",

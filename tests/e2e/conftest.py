@@ -1,0 +1,200 @@
+"""End-to-end fixtures: a real control plane, the kubelet stand-in, the operator process,
+and a PostgreSQL database with the example shop's customers per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.testenv.cluster import Cluster, running_cluster
+from tests.e2e.testenv.kubelet import Kubelet
+from tests.support.pgserver import PgServer, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+SHOP = REPO / "examples" / "shop"
+SHOP_IMAGE = "registry.example.com/shop:1.4.2"
+SEEDED = 20_000
+_numbers = itertools.count(1)
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture(scope="session")
+def k8s() -> Iterator[Cluster]:
+    with running_cluster() as cluster:
+        cluster.kubectl("apply", "-f", str(REPO / "crds"))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                        "crd/datamigrations.chunkwise.dev")
+        cluster.kubectl("apply", "-f", str(REPO / "deploy" / "operator.yaml"))
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def kubelet(k8s: Cluster) -> Iterator[Kubelet]:
+    stand_in = Kubelet(k8s, {SHOP_IMAGE: SHOP}, k8s.workdir / "pods")
+    stand_in.start()
+    yield stand_in
+    stand_in.stop()
+
+
+class OperatorProcess:
+    """``python -m chunkwise.operator`` with the operator ServiceAccount's token (so a
+    missing RBAC rule fails a test)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.log = cluster.workdir / "operator.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.health = free_port()
+
+    def start(self) -> None:
+        kubeconfig = self.cluster.kubeconfig_for("chunkwise-system", "chunkwise-operator")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "CHUNKWISE_"))}
+        env.update(KUBECONFIG=str(kubeconfig), CHUNKWISE_OPERATOR_STALL_CHECK_INTERVAL="2s",
+                   PYTHONPATH=str(REPO / "operator"))
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "chunkwise.operator", "--liveness",
+                 f"http://127.0.0.1:{self.health}/healthz"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.cluster.wait_for("operator liveness", self._alive, timeout=60)
+
+    def _alive(self) -> bool:
+        import urllib.request
+
+        assert self.process is not None and self.process.poll() is None, self.log.read_text()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health}/healthz", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def operator(k8s: Cluster, kubelet: Kubelet) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(k8s)
+    process.start()
+    yield process
+    process.stop()
+
+
+def shop_env(server: PgServer, database: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PG", "CHUNKWISE_")) and k != "DJANGO_SETTINGS_MODULE"}
+    env.update(server.env(database), PYTHONPATH=str(REPO / "operator"))
+    return env
+
+
+@pytest.fixture(scope="session")
+def shop_template(pg: PgServer) -> str:
+    pg.sql("CREATE DATABASE shop_template")
+    env = shop_env(pg, "shop_template")
+    for args in (["migrate", "-v0", "chunkwise"], ["migrate", "-v0", "shop", "0001"],
+                 ["seed_customers", str(SEEDED)]):
+        subprocess.run([sys.executable, str(SHOP / "manage.py"), *args], env=env, cwd=SHOP,
+                       check=True, capture_output=True)
+    return "shop_template"
+
+
+@dataclass
+class Shop:
+    """One test's namespace (with the worker's RBAC and the DB Secret) and database."""
+
+    k8s: Cluster
+    kubelet: Kubelet
+    pg: PgServer
+    namespace: str
+    database: str
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        with psycopg.connect(self.pg.dsn(self.database), autocommit=True) as conn:
+            return list(conn.execute(sql).fetchall())  # type: ignore[arg-type]
+
+    def apply(self, manifest: Path | str, **patch: Any) -> None:
+        text = manifest.read_text() if isinstance(manifest, Path) else manifest
+        self.k8s.kubectl("apply", "-n", self.namespace, "-f", "-", input=text)
+
+    def dmig(self, name: str) -> dict[str, Any]:
+        body = self.k8s.api("GET", f"/apis/chunkwise.dev/v1alpha1/namespaces/{self.namespace}/"
+                                   f"datamigrations/{name}")
+        assert body is not None, f"no DataMigration {name}"
+        return dict(body)
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.k8s.api("PATCH", f"/apis/chunkwise.dev/v1alpha1/namespaces/{self.namespace}/"
+                              f"datamigrations/{name}", {"spec": spec},
+                      "application/merge-patch+json")
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 180) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            body = self.dmig(name)
+            return body if body.get("status", {}).get("phase") == phase else None
+        try:
+            return dict(self.k8s.wait_for(f"{name} phase {phase}", reached, timeout))
+        except AssertionError:
+            status = self.dmig(name).get("status")
+            raise AssertionError(f"{name} did not reach {phase}; status: {status}") from None
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return list(self.k8s.api("GET", f"/apis/batch/v1/namespaces/{self.namespace}/jobs")
+                    ["items"])
+
+    def pods(self) -> list[dict[str, Any]]:
+        return list(self.k8s.api("GET", f"/api/v1/namespaces/{self.namespace}/pods")["items"])
+
+    def events(self, name: str) -> list[str]:
+        items = self.k8s.api("GET", f"/api/v1/namespaces/{self.namespace}/events")["items"]
+        return [e["reason"] for e in sorted(items, key=lambda e: e["metadata"]["name"])
+                if e["involvedObject"]["name"] == name
+                and e["involvedObject"]["kind"] == "DataMigration"]
+
+    def pod_logs(self) -> str:
+        return "\n".join(f"--- pod {p['metadata']['name']}\n"
+                         + self.kubelet.pod_log(self.namespace, p["metadata"]["name"])
+                         for p in self.pods())
+
+
+@pytest.fixture
+def shop(request: pytest.FixtureRequest, k8s: Cluster, kubelet: Kubelet,
+         operator: OperatorProcess, pg: PgServer, shop_template: str) -> Iterator[Shop]:
+    n = next(_numbers)
+    namespace, database = f"shop-{n}", f"shop_e2e_{n}"
+    pg.sql(f"CREATE DATABASE {database} TEMPLATE {shop_template}")
+    k8s.kubectl("create", "namespace", namespace)
+    k8s.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "k8s" /
+                                                    "worker-rbac.yaml"))
+    secret = [f"--from-literal={k}={v}" for k, v in pg.env(database).items()]
+    k8s.kubectl("create", "secret", "generic", "shop-db", "-n", namespace, *secret)
+    value = Shop(k8s, kubelet, pg, namespace, database)
+    yield value
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        print(f"\n===== logs for {namespace}\n{value.pod_logs()}\n"
+              f"--- operator.log\n{(k8s.workdir / 'operator.log').read_text()[-6000:]}\n"
+              f"{k8s.log_tails(20)}\nkubelet errors: {kubelet.errors[-5:]}")
+    k8s.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    time.sleep(0.1)

@@ -1,0 +1,156 @@
+"""The user's path on a real control plane: kubectl apply, the operator, the real Job
+controller, a worker pod (run by the kubelet stand-in) against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.e2e.conftest import REPO, SEEDED, OperatorProcess, Shop
+
+pytestmark = pytest.mark.e2e
+EXAMPLES = REPO / "examples" / "k8s"
+
+COUNT_VISIT = """
+apiVersion: chunkwise.dev/v1alpha1
+kind: DataMigration
+metadata: {{name: {name}}}
+spec:
+  image: registry.example.com/shop:1.4.2
+  migration: {{app: shop, name: 0003_count_visit}}
+  batch: {{size: 500, minSize: 100, maxSize: 500, maxRowsPerSecond: {rate}}}
+  haltOn: {{failedRows: {failed_rows}, failureRate: "1", consecutiveFailedBatches: 100}}
+  stallAfter: 1h
+  template:
+    spec:
+      serviceAccountName: shop-migrator
+      envFrom: [{{secretRef: {{name: shop-db}}}}]
+"""
+
+
+def count_visit(name: str = "count-visit", rate: int = 4000, failed_rows: int = 100) -> str:
+    return COUNT_VISIT.format(name=name, rate=rate, failed_rows=failed_rows)
+
+
+def visits(shop: Shop) -> dict[int, int]:
+    return {int(v): int(n) for v, n in shop.query(
+        "SELECT visits, count(*) FROM shop_customer GROUP BY visits")}
+
+
+def wait_rows(shop: Shop, name: str, at_least: int = 1) -> None:
+    shop.k8s.wait_for(f"{name} progress", lambda: shop.dmig(name).get("status", {}).get(
+        "progress", {}).get("rowsProcessed", 0) >= at_least, timeout=120, every=0.2)
+
+
+def test_user_path_apply_run_succeed(shop: Shop) -> None:
+    shop.apply(EXAMPLES / "customer-status.yaml")
+    body = shop.wait_phase("customer-status", "Succeeded")
+    status = body["status"]
+    assert status["progress"]["rowsProcessed"] == SEEDED
+    assert status["progress"]["percent"] == 100 and status["progress"]["percentText"] == "100%"
+    assert status["worker"]["state"] == "done"
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Succeeded"]["status"] == "True"
+    assert conditions["Succeeded"]["reason"] == "Completed"
+    assert shop.query("SELECT count(*) FROM shop_customer WHERE status IS NULL") == [(0,)]
+    assert shop.query("SELECT count(*) FROM shop_customer") == [(SEEDED,)]
+    table = shop.k8s.kubectl("get", "dmig", "-n", shop.namespace).stdout
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "PROGRESS", "ROWS/S", "ETA", "FAILED", "AGE"]
+    assert row.split()[:3] == ["customer-status", "Succeeded", "100%"]
+    wide = shop.k8s.kubectl("get", "datamigrations.chunkwise.dev", "-n", shop.namespace,
+                            "-o", "wide").stdout
+    assert "customer-status-run1" in wide and "shop.0002_customer_status" in wide
+    events = shop.events("customer-status")
+    assert events[0] == "JobCreated" and "Succeeded" in events
+    [job] = shop.jobs()
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "DataMigration"
+    assert job["status"].get("succeeded") == 1
+
+
+def test_crash_is_retried_by_the_job_and_resumes_exactly_once(shop: Shop) -> None:
+    shop.apply(count_visit(rate=3000))
+    wait_rows(shop, "count-visit", 2000)
+    [pod] = [p for p in shop.pods() if p["status"].get("phase") == "Running"]
+    assert shop.kubelet.kill(shop.namespace, pod["metadata"]["name"], signal.SIGKILL)
+    body = shop.wait_phase("count-visit", "Succeeded", timeout=240)
+    assert visits(shop) == {1: SEEDED}  # every row exactly once across the crash
+    [job] = shop.jobs()
+    assert job["status"].get("failed") == 1 and job["status"].get("succeeded") == 1
+    assert body["status"]["progress"]["rowsProcessed"] == SEEDED
+    log = shop.pod_logs()
+    assert "resuming after key" in log
+
+
+def test_halt_fails_the_job_at_once_then_a_raised_threshold_resumes(shop: Shop) -> None:
+    # visits at the integer maximum: +1 overflows (SQLSTATE 22003), a row error
+    shop.query("UPDATE shop_customer SET visits = 2147483647 WHERE id % 4000 = 7 RETURNING id")
+    shop.apply(count_visit(rate=0, failed_rows=2))
+    body = shop.wait_phase("count-visit", "Halted")
+    halted = {c["type"]: c for c in body["status"]["conditions"]}["Halted"]
+    assert halted["status"] == "True" and halted["reason"] == "FailedRowsExceeded"
+    assert "haltOn.failedRows=2" in halted["message"]
+    [job] = shop.jobs()
+    assert job["status"].get("failed") == 1  # podFailurePolicy: no retry of a halt
+    assert "Halted" in shop.events("count-visit")
+    done_before = shop.query("SELECT count(*) FROM shop_customer WHERE visits = 1")[0][0]
+    shop.patch_spec("count-visit", {"haltOn": {"failedRows": 10}})
+    body = shop.wait_phase("count-visit", "Succeeded")
+    assert body["status"]["run"] == 2 and body["status"]["progress"]["failedRows"] == 5
+    assert visits(shop) == {1: SEEDED - 5, 2147483647: 5}
+    assert done_before > 0
+    assert len(shop.jobs()) == 2
+
+
+def test_suspend_stops_after_a_batch_and_resume_continues(shop: Shop) -> None:
+    shop.apply(count_visit(rate=3000))
+    wait_rows(shop, "count-visit", 1000)
+    shop.patch_spec("count-visit", {"suspend": True})
+    shop.wait_phase("count-visit", "Suspended")
+    shop.k8s.wait_for("worker pod gone", lambda: not shop.pods(), timeout=60)
+    log = shop.pod_logs()
+    partial = visits(shop)
+    assert set(partial) == {0, 1} and 0 < partial[1] < SEEDED, (partial, log)
+    time.sleep(1)
+    assert visits(shop) == partial  # nothing runs while suspended
+    shop.patch_spec("count-visit", {"suspend": False})
+    shop.wait_phase("count-visit", "Succeeded")
+    assert visits(shop) == {1: SEEDED}
+    events = shop.events("count-visit")
+    assert "Suspended" in events and "Resumed" in events
+
+
+def test_created_suspended_example_waits_until_resumed(shop: Shop) -> None:
+    shop.apply(EXAMPLES / "count-visit-suspended.yaml")
+    shop.wait_phase("count-visit", "Suspended")
+    time.sleep(1)
+    assert not shop.pods() and visits(shop) == {0: SEEDED}
+    shop.patch_spec("count-visit", {"suspend": False})
+    shop.wait_phase("count-visit", "Succeeded")
+    assert visits(shop) == {1: SEEDED}
+
+
+def test_delete_removes_the_job_and_its_pods(shop: Shop) -> None:
+    shop.apply(count_visit(rate=2000))
+    wait_rows(shop, "count-visit", 500)
+    assert shop.jobs() and shop.pods()
+    shop.k8s.kubectl("delete", "dmig", "count-visit", "-n", shop.namespace)
+    shop.k8s.wait_for("Job garbage-collected", lambda: not shop.jobs(), timeout=120)
+    shop.k8s.wait_for("pods garbage-collected", lambda: not shop.pods(), timeout=120)
+
+
+def test_operator_restart_mid_run_makes_no_second_job(shop: Shop,
+                                                      operator: OperatorProcess) -> None:
+    shop.apply(count_visit(rate=3000))
+    wait_rows(shop, "count-visit", 1000)
+    before = shop.dmig("count-visit")["status"]
+    operator.stop(signal.SIGKILL)
+    time.sleep(1)
+    operator.start()
+    body = shop.wait_phase("count-visit", "Succeeded")
+    assert len(shop.jobs()) == 1
+    assert body["status"]["run"] == before["run"] == 1
+    assert body["status"]["startedAt"] == before["startedAt"]
+    assert visits(shop) == {1: SEEDED}

@@ -1,0 +1,99 @@
+"""Bad DataMigrations are rejected by the API server itself, with the CRD's messages."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from tests.e2e.testenv.cluster import Cluster
+
+pytestmark = pytest.mark.e2e
+
+VALID: dict[str, Any] = {
+    "apiVersion": "chunkwise.dev/v1alpha1", "kind": "DataMigration",
+    "metadata": {"name": "valid", "namespace": "default"},
+    "spec": {"image": "shop:1", "migration": {"app": "shop", "name": "0002"}},
+}
+
+
+def with_spec(**changes: Any) -> dict[str, Any]:
+    body = copy.deepcopy(VALID)
+    for path, value in changes.items():
+        target = body["spec"]
+        keys = path.split("__")
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+        if value is _DELETE:
+            del target[keys[-1]]
+        else:
+            target[keys[-1]] = value
+    return body
+
+
+_DELETE = object()
+
+CASES = [
+    (with_spec(image=_DELETE), "spec.image: Required value"),
+    (with_spec(image=""), "spec.image: Invalid value"),
+    (with_spec(migration=_DELETE), "spec.migration: Required value"),
+    (with_spec(migration__app="shop-app"), "spec.migration.app"),
+    (with_spec(direction="sideways"), 'supported values: "forward", "backward"'),
+    (with_spec(batch__size=10, batch__minSize=100), "batch.size must lie between"),
+    (with_spec(batch__size=0), "spec.batch.size: Invalid value: 0"),
+    (with_spec(batch__targetDuration="soon"), "must be a duration above zero"),
+    (with_spec(batch__targetDuration="0s"), "must be a duration above zero"),
+    (with_spec(timeouts__lock="2 seconds"), "must be a duration above zero"),
+    (with_spec(haltOn__failureRate="1.5"), "must be a fraction between 0 and 1"),
+    (with_spec(haltOn__failedRows=-1), "spec.haltOn.failedRows: Invalid value: -1"),
+    (with_spec(haltOn__consecutiveFailedBatches=0), "consecutiveFailedBatches"),
+    (with_spec(retries__maxAttempts=0), "spec.retries.maxAttempts"),
+    (with_spec(stallAfter="forever"), "must be a duration such as 30s"),
+    (with_spec(backoffLimit=-1), "spec.backoffLimit"),
+    (with_spec(batch__maxLockedFraction="half"), "must be a fraction between 0 and 1"),
+]
+
+
+def apply(k8s: Cluster, body: dict[str, Any], dry_run: bool = True) -> Any:
+    import json
+
+    args = ["apply", "-f", "-"] + (["--dry-run=server"] if dry_run else [])
+    return k8s.kubectl(*args, input=json.dumps(body), check=False)
+
+
+def test_a_valid_spec_is_accepted_and_defaulted(k8s: Cluster) -> None:
+    result = apply(k8s, VALID, dry_run=False)
+    assert result.returncode == 0, result.stderr
+    body = k8s.api("GET", "/apis/chunkwise.dev/v1alpha1/namespaces/default/datamigrations/valid")
+    spec = body["spec"]
+    assert spec["batch"]["size"] == 1000 and spec["timeouts"]["lock"] == "2s"
+    assert spec["haltOn"]["failureRate"] == "0.01" and spec["direction"] == "forward"
+    assert spec["command"] == ["python", "manage.py", "chunkwise_run"]
+    k8s.kubectl("delete", "dmig", "valid", "-n", "default")
+
+
+@pytest.mark.parametrize(("body", "message"), CASES, ids=[m for _, m in CASES])
+def test_invalid_spec_is_rejected_with_a_clear_message(k8s: Cluster, body: dict[str, Any],
+                                                       message: str) -> None:
+    result = apply(k8s, body)
+    assert result.returncode != 0, f"accepted: {body['spec']}"
+    assert message in result.stderr, result.stderr
+
+
+def test_running_migration_cannot_change_what_it_runs(k8s: Cluster) -> None:
+    body = copy.deepcopy(VALID)
+    body["metadata"]["name"] = "immutable"
+    assert apply(k8s, body, dry_run=False).returncode == 0
+    path = "/apis/chunkwise.dev/v1alpha1/namespaces/default/datamigrations/immutable"
+    k8s.api("PATCH", path + "/status", {"status": {"phase": "Running"}},
+            "application/merge-patch+json")
+    changed = copy.deepcopy(body)
+    changed["spec"]["migration"]["name"] = "0003"
+    result = apply(k8s, changed)
+    assert result.returncode != 0
+    assert "cannot change while the migration is Running" in result.stderr
+    tuned = copy.deepcopy(body)
+    tuned["spec"]["batch"] = {"size": 500}
+    assert apply(k8s, tuned).returncode == 0  # tuning may change at any time
+    k8s.kubectl("delete", "dmig", "immutable", "-n", "default")
