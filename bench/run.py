@@ -257,6 +257,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.json")
     parser.add_argument("--plot", type=Path, default=REPO / "bench" / "results" / "latest.png")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the peak-RSS check (prints no speed table)")
     args = parser.parse_args()
 
     contenders: list[tuple[str, Callable[[PgServer, str, int], tuple[int, float, float | None]],
@@ -279,7 +281,7 @@ def main() -> None:
         log(f"seeding {args.rows:,} rows")
         seed(server, "seed", args.rows)
         copies = Copies(server, "seed")
-        for name, run, sampled in contenders:
+        for name, run, sampled in ([] if args.memory_only else contenders):
             rows = args.sample // (2 if "save" in name else 1) if sampled else args.rows
             rows = min(rows, args.rows)
             runs = []
@@ -294,6 +296,8 @@ def main() -> None:
             results[name] = Result(name, runs[0][1], seconds, sampled,
                                    max(rss_values) if rss_values else None,
                                    [round(r[0], 3) for r in runs])
+        if args.memory_only:
+            contenders = []
         log("live traffic: idle baseline")
         db = copies.make()
         traffic = Traffic(server, db, args.rows, args.connections, args.rate)
@@ -328,11 +332,17 @@ def main() -> None:
                     mem_copies = Copies(server, template)
                     mem_copies.n = 1000 + len(memory)
                     db = mem_copies.make()
-                    _, _, rss = chunkwise(migration, fixed=False)(server, db, rows)
+                    # fixed 5k batches: memory must not grow with the table (the auto-tuner
+                    # may pick bigger batches on bigger tables, which is a different question)
+                    _, _, rss = chunkwise(migration, fixed=True)(server, db, rows)
                     mem_copies.drop(db)
                     memory.append({"rows": rows, "path": "set-based" if migration == "0002"
                                    else "transform", "rss_mb": round(rss or 0, 1)})
                     log(f"{name}: {rows:,} rows {memory[-1]['path']}: peak RSS {rss:.0f} MB")
+    if args.memory_only:
+        for m in memory:
+            print(f"{m['path']:10} {int(m['rows']):>12,} rows  peak RSS {m['rss_mb']:7.1f} MB")
+        return
     report(args, results, impacts, memory)
 
 
@@ -359,7 +369,7 @@ def report(args: argparse.Namespace, results: dict[str, Result], impacts: dict[s
         print(f"{i.name:36} {i.write_p50_ms:8.2f}m {i.write_p99_ms:8.2f}m {i.write_max_ms:8.1f}m "
               f"{i.read_p99_ms:7.2f}m {i.ops_per_second:7.0f} {i.write_p99_ms / idle:10.1f}x")
     if memory:
-        print("\nchunkwise runner peak RSS (auto-tuned batches)")
+        print("\nchunkwise runner peak RSS (5k-row batches)")
         for m in memory:
             print(f"  {m['path']:10} {int(m['rows']):>12,} rows  {m['rss_mb']:7.1f} MB")
     set_based = results["chunkwise set-based (5k fixed)"].rows_per_second
