@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from django.conf import settings
 from django.db import connections, transaction
 from django.db.models import Field, Q, QuerySet
 from django.db.models.functions import Now
@@ -24,6 +25,15 @@ from .rows import row_class
 from .writeback import write_back
 
 Key = Any
+#: field types whose psycopg binary-format values equal what Django's text path returns
+#: (no converters; timestamps are UTC-aware with USE_TZ). Others fall back to text.
+_BINARY_SAFE = frozenset({
+    "AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField",
+    "SmallIntegerField", "PositiveIntegerField", "PositiveBigIntegerField",
+    "PositiveSmallIntegerField", "CharField", "TextField", "EmailField", "SlugField",
+    "URLField", "BooleanField", "FloatField", "DecimalField", "DateField", "DateTimeField",
+    "UUIDField", "ForeignKey",
+})
 SetBasedWork = Callable[[QuerySet[Any]], None]
 RowTransform = Callable[[Any], Any]
 
@@ -248,6 +258,9 @@ class DjangoBatchTarget:
         self._attnames = [f.attname for f in todo.model._meta.concrete_fields]
         self._rows: list[Any] = []
         self._vendor = connections[alias].vendor
+        self._binary_fetch = self._vendor == "postgresql" and settings.USE_TZ and all(
+            field.get_internal_type() in _BINARY_SAFE and not hasattr(field, "from_db_value")
+            for field in todo.model._meta.concrete_fields)
 
     def transaction(self) -> AbstractContextManager[None]:
         return transaction.atomic(using=self._alias)
@@ -285,10 +298,25 @@ class DjangoBatchTarget:
                 found = cursor.fetchone()
             return (0, None) if found is None else (int(found[1]), found[0])
         make = self._row_class
-        self._rows = [make(*values) for values in locking.values_list(*self._attnames)[:limit]]
+        query = locking.values_list(*self._attnames)[:limit]
+        self._rows = [make(*values) for values in self._fetch(query)]
         if not self._rows:
             return 0, None
         return len(self._rows), getattr(self._rows[-1], self._key.attname)
+
+    def _fetch(self, query: QuerySet[Any]) -> Sequence[Sequence[Any]]:
+        """Rows of ``query``; binary-format on PostgreSQL where that gives Django's values.
+
+        Django's timestamptz loader parses text in Python; psycopg's binary loaders are C.
+        For 5k rows that is 25 ms against 6 ms, most of the per-row path's Python time."""
+        if not self._binary_fetch:
+            return list(query)
+        import psycopg
+
+        sql, params = query.query.sql_with_params()
+        with psycopg.Cursor(connections[self._alias].connection) as cursor:
+            cursor.execute(sql, params, binary=True)
+            return cursor.fetchall()
 
     def keys_in(self, after: Key | None, upto: Key) -> Sequence[Key]:
         return list(self._range(after, upto).order_by(self._key.name)
