@@ -22,3 +22,22 @@ class UuidItem(models.Model):
 class TextItem(models.Model):
     slug = models.CharField(max_length=64, primary_key=True)
     counter = models.IntegerField(default=0)
+
+
+class Stamped(models.Model):
+    """Every field type the binary fetch handles, to compare it with Django's own values."""
+
+    at = models.DateTimeField()
+    day = models.DateField()
+    amount = models.DecimalField(max_digits=12, decimal_places=3)
+    ref = models.UUIDField()
+    ratio = models.FloatField()
+    flag = models.BooleanField()
+    note = models.TextField()
+    item = models.ForeignKey(Item, null=True, on_delete=models.SET_NULL)
+
+
+class Document(models.Model):
+    """A JSONField: its values need Django's converter, so the text path is used."""
+
+    data = models.JSONField(default=dict)
