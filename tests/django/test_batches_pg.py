@@ -28,6 +28,13 @@ def counters(db: LabDb, table: str = "lab_item") -> dict[int, int]:
     return {int(c): int(n) for c, n in rows}  # type: ignore[call-overload]
 
 
+def wait_for_batches(db: LabDb, more_than: int = 0, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not db.query("SELECT 1 FROM chunkwise_checkpoint WHERE batches > %s", (more_than,)):
+        assert time.monotonic() < deadline, "the runner committed no batch in time"
+        time.sleep(0.05)
+
+
 def checkpoint(db: LabDb, migration: str, operation: int = 0) -> dict[str, object]:
     rows = db.query(
         "SELECT state, rows_processed, failed_rows, batches, last_key, high_water_key, "
@@ -137,10 +144,7 @@ def test_second_runner_exits_with_busy_and_names_the_first(lab_db: LabDb) -> Non
     seed_items(lab_db, 3000)
     first = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "100",
                          LAB_ROW_SLEEP="0.001")
-    deadline = time.monotonic() + 30
-    while not lab_db.query("SELECT 1 FROM chunkwise_checkpoint WHERE batches > 0"):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for_batches(lab_db)
     second = lab_db.manage("chunkwise_run", "lab", "0002", CHUNKWISE_RESOURCE="ns/other")
     assert second.returncode == 69, second.stderr
     assert "already being run by" in second.stderr and "pid" in second.stderr
@@ -237,10 +241,7 @@ def test_sigterm_finishes_the_batch_and_exits_interrupted(lab_db: LabDb) -> None
     seed_items(lab_db, 5000)
     runner = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "200",
                           LAB_ROW_SLEEP="0.0005")
-    deadline = time.monotonic() + 30
-    while not lab_db.query("SELECT 1 FROM chunkwise_checkpoint WHERE batches > 1"):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_batches(lab_db, 1)
     runner.send_signal(signal.SIGTERM)
     output, _ = runner.communicate(timeout=60)
     assert runner.returncode == 75, output
@@ -332,10 +333,7 @@ def test_deploy_time_migrate_fails_fast_naming_the_datamigration(lab_db: LabDb) 
     seed_items(lab_db, 3000)
     worker = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "100",
                           CHUNKWISE_RESOURCE="shop/bump-items", LAB_ROW_SLEEP="0.001")
-    deadline = time.monotonic() + 30
-    while not lab_db.query("SELECT 1 FROM chunkwise_checkpoint WHERE batches > 0"):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for_batches(lab_db)
     started = time.monotonic()
     deploy = lab_db.manage("migrate", "lab", "0002")
     assert deploy.returncode != 0

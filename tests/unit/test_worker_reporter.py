@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from chunkwise.engine import BatchReport, CheckpointState, ExitCode, Outcome, Tally
-from chunkwise.worker import StatusReporter, format_eta
+from chunkwise.engine import BatchReport, CheckpointState, ExitCode, Outcome, Tally, format_duration
+from chunkwise.worker import StatusReporter
 
 
 class FakeClient:
@@ -56,5 +56,8 @@ def test_unreachable_api_does_not_fail_the_run(capsys: Any) -> None:
     assert capsys.readouterr().err.count("cannot update DataMigration") == 1
 
 
-def test_format_eta() -> None:
-    assert [format_eta(s) for s in (None, 5, 75, 3725)] == ["", "5s", "1m15s", "1h02m"]
+def test_format_duration_for_columns_and_clocks() -> None:
+    assert [format_duration(s, clock=False) for s in (None, 5, 75, 3725)] == [
+        "", "5s", "1m15s", "1h02m"]
+    assert [format_duration(s) for s in (None, 5, 75, 3725)] == ["--:--", "0:05", "1:15",
+                                                                 "1:02:05"]

@@ -6,18 +6,17 @@ import sys
 import time
 from typing import TextIO
 
-from chunkwise.engine import BatchReport, CheckpointState, ErrorKind, ExitCode, Outcome
+from chunkwise.engine import (
+    BatchReport,
+    CheckpointState,
+    ErrorKind,
+    ExitCode,
+    Outcome,
+    format_duration,
+    progress_of,
+)
 
-__all__ = ["ProgressBar", "format_duration"]
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+__all__ = ["ProgressBar"]
 
 
 class ProgressBar:
@@ -44,17 +43,12 @@ class ProgressBar:
                         f"({state.tally.rows_processed:,} rows already done)\n")
 
     def line(self, state: CheckpointState) -> str:
-        done = state.tally.rows_processed
-        total = max(state.rows_estimated, done)
-        fraction = 1.0 if state.done else (done / total if total else 0.0)
-        elapsed = max(time.monotonic() - self._started, 1e-9)
-        rate = (done - self._rows_at_start) / elapsed
-        eta = (total - done) / rate if rate > 0 and not state.done else None
-        filled = int(fraction * self.WIDTH)
+        p = progress_of(state, self._rows_at_start, time.monotonic() - self._started)
+        filled = int(p.fraction * self.WIDTH)
         bar = "#" * filled + "-" * (self.WIDTH - filled)
         failed = f"  failed {state.tally.failed_rows:,}" if state.tally.failed_rows else ""
-        return (f"{self._title} [{bar}] {fraction:6.1%}  {done:,}/{total:,} rows  "
-                f"{rate:,.0f} rows/s  ETA {format_duration(eta)}  "
+        return (f"{self._title} [{bar}] {p.fraction:6.1%}  {p.done:,}/{p.total:,} rows  "
+                f"{p.rows_per_second:,.0f} rows/s  ETA {format_duration(p.eta_seconds)}  "
                 f"lock wait {state.lock_wait_seconds:.2f}s{failed}")
 
     def batch_committed(self, report: BatchReport) -> None:

@@ -16,6 +16,7 @@ from .errors import (
     sqlstate_of,
 )
 from .pacing import BatchSizer, RateLimiter, backoff_seconds
+from .progress import Progress, format_duration, progress_of
 from .runner import (
     BatchReport,
     BatchRunner,
@@ -39,7 +40,8 @@ from .settings import (
 __all__ = [
     "AnotherRunnerActive", "BatchReport", "BatchRunner", "BatchSettings", "BatchSizer",
     "BatchTarget", "CheckpointState", "CheckpointStore", "ErrorKind", "ExitCode",
-    "HaltThresholds", "Halted", "Outcome", "RateLimiter", "Reporter", "RetriesExhausted",
-    "RetrySettings", "RowFailure", "RunSettings", "SettingsError", "Tally", "Timeouts",
-    "backoff_seconds", "check_budget", "classify", "parse_duration", "sqlstate_of",
+    "HaltThresholds", "Halted", "Outcome", "Progress", "RateLimiter", "Reporter",
+    "RetriesExhausted", "RetrySettings", "RowFailure", "RunSettings", "SettingsError", "Tally",
+    "Timeouts", "backoff_seconds", "check_budget", "classify", "format_duration",
+    "parse_duration", "progress_of", "sqlstate_of",
 ]

@@ -7,9 +7,9 @@ Django can only discover under django/management) is the worker's entry point.
 from chunkwise.engine import Reporter
 
 from .kubeapi import StatusClient
-from .reporter import StatusReporter, Tee, format_eta
+from .reporter import StatusReporter, Tee
 
-__all__ = ["StatusClient", "StatusReporter", "Tee", "format_eta", "worker_reporter"]
+__all__ = ["StatusClient", "StatusReporter", "Tee", "worker_reporter"]
 
 
 def worker_reporter(progress: Reporter) -> Reporter:

@@ -13,25 +13,23 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from chunkwise.engine import BatchReport, CheckpointState, ErrorKind, ExitCode, Outcome, Reporter
+from chunkwise.engine import (
+    BatchReport,
+    CheckpointState,
+    ErrorKind,
+    ExitCode,
+    Outcome,
+    Reporter,
+    format_duration,
+    progress_of,
+)
 
 from .kubeapi import StatusClient
 
-__all__ = ["StatusReporter", "Tee", "format_eta"]
+__all__ = ["StatusReporter", "Tee"]
 
 _OUTCOME_STATE = {ExitCode.DONE: "done", ExitCode.HALTED: "halted",
                   ExitCode.INTERRUPTED: "interrupted"}
-
-
-def format_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _now() -> str:
@@ -50,16 +48,13 @@ class StatusReporter:
         self._warned = False
 
     def _progress(self, state: CheckpointState, checkpoint_at: str | None) -> dict[str, Any]:
-        done = state.tally.rows_processed
-        total = max(state.rows_estimated, done)
-        percent = 100 if state.done else (int(100 * done / total) if total else 0)
-        elapsed = max(self._clock() - self._started, 1e-9)
-        rate = (done - self._rows_at_start) / elapsed
-        eta = (total - done) / rate if rate > 0 and not state.done else None
+        p = progress_of(state, self._rows_at_start, self._clock() - self._started)
+        percent = int(100 * p.fraction)
         progress: dict[str, Any] = {
-            "rowsProcessed": done, "rowsEstimated": total, "percent": percent,
-            "percentText": f"{percent}%", "rowsPerSecond": int(rate),
-            "etaSeconds": int(eta) if eta is not None else None, "eta": format_eta(eta),
+            "rowsProcessed": p.done, "rowsEstimated": p.total, "percent": percent,
+            "percentText": f"{percent}%", "rowsPerSecond": int(p.rows_per_second),
+            "etaSeconds": None if p.eta_seconds is None else int(p.eta_seconds),
+            "eta": format_duration(p.eta_seconds, clock=False),
             "batches": state.batches, "failedRows": state.tally.failed_rows,
             "lockWaitSeconds": round(state.lock_wait_seconds, 3),
         }
