@@ -81,11 +81,14 @@ def test_invalid_spec_is_rejected_with_a_clear_message(k8s: Cluster, body: dict[
     assert message in result.stderr, result.stderr
 
 
-def test_running_migration_cannot_change_what_it_runs(k8s: Cluster) -> None:
+def test_running_migration_cannot_change_what_it_runs(k8s: Cluster, operator: Any) -> None:
     body = copy.deepcopy(VALID)
     body["metadata"]["name"] = "immutable"
+    body["spec"]["suspend"] = True  # the operator makes a suspended Job: no pod runs
     assert apply(k8s, body, dry_run=False).returncode == 0
     path = "/apis/chunkwise.dev/v1alpha1/namespaces/default/datamigrations/immutable"
+    k8s.wait_for("the operator to settle", lambda: (k8s.api("GET", path).get("status") or {})
+                 .get("phase") == "Suspended", timeout=60)
     k8s.api("PATCH", path + "/status", {"status": {"phase": "Running"}},
             "application/merge-patch+json")
     changed = copy.deepcopy(body)
