@@ -134,7 +134,7 @@ class Shop:
         with psycopg.connect(self.pg.dsn(self.database), autocommit=True) as conn:
             return list(conn.execute(sql).fetchall())  # type: ignore[arg-type]
 
-    def apply(self, manifest: Path | str, **patch: Any) -> None:
+    def apply(self, manifest: Path | str) -> None:
         text = manifest.read_text() if isinstance(manifest, Path) else manifest
         self.k8s.kubectl("apply", "-n", self.namespace, "-f", "-", input=text)
 

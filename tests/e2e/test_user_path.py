@@ -154,3 +154,37 @@ def test_operator_restart_mid_run_makes_no_second_job(shop: Shop,
     assert body["status"]["run"] == before["run"] == 1
     assert body["status"]["startedAt"] == before["startedAt"]
     assert visits(shop) == {1: SEEDED}
+
+
+STALLING = """
+apiVersion: chunkwise.dev/v1alpha1
+kind: DataMigration
+metadata: {name: stalls}
+spec:
+  image: registry.example.com/shop:1.4.2
+  migration: {app: shop, name: 0003_count_visit}
+  batch: {size: 500, minSize: 100, maxSize: 500, pause: 8s}
+  stallAfter: 3s
+  template:
+    spec:
+      serviceAccountName: shop-migrator
+      envFrom: [{secretRef: {name: shop-db}}]
+"""
+
+
+def test_a_checkpoint_older_than_stall_after_marks_stalled_then_clears(shop: Shop) -> None:
+    shop.apply(STALLING)
+    shop.wait_phase("stalls", "Running")
+
+    def stalled_is(value: str) -> bool:
+        conditions = shop.dmig("stalls").get("status", {}).get("conditions", [])
+        return any(c["type"] == "Stalled" and c["status"] == value for c in conditions)
+
+    shop.k8s.wait_for("Stalled=True", lambda: stalled_is("True"), timeout=60)
+    condition = {c["type"]: c for c in shop.dmig("stalls")["status"]["conditions"]}["Stalled"]
+    assert condition["reason"] == "CheckpointTooOld" and "spec.stallAfter is 3s" in \
+        condition["message"]
+    shop.k8s.wait_for("Stalled=False again", lambda: stalled_is("False"), timeout=60)
+    events = shop.events("stalls")
+    assert "Stalled" in events and "Unstalled" in events
+    shop.k8s.kubectl("delete", "dmig", "stalls", "-n", shop.namespace)
