@@ -71,10 +71,13 @@ class FakeTarget:
         if self.m.timeouts_left:
             self.m.timeouts_left -= 1
             raise LockTimeout("canceling statement due to lock timeout")
-        self._locked = list(self.keys_in(after, upto))[:limit]
+        self._locked = self._between(after, upto)[:limit]
         return len(self._locked), (self._locked[-1] if self._locked else None)
 
     def keys_in(self, after: Any, upto: Any) -> Sequence[Any]:
+        return self._between(after, upto)
+
+    def _between(self, after: Any, upto: Any) -> list[Any]:
         return sorted(k for k in self.m.rows if (after is None or k > after) and k <= upto)
 
     def apply(self, after: Any, upto: Any) -> None:
@@ -219,3 +222,20 @@ def test_stop_event_finishes_the_batch_then_interrupts() -> None:
     assert sum(memory.rows.values()) == 24 and memory.checkpoint["last_key"] == 24
     resumed = run(memory)
     assert resumed.exit_code is ExitCode.DONE and set(memory.rows.values()) == {1}
+
+
+def test_rows_that_vanish_before_isolation_are_not_an_error() -> None:
+    memory = Memory({k: 0 for k in range(1, 21)}, bad={3})
+
+    class Vanishing(FakeTarget):
+        def keys_in(self, after: Any, upto: Any) -> Sequence[Any]:
+            # the isolation's re-read finds the failed batch's rows deleted meanwhile
+            for key in super().keys_in(after, upto):
+                del self.m.rows[key]
+            self.m.bad.clear()
+            return []
+
+    outcome = BatchRunner(Vanishing(memory), FakeStore(memory), settings(), Recorder()).run()
+    assert outcome.exit_code is ExitCode.DONE
+    assert memory.failures == [] and set(memory.rows.values()) == {1}
+    assert 3 not in memory.rows and len(memory.rows) == 12  # batch 1-8 vanished, 9-20 done

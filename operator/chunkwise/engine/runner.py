@@ -308,6 +308,8 @@ class BatchRunner:
 
     def _isolate(self, keys: Sequence[Key], error: BaseException) -> None:
         """Split the failed batch ``keys`` until the failing rows are found; commit the rest."""
+        if not keys:
+            return  # the failing rows were deleted meanwhile: nothing left to isolate
         if len(keys) == 1:
             self._with_retries(lambda: self._record_failure(keys[0], error))
             assert self._state is not None
