@@ -43,7 +43,7 @@ def test_shop_example_on_sqlite_migrates_in_batches_and_resumes(tmp_path: Path) 
     runner.terminate()
     _, err = runner.communicate(timeout=60)
     assert runner.returncode == 75, err
-    assert "sqlite has no lock_timeout" in err
+    assert "sqlite has no lock_timeout, statement_timeout or row locks" in err
     with sqlite3.connect(db) as conn:
         done = conn.execute(
             "SELECT count(*) FROM shop_customer WHERE status IS NOT NULL").fetchone()
@@ -57,5 +57,9 @@ def test_shop_example_on_sqlite_migrates_in_batches_and_resumes(tmp_path: Path) 
     assert [r[0] for r in rows] == ["active", "inactive"]
     assert all(r[1] == r[2] == 1 for r in rows)  # the per-row migration: every row exactly once
     assert sum(r[3] for r in rows) == 20000
+    with sqlite3.connect(db) as conn:
+        (batches,) = conn.execute("SELECT batches FROM chunkwise_checkpoint "
+                                  "WHERE migration = '0003_count_visit'").fetchone()
+    assert batches <= 10  # batch_size 5000 on 20k rows: no 0.5%-of-rows cap on SQLite
     status = shop(db, "chunkwise_status")
     assert "shop.0002_customer_status" in status.stdout and "done" in status.stdout

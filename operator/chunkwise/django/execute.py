@@ -5,6 +5,7 @@ Used by ``migrate`` (through the operation) and by ``manage.py chunkwise_run``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -108,8 +109,11 @@ def execute(
     base = settings or operation.base_settings()
     run_settings = resolve_settings(base, os.environ if env is None else env)
     if connection.vendor != "postgresql":
-        stream.write(f"{ref}: note: {connection.vendor} has no lock_timeout or "
-                     "statement_timeout; those settings do not apply here\n")
+        stream.write(f"{ref}: note: {connection.vendor} has no lock_timeout, statement_timeout "
+                     "or row locks; those settings and batch.maxLockedFraction do not apply\n")
+        # a batch locks the whole database here, so the share of rows it locks means nothing
+        run_settings = dataclasses.replace(run_settings, batch=dataclasses.replace(
+            run_settings.batch, max_locked_fraction=0.0))
     store = DjangoCheckpointStore(ref, connection.alias, todo, key_field)
     stop = stop or threading.Event()
     runner = BatchRunner(target, store, run_settings, reporter or ProgressBar(str(ref), stream),

@@ -154,6 +154,9 @@ class BatchedRunPython(Operation):
             return
         migration, index = self.locate(app_label)
         ref = OperationRef(app_label, migration, index, direction)
+        # migrate has printed "Applying ..." without a newline; start our lines below it
+        sys.stdout.write("\n")
+        sys.stdout.flush()
         outcome = execute(self, ref, state.apps, schema_editor)
         if outcome.exit_code != 0:
             raise BatchedMigrationStopped(
