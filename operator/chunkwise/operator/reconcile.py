@@ -37,8 +37,7 @@ async def start_run(api: KubeApi, body: Mapping[str, Any], patch: MutableMapping
     outcome = Outcome("Suspended", "SuspendRequested", "created suspended (spec.suspend)") \
         if spec.get("suspend") else Outcome("Pending", "JobCreated",
                                             f"Job {job['metadata']['name']} created")
-    fresh = {**status, "phase": status.get("phase") if run > 1 else None}
-    new_status, _ = status_for(fresh, outcome, body["metadata"].get("generation"))
+    new_status, _ = status_for(status, outcome, body["metadata"].get("generation"))
     migration = spec["migration"]
     new_status.update(run=run, jobName=job["metadata"]["name"],
                       migrationRef=f"{migration['app']}.{migration['name']}",
@@ -101,9 +100,9 @@ async def job_changed(api: KubeApi, job: Mapping[str, Any]) -> None:
     outcome = job_outcome(job, status.get("worker"))
     if outcome.phase == status.get("phase") and outcome.phase != "Halted":
         return
-    if outcome.phase == "Pending" and status.get("phase") in ("Running", "Suspended"):
-        if status.get("phase") == "Suspended" and migration["spec"].get("suspend"):
-            return  # the pod is gone because we suspended; nothing new
+    if outcome.phase == "Pending" and status.get("phase") == "Suspended" \
+            and migration["spec"].get("suspend"):
+        return  # the pod is gone because we suspended; nothing new
     new_status, events = status_for(status, outcome, migration["metadata"].get("generation"))
     if outcome.phase == status.get("phase"):
         events = []  # Halted again with a fresher reason: update the text, no new Event
