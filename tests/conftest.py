@@ -76,13 +76,13 @@ class LabDb:
         import psycopg
 
         with psycopg.connect(self.server.dsn(self.name), autocommit=True) as conn:
-            return list(conn.execute(sql, params).fetchall())  # type: ignore[arg-type]
+            return list(conn.execute(sql.encode(), params).fetchall())
 
     def execute(self, sql: str, params: tuple[object, ...] = ()) -> None:
         import psycopg
 
         with psycopg.connect(self.server.dsn(self.name), autocommit=True) as conn:
-            conn.execute(sql, params)  # type: ignore[arg-type]
+            conn.execute(sql.encode(), params)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -29,10 +30,16 @@ def counters(db: LabDb, table: str = "lab_item") -> dict[int, int]:
 
 
 def wait_for_batches(db: LabDb, more_than: int = 0, timeout: float = 30) -> None:
+    wait_until(lambda: db.query("SELECT 1 FROM chunkwise_checkpoint WHERE batches > %s",
+                                (more_than,)), f"the runner committed {more_than + 1} batches",
+               timeout)
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while not db.query("SELECT 1 FROM chunkwise_checkpoint WHERE batches > %s", (more_than,)):
-        assert time.monotonic() < deadline, "the runner committed no batch in time"
-        time.sleep(0.05)
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
 
 
 def checkpoint(db: LabDb, migration: str, operation: int = 0) -> dict[str, object]:
@@ -105,7 +112,8 @@ def test_rows_inserted_during_the_run_above_the_high_water_mark_are_left(lab_db:
     seed_items(lab_db, 2000)
     runner = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "100",
                           "--max-rows-per-second", "2000")
-    time.sleep(1.5)
+    wait_for_batches(lab_db, more_than=2)
+    assert runner.poll() is None, "the rows/s cap should keep the run going for about 1 s"
     lab_db.execute("INSERT INTO lab_item (id, counter, payload, score) "
                    "SELECT g, 0, '', 0 FROM generate_series(2001, 2100) g")
     output, _ = runner.communicate(timeout=60)
@@ -133,6 +141,10 @@ def test_kill_9_at_20_random_moments_changes_every_row_exactly_once(lab_db: LabD
             runner.send_signal(signal.SIGKILL)
             kills += 1
         runner.wait(timeout=30)
+        # the server notices the dead client a moment later; until then its backend holds
+        # the runner lock and the next runner would (rightly) exit "busy"
+        wait_until(lambda: not lab_db.query(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"), "the runner lock is freed")
     final = lab_db.manage("chunkwise_run", "lab", "0002")
     assert final.returncode == 0, final.stderr
     assert kills >= 15, "most runners should have been killed mid-run"

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.postgres
 def rows_both_ways(model: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], bool]:
     from django.db import transaction
 
-    from chunkwise.django.batches import DjangoBatchTarget
+    from chunkwise.django.target import DjangoBatchTarget
 
     target = DjangoBatchTarget("default", model._base_manager.all(), model._meta.pk,
                                transform=lambda row: None,

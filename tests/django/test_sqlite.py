@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,6 +19,16 @@ def shop_env(db: Path) -> dict[str, str]:
            if not k.startswith(("PG", "CHUNKWISE_")) and k != "DJANGO_SETTINGS_MODULE"}
     env.update(SHOP_SQLITE_PATH=str(db), PYTHONPATH=str(REPO / "operator"))
     return env
+
+
+def committed_batches(db: Path) -> int:
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            row = conn.execute("SELECT batches FROM chunkwise_checkpoint "
+                               "WHERE migration = '0002_customer_status'").fetchone()
+    except sqlite3.OperationalError:  # the table is being written; ask again
+        return 0
+    return int(row[0]) if row else 0
 
 
 def shop(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -37,9 +48,11 @@ def test_shop_example_on_sqlite_migrates_in_batches_and_resumes(tmp_path: Path) 
          "--batch-size", "1000", "--max-rows-per-second", "4000"],
         env=shop_env(db),
         cwd=SHOP, stderr=subprocess.PIPE, text=True)
-    import time
-
-    time.sleep(2.5)
+    # stop it once a few batches have committed (the rows/s cap keeps it from finishing)
+    deadline = time.monotonic() + 60
+    while committed_batches(db) < 3:
+        assert runner.poll() is None and time.monotonic() < deadline, "no batches committed"
+        time.sleep(0.05)
     runner.terminate()
     _, err = runner.communicate(timeout=60)
     assert runner.returncode == 75, err

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
-    outcome = yield
+    outcome: Any = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
 
@@ -132,7 +132,7 @@ class Shop:
         import psycopg
 
         with psycopg.connect(self.pg.dsn(self.database), autocommit=True) as conn:
-            return list(conn.execute(sql).fetchall())  # type: ignore[arg-type]
+            return list(conn.execute(sql.encode()).fetchall())
 
     def apply(self, manifest: Path | str) -> None:
         text = manifest.read_text() if isinstance(manifest, Path) else manifest

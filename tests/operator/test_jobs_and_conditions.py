@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from chunkwise.operator import build_job, job_name, job_outcome, status_for
+from chunkwise.operator import build_job, job_name, run_state_of, status_for
 from chunkwise.operator.conditions import set_condition, stall_status
 
 
@@ -78,27 +78,42 @@ def job(conditions: list[dict[str, str]] | None = None, active: int = 0) -> dict
     return {"status": {"conditions": conditions or [], "active": active}}
 
 
-def test_job_outcomes() -> None:
-    assert job_outcome(job()).phase == "Pending"
-    assert job_outcome(job(active=1)).phase == "Running"
-    assert job_outcome(job([{"type": "Suspended", "status": "True"}])).phase == "Suspended"
-    assert job_outcome(job([{"type": "Complete", "status": "True"}])).phase == "Succeeded"
-    halted = job_outcome(job([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
-                               "message": "Container worker for pod shop/x failed with exit "
-                                          "code 65 matching FailJob rule at index 0"}]),
-                         {"reason": "FailedRowsExceeded", "message": "11 rows failed"})
+def test_run_states_from_the_job() -> None:
+    assert run_state_of(job()).phase == "Pending"
+    assert run_state_of(job(active=1)).phase == "Running"
+    assert run_state_of(job([{"type": "Suspended", "status": "True"}])).phase == "Suspended"
+    assert run_state_of(job([{"type": "Complete", "status": "True"}])).phase == "Succeeded"
+    crashed = run_state_of(job([{"type": "Failed", "status": "True",
+                                 "reason": "BackoffLimitExceeded", "message": "too many"}]))
+    assert (crashed.phase, crashed.reason) == ("Failed", "BackoffLimitExceeded")
+
+
+POLICY_FAILURE = {"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                  "message": "Container worker for pod shop/x failed with exit code 65 "
+                             "matching FailJob rule at index 0"}
+
+
+def test_a_halt_is_read_from_the_workers_report_not_the_job_message() -> None:
+    halted = run_state_of(job([POLICY_FAILURE]), {
+        "state": "halted", "exitCode": 65, "reason": "FailedRowsExceeded",
+        "message": "11 rows failed"})
     assert (halted.phase, halted.reason, halted.message) == (
         "Halted", "FailedRowsExceeded", "11 rows failed")
-    crashed = job_outcome(job([{"type": "Failed", "status": "True",
-                                "reason": "BackoffLimitExceeded", "message": "too many"}]))
-    assert (crashed.phase, crashed.reason) == ("Failed", "BackoffLimitExceeded")
-    usage = job_outcome(job([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
-                              "message": "failed with exit code 64 matching FailJob"}]))
-    assert (usage.phase, usage.reason) == ("Failed", "InvalidConfiguration")
+    usage = run_state_of(job([POLICY_FAILURE]), {
+        "state": "failed", "exitCode": 64, "reason": "InvalidSettings",
+        "message": "batch.size (CHUNKWISE_BATCH_SIZE): expected an integer, got 'x'"})
+    assert (usage.phase, usage.reason) == ("Failed", "InvalidSettings")
+
+
+def test_without_a_worker_report_the_jobs_own_reason_is_shown() -> None:
+    """The text says exit code 65, but no worker said it halted: no halt reason is made up."""
+    unreported = run_state_of(job([POLICY_FAILURE]), {"state": "running", "reason": ""})
+    assert (unreported.phase, unreported.reason) == ("Failed", "PodFailurePolicy")
+    assert unreported.message == POLICY_FAILURE["message"]
 
 
 def test_status_for_sets_conditions_and_one_event_per_transition() -> None:
-    running = job_outcome(job(active=1))
+    running = run_state_of(job(active=1))
     status, events = status_for({"phase": "Pending"}, running, 3, now="2026-11-21T10:00:00Z")
     conditions = {c["type"]: c for c in status["conditions"]}
     assert status["phase"] == "Running" and status["observedGeneration"] == 3
@@ -111,12 +126,12 @@ def test_status_for_sets_conditions_and_one_event_per_transition() -> None:
     assert no_events == []
     assert [c["lastTransitionTime"] for c in again["conditions"]] == [
         c["lastTransitionTime"] for c in status["conditions"]]
-    suspended, events = status_for(status, job_outcome(job([{"type": "Suspended",
+    suspended, events = status_for(status, run_state_of(job([{"type": "Suspended",
                                                              "status": "True"}])), 4)
     assert [(e.reason) for e in events] == ["Suspended"]
     resumed, events = status_for(suspended, running, 4)
     assert [(e.reason) for e in events] == ["Resumed"]
-    done, events = status_for(resumed, job_outcome(job([{"type": "Complete",
+    done, events = status_for(resumed, run_state_of(job([{"type": "Complete",
                                                          "status": "True"}])), 4)
     assert done["phase"] == "Succeeded" and "completedAt" in done
     assert {c["type"]: c["status"] for c in done["conditions"]}["Succeeded"] == "True"

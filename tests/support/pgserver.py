@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["PgServer", "find_bindir", "free_port", "running_server"]
 
@@ -63,7 +64,7 @@ class PgServer:
         import psycopg
 
         with psycopg.connect(self.dsn(database), autocommit=True) as conn:
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement.encode())  # a runtime-built statement: bytes
 
 
 def _as_postgres_user() -> tuple[list[str], int | None, int | None]:
@@ -82,13 +83,14 @@ def running_server(settings: dict[str, str] | None = None) -> Iterator[PgServer]
     if uid is not None:
         os.chown(root, uid, gid or -1)
 
-    def run_as(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    def run_as(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         def demote() -> None:
             if uid is not None:
                 os.setgid(gid or 0)
                 os.setuid(uid)
-        return subprocess.run(args, preexec_fn=demote, check=True, text=True,  # noqa: PLW1509
-                              capture_output=True, **kwargs)  # type: ignore[call-overload]
+        result: subprocess.CompletedProcess[str] = subprocess.run(
+            args, preexec_fn=demote, check=True, text=True, capture_output=True, **kwargs)
+        return result
 
     port = free_port()
     user = "chunkwise"

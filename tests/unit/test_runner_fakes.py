@@ -128,6 +128,7 @@ class Recorder:
     def __init__(self, stop_after: int | None = None, stop: threading.Event | None = None):
         self.batches: list[BatchReport] = []
         self.retries: list[ErrorKind] = []
+        self.notices: list[str] = []
         self._stop_after, self._stop = stop_after, stop
 
     def started(self, state: CheckpointState) -> None: ...
@@ -141,6 +142,9 @@ class Recorder:
         self.retries.append(kind)
 
     def throttled(self, reason: str, seconds: float) -> None: ...
+
+    def notice(self, message: str) -> None:
+        self.notices.append(message)
 
     def finished(self, outcome: Outcome) -> None: ...
 
@@ -239,3 +243,23 @@ def test_rows_that_vanish_before_isolation_are_not_an_error() -> None:
     assert outcome.exit_code is ExitCode.DONE
     assert memory.failures == [] and set(memory.rows.values()) == {1}
     assert 3 not in memory.rows and len(memory.rows) == 12  # batch 1-8 vanished, 9-20 done
+
+
+def test_a_cap_below_what_the_user_asked_is_said_once_with_the_numbers() -> None:
+    memory = Memory({k: 0 for k in range(1, 1001)})
+    recorder = Recorder()
+    capped = RunSettings(batch=BatchSettings(size=500, min_size=1, max_size=800,
+                                             max_locked_fraction=0.01))
+    outcome = BatchRunner(FakeTarget(memory), FakeStore(memory), capped, recorder).run()
+    assert outcome.exit_code is ExitCode.DONE
+    assert recorder.notices == [
+        "batches capped at 10 rows, below batch.maxSize 800: batch.maxLockedFraction 0.01 of "
+        "1,000 rows to do (batch.size 500 -> 10; set batch.maxLockedFraction to 0 to lift "
+        "the cap)"]
+    assert max(b.rows for b in recorder.batches) <= 10
+
+
+def test_no_notice_when_the_cap_lowers_nothing() -> None:
+    recorder = Recorder()
+    run(Memory({k: 0 for k in range(1, 50)}), recorder)
+    assert recorder.notices == []

@@ -2,8 +2,9 @@ import re
 
 import pytest
 
-from chunkwise.django.config import TUNABLES, resolve_settings
+from chunkwise.django.config import resolve_settings
 from chunkwise.engine import (
+    TUNABLES,
     BatchSettings,
     HaltThresholds,
     RetrySettings,

@@ -45,7 +45,8 @@ def test_patches_at_most_once_per_interval_and_always_at_the_end() -> None:
                               "message": "too many", "exitCode": 65}
     assert last["progress"]["rowsProcessed"] == 900 and last["progress"]["percent"] == 90
     assert last["progress"]["percentText"] == "90%" and last["progress"]["failedRows"] == 2
-    assert last["shards"] == [{"index": 0, "lastKey": "900", "rowsProcessed": 900,
+    assert last["shards"] == [{"index": 0, "lastKey": 900,  # an integer key stays a number
+                               "rowsProcessed": 900,
                                "done": False}]
 
 

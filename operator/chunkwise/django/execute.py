@@ -10,14 +10,15 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING, TextIO
+from typing import Any, Protocol, TextIO
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.state import StateApps
+from django.db.models import Q
 
 from chunkwise.engine import (
     AnotherRunnerActive,
@@ -28,16 +29,31 @@ from chunkwise.engine import (
     RunSettings,
 )
 
-from .batches import DjangoBatchTarget, DjangoCheckpointStore
+from .checkpoints import DjangoCheckpointStore
 from .config import resolve_settings
 from .models import Checkpoint
+from .operation_ref import OperationRef
 from .progress import ProgressBar
-from .refs import OperationRef
+from .target import DjangoBatchTarget, uses_psycopg3
 
-if TYPE_CHECKING:
-    from .operations import BatchedRunPython
+__all__ = ["BatchedWork", "execute", "stop_on_signals"]
 
-__all__ = ["execute", "stop_on_signals"]
+SetBasedCode = Callable[[StateApps, BaseDatabaseSchemaEditor, Any], None]
+
+
+class BatchedWork(Protocol):
+    """What :func:`execute` needs of an operation (``BatchedRunPython`` has it all)."""
+
+    model: str
+    key: str
+    forward: SetBasedCode | None
+    transform: Callable[[Any], Any] | None
+    fields: list[str]
+    reverse: SetBasedCode | None
+    todo: Q | None
+    reverse_todo: Q | None
+
+    def base_settings(self) -> RunSettings: ...
 
 
 @contextmanager
@@ -65,7 +81,7 @@ def stop_on_signals(stop: threading.Event, stream: TextIO) -> Iterator[None]:
 
 
 def execute(
-    operation: BatchedRunPython,
+    operation: BatchedWork,
     ref: OperationRef,
     apps: StateApps,
     schema_editor: BaseDatabaseSchemaEditor,
@@ -108,7 +124,11 @@ def execute(
                                    forward=lambda batch: code(apps, schema_editor, batch))
     base = settings or operation.base_settings()
     run_settings = resolve_settings(base, os.environ if env is None else env)
-    if connection.vendor != "postgresql":
+    if connection.vendor == "postgresql":
+        driver = "psycopg 3, binary fetch" if uses_psycopg3(connection.alias) \
+            else "psycopg2, text fetch"
+        stream.write(f"{ref}: PostgreSQL through {driver}\n")
+    else:
         stream.write(f"{ref}: note: {connection.vendor} has no lock_timeout, statement_timeout "
                      "or row locks; those settings and batch.maxLockedFraction do not apply\n")
         # a batch locks the whole database here, so the share of rows it locks means nothing
@@ -124,9 +144,20 @@ def execute(
         except (AnotherRunnerActive, RetriesExhausted) as exc:
             outcome = Outcome(exc.exit_code, type(exc).__name__, str(exc))
             stream.write(f"{ref}: {outcome.message}\n")
+            if isinstance(exc, RetriesExhausted):
+                _mark_stopped(store, outcome.message)
     if outcome.exit_code == 0:
         _forget_other_direction(ref, connection.alias)
     return outcome
+
+
+def _mark_stopped(store: DjangoCheckpointStore, message: str) -> None:
+    """A run that gave up is not "running" any more; say so if the database lets us
+    (it may be the very thing that is down: then the heartbeat's age tells)."""
+    try:
+        store.finish(Checkpoint.State.INTERRUPTED, message)
+    except Exception:
+        pass
 
 
 def _forget_other_direction(ref: OperationRef, alias: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -10,13 +11,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import router
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.loader import MigrationLoader
-from django.db.migrations.operations.base import Operation
+from django.db.migrations.operations.base import Operation, OperationCategory
 from django.db.migrations.state import ProjectState, StateApps
 from django.db.models import Q
 
 from chunkwise.engine import RunSettings, Timeouts
 
-from .refs import OperationRef
+from .operation_ref import OperationRef
 
 __all__ = ["BatchedRunPython", "BatchedMigrationStopped"]
 
@@ -31,8 +32,8 @@ class BatchedMigrationStopped(Exception):
 
 
 def _check_callable(value: object, name: str) -> None:
-    if value is not None and not callable(value):
-        raise TypeError(f"BatchedRunPython {name}: expected a callable, got {value!r}")
+    if value is not None and not callable(value):  # ValueError, as RunPython raises
+        raise ValueError(f"BatchedRunPython {name}: expected a callable, got {value!r}")
 
 
 class BatchedRunPython(Operation):
@@ -48,6 +49,7 @@ class BatchedRunPython(Operation):
     reduces_to_sql = False
     atomic = False  # every batch commits on its own; the migration must not wrap them
     elidable = False
+    category = OperationCategory.PYTHON  # as RunPython: `migrate --plan` marks it "p"
 
     def __init__(
         self,
@@ -81,7 +83,8 @@ class BatchedRunPython(Operation):
             raise ValueError("BatchedRunPython fields: only used with transform=")
         for name, condition in (("todo", todo), ("reverse_todo", reverse_todo)):
             if condition is not None and not isinstance(condition, Q):
-                raise TypeError(f"BatchedRunPython {name}: expected a Q object, got {condition!r}")
+                raise ValueError(
+                    f"BatchedRunPython {name}: expected a Q object, got {condition!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"BatchedRunPython batch_size: expected an integer >= 1, got "
                              f"{batch_size!r}")
@@ -105,15 +108,12 @@ class BatchedRunPython(Operation):
         return self.reverse is not None
 
     def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
-        defaults: dict[str, Any] = {
-            "transform": None, "fields": [], "reverse": None, "todo": None,
-            "reverse_todo": None, "key": "pk", "batch_size": 1000, "lock_timeout": 2.0,
-            "statement_timeout": 30.0, "hints": {}, "elidable": False,
-        }
-        kwargs = {
-            name: getattr(self, name) for name, default in defaults.items()
-            if getattr(self, name) != default
-        }
+        """Only the arguments that differ from ``__init__``'s defaults, as Django's do."""
+        defaults = {name: p.default for name, p in _SIGNATURE.parameters.items()
+                    if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        # an empty list or dict stored for a default of () or None is still the default
+        kwargs = {name: value for name, default in defaults.items()
+                  if not ((value := getattr(self, name)) == default or not value and not default)}
         args: list[Any] = [self.model] + ([self.forward] if self.forward is not None else [])
         return self.__class__.__name__, args, kwargs
 
@@ -139,10 +139,13 @@ class BatchedRunPython(Operation):
 
     def database_forwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
                           from_state: ProjectState, to_state: ProjectState) -> None:
+        # as RunPython: models from state.apps must be the rendered, current ones
+        from_state.clear_delayed_apps_cache()
         self._run_inside_migrate(app_label, schema_editor, from_state, "forward")
 
     def database_backwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
                            from_state: ProjectState, to_state: ProjectState) -> None:
+        to_state.clear_delayed_apps_cache()
         self._run_inside_migrate(app_label, schema_editor, to_state, "backward")
 
     def _run_inside_migrate(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
@@ -178,3 +181,6 @@ class BatchedRunPython(Operation):
             f"BatchedRunPython on {self.model}: cannot find the migration of app "
             f"{app_label!r} that holds this operation"
         )
+
+
+_SIGNATURE = inspect.signature(BatchedRunPython.__init__)

@@ -68,6 +68,9 @@ class ProgressBar:
     def throttled(self, reason: str, seconds: float) -> None:
         pass  # pauses are the user's own setting; the rows/s figure already shows them
 
+    def notice(self, message: str) -> None:
+        self._write(f"{self._title}: note: {message}\n")
+
     def finished(self, outcome: Outcome) -> None:
         if outcome.state is not None and outcome.reason != "AlreadyDone":
             self._write(("\r" if self._tty else "") + self.line(outcome.state)

@@ -28,20 +28,22 @@ from .runner import (
     RowFailure,
 )
 from .settings import (
+    TUNABLES,
     BatchSettings,
     HaltThresholds,
     RetrySettings,
     RunSettings,
     SettingsError,
     Timeouts,
+    Tunable,
     parse_duration,
 )
 
 __all__ = [
-    "AnotherRunnerActive", "BatchReport", "BatchRunner", "BatchSettings", "BatchSizer",
+    "TUNABLES", "AnotherRunnerActive", "BatchReport", "BatchRunner", "BatchSettings", "BatchSizer",
     "BatchTarget", "CheckpointState", "CheckpointStore", "ErrorKind", "ExitCode",
     "HaltThresholds", "Halted", "Outcome", "Progress", "RateLimiter", "Reporter",
     "RetriesExhausted", "RetrySettings", "RowFailure", "RunSettings", "SettingsError", "Tally",
-    "Timeouts", "backoff_seconds", "check_budget", "classify", "format_duration",
+    "Timeouts", "Tunable", "backoff_seconds", "check_budget", "classify", "format_duration",
     "parse_duration", "progress_of", "sqlstate_of",
 ]

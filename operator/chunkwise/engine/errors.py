@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from chunkwise.contract import ExitCode
+
 __all__ = [
     "AnotherRunnerActive",
     "ErrorKind",
@@ -20,17 +22,6 @@ __all__ = [
     "classify",
     "sqlstate_of",
 ]
-
-
-class ExitCode(enum.IntEnum):
-    """Exit statuses of a runner: the contract with the Job's podFailurePolicy."""
-
-    DONE = 0  #: every row was processed (some may be recorded as failed, within budget)
-    ERROR = 1  #: unexpected failure; retrying resumes from the checkpoint
-    USAGE = 64  #: bad flags, settings or operation reference; retrying cannot help
-    HALTED = 65  #: the error budget was exceeded; the checkpoint is intact
-    BUSY = 69  #: another runner holds this migration; try again later
-    INTERRUPTED = 75  #: SIGTERM/SIGINT: the current batch committed, then the run stopped
 
 
 class ErrorKind(enum.Enum):

@@ -29,13 +29,22 @@ class BatchSizer:
         self._max = settings.max_size
         self.size = settings.size
 
-    def plan(self, rows_to_do: int) -> None:
-        """Cap batches at ``max_locked_fraction`` of the rows to do (never below min_size)."""
-        fraction = self._settings.max_locked_fraction
-        if fraction > 0 and rows_to_do > 0:
-            self._max = max(self._settings.min_size,
-                            min(self._settings.max_size, int(rows_to_do * fraction)))
-            self.size = self._clamp(self.size)
+    def plan(self, rows_to_do: int) -> str | None:
+        """Cap batches at ``max_locked_fraction`` of the rows to do (never below min_size).
+
+        Returns what a user should be told when that cap lowers what they asked for."""
+        settings = self._settings
+        fraction = settings.max_locked_fraction
+        if not (fraction > 0 and rows_to_do > 0):
+            return None
+        self._max = max(settings.min_size, min(settings.max_size, int(rows_to_do * fraction)))
+        self.size = self._clamp(self.size)
+        if self._max >= settings.max_size:
+            return None
+        return (f"batches capped at {self._max:,} rows, below batch.maxSize "
+                f"{settings.max_size:,}: batch.maxLockedFraction {fraction:g} of "
+                f"{rows_to_do:,} rows to do (batch.size {settings.size:,} -> {self.size:,}; "
+                f"set batch.maxLockedFraction to 0 to lift the cap)")
 
     def observe(self, rows: int, seconds: float) -> None:
         """Feed back one committed batch; sets ``size`` for the next one."""

@@ -118,6 +118,8 @@ class Reporter(Protocol):
 
     def throttled(self, reason: str, seconds: float) -> None: ...
 
+    def notice(self, message: str) -> None: ...  # said once: a bound lowered a setting
+
     def finished(self, outcome: Outcome) -> None: ...
 
 
@@ -188,7 +190,9 @@ class BatchRunner:
         if state.done:
             return self._finish(Outcome(ExitCode.DONE, "AlreadyDone", "nothing left to do", state))
         limiter = RateLimiter(self._settings.batch, self._clock)
-        self._sizer.plan(state.rows_estimated)
+        capped = self._sizer.plan(state.rows_estimated)
+        if capped:
+            self._reporter.notice(capped)
         try:
             check_budget(state.tally, self._settings.halt_on)
             while not self._stop.is_set():

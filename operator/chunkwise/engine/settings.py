@@ -9,15 +9,19 @@ spec fails before any row is touched.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 __all__ = [
+    "TUNABLES",
     "BatchSettings",
     "HaltThresholds",
     "RetrySettings",
     "RunSettings",
     "SettingsError",
     "Timeouts",
+    "Tunable",
     "parse_duration",
 ]
 
@@ -54,6 +58,14 @@ def _require(condition: bool, field_name: str, expected: str, got: object) -> No
         raise SettingsError(f"{field_name}: expected {expected}, got {got!r}")
 
 
+def _check_bounds(settings: object, group: str) -> None:
+    """Every field of ``group`` against its bounds in :data:`TUNABLES` (the one place
+    that states them; the CRD is tested against the same table)."""
+    for tunable in TUNABLES:
+        if tunable.group == group:
+            tunable.check(getattr(settings, tunable.field))
+
+
 @dataclass(frozen=True)
 class BatchSettings:
     """How many rows a batch takes and how fast batches follow each other."""
@@ -77,20 +89,13 @@ class BatchSettings:
     max_locked_fraction: float = 0.005
 
     def __post_init__(self) -> None:
-        _require(self.min_size >= 1, "batch.minSize", "an integer >= 1", self.min_size)
+        _check_bounds(self, "batch")
         _require(
             self.min_size <= self.size <= self.max_size,
             "batch.size",
             f"minSize ({self.min_size}) <= size <= maxSize ({self.max_size})",
             self.size,
         )
-        _require(self.target_duration > 0, "batch.targetDuration", "a duration > 0",
-                 self.target_duration)
-        _require(self.pause >= 0, "batch.pause", "a duration >= 0", self.pause)
-        _require(self.max_rows_per_second >= 0, "batch.maxRowsPerSecond",
-                 "a number >= 0 (0 = no cap)", self.max_rows_per_second)
-        _require(0 <= self.max_locked_fraction <= 1, "batch.maxLockedFraction",
-                 "a fraction between 0 and 1 (0 = no cap)", self.max_locked_fraction)
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,7 @@ class Timeouts:
     statement: float = 30.0
 
     def __post_init__(self) -> None:
-        _require(self.lock > 0, "timeouts.lock", "a duration > 0", self.lock)
-        _require(self.statement > 0, "timeouts.statement", "a duration > 0", self.statement)
+        _check_bounds(self, "timeouts")
 
 
 @dataclass(frozen=True)
@@ -116,19 +120,16 @@ class RetrySettings:
     max_attempts: int = 5
     #: seconds before the first retry; doubles each attempt, with full jitter.
     backoff: float = 1.0
-    #: seconds; cap of one backoff sleep.
+    #: seconds; cap of one backoff sleep, so a long outage is polled, not waited out blind.
     max_backoff: float = 30.0
-    #: consecutive lock/statement timeouts after which the batch size is halved.
+    #: consecutive lock/statement timeouts after which the batch size is halved: one can be
+    #: bad luck, two in a row say the batch holds its locks too long.
     halve_after_timeouts: int = 2
 
     def __post_init__(self) -> None:
-        _require(self.max_attempts >= 1, "retries.maxAttempts", "an integer >= 1",
-                 self.max_attempts)
-        _require(self.backoff >= 0, "retries.backoff", "a duration >= 0", self.backoff)
+        _check_bounds(self, "retries")
         _require(self.max_backoff >= self.backoff, "retries.maxBackoff",
-                 f"a duration >= backoff ({self.backoff})", self.max_backoff)
-        _require(self.halve_after_timeouts >= 1, "retries.halveAfterTimeouts",
-                 "an integer >= 1", self.halve_after_timeouts)
+                 f"a duration >= retries.backoff ({self.backoff})", self.max_backoff)
 
 
 @dataclass(frozen=True)
@@ -145,13 +146,7 @@ class HaltThresholds:
     consecutive_failed_batches: int = 5
 
     def __post_init__(self) -> None:
-        _require(self.failed_rows >= 0, "haltOn.failedRows", "an integer >= 0",
-                 self.failed_rows)
-        _require(0 <= self.failure_rate <= 1, "haltOn.failureRate",
-                 "a fraction between 0 and 1", self.failure_rate)
-        _require(self.min_sample >= 0, "haltOn.minSample", "an integer >= 0", self.min_sample)
-        _require(self.consecutive_failed_batches >= 1, "haltOn.consecutiveFailedBatches",
-                 "an integer >= 1", self.consecutive_failed_batches)
+        _check_bounds(self, "halt_on")
 
 
 @dataclass(frozen=True)
@@ -162,3 +157,144 @@ class RunSettings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     retries: RetrySettings = field(default_factory=RetrySettings)
     halt_on: HaltThresholds = field(default_factory=HaltThresholds)
+
+
+# -- the tunables table ------------------------------------------------------------------
+
+Kind = Literal["integer", "number", "duration", "fraction"]
+
+
+def _parse_int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise SettingsError(f"{name}: expected an integer, got {value!r}") from None
+
+
+def _parse_float(value: str, name: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a number, got {value!r}") from None
+
+
+def _parse_duration(value: str, name: str) -> float:
+    return parse_duration(value, field_name=name)
+
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "integer": _parse_int, "number": _parse_float, "duration": _parse_duration,
+    "fraction": _parse_float,
+}
+
+
+@dataclass(frozen=True)
+class Tunable:
+    """One setting a user may tune, and every name it goes by.
+
+    The command-line flag is ``--<option>``, the environment variable
+    ``CHUNKWISE_<OPTION>``, the DataMigration field ``spec.<spec>``; the operator maps the
+    spec field to the variable, and the CRD states the same default and bounds (a test
+    compares them). The default is the settings dataclass's own.
+    """
+
+    option: str  #: flag without dashes; upper-cased with CHUNKWISE_ it is the env var
+    spec: str  #: the DataMigration spec path ("batch.minSize"); also names errors
+    group: str  #: field of RunSettings holding the group
+    field: str  #: field of that group
+    kind: Kind
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    #: the minimum itself is not allowed (a duration that must be above zero)
+    exclusive_minimum: bool = False
+
+    @property
+    def env(self) -> str:
+        return "CHUNKWISE_" + self.option.upper().replace("-", "_")
+
+    @property
+    def dest(self) -> str:
+        """The argparse destination of the flag."""
+        return self.option.replace("-", "_")
+
+    @property
+    def spec_path(self) -> tuple[str, str]:
+        group, key = self.spec.split(".")
+        return group, key
+
+    @property
+    def default(self) -> Any:
+        return getattr(getattr(RunSettings(), self.group), self.field)
+
+    def parse(self, raw: str, name: str) -> Any:
+        """A text value (flag, env var) as the settings field's type; errors say ``name``."""
+        return _PARSERS[self.kind](raw, name)
+
+    def expected(self) -> str:
+        noun = {"integer": "an integer", "number": "a number", "duration": "a duration",
+                "fraction": "a fraction"}[self.kind]
+        if self.kind == "fraction":
+            return f"{noun} between {_num(self.minimum)} and {_num(self.maximum)}"
+        parts = []
+        if self.minimum is not None:
+            parts.append(f"{'>' if self.exclusive_minimum else '>='} {_num(self.minimum)}")
+        if self.maximum is not None:
+            parts.append(f"<= {_num(self.maximum)}")
+        return f"{noun} {' and '.join(parts)}".strip()
+
+    def check(self, value: float) -> None:
+        low, high = self.minimum, self.maximum
+        ok = (low is None or (value > low if self.exclusive_minimum else value >= low)) and \
+            (high is None or value <= high)
+        _require(ok, self.spec, self.expected(), value)
+
+
+def _num(value: float | None) -> str:
+    return str(int(value)) if value is not None and value == int(value) else str(value)
+
+
+def _t(option: str, spec: str, field_path: str, kind: Kind, help: str, **bounds: Any) -> Tunable:
+    group, name = field_path.split(".")
+    return Tunable(option, spec, group, name, kind, help, **bounds)
+
+
+#: Every tunable, once. Order is the order of ``--help`` and of the README's table.
+TUNABLES: tuple[Tunable, ...] = (
+    _t("batch-size", "batch.size", "batch.size", "integer", "rows in the first batch",
+       minimum=1),
+    _t("min-batch-size", "batch.minSize", "batch.min_size", "integer", "smallest batch",
+       minimum=1),
+    _t("max-batch-size", "batch.maxSize", "batch.max_size", "integer", "largest batch",
+       minimum=1, maximum=1_000_000),
+    _t("target-duration", "batch.targetDuration", "batch.target_duration", "duration",
+       "batch duration the size tunes toward, e.g. 500ms", minimum=0, exclusive_minimum=True),
+    _t("pause", "batch.pause", "batch.pause", "duration", "sleep between batches", minimum=0),
+    _t("max-rows-per-second", "batch.maxRowsPerSecond", "batch.max_rows_per_second",
+       "integer", "rows/s cap, 0 = none", minimum=0),
+    _t("max-locked-fraction", "batch.maxLockedFraction", "batch.max_locked_fraction",
+       "fraction", "largest share of the rows one batch may lock, 0 = no cap",
+       minimum=0, maximum=1),
+    _t("lock-timeout", "timeouts.lock", "timeouts.lock", "duration",
+       "wait for row locks at most this long per try (PostgreSQL)",
+       minimum=0, exclusive_minimum=True),
+    _t("statement-timeout", "timeouts.statement", "timeouts.statement", "duration",
+       "cut any one statement after this long (PostgreSQL)", minimum=0, exclusive_minimum=True),
+    _t("max-attempts", "retries.maxAttempts", "retries.max_attempts", "integer",
+       "tries per batch for retryable errors", minimum=1, maximum=100),
+    _t("backoff", "retries.backoff", "retries.backoff", "duration",
+       "first retry delay; doubles, with jitter", minimum=0),
+    _t("max-backoff", "retries.maxBackoff", "retries.max_backoff", "duration",
+       "longest retry delay", minimum=0),
+    _t("halve-after-timeouts", "retries.halveAfterTimeouts", "retries.halve_after_timeouts",
+       "integer", "halve the batch after this many timeouts in a row", minimum=1),
+    _t("halt-failed-rows", "haltOn.failedRows", "halt_on.failed_rows", "integer",
+       "halt when more rows than this have failed", minimum=0),
+    _t("halt-failure-rate", "haltOn.failureRate", "halt_on.failure_rate", "fraction",
+       "halt when failed/attempted passes this fraction", minimum=0, maximum=1),
+    _t("halt-min-sample", "haltOn.minSample", "halt_on.min_sample", "integer",
+       "rows attempted before the failure rate counts", minimum=0),
+    _t("halt-consecutive-failed-batches", "haltOn.consecutiveFailedBatches",
+       "halt_on.consecutive_failed_batches", "integer",
+       "halt after this many failing batches in a row", minimum=1),
+)

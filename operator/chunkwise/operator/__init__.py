@@ -3,10 +3,10 @@
 Run it with ``python -m chunkwise.operator`` (see ``--help``).
 """
 
-from .conditions import Outcome, job_outcome, status_for
+from .cluster import Cluster
+from .conditions import RunState, run_state_of, status_for
 from .jobs import build_job, job_name
-from .kube import KubeApi
-from .settings import OperatorSettings
+from .settings import ControllerSettings
 
-__all__ = ["KubeApi", "OperatorSettings", "Outcome", "build_job", "job_name", "job_outcome",
-           "status_for"]
+__all__ = ["Cluster", "ControllerSettings", "RunState", "build_job", "job_name",
+           "run_state_of", "status_for"]

@@ -11,19 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chunkwise.engine import ExitCode
+from chunkwise.contract import ExitCode, WorkerStatus, format_utc, parse_utc, utc_now_text
 
-__all__ = ["Event", "Outcome", "job_outcome", "now_iso", "set_condition", "status_for",
-           "stall_status"]
-
-
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+__all__ = ["Event", "RunState", "run_state_of", "set_condition", "stall_status", "status_for"]
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """Where a run stands, as read from its Job (and the worker's own report)."""
+class RunState:
+    """Where a run stands, as read from its Job and the worker's own report."""
 
     phase: str  # Pending | Running | Suspended | Halted | Succeeded | Failed
     reason: str
@@ -44,26 +39,30 @@ def _job_condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | Non
     return None
 
 
-def job_outcome(job: Mapping[str, Any], worker: Mapping[str, Any] | None = None) -> Outcome:
+def run_state_of(job: Mapping[str, Any], worker: WorkerStatus | None = None) -> RunState:
+    """The run's state from its Job's conditions; why it stopped from the worker's report.
+
+    A halt is known from the worker's structured outcome (``status.worker``: its exit code,
+    the engine's reason and message), never from the Job controller's message text. When
+    the worker could not report (killed, no network), the Job's own reason is shown."""
     worker = worker or {}
     if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
-        return Outcome("Succeeded", "Completed", "every row was processed")
+        return RunState("Succeeded", "Completed", "every row was processed")
     failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
     if failed:
-        message = str(failed.get("message", ""))
-        if f"exit code {int(ExitCode.HALTED)}" in message:
-            return Outcome("Halted", str(worker.get("reason") or "ErrorBudgetExceeded"),
-                           str(worker.get("message") or message))
-        if f"exit code {int(ExitCode.USAGE)}" in message:
-            return Outcome("Failed", "InvalidConfiguration",
-                           str(worker.get("message") or message))
-        return Outcome("Failed", str(failed.get("reason") or "JobFailed"), message)
+        reported = worker.get("exitCode")
+        if reported == ExitCode.HALTED and worker.get("reason"):
+            return RunState("Halted", worker["reason"], worker.get("message", ""))
+        if reported is not None and reported != ExitCode.DONE and worker.get("reason"):
+            return RunState("Failed", worker["reason"], worker.get("message", ""))
+        return RunState("Failed", str(failed.get("reason") or "JobFailed"),
+                        str(failed.get("message", "")))
     if _job_condition(job, "Suspended"):
-        return Outcome("Suspended", "SuspendRequested",
-                       "spec.suspend is true; the worker stopped after a committed batch")
+        return RunState("Suspended", "SuspendRequested",
+                        "spec.suspend is true; the worker stopped after a committed batch")
     if job.get("status", {}).get("active"):
-        return Outcome("Running", "Running", "the worker is processing batches")
-    return Outcome("Pending", "JobCreated", "waiting for the worker pod to start")
+        return RunState("Running", "Running", "the worker is processing batches")
+    return RunState("Pending", "JobCreated", "waiting for the worker pod to start")
 
 
 def set_condition(conditions: Sequence[Mapping[str, Any]], kind: str, status: str, reason: str,
@@ -99,10 +98,10 @@ _TABLE = {
 }
 
 
-def status_for(status: Mapping[str, Any], outcome: Outcome, generation: int | None,
+def status_for(status: Mapping[str, Any], outcome: RunState, generation: int | None,
                now: str | None = None) -> tuple[dict[str, Any], list[Event]]:
     """The status patch for ``outcome``, and the Events its transition calls for."""
-    now = now or now_iso()
+    now = now or utc_now_text()
     previous = status.get("phase")
     conditions: list[dict[str, Any]] = [dict(c) for c in status.get("conditions", [])]
     succeeded, progressing, suspended, halted = _TABLE[outcome.phase]
@@ -125,7 +124,7 @@ def status_for(status: Mapping[str, Any], outcome: Outcome, generation: int | No
     return patch, events
 
 
-def _event_for(previous: str | None, outcome: Outcome) -> Event:
+def _event_for(previous: str | None, outcome: RunState) -> Event:
     if outcome.phase == "Running" and previous == "Suspended":
         return Event("Normal", "Resumed", "resumed from the checkpoint")
     reasons = {"Pending": "Pending", "Running": "Started", "Suspended": "Suspended",
@@ -147,14 +146,13 @@ def stall_status(status: Mapping[str, Any], stall_after: float, generation: int 
     stamp = (status.get("progress") or {}).get("lastCheckpointAt") or status.get("startedAt")
     if not stamp:
         return None, []
-    age = (now - datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-           ).total_seconds()
+    age = (now - parse_utc(str(stamp))).total_seconds()
     stalled = age > stall_after
     current: Mapping[str, Any] = next(
         (c for c in status.get("conditions", []) if c.get("type") == "Stalled"), {})
     if (current.get("status") == "True") == stalled:
         return None, []
-    now_text = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    now_text = format_utc(now)
     if stalled:
         message = f"no checkpoint for {age:.0f}s (spec.stallAfter is {stall_after:.0f}s)"
         conditions = set_condition(status.get("conditions", []), "Stalled", "True",

@@ -1,81 +1,88 @@
-"""kopf wiring: thin handlers that hand their inputs to :mod:`.reconcile`."""
+"""kopf wiring: thin handlers that hand their inputs to :mod:`.reconcile`.
+
+The handlers are synchronous (the ``kubernetes`` client blocks); kopf runs them in its
+thread pool, and ``kopf.event`` is safe to call from there.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import kopf
+import kubernetes.client
 
-from .jobs import LABEL_MANAGED_BY
-from .kube import KubeApi
+from chunkwise.contract import ANNOTATION_PREFIX, API_GROUP, API_VERSION, PLURAL, Label
+
+from .cluster import Cluster
+from .conditions import Event
 from .reconcile import check_stall, job_changed, spec_changed, start_run
-from .settings import OperatorSettings
+from .settings import ControllerSettings
 
-SETTINGS = OperatorSettings.from_env()
-_GVP = (SETTINGS.group, SETTINGS.version, SETTINGS.plural)
-
-
-class _ApiHolder:
-    api: KubeApi | None = None
+SETTINGS = ControllerSettings.from_env()
+_GVP = (API_GROUP, API_VERSION, PLURAL)
 
 
-_holder = _ApiHolder()
+class _Connection:
+    cluster: Cluster | None = None
 
 
-def api() -> KubeApi:
-    if _holder.api is None:
+_connection = _Connection()
+
+
+def cluster() -> Cluster:
+    if _connection.cluster is None:
         raise kopf.TemporaryError("not logged in to the API yet", delay=2)
-    return _holder.api
+    return _connection.cluster
+
+
+def post(body: Mapping[str, Any], event: Event) -> None:
+    kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason,
+               message=event.message)
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # handler progress in annotations keeps status for the user; kopf's own Events
     # about handlers are noise next to ours
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix="chunkwise.dev")
+        prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="chunkwise.dev", key="last-handled-spec")
+        prefix=ANNOTATION_PREFIX, key="last-handled-spec")
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 60
 
 
 @kopf.on.login()
-async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-    if info is not None:
-        if _holder.api is not None:
-            await _holder.api.close()
-        _holder.api = KubeApi.from_connection_info(info, SETTINGS)
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own login for the official client: in-cluster first, then kubeconfig. Run
+    again by kopf when the API answers 401, so our client follows re-logins too."""
+    info = kopf.login_via_client(**kwargs)
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    _connection.cluster = Cluster.from_configuration(configuration, SETTINGS.api_attempts)
     return info
 
 
-@kopf.on.cleanup()
-async def close(**_: Any) -> None:
-    if _holder.api is not None:
-        await _holder.api.close()
-
-
 @kopf.on.create(*_GVP)
-async def created(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+def created(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     run = int((body.get("status") or {}).get("run") or 1)
-    await start_run(api(), body, patch, run)
+    start_run(cluster(), post, body, patch, run)
 
 
 @kopf.on.update(*_GVP, field="spec")
-async def updated(body: kopf.Body, old: Any, new: Any, patch: kopf.Patch, **_: Any) -> None:
-    await spec_changed(api(), body, old, new, patch)
+def updated(body: kopf.Body, old: Any, new: Any, patch: kopf.Patch, **_: Any) -> None:
+    spec_changed(cluster(), post, body, old, new, patch)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: "chunkwise"})
-async def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002
+@kopf.on.event("batch", "v1", "jobs", labels={Label.MANAGED_BY: Label.MANAGER})
+def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     if type == "DELETED":
         return
-    await job_changed(api(), body)
+    job_changed(cluster(), post, body)
 
 
 @kopf.timer(*_GVP, interval=SETTINGS.stall_check_interval,
             when=lambda status, **_: status.get("phase") == "Running")
-async def stall_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    await check_stall(api(), body, patch)
+def stall_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    check_stall(post, body, patch)

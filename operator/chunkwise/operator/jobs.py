@@ -7,34 +7,14 @@ The operator never reads Secrets: database credentials reach the pod only throug
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
-from chunkwise.engine import ExitCode
+import kopf
 
-__all__ = ["CONTAINER", "LABEL_MANAGED_BY", "LABEL_MIGRATION", "LABEL_RUN", "build_job",
-           "job_name", "worker_env"]
+from chunkwise.contract import GROUP_VERSION, KIND, WORKER_CONTAINER, Env, ExitCode, Label
+from chunkwise.engine import TUNABLES
 
-CONTAINER = "worker"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_MIGRATION = "chunkwise.dev/datamigration"
-LABEL_RUN = "chunkwise.dev/run"
-_SPEC_TO_ENV = {  # spec path -> the worker's CHUNKWISE_* env var (see chunkwise.django.config)
-    ("batch", "size"): "CHUNKWISE_BATCH_SIZE",
-    ("batch", "minSize"): "CHUNKWISE_MIN_BATCH_SIZE",
-    ("batch", "maxSize"): "CHUNKWISE_MAX_BATCH_SIZE",
-    ("batch", "targetDuration"): "CHUNKWISE_TARGET_DURATION",
-    ("batch", "pause"): "CHUNKWISE_PAUSE",
-    ("batch", "maxRowsPerSecond"): "CHUNKWISE_MAX_ROWS_PER_SECOND",
-    ("batch", "maxLockedFraction"): "CHUNKWISE_MAX_LOCKED_FRACTION",
-    ("timeouts", "lock"): "CHUNKWISE_LOCK_TIMEOUT",
-    ("timeouts", "statement"): "CHUNKWISE_STATEMENT_TIMEOUT",
-    ("retries", "maxAttempts"): "CHUNKWISE_MAX_ATTEMPTS",
-    ("retries", "backoff"): "CHUNKWISE_BACKOFF",
-    ("haltOn", "failedRows"): "CHUNKWISE_HALT_FAILED_ROWS",
-    ("haltOn", "failureRate"): "CHUNKWISE_HALT_FAILURE_RATE",
-    ("haltOn", "minSample"): "CHUNKWISE_HALT_MIN_SAMPLE",
-    ("haltOn", "consecutiveFailedBatches"): "CHUNKWISE_HALT_CONSECUTIVE_FAILED_BATCHES",
-}
+__all__ = ["build_job", "job_name", "worker_env"]
 
 
 def job_name(migration: str, run: int) -> str:
@@ -46,18 +26,19 @@ def job_name(migration: str, run: int) -> str:
 def worker_env(spec: Mapping[str, Any], namespace: str, name: str) -> list[dict[str, str]]:
     migration = spec["migration"]
     env = {
-        "CHUNKWISE_APP": migration["app"],
-        "CHUNKWISE_MIGRATION": migration["name"],
-        "CHUNKWISE_DIRECTION": spec.get("direction", "forward"),
-        "CHUNKWISE_DATABASE": spec.get("database", "default"),
-        "CHUNKWISE_RESOURCE": f"{namespace}/{name}",
+        Env.APP: migration["app"],
+        Env.MIGRATION: migration["name"],
+        Env.DIRECTION: spec.get("direction", "forward"),
+        Env.DATABASE: spec.get("database", "default"),
+        Env.RESOURCE: f"{namespace}/{name}",
     }
     if migration.get("operation") is not None:
-        env["CHUNKWISE_OPERATION"] = str(migration["operation"])
-    for (group, key), var in _SPEC_TO_ENV.items():
+        env[Env.OPERATION] = str(migration["operation"])
+    for tunable in TUNABLES:  # spec.batch.size -> CHUNKWISE_BATCH_SIZE, and so on
+        group, key = tunable.spec_path
         value = spec.get(group, {}).get(key)
         if value is not None:
-            env[var] = str(value)
+            env[tunable.env] = str(value)
     return [{"name": key, "value": value} for key, value in env.items()]
 
 
@@ -66,9 +47,9 @@ def build_job(body: Mapping[str, Any], run: int) -> dict[str, Any]:
     name, namespace = meta["name"], meta["namespace"]
     template = spec.get("template", {})
     pod = template.get("spec", {})
-    labels = {LABEL_MANAGED_BY: "chunkwise", LABEL_MIGRATION: name, LABEL_RUN: str(run)}
+    labels = {Label.MANAGED_BY: Label.MANAGER, Label.MIGRATION: name, Label.RUN: str(run)}
     container: dict[str, Any] = {
-        "name": CONTAINER,
+        "name": WORKER_CONTAINER,
         "image": spec["image"],
         "command": list(spec.get("command", ["python", "manage.py", "chunkwise_run"])),
         # the user's env comes after ours, so they may override a tunable on purpose
@@ -88,21 +69,13 @@ def build_job(body: Mapping[str, Any], run: int) -> dict[str, Any]:
         if key in pod:
             pod_spec[key] = pod[key]
     pod_meta = template.get("metadata", {})
-    return {
+    job: dict[str, Any] = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": job_name(name, run),
             "namespace": namespace,
             "labels": labels,
-            "ownerReferences": [{
-                "apiVersion": body.get("apiVersion", "chunkwise.dev/v1alpha1"),
-                "kind": body.get("kind", "DataMigration"),
-                "name": name,
-                "uid": meta["uid"],
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }],
         },
         "spec": {
             "suspend": bool(spec.get("suspend", False)),
@@ -110,10 +83,10 @@ def build_job(body: Mapping[str, Any], run: int) -> dict[str, Any]:
             "podFailurePolicy": {"rules": [
                 {   # halted or bad usage: retrying cannot help, fail the Job at once
                     "action": "FailJob",
-                    "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                    "onExitCodes": {"containerName": WORKER_CONTAINER, "operator": "In",
                                     # the API server wants them in ascending order
-                                    "values": sorted([int(ExitCode.HALTED),
-                                                      int(ExitCode.USAGE)])},
+                                    "values": sorted(int(code) for code in ExitCode
+                                                     if code and not code.retryable)},
                 },
                 {   # evictions and node drains do not count against backoffLimit
                     "action": "Ignore",
@@ -129,3 +102,7 @@ def build_job(body: Mapping[str, Any], run: int) -> dict[str, Any]:
             },
         },
     }
+    # the garbage collector deletes the Job (and its pods) with its DataMigration
+    owner = {"apiVersion": GROUP_VERSION, "kind": KIND, **body}
+    kopf.append_owner_reference(job, owner=cast(kopf.Body, owner))
+    return job

@@ -1,29 +1,32 @@
-"""Operator settings, from ``CHUNKWISE_OPERATOR_*`` environment variables (the chart sets them)."""
+"""The controller's own settings, from ``CHUNKWISE_OPERATOR_*`` environment variables
+(the chart sets them). Named apart from ``kopf.OperatorSettings``, which is kopf's."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from chunkwise.contract import Env
 from chunkwise.engine import parse_duration
 
-__all__ = ["OperatorSettings"]
+__all__ = ["ControllerSettings"]
 
 
 @dataclass(frozen=True)
-class OperatorSettings:
+class ControllerSettings:
     #: seconds between stall checks of each running migration; a stall is noticed at most
     #: this long after ``spec.stallAfter`` has passed.
     stall_check_interval: float = 30.0
-    #: the group/version/plural the operator serves; one place, so tests and chart agree.
-    group: str = "chunkwise.dev"
-    version: str = "v1alpha1"
-    plural: str = "datamigrations"
+    #: attempts of one API call on 429 and 5xx answers (with backoff, honouring
+    #: Retry-After) before the handler gives up and kopf retries it later.
+    api_attempts: int = 5
 
     @classmethod
-    def from_env(cls) -> OperatorSettings:
-        raw = os.environ.get("CHUNKWISE_OPERATOR_STALL_CHECK_INTERVAL")
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ControllerSettings:
+        env = os.environ if env is None else env
+        name = f"{Env.OPERATOR_PREFIX}STALL_CHECK_INTERVAL"
+        raw = env.get(name)
         if raw is None:
             return cls()
-        return cls(stall_check_interval=parse_duration(
-            raw, field_name="CHUNKWISE_OPERATOR_STALL_CHECK_INTERVAL"))
+        return cls(stall_check_interval=parse_duration(raw, field_name=name))

@@ -6,8 +6,8 @@ Django can only discover under django/management) is the worker's entry point.
 
 from chunkwise.engine import Reporter
 
-from .kubeapi import StatusClient
 from .reporter import StatusReporter, Tee
+from .status_client import StatusClient
 
 __all__ = ["StatusClient", "StatusReporter", "Tee", "worker_reporter"]
 

@@ -6,34 +6,37 @@ truth; the status is a view of it.
 
 from __future__ import annotations
 
-import datetime
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from chunkwise.contract import (
+    ExitCode,
+    ProgressStatus,
+    ShardStatus,
+    WorkerState,
+    WorkerStatus,
+    json_key,
+    utc_now_text,
+)
 from chunkwise.engine import (
     BatchReport,
     CheckpointState,
     ErrorKind,
-    ExitCode,
     Outcome,
     Reporter,
     format_duration,
     progress_of,
 )
 
-from .kubeapi import StatusClient
+from .status_client import StatusClient
 
 __all__ = ["StatusReporter", "Tee"]
 
-_OUTCOME_STATE = {ExitCode.DONE: "done", ExitCode.HALTED: "halted",
-                  ExitCode.INTERRUPTED: "interrupted"}
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+_OUTCOME_STATE: dict[int, WorkerState] = {
+    ExitCode.DONE: "done", ExitCode.HALTED: "halted", ExitCode.INTERRUPTED: "interrupted"}
 
 
 class StatusReporter:
@@ -47,10 +50,10 @@ class StatusReporter:
         self._rows_at_start = 0
         self._warned = False
 
-    def _progress(self, state: CheckpointState, checkpoint_at: str | None) -> dict[str, Any]:
+    def _progress(self, state: CheckpointState, checkpoint_at: str | None) -> ProgressStatus:
         p = progress_of(state, self._rows_at_start, self._clock() - self._started)
         percent = int(100 * p.fraction)
-        progress: dict[str, Any] = {
+        progress: ProgressStatus = {
             "rowsProcessed": p.done, "rowsEstimated": p.total, "percent": percent,
             "percentText": f"{percent}%", "rowsPerSecond": int(p.rows_per_second),
             "etaSeconds": None if p.eta_seconds is None else int(p.eta_seconds),
@@ -66,26 +69,27 @@ class StatusReporter:
         try:
             self._client.patch_status(status)
             self._last_patch = self._clock()
-        except Exception as exc:  # noqa: BLE001 - a view; the checkpoint is the truth
+        except Exception as exc:
             if not self._warned:
                 sys.stderr.write(f"chunkwise: cannot update DataMigration {self._client.resource}"
                                  f" status ({exc}); progress is still checkpointed\n")
                 self._warned = True
 
-    def _shards(self, state: CheckpointState) -> list[dict[str, Any]]:
-        return [{"index": 0, "lastKey": None if state.last_key is None else str(state.last_key),
+    def _shards(self, state: CheckpointState) -> list[ShardStatus]:
+        return [{"index": 0, "lastKey": json_key(state.last_key),
                  "rowsProcessed": state.tally.rows_processed, "done": state.done}]
 
     def started(self, state: CheckpointState) -> None:
         self._started = self._clock()
         self._rows_at_start = state.tally.rows_processed
-        self._patch({"progress": self._progress(state, _now()), "shards": self._shards(state),
-                     "worker": {"state": "running", "pod": os.environ.get("HOSTNAME", ""),
-                                "reason": "", "message": ""}})
+        worker: WorkerStatus = {"state": "running", "pod": os.environ.get("HOSTNAME", ""),
+                                "reason": "", "message": ""}
+        self._patch({"progress": self._progress(state, utc_now_text()),
+                     "shards": self._shards(state), "worker": worker})
 
     def batch_committed(self, report: BatchReport) -> None:
         if self._clock() - self._last_patch >= self._interval:
-            self._patch({"progress": self._progress(report.state, _now()),
+            self._patch({"progress": self._progress(report.state, utc_now_text()),
                          "shards": self._shards(report.state)})
 
     def retrying(self, kind: ErrorKind, attempt: int, delay: float) -> None:
@@ -94,12 +98,16 @@ class StatusReporter:
     def throttled(self, reason: str, seconds: float) -> None:
         pass
 
+    def notice(self, message: str) -> None:
+        pass  # the pod's log has it from the progress bar
+
     def finished(self, outcome: Outcome) -> None:
-        status: dict[str, Any] = {"worker": {
+        worker: WorkerStatus = {
             "state": _OUTCOME_STATE.get(outcome.exit_code, "failed"), "reason": outcome.reason,
-            "message": outcome.message, "exitCode": int(outcome.exit_code)}}
+            "message": outcome.message, "exitCode": int(outcome.exit_code)}
+        status: dict[str, Any] = {"worker": worker}
         if outcome.state is not None:
-            status["progress"] = self._progress(outcome.state, _now())
+            status["progress"] = self._progress(outcome.state, utc_now_text())
             status["shards"] = self._shards(outcome.state)
         self._patch(status)
 
@@ -125,6 +133,10 @@ class Tee:
     def throttled(self, reason: str, seconds: float) -> None:
         for reporter in self._reporters:
             reporter.throttled(reason, seconds)
+
+    def notice(self, message: str) -> None:
+        for reporter in self._reporters:
+            reporter.notice(message)
 
     def finished(self, outcome: Outcome) -> None:
         for reporter in self._reporters:

@@ -167,7 +167,7 @@ class Cluster:
                 with urllib.request.urlopen(request, context=self._context(), timeout=5) as r:
                     if r.status == 200:
                         return
-            except Exception as exc:  # noqa: BLE001 - not up yet
+            except Exception as exc:
                 last = exc
             time.sleep(0.5)
         raise RuntimeError(f"kube-apiserver not ready: {last}\n{self.log_tails()}")
@@ -190,7 +190,7 @@ class Cluster:
 
 
 def _start(cluster: Cluster, name: str, args: list[str]) -> None:
-    log = open(cluster.log(name), "wb")  # noqa: SIM115 - closed with the process
+    log = open(cluster.log(name), "wb")
     cluster.processes[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                                start_new_session=True)
 

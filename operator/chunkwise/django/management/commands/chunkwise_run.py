@@ -17,13 +17,15 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.migration import Migration
 
-from chunkwise.engine import ExitCode, SettingsError
+from chunkwise.contract import Env, ExitCode
+from chunkwise.engine import Outcome, SettingsError
 
 from ...config import add_arguments, resolve_settings
 from ...execute import execute
+from ...operation_ref import OperationRef
 from ...operations import BatchedRunPython
 from ...progress import ProgressBar
-from ...refs import OperationRef
+from ...reporters import NullReporter, with_plugins
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -35,27 +37,38 @@ class Command(BaseCommand):
             "checkpoint. Arguments fall back to CHUNKWISE_* environment variables.")
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("app_label", nargs="?", default=_env("CHUNKWISE_APP"),
-                            help="app of the migration [env CHUNKWISE_APP]")
-        parser.add_argument("migration_name", nargs="?", default=_env("CHUNKWISE_MIGRATION"),
-                            help="migration name or unique prefix [env CHUNKWISE_MIGRATION]")
+        parser.add_argument("app_label", nargs="?", default=_env(Env.APP),
+                            help=f"app of the migration [env {Env.APP}]")
+        parser.add_argument("migration_name", nargs="?", default=_env(Env.MIGRATION),
+                            help=f"migration name or unique prefix [env {Env.MIGRATION}]")
         parser.add_argument("--operation", type=int,
-                            default=_env("CHUNKWISE_OPERATION"),
+                            default=_env(Env.OPERATION),
                             help="index of the operation in the migration; default: the only "
-                                 "BatchedRunPython in it [env CHUNKWISE_OPERATION]")
+                                 f"BatchedRunPython in it [env {Env.OPERATION}]")
         parser.add_argument("--direction", choices=["forward", "backward"],
-                            default=_env("CHUNKWISE_DIRECTION", "forward"),
+                            default=_env(Env.DIRECTION, "forward"),
                             help="forward runs forward/transform, backward runs reverse "
-                                 "[env CHUNKWISE_DIRECTION]")
-        parser.add_argument("--database", default=_env("CHUNKWISE_DATABASE", DEFAULT_DB_ALIAS),
-                            help="database alias [env CHUNKWISE_DATABASE]")
+                                 f"[env {Env.DIRECTION}]")
+        parser.add_argument("--database", default=_env(Env.DATABASE, DEFAULT_DB_ALIAS),
+                            help=f"database alias [env {Env.DATABASE}]")
         add_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            exit_code = self._run(options)
+        except CommandError as exc:
+            if exc.returncode == ExitCode.USAGE:  # the operator reads why from the worker
+                with_plugins(NullReporter()).finished(
+                    Outcome(ExitCode.USAGE, "InvalidConfiguration", str(exc)))
+            raise
+        sys.exit(exit_code)
+
+    def _run(self, options: dict[str, Any]) -> int:
         app_label, name = options["app_label"], options["migration_name"]
         if not app_label or not name:
-            raise CommandError("app_label and migration_name are required (or set "
-                               "CHUNKWISE_APP and CHUNKWISE_MIGRATION)", returncode=ExitCode.USAGE)
+            raise CommandError(f"app_label and migration_name are required (or set "
+                               f"{Env.APP} and {Env.MIGRATION})",
+                               returncode=ExitCode.USAGE)
         alias = options["database"]
         if alias not in connections:
             raise CommandError(f"--database: no database alias {alias!r} in settings.DATABASES",
@@ -76,15 +89,13 @@ class Command(BaseCommand):
         flags = {k: v for k, v in options.items() if v is not None}
         try:
             settings = resolve_settings(operation.base_settings(), os.environ, flags)
-            from chunkwise.worker import worker_reporter
-
-            reporter = worker_reporter(ProgressBar(str(ref), sys.stderr))
+            reporter = with_plugins(ProgressBar(str(ref), sys.stderr))
             with connection.schema_editor(atomic=False) as schema_editor:
                 outcome = execute(operation, ref, state.apps, schema_editor, settings=settings,
                                   env={}, stream=sys.stderr, reporter=reporter)
         except SettingsError as exc:
             raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
-        sys.exit(int(outcome.exit_code))
+        return int(outcome.exit_code)
 
     def _operation_index(self, migration: Migration, wanted: Any) -> int:
         batched = [i for i, op in enumerate(migration.operations)

@@ -6,11 +6,20 @@ import json
 from argparse import ArgumentParser
 from typing import Any
 
+from django.apps import apps
+from django.core.exceptions import FieldDoesNotExist
 from django.core.management.base import BaseCommand
 from django.db import DEFAULT_DB_ALIAS
 from django.utils import timezone
 
+from chunkwise.contract import json_key
+
 from ...models import Checkpoint, FailedRow
+
+#: seconds without a heartbeat after which a "running" checkpoint is shown as stale: its
+#: runner was killed (SIGKILL, OOM, lost node) without the chance to say so. Longer than
+#: a statement timeout plus the longest retry backoff at their defaults (30 s + 30 s).
+STALE_AFTER = 120.0
 
 
 class Command(BaseCommand):
@@ -53,27 +62,50 @@ class Command(BaseCommand):
             for failure in record.get("failures", []):
                 self.stdout.write(f"  failed key {failure['key']}: {failure['error_class']}: "
                                   f"{failure['message']}")
+            if record.get("failures_truncated"):
+                shown = len(record["failures"])
+                self.stdout.write(f"  ... {record['failed_rows'] - shown:,} more failed rows "
+                                  f"(showing {shown}; --limit N shows more)")
 
     def _record(self, cp: Checkpoint, options: dict[str, Any]) -> dict[str, Any]:
         percent = 100.0 if cp.state == Checkpoint.State.DONE else (
             100.0 * cp.rows_processed / cp.rows_estimated if cp.rows_estimated else 0.0)
-        age = (f"{(timezone.now() - cp.heartbeat_at).total_seconds():.0f}s ago"
-               if cp.heartbeat_at else "-")
+        seconds = (timezone.now() - cp.heartbeat_at).total_seconds() if cp.heartbeat_at else None
+        age = "-" if seconds is None else f"{seconds:.0f}s ago"
+        state = cp.state
+        if state == Checkpoint.State.RUNNING and (seconds is None or seconds > STALE_AFTER):
+            state = "stale"  # nobody says "running" for it: its runner is gone
+        key = _key_reader(cp)
         record: dict[str, Any] = {
             "app_label": cp.app_label, "migration": cp.migration, "operation": cp.operation,
             "direction": cp.direction, "shard": cp.shard, "shard_count": cp.shard_count,
-            "state": cp.state, "rows_processed": cp.rows_processed,
+            "state": state, "rows_processed": cp.rows_processed,
             "rows_estimated": cp.rows_estimated, "percent": min(percent, 100.0),
             "failed_rows": cp.failed_rows, "batches": cp.batches,
-            "lock_wait_seconds": cp.lock_wait_seconds, "last_key": cp.last_key,
+            "lock_wait_seconds": cp.lock_wait_seconds, "last_key": key(cp.last_key),
             "heartbeat_at": cp.heartbeat_at, "heartbeat_age": age, "owner": cp.owner,
             "message": cp.message,
         }
         if options["failed"]:
-            failures = FailedRow.objects.using(options["database"]).filter(
-                checkpoint=cp).order_by("id")[: options["limit"]]
+            failures = list(FailedRow.objects.using(options["database"]).filter(
+                checkpoint=cp).order_by("id")[: options["limit"]])
             record["failures"] = [
-                {"key": f.key, "error_class": f.error_class, "message": f.message}
+                {"key": key(f.key), "error_class": f.error_class, "message": f.message}
                 for f in failures
             ]
+            record["failures_truncated"] = len(failures) < cp.failed_rows
         return record
+
+
+def _key_reader(cp: Checkpoint) -> Any:
+    """Keys are stored as text; read them back through the model's key field, so JSON
+    shows an integer key as a number (text if the model is gone from the project)."""
+    try:
+        field = apps.get_model(cp.model)._meta.get_field(cp.key_field)
+    except (LookupError, ValueError, FieldDoesNotExist):
+        return lambda text: text
+
+    def read(text: str | None) -> Any:
+        return None if text is None else json_key(field.to_python(text))
+
+    return read

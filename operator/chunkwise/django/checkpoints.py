@@ -1,54 +1,24 @@
-"""The engine's two ports, implemented with Django: the checkpoint store and the batch target.
-
-Both work on one database alias and one Django connection, so the user's
-queryset work, the write-back and the checkpoint update share a transaction.
-"""
+"""The engine's checkpoint store, implemented with Django: one row per operation,
+direction and shard in the ``chunkwise_checkpoint`` table of the migrated database, so
+a batch and its checkpoint commit in one transaction. Also the runner lock."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
-from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import Field, Q, QuerySet
+from django.db.models import Field, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from chunkwise.engine import AnotherRunnerActive, CheckpointState, Tally, Timeouts
+from chunkwise.engine import AnotherRunnerActive, CheckpointState, Tally
 
+from .keys import Key, KeyCodec
 from .models import Checkpoint, FailedRow
-from .refs import OperationRef, default_owner
-from .rows import row_class
-from .writeback import write_back
+from .operation_ref import OperationRef, default_owner
 
-Key = Any
-#: field types whose psycopg binary-format values equal what Django's text path returns
-#: (no converters; timestamps are UTC-aware with USE_TZ). Others fall back to text.
-_BINARY_SAFE = frozenset({
-    "AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField",
-    "SmallIntegerField", "PositiveIntegerField", "PositiveBigIntegerField",
-    "PositiveSmallIntegerField", "CharField", "TextField", "EmailField", "SlugField",
-    "URLField", "BooleanField", "FloatField", "DecimalField", "DateField", "DateTimeField",
-    "UUIDField", "ForeignKey",
-})
-SetBasedWork = Callable[[QuerySet[Any]], None]
-RowTransform = Callable[[Any], Any]
-
-
-class KeyCodec:
-    """Keys are stored as text and read back through the key field, so any type round-trips."""
-
-    def __init__(self, field: Field[Any, Any]) -> None:
-        self._field = field
-
-    def dump(self, key: Key | None) -> str | None:
-        return None if key is None else str(key)
-
-    def load(self, text: str | None) -> Key | None:
-        return None if text is None else self._field.to_python(text)
+__all__ = ["DjangoCheckpointStore"]
 
 
 class DjangoCheckpointStore:
@@ -118,7 +88,7 @@ class DjangoCheckpointStore:
             try:
                 with connections[self._alias].cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_unlock(%s)", [self._advisory_key()])
-            except Exception:  # noqa: BLE001 - the lock ends with the session anyway
+            except Exception:
                 pass
             self._lock_held = False
 
@@ -232,110 +202,3 @@ class DjangoCheckpointStore:
             lock_wait_seconds=row.lock_wait_seconds,
             done=row.state == Checkpoint.State.DONE,
         )
-
-
-class DjangoBatchTarget:
-    """Locks and works on one key range of the model's rows still to do."""
-
-    def __init__(
-        self,
-        alias: str,
-        todo: QuerySet[Any],
-        key_field: Field[Any, Any],
-        forward: SetBasedWork | None = None,
-        transform: RowTransform | None = None,
-        fields: Sequence[str] = (),
-    ) -> None:
-        if (forward is None) == (transform is None):
-            raise ValueError("give exactly one of forward (set-based) or transform (per row)")
-        self._alias = alias
-        self._todo = todo
-        self._key = key_field
-        self._forward = forward
-        self._transform = transform
-        self._fields = [todo.model._meta.get_field(name) for name in fields]
-        self._row_class = row_class(todo.model)
-        self._attnames = [f.attname for f in todo.model._meta.concrete_fields]
-        self._rows: list[Any] = []
-        self._vendor = connections[alias].vendor
-        self._binary_fetch = self._vendor == "postgresql" and settings.USE_TZ and all(
-            field.get_internal_type() in _BINARY_SAFE and not hasattr(field, "from_db_value")
-            for field in todo.model._meta.concrete_fields)
-
-    def transaction(self) -> AbstractContextManager[None]:
-        return transaction.atomic(using=self._alias)
-
-    def set_timeouts(self, timeouts: Timeouts) -> None:
-        if self._vendor != "postgresql":
-            return  # SQLite has no lock_timeout: it is said once at start, not faked
-        with connections[self._alias].cursor() as cursor:
-            cursor.execute(
-                "SELECT set_config('lock_timeout', %s, true), "
-                "set_config('statement_timeout', %s, true)",
-                [f"{int(timeouts.lock * 1000)}ms", f"{int(timeouts.statement * 1000)}ms"],
-            )
-
-    def _range(self, after: Key | None, upto: Key) -> QuerySet[Any]:
-        name = self._key.name
-        bounds = Q(**{f"{name}__lte": upto})
-        if after is not None:
-            bounds &= Q(**{f"{name}__gt": after})
-        return self._todo.filter(bounds)
-
-    def lock_rows(self, after: Key | None, upto: Key, limit: int) -> tuple[int, Key | None]:
-        locking = self._range(after, upto).order_by(self._key.name)
-        if self._vendor == "postgresql":
-            locking = locking.select_for_update(no_key=True, of=("self",))
-        if self._forward is not None:
-            # lock in a subquery and return only (last key, count): shipping every key of
-            # every batch to Python was a third of the set-based path's overhead
-            inner, params = locking.values_list(self._key.name)[:limit].query.sql_with_params()
-            connection = connections[self._alias]
-            column = connection.ops.quote_name(self._key.column)
-            with connection.cursor() as cursor:
-                cursor.execute(f"SELECT locked.{column}, count(*) OVER () FROM ({inner}) locked "
-                               f"ORDER BY locked.{column} DESC LIMIT 1", params)
-                found = cursor.fetchone()
-            return (0, None) if found is None else (int(found[1]), found[0])
-        make = self._row_class
-        query = locking.values_list(*self._attnames)[:limit]
-        self._rows = [make(*values) for values in self._fetch(query)]
-        if not self._rows:
-            return 0, None
-        return len(self._rows), getattr(self._rows[-1], self._key.attname)
-
-    def _fetch(self, query: QuerySet[Any]) -> Sequence[Sequence[Any]]:
-        """Rows of ``query``; binary-format on PostgreSQL where that gives Django's values.
-
-        Django's timestamptz loader parses text in Python; psycopg's binary loaders are C.
-        For 5k rows that is 25 ms against 6 ms, most of the per-row path's Python time."""
-        if not self._binary_fetch:
-            return list(query)
-        import psycopg
-
-        sql, params = query.query.sql_with_params()
-        with psycopg.Cursor(connections[self._alias].connection) as cursor:
-            cursor.execute(sql, params, binary=True)
-            return cursor.fetchall()
-
-    def keys_in(self, after: Key | None, upto: Key) -> Sequence[Key]:
-        return list(self._range(after, upto).order_by(self._key.name)
-                    .values_list(self._key.name, flat=True))
-
-    def apply(self, after: Key | None, upto: Key) -> None:
-        if self._forward is not None:
-            self._forward(self._range(after, upto))
-            return
-        assert self._transform is not None
-        for row in self._rows:
-            self._transform(row)
-        write_back(connections[self._alias], self._todo.model, self._key, self._fields,
-                   self._rows)
-        self._rows = []
-
-    def reconnect(self) -> None:
-        connection = connections[self._alias]
-        try:
-            connection.close()
-        except Exception:  # noqa: BLE001 - it is already broken; a new one comes next
-            connection.connection = None

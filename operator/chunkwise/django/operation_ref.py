@@ -9,6 +9,8 @@ import os
 import socket
 from dataclasses import dataclass
 
+from chunkwise.contract import Env, ResourceRef
+
 
 @dataclass(frozen=True)
 class OperationRef:
@@ -28,7 +30,7 @@ class OperationRef:
 
 def default_owner() -> str:
     """Who holds a run: the DataMigration when run by the operator, else host and pid."""
-    resource = os.environ.get("CHUNKWISE_RESOURCE")  # "namespace/name", set by the operator
-    if resource:
+    resource = ResourceRef.parse(os.environ.get(Env.RESOURCE))  # set by the operator's Job
+    if resource is not None:
         return f"DataMigration {resource}"
     return f"{socket.gethostname()} pid {os.getpid()}"

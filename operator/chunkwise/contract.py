@@ -1,0 +1,171 @@
+"""Everything that crosses a boundary, defined once.
+
+The CRD, the operator, the worker, the Django commands and the tests all name these
+values from here: the API's group/version/kind, the labels and annotations on what the
+operator creates, the ``CHUNKWISE_*`` environment of a worker pod, the worker's exit
+codes (the Job's podFailurePolicy keys on them), the status fields the worker and the
+operator write, and how timestamps are written. Standard library only, so every layer
+may import it. The tunables (``batch``, ``timeouts``, ``retries``, ``haltOn``) have
+their own table next to the settings they build: :data:`chunkwise.engine.TUNABLES`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from dataclasses import dataclass
+from typing import Final, Literal, TypedDict
+
+__all__ = [
+    "API_GROUP", "API_VERSION", "ANNOTATION_PREFIX", "Env", "ExitCode", "KIND", "Label",
+    "PLURAL", "ProgressStatus", "ResourceRef", "SHORT_NAME", "ShardStatus", "WORKER_CONTAINER",
+    "WorkerState", "WorkerStatus", "format_utc", "json_key", "parse_utc", "utc_now_text",
+]
+
+# -- the custom resource ---------------------------------------------------------------
+
+API_GROUP: Final = "chunkwise.dev"
+API_VERSION: Final = "v1alpha1"
+KIND: Final = "DataMigration"
+PLURAL: Final = "datamigrations"
+SINGULAR: Final = "datamigration"
+SHORT_NAME: Final = "dmig"
+CATEGORY: Final = "chunkwise"
+#: ``apiVersion`` as written in manifests and ownerReferences
+GROUP_VERSION: Final = f"{API_GROUP}/{API_VERSION}"
+#: prefix of the annotations kopf keeps its handler progress and diff-base in
+ANNOTATION_PREFIX: Final = API_GROUP
+#: the Job's container that runs chunkwise_run; a template container of this name is merged
+WORKER_CONTAINER: Final = "worker"
+
+
+class Label:
+    """Labels on every Job and pod the operator creates."""
+
+    MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+    MANAGER: Final = "chunkwise"  #: the value of MANAGED_BY; the operator watches Jobs by it
+    MIGRATION: Final = f"{API_GROUP}/datamigration"  #: the DataMigration's name
+    RUN: Final = f"{API_GROUP}/run"  #: which run (1, 2, ...) of that DataMigration
+
+
+# -- the worker's environment ----------------------------------------------------------
+
+class Env:
+    """``CHUNKWISE_*`` variables a worker reads (the tunables' names come from their table)."""
+
+    PREFIX: Final = "CHUNKWISE_"
+    APP: Final = "CHUNKWISE_APP"
+    MIGRATION: Final = "CHUNKWISE_MIGRATION"
+    OPERATION: Final = "CHUNKWISE_OPERATION"
+    DIRECTION: Final = "CHUNKWISE_DIRECTION"
+    DATABASE: Final = "CHUNKWISE_DATABASE"
+    #: "namespace/name" of the DataMigration that runs this worker; unset outside a Job
+    RESOURCE: Final = "CHUNKWISE_RESOURCE"
+    #: where the pod's ServiceAccount token is projected (the e2e kubelet stand-in moves it)
+    SERVICEACCOUNT_DIR: Final = "CHUNKWISE_SERVICEACCOUNT_DIR"
+    #: prefix of the operator's own settings (``CHUNKWISE_OPERATOR_STALL_CHECK_INTERVAL``)
+    OPERATOR_PREFIX: Final = "CHUNKWISE_OPERATOR_"
+
+
+@dataclass(frozen=True)
+class ResourceRef:
+    """Which DataMigration a worker runs for, as carried in ``CHUNKWISE_RESOURCE``."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> ResourceRef | None:
+        """``"namespace/name"``; None when unset or empty (a run outside Kubernetes)."""
+        if not text:
+            return None
+        namespace, sep, name = text.partition("/")
+        if not sep or not namespace or not name or "/" in name:
+            raise ValueError(f"{Env.RESOURCE}: expected 'namespace/name', got {text!r}")
+        return cls(namespace, name)
+
+
+# -- exit codes ------------------------------------------------------------------------
+
+class ExitCode(enum.IntEnum):
+    """Exit statuses of a runner: the contract with the Job's podFailurePolicy."""
+
+    DONE = 0  #: every row was processed (some may be recorded as failed, within budget)
+    ERROR = 1  #: unexpected failure; retrying resumes from the checkpoint
+    USAGE = 64  #: bad flags, settings or operation reference; retrying cannot help
+    HALTED = 65  #: the error budget was exceeded; the checkpoint is intact
+    BUSY = 69  #: another runner holds this migration; try again later
+    INTERRUPTED = 75  #: SIGTERM/SIGINT: the current batch committed, then the run stopped
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the Job should run the pod again (and resume from the checkpoint)."""
+        return self not in (ExitCode.DONE, ExitCode.USAGE, ExitCode.HALTED)
+
+
+# -- status written by the worker and the operator -------------------------------------
+
+WorkerState = Literal["running", "done", "halted", "interrupted", "failed"]
+
+
+class WorkerStatus(TypedDict, total=False):
+    """``status.worker``: the worker's own report of how its run ended (or that it runs)."""
+
+    state: WorkerState
+    pod: str
+    reason: str  #: CamelCase, as the engine emits it (``FailedRowsExceeded``, ...)
+    message: str
+    exitCode: int
+
+
+class ProgressStatus(TypedDict, total=False):
+    """``status.progress``: what ``kubectl get dmig`` prints and the operator exports."""
+
+    rowsProcessed: int
+    rowsEstimated: int
+    percent: int
+    percentText: str
+    rowsPerSecond: int
+    etaSeconds: int | None
+    eta: str
+    batches: int
+    failedRows: int
+    lockWaitSeconds: float
+    lastCheckpointAt: str
+
+
+class ShardStatus(TypedDict, total=False):
+    """One entry of ``status.shards``: a shard's checkpoint."""
+
+    index: int
+    lastKey: str | int | None
+    rowsProcessed: int
+    done: bool
+
+
+def json_key(key: object) -> str | int | None:
+    """A key as status and ``--json`` show it: integers stay numbers, others are text."""
+    if key is None or (isinstance(key, int) and not isinstance(key, bool)):
+        return key
+    return str(key)
+
+
+# -- time ------------------------------------------------------------------------------
+
+_UTC_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def format_utc(moment: datetime.datetime) -> str:
+    """RFC 3339 in UTC with a ``Z``, to the second, as Kubernetes writes timestamps."""
+    return moment.astimezone(datetime.UTC).strftime(_UTC_FORMAT)
+
+
+def utc_now_text() -> str:
+    return format_utc(datetime.datetime.now(datetime.UTC))
+
+
+def parse_utc(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))

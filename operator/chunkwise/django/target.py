@@ -1,0 +1,158 @@
+"""The engine's batch target, implemented with Django: lock one key range of the rows
+still to do, run the user's set-based code or per-row transform on it, write back.
+
+It shares the checkpoint store's connection, so the work and the checkpoint update
+are one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from django.conf import settings
+from django.db import connections, transaction
+from django.db.models import Field, Q, QuerySet
+
+from chunkwise.engine import Timeouts
+
+from .keys import Key
+from .rows import row_class
+from .writeback import write_back
+
+__all__ = ["DjangoBatchTarget", "RowTransform", "SetBasedWork", "uses_psycopg3"]
+
+#: field types whose psycopg binary-format values equal what Django's text path returns
+#: (no converters; timestamps are UTC-aware with USE_TZ). Others fall back to text.
+_BINARY_SAFE = frozenset({
+    "AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField",
+    "SmallIntegerField", "PositiveIntegerField", "PositiveBigIntegerField",
+    "PositiveSmallIntegerField", "CharField", "TextField", "EmailField", "SlugField",
+    "URLField", "BooleanField", "FloatField", "DecimalField", "DateField", "DateTimeField",
+    "UUIDField", "ForeignKey",
+})
+
+
+def uses_psycopg3(alias: str) -> bool:
+    """Whether ``alias`` is PostgreSQL through psycopg 3 (the app's choice: Django takes
+    psycopg 3 when it can import it, else psycopg2; chunkwise never installs either)."""
+    if connections[alias].vendor != "postgresql":
+        return False
+    from django.db.backends.postgresql.psycopg_any import (  # type: ignore[import-untyped]
+        is_psycopg3,
+    )
+
+    return bool(is_psycopg3)
+
+
+SetBasedWork = Callable[[QuerySet[Any]], None]
+RowTransform = Callable[[Any], Any]
+
+
+class DjangoBatchTarget:
+    """Locks and works on one key range of the model's rows still to do."""
+
+    def __init__(
+        self,
+        alias: str,
+        todo: QuerySet[Any],
+        key_field: Field[Any, Any],
+        forward: SetBasedWork | None = None,
+        transform: RowTransform | None = None,
+        fields: Sequence[str] = (),
+    ) -> None:
+        if (forward is None) == (transform is None):
+            raise ValueError("give exactly one of forward (set-based) or transform (per row)")
+        self._alias = alias
+        self._todo = todo
+        self._key = key_field
+        self._forward = forward
+        self._transform = transform
+        self._fields = [todo.model._meta.get_field(name) for name in fields]
+        self._row_class = row_class(todo.model)
+        self._attnames = [f.attname for f in todo.model._meta.concrete_fields]
+        self._rows: list[Any] = []
+        self._vendor = connections[alias].vendor
+        self._binary_fetch = uses_psycopg3(alias) and settings.USE_TZ and all(
+            field.get_internal_type() in _BINARY_SAFE and not hasattr(field, "from_db_value")
+            for field in todo.model._meta.concrete_fields)
+
+    def transaction(self) -> AbstractContextManager[None]:
+        return transaction.atomic(using=self._alias)
+
+    def set_timeouts(self, timeouts: Timeouts) -> None:
+        if self._vendor != "postgresql":
+            return  # SQLite has no lock_timeout: it is said once at start, not faked
+        with connections[self._alias].cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('lock_timeout', %s, true), "
+                "set_config('statement_timeout', %s, true)",
+                [f"{int(timeouts.lock * 1000)}ms", f"{int(timeouts.statement * 1000)}ms"],
+            )
+
+    def _range(self, after: Key | None, upto: Key) -> QuerySet[Any]:
+        name = self._key.name
+        bounds = Q(**{f"{name}__lte": upto})
+        if after is not None:
+            bounds &= Q(**{f"{name}__gt": after})
+        return self._todo.filter(bounds)
+
+    def lock_rows(self, after: Key | None, upto: Key, limit: int) -> tuple[int, Key | None]:
+        locking = self._range(after, upto).order_by(self._key.name)
+        if self._vendor == "postgresql":
+            locking = locking.select_for_update(no_key=True, of=("self",))
+        if self._forward is not None:
+            # lock in a subquery and return only (last key, count): shipping every key of
+            # every batch to Python was a third of the set-based path's overhead
+            inner, params = locking.values_list(self._key.name)[:limit].query.sql_with_params()
+            connection = connections[self._alias]
+            column = connection.ops.quote_name(self._key.column)
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT locked.{column}, count(*) OVER () FROM ({inner}) locked "
+                               f"ORDER BY locked.{column} DESC LIMIT 1", params)
+                found = cursor.fetchone()
+            return (0, None) if found is None else (int(found[1]), found[0])
+        make = self._row_class
+        query = locking.values_list(*self._attnames)[:limit]
+        self._rows = [make(*values) for values in self._fetch(query)]
+        if not self._rows:
+            return 0, None
+        return len(self._rows), getattr(self._rows[-1], self._key.attname)
+
+    def _fetch(self, query: QuerySet[Any]) -> Sequence[Sequence[Any]]:
+        """Rows of ``query``; binary-format with psycopg 3 where that gives Django's values
+        (psycopg2 has no binary results: it takes the text path).
+
+        Django's timestamptz loader parses text in Python; psycopg's binary loaders are C.
+        For 5k rows that is 25 ms against 6 ms, most of the per-row path's Python time."""
+        if not self._binary_fetch:
+            return list(query)
+        import psycopg
+
+        sql, params = query.query.sql_with_params()
+        with psycopg.Cursor(connections[self._alias].connection) as cursor:
+            cursor.execute(sql, params, binary=True)
+            return cursor.fetchall()
+
+    def keys_in(self, after: Key | None, upto: Key) -> Sequence[Key]:
+        return list(self._range(after, upto).order_by(self._key.name)
+                    .values_list(self._key.name, flat=True))
+
+    def apply(self, after: Key | None, upto: Key) -> None:
+        if self._forward is not None:
+            self._forward(self._range(after, upto))
+            return
+        assert self._transform is not None
+        for row in self._rows:
+            self._transform(row)
+        write_back(connections[self._alias], self._todo.model, self._key, self._fields,
+                   self._rows)
+        self._rows = []
+
+    def reconnect(self) -> None:
+        connection = connections[self._alias]
+        try:
+            connection.close()
+        except Exception:
+            connection.connection = None
