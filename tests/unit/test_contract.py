@@ -115,3 +115,10 @@ def test_resource_ref_parses_and_names_the_variable() -> None:
 def test_exit_codes_the_job_must_not_retry() -> None:
     assert {c for c in contract.ExitCode if not c.retryable} == {
         contract.ExitCode.DONE, contract.ExitCode.USAGE, contract.ExitCode.HALTED}
+
+
+def test_readme_settings_table_lists_every_tunable() -> None:
+    readme = (CRD_PATH.parents[1] / "README.md").read_text()
+    table = readme[readme.index("## Settings"):readme.index("## Failures")]
+    flags = set(re.findall(r"`--([a-z-]+)`", table))
+    assert flags == {t.option for t in TUNABLES}
