@@ -8,7 +8,6 @@ that only installed psycopg2.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.pgserver import PgServer
+from tests.support.shop import SHOP, shop_env
 
 pytestmark = pytest.mark.postgres
-REPO = Path(__file__).resolve().parents[2]
-SHOP = REPO / "examples" / "shop"
 
 
 def test_shop_migrates_exactly_once_through_psycopg2(pg: PgServer, tmp_path: Path) -> None:
@@ -27,10 +25,7 @@ def test_shop_migrates_exactly_once_through_psycopg2(pg: PgServer, tmp_path: Pat
     hidden.mkdir(parents=True)
     (hidden / "__init__.py").write_text("raise ImportError('psycopg 3 hidden by the test')\n")
     pg.sql("CREATE DATABASE shop_psycopg2")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PG", "CHUNKWISE_")) and k != "DJANGO_SETTINGS_MODULE"}
-    env.update(pg.env("shop_psycopg2"),
-               PYTHONPATH=os.pathsep.join([str(hidden.parent), str(REPO / "operator")]))
+    env = shop_env(pg.env("shop_psycopg2"), hidden.parent)
 
     def manage(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, str(SHOP / "manage.py"), *args, "-v0"], env=env,

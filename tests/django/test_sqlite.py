@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-SHOP = REPO / "examples" / "shop"
+from tests.support.shop import SHOP, shop_env
 
 
-def shop_env(db: Path) -> dict[str, str]:
-    """The shop on SQLite, whatever other tests put in this process's environment."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PG", "CHUNKWISE_")) and k != "DJANGO_SETTINGS_MODULE"}
-    env.update(SHOP_SQLITE_PATH=str(db), PYTHONPATH=str(REPO / "operator"))
-    return env
+def sqlite_env(db: Path) -> dict[str, str]:
+    return shop_env({"SHOP_SQLITE_PATH": str(db)})
 
 
 def committed_batches(db: Path) -> int:
@@ -32,7 +26,7 @@ def committed_batches(db: Path) -> int:
 
 
 def shop(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SHOP / "manage.py"), *args], env=shop_env(db),
+    return subprocess.run([sys.executable, str(SHOP / "manage.py"), *args], env=sqlite_env(db),
                           cwd=SHOP, capture_output=True, text=True, timeout=300)
 
 
@@ -46,7 +40,7 @@ def test_shop_example_on_sqlite_migrates_in_batches_and_resumes(tmp_path: Path) 
     runner = subprocess.Popen(
         [sys.executable, str(SHOP / "manage.py"), "chunkwise_run", "shop", "0002",
          "--batch-size", "1000", "--max-rows-per-second", "4000"],
-        env=shop_env(db),
+        env=sqlite_env(db),
         cwd=SHOP, stderr=subprocess.PIPE, text=True)
     # stop it once a few batches have committed (the rows/s cap keeps it from finishing)
     deadline = time.monotonic() + 60

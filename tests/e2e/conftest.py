@@ -16,12 +16,16 @@ from typing import Any
 
 import pytest
 
+from chunkwise.contract import API_GROUP, PLURAL
 from tests.e2e.testenv.cluster import Cluster, running_cluster
 from tests.e2e.testenv.kubelet import Kubelet
 from tests.support.pgserver import PgServer, free_port
+from tests.support.shop import shop_env
 
 REPO = Path(__file__).resolve().parents[2]
 SHOP = REPO / "examples" / "shop"
+RELEASE = "chunkwise"  # the chart's ServiceAccount is <release>-operator
+OPERATOR_NAMESPACE = "chunkwise-system"
 SHOP_IMAGE = "registry.example.com/shop:1.4.2"
 SEEDED = 20_000
 _numbers = itertools.count(1)
@@ -39,10 +43,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def k8s() -> Iterator[Cluster]:
     with running_cluster() as cluster:
-        cluster.kubectl("apply", "-f", str(REPO / "crds"))
+        # the user's install: the chart (CRD, ServiceAccount, RBAC, Deployment). No
+        # Deployment controller runs here, so its pod never starts; the operator runs as
+        # a local process with the chart's ServiceAccount token instead (OperatorProcess)
+        cluster.helm("install", RELEASE, str(REPO / "charts" / "chunkwise"), "--namespace",
+                     OPERATOR_NAMESPACE, "--create-namespace")
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/datamigrations.chunkwise.dev")
-        cluster.kubectl("apply", "-f", str(REPO / "deploy" / "operator.yaml"))
+                        f"crd/{PLURAL}.{API_GROUP}")
         yield cluster
 
 
@@ -65,7 +72,7 @@ class OperatorProcess:
         self.health = free_port()
 
     def start(self) -> None:
-        kubeconfig = self.cluster.kubeconfig_for("chunkwise-system", "chunkwise-operator")
+        kubeconfig = self.cluster.kubeconfig_for(OPERATOR_NAMESPACE, f"{RELEASE}-operator")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "CHUNKWISE_"))}
         env.update(KUBECONFIG=str(kubeconfig), CHUNKWISE_OPERATOR_STALL_CHECK_INTERVAL="2s",
                    PYTHONPATH=str(REPO / "operator"))
@@ -100,17 +107,14 @@ def operator(k8s: Cluster, kubelet: Kubelet) -> Iterator[OperatorProcess]:
     process.stop()
 
 
-def shop_env(server: PgServer, database: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PG", "CHUNKWISE_")) and k != "DJANGO_SETTINGS_MODULE"}
-    env.update(server.env(database), PYTHONPATH=str(REPO / "operator"))
-    return env
+def pg_shop_env(server: PgServer, database: str) -> dict[str, str]:
+    return shop_env(server.env(database))
 
 
 @pytest.fixture(scope="session")
 def shop_template(pg: PgServer) -> str:
     pg.sql("CREATE DATABASE shop_template")
-    env = shop_env(pg, "shop_template")
+    env = pg_shop_env(pg, "shop_template")
     for args in (["migrate", "-v0", "chunkwise"], ["migrate", "-v0", "shop", "0001"],
                  ["seed_customers", str(SEEDED)]):
         subprocess.run([sys.executable, str(SHOP / "manage.py"), *args], env=env, cwd=SHOP,
@@ -168,7 +172,9 @@ class Shop:
 
     def events(self, name: str) -> list[str]:
         items = self.k8s.api("GET", f"/api/v1/namespaces/{self.namespace}/events")["items"]
-        return [e["reason"] for e in sorted(items, key=lambda e: e["metadata"]["name"])
+        # in the order they were created (etcd's revision); names are random (kopf's)
+        by_creation = sorted(items, key=lambda e: int(e["metadata"]["resourceVersion"]))
+        return [e["reason"] for e in by_creation
                 if e["involvedObject"]["name"] == name
                 and e["involvedObject"]["kind"] == "DataMigration"]
 

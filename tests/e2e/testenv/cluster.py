@@ -138,6 +138,13 @@ class Cluster:
             raise RuntimeError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
         return result
 
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([str(self.bin / "helm"), "--kubeconfig", str(self.kubeconfig),
+                                 *args], capture_output=True, text=True, timeout=300)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"helm {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
     def token_for(self, namespace: str, service_account: str, seconds: int = 7200,
                   bound_pod: dict[str, str] | None = None) -> str:
         spec: dict[str, Any] = {"expirationSeconds": seconds}
