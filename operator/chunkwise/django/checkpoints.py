@@ -88,7 +88,7 @@ class DjangoCheckpointStore:
             try:
                 with connections[self._alias].cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_unlock(%s)", [self._advisory_key()])
-            except Exception:
+            except Exception:  # the lock ends with the session anyway
                 pass
             self._lock_held = False
 

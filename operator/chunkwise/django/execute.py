@@ -156,7 +156,7 @@ def _mark_stopped(store: DjangoCheckpointStore, message: str) -> None:
     (it may be the very thing that is down: then the heartbeat's age tells)."""
     try:
         store.finish(Checkpoint.State.INTERRUPTED, message)
-    except Exception:
+    except Exception:  # best effort; the checkpoint itself is intact
         pass
 
 

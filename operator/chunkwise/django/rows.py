@@ -24,7 +24,7 @@ def row_class(model: type[Model]) -> type:
     params = ", ".join(f"v{i}" for i in range(len(attnames)))
     body = "".join(f"    row.{name} = v{i}\n" for i, name in enumerate(attnames)) or "    pass\n"
     namespace: dict[str, Any] = {}
-    exec(f"def __init__(row, {params}):\n{body}", namespace)
+    exec(f"def __init__(row, {params}):\n{body}", namespace)  # names are attnames
 
     def get_pk(row: Any) -> Any:
         return getattr(row, pk_attname)

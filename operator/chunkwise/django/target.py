@@ -154,5 +154,5 @@ class DjangoBatchTarget:
         connection = connections[self._alias]
         try:
             connection.close()
-        except Exception:
+        except Exception:  # it is already broken; a new one comes next
             connection.connection = None

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from chunkwise.contract import Env
+
 __all__ = [
     "TUNABLES",
     "BatchSettings",
@@ -161,7 +163,7 @@ class RunSettings:
 
 # -- the tunables table ------------------------------------------------------------------
 
-Kind = Literal["integer", "number", "duration", "fraction"]
+Kind = Literal["integer", "duration", "fraction"]
 
 
 def _parse_int(value: str, name: str) -> int:
@@ -171,11 +173,11 @@ def _parse_int(value: str, name: str) -> int:
         raise SettingsError(f"{name}: expected an integer, got {value!r}") from None
 
 
-def _parse_float(value: str, name: str) -> float:
+def _parse_fraction(value: str, name: str) -> float:
     try:
         return float(value)
     except ValueError:
-        raise SettingsError(f"{name}: expected a number, got {value!r}") from None
+        raise SettingsError(f"{name}: expected a fraction such as 0.01, got {value!r}") from None
 
 
 def _parse_duration(value: str, name: str) -> float:
@@ -183,8 +185,7 @@ def _parse_duration(value: str, name: str) -> float:
 
 
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
-    "integer": _parse_int, "number": _parse_float, "duration": _parse_duration,
-    "fraction": _parse_float,
+    "integer": _parse_int, "duration": _parse_duration, "fraction": _parse_fraction,
 }
 
 
@@ -211,7 +212,7 @@ class Tunable:
 
     @property
     def env(self) -> str:
-        return "CHUNKWISE_" + self.option.upper().replace("-", "_")
+        return Env.PREFIX + self.option.upper().replace("-", "_")
 
     @property
     def dest(self) -> str:
@@ -232,7 +233,7 @@ class Tunable:
         return _PARSERS[self.kind](raw, name)
 
     def expected(self) -> str:
-        noun = {"integer": "an integer", "number": "a number", "duration": "a duration",
+        noun = {"integer": "an integer", "duration": "a duration",
                 "fraction": "a fraction"}[self.kind]
         if self.kind == "fraction":
             return f"{noun} between {_num(self.minimum)} and {_num(self.maximum)}"

@@ -69,7 +69,7 @@ class StatusReporter:
         try:
             self._client.patch_status(status)
             self._last_patch = self._clock()
-        except Exception as exc:
+        except Exception as exc:  # a view; the checkpoint is the truth
             if not self._warned:
                 sys.stderr.write(f"chunkwise: cannot update DataMigration {self._client.resource}"
                                  f" status ({exc}); progress is still checkpointed\n")

@@ -174,7 +174,7 @@ class Cluster:
                 with urllib.request.urlopen(request, context=self._context(), timeout=5) as r:
                     if r.status == 200:
                         return
-            except Exception as exc:
+            except Exception as exc:  # not up yet
                 last = exc
             time.sleep(0.5)
         raise RuntimeError(f"kube-apiserver not ready: {last}\n{self.log_tails()}")
@@ -197,7 +197,7 @@ class Cluster:
 
 
 def _start(cluster: Cluster, name: str, args: list[str]) -> None:
-    log = open(cluster.log(name), "wb")
+    log = open(cluster.log(name), "wb")  # closed with the process
     cluster.processes[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                                start_new_session=True)
 
