@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from chunkwise.contract import API_GROUP, PLURAL
-from tests.e2e.testenv.cluster import Cluster, running_cluster
+from tests.e2e.testenv.cluster import Cluster, running_cluster, write_kubeconfig
 from tests.e2e.testenv.kubelet import Kubelet
 from tests.support.pgserver import PgServer, free_port
 from tests.support.shop import shop_env
@@ -61,27 +61,60 @@ def kubelet(k8s: Cluster) -> Iterator[Kubelet]:
     stand_in.stop()
 
 
-class OperatorProcess:
-    """``python -m chunkwise.operator`` with the operator ServiceAccount's token (so a
-    missing RBAC rule fails a test)."""
+BUILDAH = ["buildah", "--storage-driver", "vfs"]  # as scripts/build-image stores it
+CREDENTIALS = "/run/chunkwise-e2e"  # inside the operator's container (/var/run is a symlink)
 
-    def __init__(self, cluster: Cluster) -> None:
+
+@pytest.fixture(scope="session")
+def operator_image() -> str:
+    """The operator image built from the Dockerfile (scripts/build-image; cached)."""
+    built = subprocess.run([str(REPO / "scripts" / "build-image")], capture_output=True,
+                           text=True, check=True, timeout=1800)
+    return built.stdout.strip().splitlines()[-1]
+
+
+class OperatorProcess:
+    """The operator from its image, run with buildah (chroot isolation, the host's
+    network), as the image's non-root user and with the token of the chart's
+    ServiceAccount, so a rule missing from the chart's RBAC fails a test."""
+
+    def __init__(self, cluster: Cluster, image: str) -> None:
         self.cluster = cluster
         self.log = cluster.workdir / "operator.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.health = free_port()
+        self.container = f"chunkwise-operator-e2e-{os.getpid()}"
+        subprocess.run([*BUILDAH, "rm", self.container], capture_output=True)
+        subprocess.run([*BUILDAH, "from", "--name", self.container, image],
+                       capture_output=True, check=True, timeout=600)
+
+    def _credentials(self) -> Path:
+        """A kubeconfig with the chart ServiceAccount's token and the CA, readable by the
+        image's non-root user, for a read-only mount at CREDENTIALS."""
+        directory = self.cluster.workdir / "operator-credentials"
+        directory.mkdir(mode=0o755, exist_ok=True)
+        (directory / "ca.crt").write_bytes((self.cluster.pki / "ca.crt").read_bytes())
+        token = self.cluster.token_for(OPERATOR_NAMESPACE, f"{RELEASE}-operator")
+        write_kubeconfig(directory / "kubeconfig", self.cluster.server,
+                         Path(CREDENTIALS) / "ca.crt", {"token": token})
+        for path in (directory / "ca.crt", directory / "kubeconfig"):
+            path.chmod(0o644)
+        return directory
 
     def start(self) -> None:
-        kubeconfig = self.cluster.kubeconfig_for(OPERATOR_NAMESPACE, f"{RELEASE}-operator")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "CHUNKWISE_"))}
-        env.update(KUBECONFIG=str(kubeconfig), CHUNKWISE_OPERATOR_STALL_CHECK_INTERVAL="2s",
-                   PYTHONPATH=str(REPO / "operator"))
+        credentials = self._credentials()
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "chunkwise.operator", "--liveness",
-                 f"http://127.0.0.1:{self.health}/healthz"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.cluster.wait_for("operator liveness", self._alive, timeout=60)
+                [*BUILDAH, "run", "--isolation", "chroot", "-v",
+                 f"{credentials}:{CREDENTIALS}:ro", "--env", f"KUBECONFIG={CREDENTIALS}/kubeconfig",
+                 "--env", "CHUNKWISE_OPERATOR_STALL_CHECK_INTERVAL=2s", self.container, "--",
+                 "python3", "-m", "chunkwise.operator",
+                 f"--liveness=http://127.0.0.1:{self.health}/healthz"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.cluster.wait_for("operator liveness", self._alive, timeout=90)
+
+    def remove(self) -> None:
+        subprocess.run([*BUILDAH, "rm", self.container], capture_output=True)
 
     def _alive(self) -> bool:
         import urllib.request
@@ -100,11 +133,12 @@ class OperatorProcess:
 
 
 @pytest.fixture(scope="session")
-def operator(k8s: Cluster, kubelet: Kubelet) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(k8s)
+def operator(k8s: Cluster, kubelet: Kubelet, operator_image: str) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(k8s, operator_image)
     process.start()
     yield process
     process.stop()
+    process.remove()
 
 
 def pg_shop_env(server: PgServer, database: str) -> dict[str, str]:

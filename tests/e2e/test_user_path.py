@@ -26,7 +26,7 @@ spec:
   template:
     spec:
       serviceAccountName: shop-migrator
-      envFrom: [{{secretRef: {{name: shop-db}}}}]
+      containers: [{{name: worker, envFrom: [{{secretRef: {{name: shop-db}}}}]}}]
 """
 
 
@@ -168,7 +168,7 @@ spec:
   template:
     spec:
       serviceAccountName: shop-migrator
-      envFrom: [{secretRef: {name: shop-db}}]
+      containers: [{name: worker, envFrom: [{secretRef: {name: shop-db}}]}]
 """
 
 

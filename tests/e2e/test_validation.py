@@ -52,6 +52,17 @@ CASES = [
     (with_spec(stallAfter="forever"), "must be a duration such as 30s"),
     (with_spec(backoffLimit=-1), "spec.backoffLimit"),
     (with_spec(batch__maxLockedFraction="half"), "must be a fraction between 0 and 1"),
+    (with_spec(template={"spec": {"envFrom": [{"secretRef": {"name": "db"}}]}}),
+     "template.spec is a pod spec: put env, envFrom, resources and workingDir on the "
+     "container named worker"),
+    (with_spec(template={"spec": {"containers": [{"name": "worker", "image": "x:1"}]}}),
+     "the worker container's image comes from spec.image"),
+    (with_spec(template={"spec": {"restartPolicy": "OnFailure"}}),
+     "template.spec.restartPolicy must be Never"),
+    (with_spec(template={"spec": {"volumes": [{"secret": {"secretName": "ca"}}]}}),
+     "spec.template.spec.volumes[0].name: Required value"),
+    (with_spec(template={"spec": {"containers": [{"name": "Bad_Name"}]}}),
+     "spec.template.spec.containers[0].name"),
 ]
 
 
@@ -100,3 +111,37 @@ def test_running_migration_cannot_change_what_it_runs(k8s: Cluster, operator: An
     tuned["spec"]["batch"] = {"size": 500}
     assert apply(k8s, tuned).returncode == 0  # tuning may change at any time
     k8s.kubectl("delete", "dmig", "immutable", "-n", "default")
+
+
+def test_a_sidecar_and_a_volume_reach_the_job(k8s: Cluster, operator: Any) -> None:
+    """A database proxy as a native sidecar and a CA certificate volume, as a user writes
+    them in the template, end up in the Job the real API server accepted."""
+    proxy = {"name": "db-proxy", "image": "proxy:2", "restartPolicy": "Always",
+             "args": ["--port=5432"]}
+    body = copy.deepcopy(VALID)
+    body["metadata"]["name"] = "with-proxy"
+    body["spec"]["suspend"] = True  # a suspended Job: no pod has to run
+    body["spec"]["template"] = {"spec": {
+        "initContainers": [proxy],
+        "volumes": [{"name": "db-ca", "secret": {"secretName": "shop-db-ca"}}],
+        "containers": [{"name": "worker",
+                        "volumeMounts": [{"name": "db-ca", "mountPath": "/etc/db-ca",
+                                          "readOnly": True}],
+                        "env": [{"name": "PGSSLROOTCERT", "value": "/etc/db-ca/ca.crt"}]}]}}
+    assert apply(k8s, body, dry_run=False).returncode == 0
+    path = "/apis/batch/v1/namespaces/default/jobs/with-proxy-run1"
+    job = k8s.wait_for("the operator to create the Job", lambda: k8s.api("GET", path),
+                       timeout=60)
+    pod = job["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["db-proxy"]
+    assert pod["initContainers"][0]["restartPolicy"] == "Always"
+    assert {"name": "db-ca", "secret": {"secretName": "shop-db-ca", "defaultMode": 420}} in \
+        pod["volumes"]
+    (worker,) = pod["containers"]
+    assert worker["image"] == "shop:1"
+    assert {"name": "db-ca", "mountPath": "/etc/db-ca", "readOnly": True} in \
+        worker["volumeMounts"]
+    assert {"name": "PGSSLROOTCERT", "value": "/etc/db-ca/ca.crt"} in worker["env"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert worker["securityContext"]["readOnlyRootFilesystem"] is True
+    k8s.kubectl("delete", "dmig", "with-proxy", "-n", "default")

@@ -47,25 +47,66 @@ def test_job_carries_the_spec_as_env_an_owner_and_the_failure_policy() -> None:
     assert job["spec"]["backoffLimit"] == 6 and job["spec"]["suspend"] is False
 
 
-def test_user_template_is_copied_and_secrets_are_only_referenced() -> None:
+def test_the_template_is_a_pod_spec_merged_with_the_worker_container() -> None:
     secret_ref = {"name": "DATABASE_PASSWORD",
                   "valueFrom": {"secretKeyRef": {"name": "shop-db", "key": "password"}}}
+    proxy = {"name": "cloud-sql-proxy", "image": "gcr.io/proxy:2", "restartPolicy": "Always",
+             "args": ["--port=5432", "shop:db"]}
+    ca = {"name": "db-ca", "secret": {"secretName": "shop-db-ca"}}
     job = build_job(migration(template={
-        "metadata": {"labels": {"team": "shop"}},
-        "spec": {"env": [secret_ref], "envFrom": [{"secretRef": {"name": "shop-db-env"}}],
-                 "serviceAccountName": "shop-migrator", "nodeSelector": {"pool": "batch"},
+        "metadata": {"labels": {"team": "shop"}, "annotations": {"note": "x"}},
+        "spec": {"serviceAccountName": "shop-migrator", "nodeSelector": {"pool": "batch"},
                  "tolerations": [{"key": "batch", "operator": "Exists"}],
-                 "resources": {"limits": {"memory": "256Mi"}},
-                 "containerSecurityContext": {"runAsNonRoot": True}}},
+                 "initContainers": [proxy], "volumes": [ca],
+                 "priorityClassName": "batch-low", "activeDeadlineSeconds": 86400,
+                 "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone",
+                                                "whenUnsatisfiable": "ScheduleAnyway"}],
+                 "containers": [{"name": "worker", "env": [secret_ref],
+                                 "envFrom": [{"secretRef": {"name": "shop-db-env"}}],
+                                 "resources": {"limits": {"memory": "256Mi"}},
+                                 "volumeMounts": [{"name": "db-ca", "mountPath": "/ca"}],
+                                 "securityContext": {"readOnlyRootFilesystem": False}}]}},
         suspend=True, backoffLimit=2), run=1)
     pod = job["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    assert container["env"][-1] == secret_ref  # the user's env after ours: they may override
-    assert container["envFrom"] == [{"secretRef": {"name": "shop-db-env"}}]
-    assert container["securityContext"] == {"runAsNonRoot": True}
+    (worker,) = pod["containers"]
+    assert worker["image"] == "registry.example.com/shop:1.4.2"  # from spec.image
+    assert worker["env"][-1] == secret_ref  # the user's env after ours: they may override
+    assert worker["envFrom"] == [{"secretRef": {"name": "shop-db-env"}}]
+    assert worker["resources"] == {"limits": {"memory": "256Mi"}}
+    assert worker["volumeMounts"] == [{"name": "db-ca", "mountPath": "/ca"},
+                                      {"name": "chunkwise-tmp", "mountPath": "/tmp"}]
+    # the template's key wins, the other secure defaults stay
+    assert worker["securityContext"] == {"allowPrivilegeEscalation": False,
+                                         "readOnlyRootFilesystem": False,
+                                         "capabilities": {"drop": ["ALL"]}}
+    assert pod["initContainers"] == [proxy] and ca in pod["volumes"]
+    assert pod["priorityClassName"] == "batch-low" and pod["activeDeadlineSeconds"] == 86400
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "zone"
     assert pod["serviceAccountName"] == "shop-migrator" and pod["nodeSelector"] == {"pool": "batch"}
     assert job["spec"]["template"]["metadata"]["labels"]["team"] == "shop"
+    assert job["spec"]["template"]["metadata"]["annotations"] == {"note": "x"}
     assert job["spec"]["suspend"] is True and job["spec"]["backoffLimit"] == 2
+
+
+def test_worker_pods_are_secure_unless_the_template_says_otherwise() -> None:
+    pod = build_job(migration(), run=1)["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 65532,
+                                      "runAsGroup": 65532,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["containers"][0]["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]}}
+    assert pod["volumes"] == [{"name": "chunkwise-tmp", "emptyDir": {}}]
+    assert pod["automountServiceAccountToken"] is True  # the worker patches its status
+    own = build_job(migration(template={"spec": {
+        "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
+        "volumes": [{"name": "scratch", "emptyDir": {}}],
+        "containers": [{"name": "worker",
+                        "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}]}]}}),
+        run=1)["spec"]["template"]["spec"]
+    assert own["securityContext"]["runAsUser"] == 1000
+    assert own["securityContext"]["runAsNonRoot"] is True
+    assert own["volumes"] == [{"name": "scratch", "emptyDir": {}}]  # their /tmp, not ours
 
 
 def test_job_name_is_deterministic_and_fits_63_characters() -> None:

@@ -1,11 +1,12 @@
 """The Job a DataMigration runs as: built from the spec, nothing read from the cluster.
 
-The operator never reads Secrets: database credentials reach the pod only through
-``spec.template.spec.env``/``envFrom``, which are copied as they are.
+The operator never reads Secrets: database credentials reach the pod only through the
+template's own ``env``/``envFrom``/volumes, which are copied as they are.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -14,7 +15,7 @@ import kopf
 from chunkwise.contract import GROUP_VERSION, KIND, WORKER_CONTAINER, Env, ExitCode, Label
 from chunkwise.engine import TUNABLES
 
-__all__ = ["build_job", "job_name", "worker_env"]
+__all__ = ["build_job", "job_name", "worker_env", "worker_pod_spec"]
 
 
 def job_name(migration: str, run: int) -> str:
@@ -42,32 +43,55 @@ def worker_env(spec: Mapping[str, Any], namespace: str, name: str) -> list[dict[
     return [{"name": key, "value": value} for key, value in env.items()]
 
 
+#: what the worker pod gets unless the template says otherwise (key by key): the
+#: restricted Pod Security Standard, and a numeric UID so runAsNonRoot can check it
+POD_SECURITY: Mapping[str, Any] = {
+    "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY: Mapping[str, Any] = {
+    "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+#: a writable /tmp on the read-only root (Python, Django's file uploads, the user's code)
+TMP_VOLUME = "chunkwise-tmp"
+
+
+def worker_pod_spec(spec: Mapping[str, Any], namespace: str, name: str) -> dict[str, Any]:
+    """``spec.template.spec`` (a PodSpec) with the worker container filled in.
+
+    A container named ``worker`` in the template is merged with what the operator sets
+    (image, command, CHUNKWISE_* env, placed before the user's env so the user may
+    override a tunable on purpose); other containers, init containers and sidecars,
+    volumes and everything else are kept as they are. Secure defaults fill in only the
+    keys the template leaves out."""
+    pod = copy.deepcopy(dict(spec.get("template", {}).get("spec", {})))
+    containers = list(pod.get("containers", []))
+    given: dict[str, Any] = next(
+        (c for c in containers if c.get("name") == WORKER_CONTAINER), {})
+    worker = {**given, "name": WORKER_CONTAINER, "image": spec["image"],
+              "command": list(spec.get("command", ["python", "manage.py", "chunkwise_run"])),
+              "env": worker_env(spec, namespace, name) + list(given.get("env", []))}
+    worker["securityContext"] = {**CONTAINER_SECURITY, **given.get("securityContext", {})}
+    mounts = list(given.get("volumeMounts", []))
+    if not any(m.get("mountPath") == "/tmp" for m in mounts):
+        mounts.append({"name": TMP_VOLUME, "mountPath": "/tmp"})
+        pod["volumes"] = [*pod.get("volumes", []), {"name": TMP_VOLUME, "emptyDir": {}}]
+    worker["volumeMounts"] = mounts
+    # the worker first: it is the one whose exit code the podFailurePolicy reads
+    pod["containers"] = [worker] + [c for c in containers if c.get("name") != WORKER_CONTAINER]
+    pod["securityContext"] = {**POD_SECURITY, **pod.get("securityContext", {})}
+    pod.setdefault("automountServiceAccountToken", True)  # the worker patches the status
+    pod["restartPolicy"] = "Never"  # a podFailurePolicy needs it; the Job retries instead
+    return pod
+
+
 def build_job(body: Mapping[str, Any], run: int) -> dict[str, Any]:
     meta, spec = body["metadata"], body["spec"]
     name, namespace = meta["name"], meta["namespace"]
     template = spec.get("template", {})
-    pod = template.get("spec", {})
     labels = {Label.MANAGED_BY: Label.MANAGER, Label.MIGRATION: name, Label.RUN: str(run)}
-    container: dict[str, Any] = {
-        "name": WORKER_CONTAINER,
-        "image": spec["image"],
-        "command": list(spec.get("command", ["python", "manage.py", "chunkwise_run"])),
-        # the user's env comes after ours, so they may override a tunable on purpose
-        "env": worker_env(spec, namespace, name) + list(pod.get("env", [])),
-    }
-    for key, target in (("envFrom", "envFrom"), ("resources", "resources"),
-                        ("containerSecurityContext", "securityContext"),
-                        ("workingDir", "workingDir")):
-        if key in pod:
-            container[target] = pod[key]
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",  # a podFailurePolicy needs it; the Job retries instead
-        "containers": [container],
-    }
-    for key in ("serviceAccountName", "nodeSelector", "tolerations", "imagePullSecrets",
-                "securityContext"):
-        if key in pod:
-            pod_spec[key] = pod[key]
+    pod_spec = worker_pod_spec(spec, namespace, name)
     pod_meta = template.get("metadata", {})
     job: dict[str, Any] = {
         "apiVersion": "batch/v1",
