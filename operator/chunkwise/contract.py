@@ -18,8 +18,9 @@ from typing import Final, Literal, TypedDict
 
 __all__ = [
     "API_GROUP", "API_VERSION", "ANNOTATION_PREFIX", "Env", "ExitCode", "KIND", "Label",
-    "PLURAL", "ProgressStatus", "ResourceRef", "SHORT_NAME", "ShardStatus", "WORKER_CONTAINER",
-    "WorkerState", "WorkerStatus", "format_utc", "json_key", "parse_utc", "utc_now_text",
+    "PHASES", "PLURAL", "Ports", "ProgressStatus", "ResourceRef", "SHORT_NAME", "ShardStatus",
+    "WORKER_CONTAINER", "WorkerState", "WorkerStatus", "format_utc", "json_key", "parse_utc",
+    "utc_now_text",
 ]
 
 # -- the custom resource ---------------------------------------------------------------
@@ -37,6 +38,19 @@ GROUP_VERSION: Final = f"{API_GROUP}/{API_VERSION}"
 ANNOTATION_PREFIX: Final = API_GROUP
 #: the Job's container that runs chunkwise_run; a template container of this name is merged
 WORKER_CONTAINER: Final = "worker"
+
+
+#: ``status.phase`` values, in the order a run goes through them (the CRD's printer column
+#: shows them; the operator's metrics count migrations by them)
+PHASES: Final = ("Pending", "Running", "Suspended", "Halted", "Succeeded", "Failed")
+
+
+class Ports:
+    """Where metrics are served; both ports are named ``metrics`` in the pods that serve them."""
+
+    NAME: Final = "metrics"
+    OPERATOR_METRICS: Final = 9101  #: the operator's ``/metrics`` (``--metrics-port``)
+    WORKER_METRICS: Final = 9102  #: a worker pod's ``/metrics`` (``CHUNKWISE_METRICS_PORT``)
 
 
 class Label:
@@ -63,6 +77,10 @@ class Env:
     RESOURCE: Final = "CHUNKWISE_RESOURCE"
     #: where the pod's ServiceAccount token is projected (the e2e kubelet stand-in moves it)
     SERVICEACCOUNT_DIR: Final = "CHUNKWISE_SERVICEACCOUNT_DIR"
+    #: serve the run's live metrics at ``http://ADDRESS:PORT/metrics`` while it runs
+    METRICS_PORT: Final = "CHUNKWISE_METRICS_PORT"
+    #: the address to bind the metrics port to; default: every interface
+    METRICS_ADDRESS: Final = "CHUNKWISE_METRICS_ADDRESS"
     #: prefix of the operator's own settings (``CHUNKWISE_OPERATOR_STALL_CHECK_INTERVAL``)
     OPERATOR_PREFIX: Final = "CHUNKWISE_OPERATOR_"
 

@@ -11,9 +11,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from chunkwise.engine import TUNABLES, RunSettings
+from chunkwise.engine import TUNABLES, RunSettings, SettingsError
 
-__all__ = ["add_arguments", "resolve_settings"]
+__all__ = ["add_arguments", "parse_port", "resolve_settings"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,3 +45,16 @@ def resolve_settings(
         for group, fields in changes.items()
     }
     return dataclasses.replace(base, **groups)
+
+
+def parse_port(raw: str | None, name: str) -> int | None:
+    """A TCP port from a flag or env var; None when unset or empty (no metrics)."""
+    if raw is None or str(raw).strip() == "":
+        return None
+    try:
+        port = int(str(raw).strip())
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise SettingsError(f"{name}: expected a TCP port number 1-65535, got {raw!r}")
+    return port

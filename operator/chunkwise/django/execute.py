@@ -20,6 +20,7 @@ from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.state import StateApps
 from django.db.models import Q
 
+from chunkwise.contract import Env, ResourceRef
 from chunkwise.engine import (
     AnotherRunnerActive,
     BatchRunner,
@@ -27,10 +28,12 @@ from chunkwise.engine import (
     Reporter,
     RetriesExhausted,
     RunSettings,
+    Tee,
 )
+from chunkwise.metrics import MetricsReporter, RunLabels, serve_worker_metrics
 
 from .checkpoints import DjangoCheckpointStore
-from .config import resolve_settings
+from .config import parse_port, resolve_settings
 from .models import Checkpoint
 from .operation_ref import OperationRef
 from .progress import ProgressBar
@@ -91,9 +94,15 @@ def execute(
     reporter: Reporter | None = None,
     stream: TextIO | None = None,
     stop: threading.Event | None = None,
+    metrics_port: int | None = None,
 ) -> Outcome:
+    """Run ``operation`` to the end (or a halt, or a signal). Settings, and the metrics port
+    unless ``metrics_port`` is given, come from ``env`` (default: the process's)."""
     connection = schema_editor.connection
     stream = stream or sys.stderr
+    env = os.environ if env is None else env
+    if metrics_port is None:
+        metrics_port = parse_port(env.get(Env.METRICS_PORT), Env.METRICS_PORT)
     if connection.in_atomic_block:
         raise ImproperlyConfigured(
             f"{ref}: BatchedRunPython commits batch by batch, so its migration needs "
@@ -123,7 +132,7 @@ def execute(
         target = DjangoBatchTarget(connection.alias, todo, key_field,
                                    forward=lambda batch: code(apps, schema_editor, batch))
     base = settings or operation.base_settings()
-    run_settings = resolve_settings(base, os.environ if env is None else env)
+    run_settings = resolve_settings(base, env)
     if connection.vendor == "postgresql":
         driver = "psycopg 3, binary fetch" if uses_psycopg3(connection.alias) \
             else "psycopg2, text fetch"
@@ -136,8 +145,10 @@ def execute(
             run_settings.batch, max_locked_fraction=0.0))
     store = DjangoCheckpointStore(ref, connection.alias, todo, key_field)
     stop = stop or threading.Event()
-    runner = BatchRunner(target, store, run_settings, reporter or ProgressBar(str(ref), stream),
-                         stop)
+    reporter = reporter or ProgressBar(str(ref), stream)
+    if metrics_port:
+        reporter = _with_metrics(reporter, ref, metrics_port, stream)
+    runner = BatchRunner(target, store, run_settings, reporter, stop)
     with stop_on_signals(stop, stream):
         try:
             outcome = runner.run()
@@ -149,6 +160,23 @@ def execute(
     if outcome.exit_code == 0:
         _forget_other_direction(ref, connection.alias)
     return outcome
+
+
+def _with_metrics(reporter: Reporter, ref: OperationRef, port: int, stream: TextIO) -> Reporter:
+    """``reporter`` plus live metrics served on ``port``; a port that cannot be bound costs
+    the metrics, never the run. Where it runs (address, DataMigration) is the process's."""
+    address = os.environ.get(Env.METRICS_ADDRESS, "")
+    try:
+        metrics = serve_worker_metrics(port, address)
+    except OSError as exc:
+        stream.write(f"{ref}: warning: cannot serve metrics on {address or '*'}:{port} ({exc}); "
+                     "running without them\n")
+        return reporter
+    resource = ResourceRef.parse(os.environ.get(Env.RESOURCE))
+    labels = (RunLabels(resource.namespace, resource.name, ref.shard) if resource else
+              RunLabels("", f"{ref.app_label}.{ref.migration}[{ref.operation}]", ref.shard))
+    stream.write(f"{ref}: metrics at http://{address or '0.0.0.0'}:{port}/metrics\n")
+    return Tee([reporter, MetricsReporter(metrics, labels)])
 
 
 def _mark_stopped(store: DjangoCheckpointStore, message: str) -> None:

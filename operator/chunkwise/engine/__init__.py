@@ -15,8 +15,8 @@ from .errors import (
     classify,
     sqlstate_of,
 )
-from .pacing import BatchSizer, RateLimiter, backoff_seconds
-from .progress import Progress, format_duration, progress_of
+from .pacing import THROTTLE_REASONS, BatchSizer, RateLimiter, backoff_seconds
+from .progress import Progress, RateWindow, format_duration, progress_of
 from .runner import (
     BatchReport,
     BatchRunner,
@@ -38,12 +38,13 @@ from .settings import (
     Tunable,
     parse_duration,
 )
+from .tee import Tee
 
 __all__ = [
-    "TUNABLES", "AnotherRunnerActive", "BatchReport", "BatchRunner", "BatchSettings", "BatchSizer",
-    "BatchTarget", "CheckpointState", "CheckpointStore", "ErrorKind", "ExitCode",
-    "HaltThresholds", "Halted", "Outcome", "Progress", "RateLimiter", "Reporter",
-    "RetriesExhausted", "RetrySettings", "RowFailure", "RunSettings", "SettingsError", "Tally",
-    "Timeouts", "Tunable", "backoff_seconds", "check_budget", "classify", "format_duration",
-    "parse_duration", "progress_of", "sqlstate_of",
+    "THROTTLE_REASONS", "TUNABLES", "AnotherRunnerActive", "BatchReport", "BatchRunner",
+    "BatchSettings", "BatchSizer", "BatchTarget", "CheckpointState", "CheckpointStore",
+    "ErrorKind", "ExitCode", "HaltThresholds", "Halted", "Outcome", "Progress", "RateLimiter",
+    "RateWindow", "Reporter", "RetriesExhausted", "RetrySettings", "RowFailure", "RunSettings",
+    "SettingsError", "Tally", "Tee", "Timeouts", "Tunable", "backoff_seconds", "check_budget",
+    "classify", "format_duration", "parse_duration", "progress_of", "sqlstate_of",
 ]

@@ -13,10 +13,16 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from typing import Final
 
 from .settings import BatchSettings, RetrySettings
 
-__all__ = ["BatchSizer", "RateLimiter", "backoff_seconds"]
+__all__ = ["PACE", "THROTTLE_REASONS", "BatchSizer", "RateLimiter", "backoff_seconds"]
+
+#: why a run waited instead of pushing on (``Reporter.throttled``'s reason): the pause
+#: between batches and the rows-per-second cap
+PACE: Final = "pace"
+THROTTLE_REASONS: Final = (PACE,)
 
 _WEIGHT_NEWEST = 0.5
 _MAX_GROWTH = 2.0

@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from .budget import Tally, check_budget
 from .errors import ErrorKind, ExitCode, Halted, RetriesExhausted, classify
-from .pacing import BatchSizer, RateLimiter, backoff_seconds
+from .pacing import PACE, BatchSizer, RateLimiter, backoff_seconds
 from .settings import RunSettings, Timeouts
 
 __all__ = [
@@ -205,7 +205,7 @@ class BatchRunner:
                                                 "all rows processed", self._state))
                 delay = limiter.delay_after(rows)
                 if delay > 0:
-                    self._reporter.throttled("pace", delay)
+                    self._reporter.throttled(PACE, delay)
                     self._stop.wait(delay)
         except Halted as halt:
             self._store.finish("halted", f"{halt.reason}: {halt.message}")

@@ -1,19 +1,25 @@
 """kopf wiring: thin handlers that hand their inputs to :mod:`.reconcile`.
 
 The handlers are synchronous (the ``kubernetes`` client blocks); kopf runs them in its
-thread pool, and ``kopf.event`` is safe to call from there.
+thread pool, and ``kopf.event`` is safe to call from there. The one exception is the
+metrics endpoint: it is served from kopf's event loop, the thread that also updates the
+index it reads, so a scrape never sees an index halfway through a change.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import kopf
 import kubernetes.client
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from chunkwise.contract import ANNOTATION_PREFIX, API_GROUP, API_VERSION, PLURAL, Label
+from chunkwise.metrics import MigrationCollector, MigrationView
 
 from .cluster import Cluster
 from .conditions import Event
@@ -52,6 +58,50 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=ANNOTATION_PREFIX, key="last-handled-spec")
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 60
+
+
+MigrationIndex = kopf.Index[tuple[str, str], dict[str, Any]]
+
+
+@kopf.index(*_GVP)
+def migrations(namespace: str | None, name: str, status: kopf.Status,
+               **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every DataMigration's phase and progress, kept by kopf from its watch stream: what
+    the metrics are computed from at scrape time. kopf drops a deleted one's entry."""
+    return {(namespace or "", name): {"phase": status.get("phase"),
+                                       "progress": dict(status.get("progress") or {})}}
+
+
+def _views(index: MigrationIndex) -> Iterator[MigrationView]:
+    for (namespace, name), store in index.items():
+        for status in store:
+            yield namespace, name, status
+
+
+@kopf.on.startup()
+async def serve_metrics(memo: kopf.Memo, **kwargs: Any) -> None:
+    """``/metrics`` at ``--metrics`` (host:port; '' serves none). kopf passes the index as
+    the ``migrations`` keyword (an index's name is its function's)."""
+    index: MigrationIndex = kwargs["migrations"]
+    address = str(memo.get("metrics_address") or "")
+    if not address:
+        return
+    host, _sep, port = address.rpartition(":")
+    registry = CollectorRegistry()
+    registry.register(MigrationCollector(lambda: _views(index)))
+    app = web.Application()
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
+    memo["metrics_runner"] = runner
+
+
+@kopf.on.cleanup()
+async def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
+    runner = memo.get("metrics_runner")
+    if isinstance(runner, web.AppRunner):
+        await runner.cleanup()
 
 
 @kopf.on.login()

@@ -12,7 +12,15 @@ from typing import Any, cast
 
 import kopf
 
-from chunkwise.contract import GROUP_VERSION, KIND, WORKER_CONTAINER, Env, ExitCode, Label
+from chunkwise.contract import (
+    GROUP_VERSION,
+    KIND,
+    WORKER_CONTAINER,
+    Env,
+    ExitCode,
+    Label,
+    Ports,
+)
 from chunkwise.engine import TUNABLES
 
 __all__ = ["build_job", "job_name", "worker_env", "worker_pod_spec"]
@@ -32,6 +40,7 @@ def worker_env(spec: Mapping[str, Any], namespace: str, name: str) -> list[dict[
         Env.DIRECTION: spec.get("direction", "forward"),
         Env.DATABASE: spec.get("database", "default"),
         Env.RESOURCE: f"{namespace}/{name}",
+        Env.METRICS_PORT: str(Ports.WORKER_METRICS),  # declared as the pod's "metrics" port
     }
     if migration.get("operation") is not None:
         env[Env.OPERATION] = str(migration["operation"])
@@ -78,6 +87,11 @@ def worker_pod_spec(spec: Mapping[str, Any], namespace: str, name: str) -> dict[
         mounts.append({"name": TMP_VOLUME, "mountPath": "/tmp"})
         pod["volumes"] = [*pod.get("volumes", []), {"name": TMP_VOLUME, "emptyDir": {}}]
     worker["volumeMounts"] = mounts
+    ports = list(given.get("ports", []))
+    if not any(p.get("name") == Ports.NAME for p in ports):  # what a PodMonitor scrapes
+        ports.append({"name": Ports.NAME, "containerPort": Ports.WORKER_METRICS,
+                      "protocol": "TCP"})
+    worker["ports"] = ports
     # the worker first: it is the one whose exit code the podFailurePolicy reads
     pod["containers"] = [worker] + [c for c in containers if c.get("name") != WORKER_CONTAINER]
     pod["securityContext"] = {**POD_SECURITY, **pod.get("securityContext", {})}

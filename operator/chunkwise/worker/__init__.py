@@ -4,12 +4,12 @@ Layering: worker/ builds on engine/ and django/; ``manage.py chunkwise_run`` (wh
 Django can only discover under django/management) is the worker's entry point.
 """
 
-from chunkwise.engine import Reporter
+from chunkwise.engine import Reporter, Tee
 
-from .reporter import StatusReporter, Tee
+from .reporter import StatusReporter
 from .status_client import StatusClient
 
-__all__ = ["StatusClient", "StatusReporter", "Tee", "worker_reporter"]
+__all__ = ["StatusClient", "StatusReporter", "worker_reporter"]
 
 
 def worker_reporter(progress: Reporter) -> Reporter:

@@ -1,5 +1,8 @@
 """Mirror a run's progress into its DataMigration's status, at most every 2 s and at the end.
 
+``rowsPerSecond`` (and the ETA from it) is committed rows over the last minute while
+the run goes on (:class:`RateWindow`), and over the whole run in the final report.
+
 A failed patch never fails the migration: the checkpoint in the database is the
 truth; the status is a view of it.
 """
@@ -9,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from chunkwise.contract import (
@@ -26,14 +29,14 @@ from chunkwise.engine import (
     CheckpointState,
     ErrorKind,
     Outcome,
-    Reporter,
+    RateWindow,
     format_duration,
     progress_of,
 )
 
 from .status_client import StatusClient
 
-__all__ = ["StatusReporter", "Tee"]
+__all__ = ["StatusReporter"]
 
 _OUTCOME_STATE: dict[int, WorkerState] = {
     ExitCode.DONE: "done", ExitCode.HALTED: "halted", ExitCode.INTERRUPTED: "interrupted"}
@@ -48,10 +51,13 @@ class StatusReporter:
         self._last_patch = float("-inf")
         self._started = clock()
         self._rows_at_start = 0
+        self._window = RateWindow()
         self._warned = False
 
-    def _progress(self, state: CheckpointState, checkpoint_at: str | None) -> ProgressStatus:
-        p = progress_of(state, self._rows_at_start, self._clock() - self._started)
+    def _progress(self, state: CheckpointState, checkpoint_at: str | None,
+                  live: bool = True) -> ProgressStatus:
+        p = progress_of(state, self._rows_at_start, self._clock() - self._started,
+                        self._window.rate() if live else None)
         percent = int(100 * p.fraction)
         progress: ProgressStatus = {
             "rowsProcessed": p.done, "rowsEstimated": p.total, "percent": percent,
@@ -82,12 +88,14 @@ class StatusReporter:
     def started(self, state: CheckpointState) -> None:
         self._started = self._clock()
         self._rows_at_start = state.tally.rows_processed
+        self._window.add(self._started, self._rows_at_start)
         worker: WorkerStatus = {"state": "running", "pod": os.environ.get("HOSTNAME", ""),
                                 "reason": "", "message": ""}
         self._patch({"progress": self._progress(state, utc_now_text()),
                      "shards": self._shards(state), "worker": worker})
 
     def batch_committed(self, report: BatchReport) -> None:
+        self._window.add(self._clock(), report.state.tally.rows_processed)
         if self._clock() - self._last_patch >= self._interval:
             self._patch({"progress": self._progress(report.state, utc_now_text()),
                          "shards": self._shards(report.state)})
@@ -107,37 +115,6 @@ class StatusReporter:
             "message": outcome.message, "exitCode": int(outcome.exit_code)}
         status: dict[str, Any] = {"worker": worker}
         if outcome.state is not None:
-            status["progress"] = self._progress(outcome.state, utc_now_text())
+            status["progress"] = self._progress(outcome.state, utc_now_text(), live=False)
             status["shards"] = self._shards(outcome.state)
         self._patch(status)
-
-
-class Tee:
-    """Hands every report to several reporters (the progress bar and the status)."""
-
-    def __init__(self, reporters: Sequence[Reporter]) -> None:
-        self._reporters = list(reporters)
-
-    def started(self, state: CheckpointState) -> None:
-        for reporter in self._reporters:
-            reporter.started(state)
-
-    def batch_committed(self, report: BatchReport) -> None:
-        for reporter in self._reporters:
-            reporter.batch_committed(report)
-
-    def retrying(self, kind: ErrorKind, attempt: int, delay: float) -> None:
-        for reporter in self._reporters:
-            reporter.retrying(kind, attempt, delay)
-
-    def throttled(self, reason: str, seconds: float) -> None:
-        for reporter in self._reporters:
-            reporter.throttled(reason, seconds)
-
-    def notice(self, message: str) -> None:
-        for reporter in self._reporters:
-            reporter.notice(message)
-
-    def finished(self, outcome: Outcome) -> None:
-        for reporter in self._reporters:
-            reporter.finished(outcome)

@@ -20,7 +20,7 @@ from django.db.migrations.migration import Migration
 from chunkwise.contract import Env, ExitCode
 from chunkwise.engine import Outcome, SettingsError
 
-from ...config import add_arguments, resolve_settings
+from ...config import add_arguments, parse_port, resolve_settings
 from ...execute import execute
 from ...operation_ref import OperationRef
 from ...operations import BatchedRunPython
@@ -51,6 +51,10 @@ class Command(BaseCommand):
                                  f"[env {Env.DIRECTION}]")
         parser.add_argument("--database", default=_env(Env.DATABASE, DEFAULT_DB_ALIAS),
                             help=f"database alias [env {Env.DATABASE}]")
+        parser.add_argument("--metrics-port", default=_env(Env.METRICS_PORT), metavar="PORT",
+                            help="serve live Prometheus metrics at :PORT/metrics while the run "
+                                 f"goes on [env {Env.METRICS_PORT}; bind address from "
+                                 f"{Env.METRICS_ADDRESS}, default every interface]")
         add_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -89,10 +93,13 @@ class Command(BaseCommand):
         flags = {k: v for k, v in options.items() if v is not None}
         try:
             settings = resolve_settings(operation.base_settings(), os.environ, flags)
+            metrics_port = parse_port(options["metrics_port"],
+                                      f"--metrics-port ({Env.METRICS_PORT})")
             reporter = with_plugins(ProgressBar(str(ref), sys.stderr))
             with connection.schema_editor(atomic=False) as schema_editor:
                 outcome = execute(operation, ref, state.apps, schema_editor, settings=settings,
-                                  env={}, stream=sys.stderr, reporter=reporter)
+                                  env={}, stream=sys.stderr, reporter=reporter,
+                                  metrics_port=metrics_port)
         except SettingsError as exc:
             raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
         return int(outcome.exit_code)
