@@ -1,4 +1,5 @@
-# The chunkwise operator image: `python -m chunkwise.operator`, liveness on :8080/healthz.
+# The chunkwise operator image: `python -m chunkwise.operator`, liveness on :8080/healthz,
+# metrics on :9101/metrics.
 #   docker build -t chunkwise:dev .
 #   (tests: scripts/build-image builds it with buildah on a debootstrapped Debian base)
 # BASE must provide python3 with the venv module (the official slim images do).
@@ -33,6 +34,6 @@ ENV PATH=/opt/chunkwise/bin:$PATH \
     USER=chunkwise
 # numeric, so runAsNonRoot can verify it; the chart's default UID
 USER 65532:65532
-EXPOSE 8080
+EXPOSE 8080 9101
 ENTRYPOINT ["python3", "-m", "chunkwise.operator"]
 CMD ["--liveness=http://0.0.0.0:8080/healthz"]

@@ -1,6 +1,6 @@
 """The chart's monitoring: the metrics Service, ServiceMonitor, PodMonitor, dashboard
 ConfigMap and PrometheusRule behind their flags; the alerts checked and unit-tested with
-promtool (Debian's prometheus package, installed by scripts/setup); every metric the
+promtool (built with Prometheus by tests/e2e/testenv/build-prometheus.sh); every metric the
 rules and the dashboard name is one the metrics module exports."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import yaml
 
 from chunkwise.contract import Ports
 from tests.chart.test_chart import CHART, REPO, deployment, helm, kinds, manifests
+from tests.support.prometheus import prometheus_binaries
 from tests.unit.test_metrics import exported_names
 
 __all__ = ["helm"]  # the fixture, shared with test_chart
@@ -28,9 +29,7 @@ RUNBOOKS = REPO / "docs" / "runbooks"
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    found = shutil.which("promtool")
-    assert found, "promtool not found: scripts/setup installs Debian's prometheus package"
-    return found
+    return str(prometheus_binaries() / "promtool")
 
 
 def rules_file(helm: Path, directory: Path, *args: str) -> Path:

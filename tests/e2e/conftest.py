@@ -83,6 +83,7 @@ class OperatorProcess:
         self.log = cluster.workdir / "operator.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.health = free_port()
+        self.metrics = free_port()
         self.container = f"chunkwise-operator-e2e-{os.getpid()}"
         subprocess.run([*BUILDAH, "rm", self.container], capture_output=True)
         subprocess.run([*BUILDAH, "from", "--name", self.container, image],
@@ -109,7 +110,8 @@ class OperatorProcess:
                  f"{credentials}:{CREDENTIALS}:ro", "--env", f"KUBECONFIG={CREDENTIALS}/kubeconfig",
                  "--env", "CHUNKWISE_OPERATOR_STALL_CHECK_INTERVAL=2s", self.container, "--",
                  "python3", "-m", "chunkwise.operator",
-                 f"--liveness=http://127.0.0.1:{self.health}/healthz"],
+                 f"--liveness=http://127.0.0.1:{self.health}/healthz",
+                 f"--metrics=127.0.0.1:{self.metrics}"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.cluster.wait_for("operator liveness", self._alive, timeout=90)
 

@@ -7,12 +7,18 @@ ServiceAccount token for the pod like the kubelet does; writes pod status back
 (Running, then Succeeded/Failed with the exit code) so the real Job controller does
 retries and podFailurePolicy; on deletion sends SIGTERM, waits the grace period,
 SIGKILLs, then deletes the pod. Each pod's output is kept in a file.
+
+Pods share the host's network, so each gets its own loopback address (127.0.1.N) as its
+pod IP, and its metrics server is told to bind there (``CHUNKWISE_METRICS_ADDRESS``):
+two worker pods can both serve port 9102, and Prometheus's Kubernetes service discovery
+finds each at podIP:9102 as it would in a cluster.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import os
 import re
 import signal
@@ -23,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from chunkwise.contract import Env
 
 from .cluster import Cluster
 
@@ -43,6 +51,7 @@ class _Running:
     uid: str
     container: str
     image: str
+    ip: str
     term_sent_at: float | None = None
     reported: bool = False
 
@@ -59,6 +68,7 @@ class Kubelet:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kubelet", daemon=True)
         self.errors: list[str] = []
+        self._addresses = (f"127.0.{1 + n // 250}.{2 + n % 250}" for n in itertools.count())
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -202,6 +212,8 @@ class Kubelet:
         if token_dir is not None:
             env["CHUNKWISE_SERVICEACCOUNT_DIR"] = str(token_dir)
         env.update(self._env(pod, container))
+        ip = next(self._addresses)
+        env[Env.METRICS_ADDRESS] = ip  # the pod's own network namespace, emulated
         command = list(container.get("command", [])) + list(container.get("args", []))
         started = _now()
         if workdir is None or not command:
@@ -212,10 +224,10 @@ class Kubelet:
                 process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log,
                                            stderr=subprocess.STDOUT, start_new_session=True)
         self.running[meta["uid"]] = _Running(process, started, meta["namespace"], meta["name"],
-                                             meta["uid"], container["name"], image)
+                                             meta["uid"], container["name"], image, ip)
         self._patch_status(meta["namespace"], meta["name"], {
             "phase": "Running", "startTime": started, "hostIP": "127.0.0.1",
-            "podIP": "127.0.0.1",
+            "podIP": ip, "podIPs": [{"ip": ip}],
             "conditions": [{"type": t, "status": "True", "lastTransitionTime": started}
                            for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
             "containerStatuses": [{
