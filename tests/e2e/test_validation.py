@@ -63,6 +63,25 @@ CASES = [
      "spec.template.spec.volumes[0].name: Required value"),
     (with_spec(template={"spec": {"containers": [{"name": "Bad_Name"}]}}),
      "spec.template.spec.containers[0].name"),
+    (with_spec(image="   "), "spec.image: Invalid value: \"   \": must be an image reference"),
+    (with_spec(image="shop:1 --privileged"), "(no spaces)"),
+    (with_spec(migration__name="../../etc/passwd"),
+     "spec.migration.name: Invalid value: \"../../etc/passwd\": must be a Django "
+     "migration name"),
+    (with_spec(migration__name="0002/customer"), "no path separators"),
+    (with_spec(migration__app="shop/../x"), "spec.migration.app"),
+    (with_spec(migration__operation=-1), "spec.migration.operation: Invalid value: -1"),
+    (with_spec(batch__size="100"),
+     'spec.batch.size: Invalid value: "string": spec.batch.size in body must be of type '
+     "integer"),
+    (with_spec(backoffLimit=1000), "spec.backoffLimit: Invalid value: 1000"),
+    (with_spec(timeouts__statement="-5s"), "must be a duration above zero"),
+    (with_spec(retries__backoff="5"), "spec.retries.backoff"),
+    (with_spec(database="other/db"), "spec.database: Invalid value: \"other/db\": must be a "
+     "database alias"),
+    (with_spec(command=[""]), "spec.command[0]"),
+    (with_spec(suspend="yes"), "spec.suspend: Invalid value: \"string\""),
+    (with_spec(dryRun=True), 'unknown field "spec.dryRun"'),
 ]
 
 
