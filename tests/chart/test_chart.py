@@ -156,3 +156,15 @@ def test_readme_values_table_covers_every_value() -> None:
     named = {name for row in table.splitlines()[2:]
              for name in (part.strip(" `") for part in row.split("|")[1].split("/"))}
     assert leaf_keys(values) == named
+
+
+def test_the_admission_policy_is_on_by_default_and_can_be_turned_off(helm: Path) -> None:
+    docs = manifests(helm)
+    (policy,) = kinds(docs, "ValidatingAdmissionPolicy")
+    (binding,) = kinds(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    (check,) = policy["spec"]["validations"]
+    assert "resource('jobs')" in check["expression"] and "check('create')" in check["expression"]
+    off = manifests(helm, "--set", "admissionPolicy.enabled=false")
+    assert list(kinds(off, "ValidatingAdmissionPolicy")) == []
