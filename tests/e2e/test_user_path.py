@@ -188,3 +188,27 @@ def test_a_checkpoint_older_than_stall_after_marks_stalled_then_clears(shop: Sho
     events = shop.events("stalls")
     assert "Stalled" in events and "Unstalled" in events
     shop.k8s.kubectl("delete", "dmig", "stalls", "-n", shop.namespace)
+
+
+def test_a_job_that_finished_while_the_operator_was_down_is_read_on_restart(
+        shop: Shop, operator: OperatorProcess) -> None:
+    """The operator died between creating the Job and recording the run; the Job ran to
+    the end while it was down. Restarted, it finds that Job (no second one) and reports
+    its outcome, instead of leaving the migration Pending for ever."""
+    from chunkwise.operator.jobs import build_job
+
+    operator.stop(signal.SIGKILL)
+    try:
+        shop.apply(count_visit(rate=0))
+        body = shop.dmig("count-visit")
+        job = build_job(body, run=1)  # exactly what the operator creates first
+        shop.k8s.api("POST", f"/apis/batch/v1/namespaces/{shop.namespace}/jobs", job)
+        shop.k8s.wait_for("the Job to finish with nobody watching", lambda: [
+            j for j in shop.jobs() if j["status"].get("succeeded") == 1], timeout=180)
+        assert "phase" not in (shop.dmig("count-visit").get("status") or {})
+    finally:
+        operator.start()
+    body = shop.wait_phase("count-visit", "Succeeded", timeout=60)
+    assert body["status"]["run"] == 1 and len(shop.jobs()) == 1
+    assert "Succeeded" in shop.events("count-visit")
+    assert visits(shop) == {1: SEEDED}

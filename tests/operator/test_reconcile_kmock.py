@@ -206,3 +206,23 @@ async def test_spec_change_while_running_is_deferred_with_an_event(api: Api,
     await api.call(spec_changed, body, {"batch": {"size": 1}}, {"batch": {"size": 2}}, {})
     assert api.posted == [("Normal", "SpecChangeDeferred")]
     assert not [k for k in kmock.objects if k[0].plural == "jobs"]
+
+
+@pytest.mark.asyncio
+async def test_a_job_made_before_a_crash_and_finished_since_is_read_on_restart(
+        api: Api, kmock: Any) -> None:
+    """The operator created the Job, died before recording the run, and the Job finished
+    while it was down: the retried create handler finds the Job and reads its outcome,
+    instead of leaving the migration Pending for ever."""
+    await api.call(start_run, migration(), {}, run=1)  # the Job is made; the patch is lost
+    key = next(k for k in kmock.objects if k[0].plural == "jobs")
+    finished = _plain(kmock.objects[key])
+    finished["status"] = {"succeeded": 1, "conditions": [
+        {"type": "SuccessCriteriaMet", "status": "True"}, {"type": "Complete", "status": "True"}]}
+    kmock.objects[key] = finished
+    api.posted.clear()
+    patch: dict[str, Any] = {}
+    await api.call(start_run, migration(), patch, run=1)  # kopf retries the create handler
+    assert patch["status"]["phase"] == "Succeeded" and patch["status"]["run"] == 1
+    assert len([k for k in kmock.objects if k[0].plural == "jobs"]) == 1
+    assert api.posted == [("Normal", "Succeeded")]

@@ -50,6 +50,15 @@ class Cluster:
             raise _temporary("create Job", exc) from None
         return True
 
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found = self._batch.read_namespaced_job(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _temporary(f"get Job {namespace}/{name}", exc) from None
+        return cast(dict[str, Any], self._batch.api_client.sanitize_for_serialization(found))
+
     def patch_job(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         try:
             self._batch.patch_namespaced_job(name, namespace, dict(patch),

@@ -29,7 +29,11 @@ PostEvent = Callable[[Mapping[str, Any], Event], None]
 
 def start_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
               patch: MutableMapping[str, Any], run: int) -> None:
-    """Create run ``run``'s Job; idempotent (the Job name is derived from the run)."""
+    """Create run ``run``'s Job; idempotent (the Job name is derived from the run).
+
+    When the Job exists already, an operator was stopped between creating it and
+    recording the run, and the Job may have run, or even finished, since: its state is
+    read now, since no later Job event may ever come to say so."""
     status = body.get("status") or {}
     spec = body["spec"]
     job = build_job(body, run)
@@ -37,7 +41,13 @@ def start_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
     state = RunState("Suspended", "SuspendRequested", "created suspended (spec.suspend)") \
         if spec.get("suspend") else RunState("Pending", "JobCreated",
                                              f"Job {job['metadata']['name']} created")
-    new_status, _ = status_for(status, state, body["metadata"].get("generation"))
+    existing = None if created else cluster.get_job(job["metadata"]["namespace"],
+                                                    job["metadata"]["name"])
+    if existing is not None:
+        found = run_state_of(existing, status.get("worker"))
+        if found.phase != "Pending" or not spec.get("suspend"):
+            state = found
+    new_status, events = status_for(status, state, body["metadata"].get("generation"))
     migration = spec["migration"]
     new_status.update(run=run, jobName=job["metadata"]["name"],
                       migrationRef=f"{migration['app']}.{migration['name']}",
@@ -49,6 +59,9 @@ def start_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
         verb = "resumes from the checkpoint" if run > 1 else "starts"
         post(body, Event("Normal", "JobCreated",
                          f"created Job {job['metadata']['name']}: run {run} {verb}"))
+    elif state.phase not in ("Pending", "Suspended"):
+        for event in events:  # what the found Job did while nobody recorded it
+            post(body, event)
 
 
 def spec_changed(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
