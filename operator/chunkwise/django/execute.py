@@ -128,7 +128,9 @@ def execute(
     else:
         code = operation.forward if forward_direction else operation.reverse
         if code is None:
-            raise ImproperlyConfigured(f"{ref}: the operation has no reverse= code")
+            raise ImproperlyConfigured(
+                f"direction: backward runs the operation's reverse= code, and {ref.app_label}."
+                f"{ref.migration} operation {ref.operation} has none (it is irreversible)")
         target = DjangoBatchTarget(connection.alias, todo, key_field,
                                    forward=lambda batch: code(apps, schema_editor, batch))
     base = settings or operation.base_settings()

@@ -12,6 +12,7 @@ import sys
 from argparse import ArgumentParser
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.loader import MigrationLoader
@@ -100,7 +101,7 @@ class Command(BaseCommand):
                 outcome = execute(operation, ref, state.apps, schema_editor, settings=settings,
                                   env={}, stream=sys.stderr, reporter=reporter,
                                   metrics_port=metrics_port)
-        except SettingsError as exc:
+        except (SettingsError, ImproperlyConfigured) as exc:  # retrying cannot fix either
             raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
         return int(outcome.exit_code)
 

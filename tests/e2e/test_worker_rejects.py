@@ -1,0 +1,67 @@
+"""What only the worker can know is wrong (the app, the migration, the operation, the
+direction, the database): the DataMigration ends Failed after exactly one pod (exit 64
+through the podFailurePolicy, never a crash loop), and its condition, Event and
+status.worker name the problem."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import Shop
+
+pytestmark = pytest.mark.e2e
+
+MIGRATION = """
+apiVersion: chunkwise.dev/v1alpha1
+kind: DataMigration
+metadata: {{name: {name}}}
+spec:
+  image: registry.example.com/shop:1.4.2
+  migration: {migration}
+  direction: {direction}
+  database: {database}
+  template:
+    spec:
+      serviceAccountName: shop-migrator
+      containers: [{{name: worker, envFrom: [{{secretRef: {{name: shop-db}}}}]}}]
+"""
+
+CASES = {  # name: (migration, direction, database, what the condition's message says)
+    "unknown-app": ("{app: nosuchapp, name: '0002'}", "forward", "default",
+                    "migration_name: \"There is no migration for 'nosuchapp' with the prefix "
+                    "'0002'\""),
+    "unknown-migration": ("{app: shop, name: '0999'}", "forward", "default",
+                          "There is no migration for 'shop' with the prefix '0999'"),
+    "operation-out-of-range": ("{app: shop, name: '0002', operation: 5}", "forward", "default",
+                               "--operation: expected the index of a BatchedRunPython "
+                               "operation in shop.0002_customer_status (one of [0]), got 5"),
+    "not-batched": ("{app: shop, name: '0001'}", "forward", "default",
+                    "--operation: shop.0001_initial has 0 BatchedRunPython operations"),
+    "irreversible": ("{app: shop, name: '0003'}", "backward", "default",
+                     "direction: backward runs the operation's reverse= code, and "
+                     "shop.0003_count_visit operation 0 has none (it is irreversible)"),
+    "unknown-database": ("{app: shop, name: '0002'}", "forward", "replica",
+                         "--database: no database alias 'replica' in settings.DATABASES"),
+}
+
+
+def test_what_only_the_worker_knows_fails_once_with_the_reason(shop: Shop) -> None:
+    for name, (migration, direction, database, _) in CASES.items():
+        shop.apply(MIGRATION.format(name=name, migration=migration, direction=direction,
+                                    database=database))
+    for name, (_, _, _, message) in CASES.items():
+        body = shop.wait_phase(name, "Failed", timeout=120)
+        status = body["status"]
+        succeeded = {c["type"]: c for c in status["conditions"]}["Succeeded"]
+        assert succeeded["status"] == "False" and succeeded["reason"] == "InvalidConfiguration"
+        assert message in succeeded["message"], (name, succeeded["message"])
+        assert status["worker"]["exitCode"] == 64 and message in status["worker"]["message"]
+        [job] = [j for j in shop.jobs() if j["metadata"]["labels"][
+            "chunkwise.dev/datamigration"] == name]
+        assert job["status"].get("failed") == 1, (name, job["status"])  # one pod, no retry
+        pods = [p for p in shop.pods() if p["metadata"]["labels"].get(
+            "chunkwise.dev/datamigration") == name]
+        assert len(pods) == 1, name
+        assert "Traceback" not in shop.kubelet.pod_log(shop.namespace,
+                                                      pods[0]["metadata"]["name"]), name
+        assert "Failed" in shop.events(name)
