@@ -210,6 +210,35 @@ def test_lock_contention_waits_retries_and_reports_lock_wait(lab_db: LabDb) -> N
     assert float(checkpoint(lab_db, "0003_setbased_items")["lock_wait_seconds"]) >= 0.3  # type: ignore[arg-type]
 
 
+def test_a_lock_held_past_the_retry_budget_stops_naming_the_holder(lab_db: LabDb) -> None:
+    import psycopg
+
+    seed_items(lab_db, 1000)
+    holder = psycopg.connect(lab_db.server.dsn(lab_db.name) + " application_name=billing-job")
+    try:
+        holder.execute("SELECT id FROM lab_item WHERE id BETWEEN 400 AND 600 FOR UPDATE")
+        pid = holder.info.backend_pid
+        stopped = lab_db.manage("chunkwise_run", "lab", "0003", "--batch-size", "100",
+                                "--lock-timeout", "200ms", "--max-attempts", "3",
+                                "--backoff", "50ms")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert stopped.returncode == 1, stopped.stderr  # retryable: a Job would run it again
+    message = stopped.stderr
+    assert "lock waits: all 3 attempts of a batch timed out waiting 0.2s (timeouts.lock)" \
+        in message
+    assert f"pid {pid} (application_name 'billing-job', user chunkwise, idle in " \
+        "transaction) has held locks on lab_item for" in message
+    assert "Traceback" not in message
+    cp = checkpoint(lab_db, "0003_setbased_items")
+    assert cp["rows_processed"] == 300 and "LockWaitsExhausted" not in str(cp["state"])
+    resumed = lab_db.manage("chunkwise_run", "lab", "0003")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after key 300" in resumed.stderr
+    assert counters(lab_db) == {1: 1000}
+
+
 def test_failing_rows_are_isolated_recorded_and_skipped(lab_db: LabDb) -> None:
     bad = {137: "raise", 1500: "raise", 2999: "raise"}
     seed_items(lab_db, 3000, payload_at=bad)

@@ -89,6 +89,9 @@ class FakeTarget:
     def reconnect(self) -> None:
         pass
 
+    def lock_holders(self) -> str:
+        return "pid 42 (application_name 'billing') has held locks on items for 90s"
+
 
 class FakeStore:
     def __init__(self, memory: Memory) -> None:
@@ -189,16 +192,18 @@ def test_repeated_lock_timeouts_halve_the_batch_then_succeed() -> None:
     assert set(memory.rows.values()) == {1}
 
 
-def test_retries_exhausted_is_an_error_exit_not_a_halt() -> None:
-    from chunkwise.engine import RetriesExhausted
+def test_lock_waits_that_use_up_the_retries_name_the_holder_not_a_bare_retry_count() -> None:
+    from chunkwise.engine import ExitCode, LockWaitsExhausted
 
     memory = Memory({1: 0}, timeouts_left=100)
     try:
         run(memory)
-    except RetriesExhausted as exc:
-        assert "failed 6 times" in str(exc)
+    except LockWaitsExhausted as exc:
+        assert exc.exit_code is ExitCode.ERROR  # retryable: the Job runs it again later
+        assert str(exc).startswith("lock waits: all 6 attempts of a batch timed out")
+        assert "holding them now: pid 42 (application_name 'billing')" in str(exc)
     else:
-        raise AssertionError("expected RetriesExhausted")
+        raise AssertionError("expected LockWaitsExhausted")
     assert memory.rows == {1: 0}
 
 

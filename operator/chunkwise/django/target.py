@@ -150,6 +150,25 @@ class DjangoBatchTarget:
                    self._rows)
         self._rows = []
 
+    def lock_holders(self) -> str:
+        """Who holds locks on the table now, as PostgreSQL tells it (pg_locks and
+        pg_stat_activity): a transaction that locked rows holds a table lock too."""
+        if self._vendor != "postgresql":
+            return ""
+        table = self._todo.model._meta.db_table
+        with connections[self._alias].cursor() as cursor:
+            cursor.execute(
+                "SELECT DISTINCT a.pid, a.application_name, a.usename, "
+                "extract(epoch FROM now() - a.xact_start)::int, a.state "
+                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.relation = %s::regclass AND l.granted "
+                "AND l.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL "
+                "ORDER BY 4 DESC LIMIT 5", [table])
+            found = cursor.fetchall()
+        return "; ".join(
+            f"pid {pid} (application_name {app or '(none)'!r}, user {user}, {state}) has "
+            f"held locks on {table} for {age}s" for pid, app, user, age, state in found)
+
     def reconnect(self) -> None:
         connection = connections[self._alias]
         try:

@@ -11,6 +11,7 @@ from .errors import (
     ErrorKind,
     ExitCode,
     Halted,
+    LockWaitsExhausted,
     RetriesExhausted,
     classify,
     sqlstate_of,
@@ -43,8 +44,9 @@ from .tee import Tee
 __all__ = [
     "THROTTLE_REASONS", "TUNABLES", "AnotherRunnerActive", "BatchReport", "BatchRunner",
     "BatchSettings", "BatchSizer", "BatchTarget", "CheckpointState", "CheckpointStore",
-    "ErrorKind", "ExitCode", "HaltThresholds", "Halted", "Outcome", "Progress", "RateLimiter",
-    "RateWindow", "Reporter", "RetriesExhausted", "RetrySettings", "RowFailure", "RunSettings",
-    "SettingsError", "Tally", "Tee", "Timeouts", "Tunable", "backoff_seconds", "check_budget",
-    "classify", "format_duration", "parse_duration", "progress_of", "sqlstate_of",
+    "ErrorKind", "ExitCode", "HaltThresholds", "Halted", "LockWaitsExhausted", "Outcome",
+    "Progress", "RateLimiter", "RateWindow", "Reporter", "RetriesExhausted", "RetrySettings",
+    "RowFailure", "RunSettings", "SettingsError", "Tally", "Tee", "Timeouts", "Tunable",
+    "backoff_seconds", "check_budget", "classify", "format_duration", "parse_duration",
+    "progress_of", "sqlstate_of",
 ]

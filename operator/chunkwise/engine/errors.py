@@ -18,6 +18,7 @@ __all__ = [
     "ErrorKind",
     "ExitCode",
     "Halted",
+    "LockWaitsExhausted",
     "RetriesExhausted",
     "classify",
     "sqlstate_of",
@@ -111,6 +112,10 @@ class RetriesExhausted(Exception):
     """A batch kept failing for a retryable reason; the run stops, resumable."""
 
     exit_code = ExitCode.ERROR
+
+
+class LockWaitsExhausted(RetriesExhausted):
+    """Every attempt of a batch timed out waiting for row locks that others hold."""
 
 
 class AnotherRunnerActive(Exception):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from .budget import Tally, check_budget
-from .errors import ErrorKind, ExitCode, Halted, RetriesExhausted, classify
+from .errors import ErrorKind, ExitCode, Halted, LockWaitsExhausted, RetriesExhausted, classify
 from .pacing import PACE, BatchSizer, RateLimiter, backoff_seconds
 from .settings import RunSettings, Timeouts
 
@@ -97,6 +97,10 @@ class BatchTarget(Protocol):
         """The work on the rows just locked, whose keys lie in (after, upto]."""
 
     def reconnect(self) -> None: ...
+
+    def lock_holders(self) -> str:
+        """Who holds locks on the rows now, for the message when lock waits use up the
+        retries ("" when the database cannot tell)."""
 
 
 @dataclass(frozen=True)
@@ -338,6 +342,17 @@ class BatchRunner:
 
     # -- retries --------------------------------------------------------------------------
 
+    def _lock_waits_exhausted(self, attempts: int) -> LockWaitsExhausted:
+        try:
+            holders = self._target.lock_holders()
+        except Exception as exc:  # the message is best effort; the stop is not
+            holders = f"(could not ask the database who holds them: {exc})"
+        return LockWaitsExhausted(
+            f"lock waits: all {attempts} attempts of a batch timed out waiting "
+            f"{self._settings.timeouts.lock:g}s (timeouts.lock) for row locks; "
+            + (f"holding them now: {holders}" if holders else "no holder is left now")
+            + "; run again once they are released (the checkpoint is intact)")
+
     def _with_retries(self, work: Callable[[], T], halvable: bool = False) -> T:
         retry = self._settings.retries
         timeouts_in_a_row = 0
@@ -358,6 +373,8 @@ class BatchRunner:
                     self._sizer.halve()
                     timeouts_in_a_row = 0
                 if attempt == retry.max_attempts:
+                    if kind is ErrorKind.LOCK_TIMEOUT:
+                        raise self._lock_waits_exhausted(attempt) from exc
                     raise RetriesExhausted(
                         f"batch failed {attempt} times; last error ({kind.value}): {exc}"
                     ) from exc
