@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -339,6 +340,56 @@ def test_lost_connection_reconnects_and_rereads_the_checkpoint(lab_db: LabDb) ->
     assert terminated >= 1
     assert "connection" in output or "shutdown" in output
     assert counters(lab_db) == {1: 4000}
+
+
+def test_database_restart_and_a_longer_outage_lose_nothing() -> None:
+    """On a server of its own: PostgreSQL restarted (fast shutdown, then start) mid-run
+    inside the retry budget, the run goes on; down for longer than the budget, the run
+    exits with the retryable status naming the database, and the next run resumes."""
+    import sys
+
+    from tests.conftest import LAB
+    from tests.support.pgserver import running_server
+
+    with running_server() as server:
+        server.sql("CREATE DATABASE lab_faults")
+        db = LabDb(server, "lab_faults")
+        for target in (["lab", "0001"], ["chunkwise"]):
+            subprocess.run([sys.executable, str(LAB / "manage.py"), "migrate", *target, "-v0"],
+                           env=db.env(), check=True)
+        seed_items(db, 20_000)
+        runner = db.popen("chunkwise_run", "lab", "0002", "--batch-size", "200",
+                          "--max-rows-per-second", "10000", "--max-attempts", "30",
+                          "--backoff", "200ms", "--max-backoff", "1s")
+        wait_for_batches(db, more_than=5)
+        server.stop("fast")
+        server.start()
+        output, _ = runner.communicate(timeout=180)
+        assert runner.returncode == 0, output
+        assert "retry" in output
+        assert counters(db) == {1: 20_000}
+
+        runner = db.popen("chunkwise_run", "lab", "0003", "--batch-size", "200",
+                          "--max-rows-per-second", "10000", "--max-attempts", "3",
+                          "--backoff", "100ms", "--max-backoff", "100ms")
+        wait_until(lambda: db.query("SELECT 1 FROM chunkwise_checkpoint "
+                                    "WHERE migration = '0003_setbased_items' AND batches > 5"),
+                   "the set-based run committed batches")
+        server.stop("fast")
+        try:
+            output, _ = runner.communicate(timeout=120)
+        finally:
+            server.start()
+        assert runner.returncode == 1, output  # retryable: a Job would run it again
+        assert "database unreachable: all 3 attempts of a batch lost or could not open " \
+            "their connection" in output
+        assert f"database 'default' is postgresql 'lab_faults' at 127.0.0.1:{server.port}" \
+            in output
+        assert "Traceback" not in output
+        resumed = db.manage("chunkwise_run", "lab", "0003")
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resuming after key" in resumed.stderr
+        assert counters(db) == {2: 20_000}
 
 
 def test_bad_settings_are_rejected_before_any_row(lab_db: LabDb) -> None:

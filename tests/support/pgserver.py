@@ -17,8 +17,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,17 @@ class PgServer:
     port: int
     user: str
     datadir: Path
+    #: runs pg_ctl on this cluster with the given arguments (as the server's user)
+    pg_ctl: Callable[[list[str]], object] | None = field(default=None, repr=False)
+
+    def stop(self, mode: str = "fast") -> None:
+        """Shut the server down (``fast``: roll back open transactions, close sessions)."""
+        assert self.pg_ctl is not None
+        self.pg_ctl(["-m", mode, "-w", "stop"])
+
+    def start(self) -> None:
+        assert self.pg_ctl is not None
+        self.pg_ctl(["-l", str(self.datadir.parent / "postgres.log"), "-w", "-t", "60", "start"])
 
     def env(self, database: str) -> dict[str, str]:
         """libpq variables for a client (the shop example settings read these)."""
@@ -114,7 +125,8 @@ def running_server(settings: dict[str, str] | None = None) -> Iterator[PgServer]
             conf.write(f"{name} = '{value}'\n")
     log = root / "postgres.log"
     run_as([str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(log), "-w", "-t", "60", "start"])
-    server = PgServer("127.0.0.1", port, user, datadir)
+    server = PgServer("127.0.0.1", port, user, datadir,
+                      lambda args: run_as([str(bindir / "pg_ctl"), "-D", str(datadir), *args]))
     try:
         deadline = time.monotonic() + 30
         while True:

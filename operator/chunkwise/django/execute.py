@@ -24,6 +24,7 @@ from chunkwise.contract import Env, ResourceRef
 from chunkwise.engine import (
     AnotherRunnerActive,
     BatchRunner,
+    DatabaseUnreachable,
     Outcome,
     Reporter,
     RetriesExhausted,
@@ -155,7 +156,14 @@ def execute(
         try:
             outcome = runner.run()
         except (AnotherRunnerActive, RetriesExhausted) as exc:
-            outcome = Outcome(exc.exit_code, type(exc).__name__, str(exc))
+            message = str(exc)
+            if isinstance(exc, DatabaseUnreachable):
+                db = connection.settings_dict
+                message += (f"; database {connection.alias!r} is {connection.vendor} "
+                            f"{db.get('NAME')!r} at {db.get('HOST') or 'localhost'}:"
+                            f"{db.get('PORT') or 'default port'}; the next run resumes from "
+                            "the checkpoint")
+            outcome = Outcome(exc.exit_code, type(exc).__name__, message)
             stream.write(f"{ref}: {outcome.message}\n")
             if isinstance(exc, RetriesExhausted):
                 _mark_stopped(store, outcome.message)

@@ -8,6 +8,7 @@ migration machinery; the Django layer gives it a :class:`BatchTarget` and a
 from .budget import Tally, check_budget
 from .errors import (
     AnotherRunnerActive,
+    DatabaseUnreachable,
     ErrorKind,
     ExitCode,
     Halted,
@@ -42,11 +43,11 @@ from .settings import (
 from .tee import Tee
 
 __all__ = [
-    "THROTTLE_REASONS", "TUNABLES", "AnotherRunnerActive", "BatchReport", "BatchRunner",
-    "BatchSettings", "BatchSizer", "BatchTarget", "CheckpointState", "CheckpointStore",
-    "ErrorKind", "ExitCode", "HaltThresholds", "Halted", "LockWaitsExhausted", "Outcome",
-    "Progress", "RateLimiter", "RateWindow", "Reporter", "RetriesExhausted", "RetrySettings",
-    "RowFailure", "RunSettings", "SettingsError", "Tally", "Tee", "Timeouts", "Tunable",
-    "backoff_seconds", "check_budget", "classify", "format_duration", "parse_duration",
+    "THROTTLE_REASONS", "TUNABLES", "AnotherRunnerActive", "DatabaseUnreachable", "BatchReport",
+    "BatchRunner", "BatchSettings", "BatchSizer", "BatchTarget", "CheckpointState",
+    "CheckpointStore", "ErrorKind", "ExitCode", "HaltThresholds", "Halted", "LockWaitsExhausted",
+    "Outcome", "Progress", "RateLimiter", "RateWindow", "Reporter", "RetriesExhausted",
+    "RetrySettings", "RowFailure", "RunSettings", "SettingsError", "Tally", "Tee", "Timeouts",
+    "Tunable", "backoff_seconds", "check_budget", "classify", "format_duration", "parse_duration",
     "progress_of", "sqlstate_of",
 ]

@@ -15,6 +15,7 @@ from chunkwise.contract import ExitCode
 
 __all__ = [
     "AnotherRunnerActive",
+    "DatabaseUnreachable",
     "ErrorKind",
     "ExitCode",
     "Halted",
@@ -76,7 +77,8 @@ def _is_connection_loss(exc: BaseException) -> bool:
     text = str(exc).lower()
     return bool(
         names & {"InterfaceError", "ConnectionFailure", "ConnectionException"}
-        or "connection" in text and ("closed" in text or "lost" in text or "terminat" in text)
+        or "connection" in text and ("closed" in text or "lost" in text or "terminat" in text
+                                     or "refused" in text or "failed" in text)
         or "server closed the connection" in text
         or "consuming input failed" in text
     )
@@ -112,6 +114,10 @@ class RetriesExhausted(Exception):
     """A batch kept failing for a retryable reason; the run stops, resumable."""
 
     exit_code = ExitCode.ERROR
+
+
+class DatabaseUnreachable(RetriesExhausted):
+    """Every attempt of a batch lost or could not open its connection."""
 
 
 class LockWaitsExhausted(RetriesExhausted):

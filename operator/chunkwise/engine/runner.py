@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from .budget import Tally, check_budget
-from .errors import ErrorKind, ExitCode, Halted, LockWaitsExhausted, RetriesExhausted, classify
+from .errors import (
+    DatabaseUnreachable,
+    ErrorKind,
+    ExitCode,
+    Halted,
+    LockWaitsExhausted,
+    RetriesExhausted,
+    classify,
+)
 from .pacing import PACE, BatchSizer, RateLimiter, backoff_seconds
 from .settings import RunSettings, Timeouts
 
@@ -356,8 +364,13 @@ class BatchRunner:
     def _with_retries(self, work: Callable[[], T], halvable: bool = False) -> T:
         retry = self._settings.retries
         timeouts_in_a_row = 0
+        lost = False
         for attempt in range(1, retry.max_attempts + 1):
             try:
+                if lost:  # inside the attempt: a database still down costs an attempt
+                    self._target.reconnect()
+                    self._store.reconnected()
+                    lost = False
                 return work()
             except RowFailure:
                 raise
@@ -365,9 +378,7 @@ class BatchRunner:
                 kind = classify(exc)
                 if not kind.retryable:
                     raise RowFailure(None, exc) from exc
-                if kind is ErrorKind.CONNECTION or kind is ErrorKind.SHUTDOWN:
-                    self._target.reconnect()
-                    self._store.reconnected()
+                lost = kind is ErrorKind.CONNECTION or kind is ErrorKind.SHUTDOWN
                 timeouts_in_a_row = timeouts_in_a_row + 1 if kind.is_timeout else 0
                 if halvable and timeouts_in_a_row >= retry.halve_after_timeouts:
                     self._sizer.halve()
@@ -375,6 +386,11 @@ class BatchRunner:
                 if attempt == retry.max_attempts:
                     if kind is ErrorKind.LOCK_TIMEOUT:
                         raise self._lock_waits_exhausted(attempt) from exc
+                    if lost:
+                        raise DatabaseUnreachable(
+                            f"database unreachable: all {attempt} attempts of a batch lost "
+                            f"or could not open their connection (retries.maxAttempts); last "
+                            f"error ({kind.value}): {str(exc).strip()}") from exc
                     raise RetriesExhausted(
                         f"batch failed {attempt} times; last error ({kind.value}): {exc}"
                     ) from exc
