@@ -240,6 +240,25 @@ def test_a_lock_held_past_the_retry_budget_stops_naming_the_holder(lab_db: LabDb
     assert counters(lab_db) == {1: 1000}
 
 
+def test_statement_timeout_on_an_oversized_batch_halves_it_and_completes(lab_db: LabDb) -> None:
+    seed_items(lab_db, 1000)
+    # every updated row costs 2 ms inside the UPDATE: 800 rows take 1.6 s, 100 take 0.2 s
+    lab_db.execute("CREATE FUNCTION lab_slow() RETURNS trigger LANGUAGE plpgsql AS "
+                   "$$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$")
+    lab_db.execute("CREATE TRIGGER lab_slow BEFORE UPDATE ON lab_item FOR EACH ROW "
+                   "EXECUTE FUNCTION lab_slow()")
+    result = lab_db.manage("chunkwise_run", "lab", "0003", "--batch-size", "800",
+                           "--max-batch-size", "800", "--max-locked-fraction", "0",
+                           "--statement-timeout", "500ms",
+                           "--halve-after-timeouts", "1", "--max-attempts", "10",
+                           "--backoff", "10ms")
+    assert result.returncode == 0, result.stderr
+    assert "statement_timeout, retry" in result.stderr
+    assert counters(lab_db) == {1: 1000}
+    cp = checkpoint(lab_db, "0003_setbased_items")
+    assert cp["state"] == "done" and int(cp["batches"]) >= 1000 // 200  # type: ignore[call-overload]
+
+
 def test_failing_rows_are_isolated_recorded_and_skipped(lab_db: LabDb) -> None:
     bad = {137: "raise", 1500: "raise", 2999: "raise"}
     seed_items(lab_db, 3000, payload_at=bad)
