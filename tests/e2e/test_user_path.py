@@ -212,3 +212,28 @@ def test_a_job_that_finished_while_the_operator_was_down_is_read_on_restart(
     assert body["status"]["run"] == 1 and len(shop.jobs()) == 1
     assert "Succeeded" in shop.events("count-visit")
     assert visits(shop) == {1: SEEDED}
+
+
+def test_a_job_deleted_by_hand_is_made_again_and_resumes(shop: Shop) -> None:
+    shop.apply(count_visit(rate=3000))
+    wait_rows(shop, "count-visit", 2000)
+    shop.k8s.kubectl("delete", "job", "count-visit-run1", "-n", shop.namespace,
+                     "--wait=false")
+    body = shop.wait_phase("count-visit", "Succeeded", timeout=240)
+    assert "JobRecreated" in shop.events("count-visit")
+    assert [j["metadata"]["name"] for j in shop.jobs()] == ["count-visit-run1"]
+    assert body["status"]["run"] == 1
+    assert visits(shop) == {1: SEEDED}  # every row exactly once across the deletion
+
+
+def test_a_worker_pod_deleted_by_hand_is_replaced_and_resumes(shop: Shop) -> None:
+    shop.apply(count_visit(rate=3000))
+    wait_rows(shop, "count-visit", 2000)
+    [pod] = [p for p in shop.pods() if p["status"].get("phase") == "Running"]
+    shop.k8s.kubectl("delete", "pod", pod["metadata"]["name"], "-n", shop.namespace,
+                     "--wait=false")
+    body = shop.wait_phase("count-visit", "Succeeded", timeout=240)
+    assert len(shop.jobs()) == 1 and body["status"]["run"] == 1
+    assert len(shop.pods()) >= 1
+    assert visits(shop) == {1: SEEDED}
+    assert "resuming after key" in shop.pod_logs()

@@ -20,7 +20,13 @@ import pytest
 
 from chunkwise.operator.cluster import Cluster
 from chunkwise.operator.conditions import Event
-from chunkwise.operator.reconcile import check_stall, job_changed, spec_changed, start_run
+from chunkwise.operator.reconcile import (
+    check_stall,
+    job_changed,
+    job_deleted,
+    spec_changed,
+    start_run,
+)
 
 JOBS = ("batch", "v1", "jobs")
 MIGRATIONS = ("chunkwise.dev", "v1alpha1", "datamigrations")
@@ -226,3 +232,18 @@ async def test_a_job_made_before_a_crash_and_finished_since_is_read_on_restart(
     assert patch["status"]["phase"] == "Succeeded" and patch["status"]["run"] == 1
     assert len([k for k in kmock.objects if k[0].plural == "jobs"]) == 1
     assert api.posted == [("Normal", "Succeeded")]
+
+
+@pytest.mark.parametrize(("phase", "recreated"), [("Running", True), ("Succeeded", False),
+                                                  ("Halted", False)])
+@pytest.mark.asyncio
+async def test_a_deleted_job_is_made_again_only_while_its_run_goes_on(
+        api: Api, kmock: Any, phase: str, recreated: bool) -> None:
+    body = migration({"phase": phase, "run": 1, "conditions": []})
+    await put_migration(api, kmock, body)
+    job = {"metadata": {"name": "customer-status-run1", "namespace": "shop", "labels": {
+        "chunkwise.dev/datamigration": "customer-status", "chunkwise.dev/run": "1"}}}
+    await api.call(job_deleted, job)  # the Job is gone from the API (never created here)
+    jobs = [k for k in kmock.objects if k[0].plural == "jobs"]
+    assert len(jobs) == (1 if recreated else 0)
+    assert api.posted == ([("Warning", "JobRecreated")] if recreated else [])

@@ -23,7 +23,7 @@ from chunkwise.metrics import MigrationCollector, MigrationView
 
 from .cluster import Cluster
 from .conditions import Event
-from .reconcile import check_stall, job_changed, spec_changed, start_run
+from .reconcile import check_stall, job_changed, job_deleted, spec_changed, start_run
 from .settings import ControllerSettings
 
 SETTINGS = ControllerSettings.from_env()
@@ -128,6 +128,7 @@ def updated(body: kopf.Body, old: Any, new: Any, patch: kopf.Patch, **_: Any) ->
 @kopf.on.event("batch", "v1", "jobs", labels={Label.MANAGED_BY: Label.MANAGER})
 def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     if type == "DELETED":
+        job_deleted(cluster(), post, body)
         return
     job_changed(cluster(), post, body)
 

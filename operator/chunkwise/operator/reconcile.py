@@ -21,9 +21,11 @@ from .cluster import Cluster
 from .conditions import Event, RunState, run_state_of, stall_status, status_for
 from .jobs import build_job, job_name
 
-__all__ = ["PostEvent", "check_stall", "job_changed", "spec_changed", "start_run"]
+__all__ = ["PostEvent", "check_stall", "job_changed", "job_deleted", "spec_changed",
+           "start_run"]
 
 _RESTARTABLE = ("Halted", "Failed")
+_ENDED = ("Succeeded", "Halted", "Failed")
 PostEvent = Callable[[Mapping[str, Any], Event], None]
 
 
@@ -123,6 +125,29 @@ def job_changed(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> No
     cluster.patch_status(namespace, name, new_status)
     for event in events:
         post(migration, event)
+
+
+def job_deleted(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> None:
+    """The current run's Job was deleted by hand while the run had not ended: make it
+    again under the same name (so never two at once); its pod resumes from the checkpoint.
+    A Job deleted with its DataMigration, or after its run ended, is left gone."""
+    labels = job.get("metadata", {}).get("labels", {})
+    name, namespace = labels.get(Label.MIGRATION), job["metadata"].get("namespace")
+    if not name:
+        return
+    migration = cluster.get_migration(namespace, name)
+    if migration is None or migration["metadata"].get("deletionTimestamp"):
+        return
+    status = migration.get("status") or {}
+    phase = status.get("phase")
+    if str(status.get("run")) != labels.get(Label.RUN) or phase in _ENDED:
+        return
+    run = int(status["run"])
+    if cluster.create_job(build_job(migration, run)):
+        post(migration, Event("Warning", "JobRecreated",
+                              f"Job {job_name(name, run)} was deleted while the migration was "
+                              f"{phase}; created it again: run {run} resumes from the "
+                              "checkpoint"))
 
 
 def check_stall(post: PostEvent, body: Mapping[str, Any],
