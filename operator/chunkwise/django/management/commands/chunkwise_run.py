@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import sys
 from argparse import ArgumentParser
-from typing import Any
+from typing import Any, NoReturn
 
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.migration import Migration
@@ -36,6 +36,20 @@ def _env(name: str, default: str | None = None) -> str | None:
 class Command(BaseCommand):
     help = ("Run one BatchedRunPython operation in committed batches, resuming from its "
             "checkpoint. Arguments fall back to CHUNKWISE_* environment variables.")
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        """Flags that do not parse are usage errors too: exit 64 with one line, as every
+        other bad input here (argparse's own is exit 2 with the whole usage text)."""
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+
+        def error(message: str) -> NoReturn:
+            if not parser.called_from_command_line:
+                raise CommandError(f"Error: {message}")
+            sys.stderr.write(f"{parser.prog}: {message} (see --help)\n")
+            sys.exit(ExitCode.USAGE)
+
+        parser.error = error  # type: ignore[method-assign]  # CommandParser has no hook
+        return parser
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("app_label", nargs="?", default=_env(Env.APP),
