@@ -237,3 +237,27 @@ def test_a_worker_pod_deleted_by_hand_is_replaced_and_resumes(shop: Shop) -> Non
     assert len(shop.pods()) >= 1
     assert visits(shop) == {1: SEEDED}
     assert "resuming after key" in shop.pod_logs()
+
+
+def test_the_operator_killed_five_times_at_random_moments_of_a_run(
+        shop: Shop, operator: OperatorProcess) -> None:
+    """SIGKILL the operator at five random moments, from right after the apply (before or
+    while it creates the Job and records the run) to late in the run: one Job only, ever,
+    and every row exactly once."""
+    import random
+
+    rng = random.Random(20261122)
+    jobs_seen: set[str] = set()
+    shop.apply(count_visit(rate=1500))
+    for kill in range(5):
+        if kill:  # the first kill lands right after the apply, the others mid-run
+            wait_rows(shop, "count-visit", kill * 3000)
+        time.sleep(rng.uniform(0, 0.5))
+        operator.stop(signal.SIGKILL)
+        jobs_seen |= {j["metadata"]["name"] for j in shop.jobs()}
+        operator.start()
+        jobs_seen |= {j["metadata"]["name"] for j in shop.jobs()}
+    body = shop.wait_phase("count-visit", "Succeeded", timeout=240)
+    assert jobs_seen <= {"count-visit-run1"} and len(shop.jobs()) == 1
+    assert body["status"]["run"] == 1
+    assert visits(shop) == {1: SEEDED}
