@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import time
+from typing import Any
 
 import pytest
 
@@ -261,3 +262,25 @@ def test_the_operator_killed_five_times_at_random_moments_of_a_run(
     assert jobs_seen <= {"count-visit-run1"} and len(shop.jobs()) == 1
     assert body["status"]["run"] == 1
     assert visits(shop) == {1: SEEDED}
+
+
+def test_an_image_that_cannot_be_pulled_shows_on_the_migration(shop: Shop) -> None:
+    """The kubelet stand-in reports ImagePullBackOff as the kubelet does; the operator
+    shows it on the DataMigration (condition and Warning Event) instead of a silent
+    Pending."""
+    shop.apply(count_visit().replace("registry.example.com/shop:1.4.2",
+                                     "registry.example.com/shop:9.9.9-typo"))
+
+    def progressing() -> dict[str, Any] | None:
+        conditions = (shop.dmig("count-visit").get("status") or {}).get("conditions", [])
+        found = next((c for c in conditions if c["type"] == "Progressing"), None)
+        return found if found and found["reason"] == "ImagePullBackOff" else None
+
+    condition = shop.k8s.wait_for("the pull error on the DataMigration", progressing,
+                                  timeout=60)
+    assert condition["status"] == "False"
+    assert 'Back-off pulling image "registry.example.com/shop:9.9.9-typo"' in \
+        condition["message"]
+    assert shop.dmig("count-visit")["status"]["phase"] == "Pending"
+    assert "ImagePullBackOff" in shop.events("count-visit")
+    assert visits(shop) == {0: SEEDED}  # nothing ran

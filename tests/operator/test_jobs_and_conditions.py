@@ -199,3 +199,18 @@ def test_stall_is_marked_once_and_cleared_when_checkpoints_move() -> None:
     patch, events = stall_status(fresh, 300, 1, now)
     assert patch is not None and [e.reason for e in events] == ["Unstalled"]
     assert stall_status({"phase": "Suspended"}, 300, 1, now) == (None, [])
+
+
+def test_pod_problem_names_the_pod_the_container_and_the_kubelets_reason() -> None:
+    from chunkwise.operator.conditions import pod_problem
+
+    waiting = {"metadata": {"name": "m-run1-abc"}, "status": {"containerStatuses": [
+        {"name": "worker", "state": {"waiting": {"reason": "ImagePullBackOff",
+                                                 "message": 'Back-off pulling image "x:9"'}}}]}}
+    starting = {"metadata": {"name": "m-run1-def"}, "status": {"containerStatuses": [
+        {"name": "worker", "state": {"waiting": {"reason": "ContainerCreating"}}}]}}
+    problem = pod_problem([starting, waiting])
+    assert problem is not None and problem.reason == "ImagePullBackOff"
+    assert problem.message == ('pod m-run1-abc cannot start its worker container: '
+                               'Back-off pulling image "x:9"')
+    assert pod_problem([starting]) is None and pod_problem([]) is None

@@ -46,7 +46,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{/* The rules the operator needs in a namespace it watches: its resources, their
-     Jobs, Events. It never reads Secrets. */}}
+     Jobs, their pods (listed to say why one cannot start), Events. Never Secrets. */}}
 {{- define "chunkwise.namespacedRules" -}}
 - apiGroups: [chunkwise.dev]
   resources: [datamigrations]
@@ -57,6 +57,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

@@ -28,6 +28,7 @@ _MERGE_PATCH = "application/merge-patch+json"
 class Cluster:
     def __init__(self, client: kubernetes.client.ApiClient) -> None:
         self._batch = kubernetes.client.BatchV1Api(client)
+        self._core = kubernetes.client.CoreV1Api(client)
         self._custom = kubernetes.client.CustomObjectsApi(client)
 
     @classmethod
@@ -58,6 +59,14 @@ class Cluster:
                 return None
             raise _temporary(f"get Job {namespace}/{name}", exc) from None
         return cast(dict[str, Any], self._batch.api_client.sanitize_for_serialization(found))
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        try:
+            found = self._core.list_namespaced_pod(namespace, label_selector=selector)
+        except ApiException as exc:
+            raise _temporary(f"list pods in {namespace}", exc) from None
+        plain = self._core.api_client.sanitize_for_serialization(found)
+        return list(cast(dict[str, Any], plain).get("items") or [])
 
     def patch_job(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         try:

@@ -13,7 +13,12 @@ from typing import Any
 
 from chunkwise.contract import ExitCode, WorkerStatus, format_utc, parse_utc, utc_now_text
 
-__all__ = ["Event", "RunState", "run_state_of", "set_condition", "stall_status", "status_for"]
+__all__ = ["Event", "RunState", "pod_problem", "run_state_of", "set_condition", "stall_status",
+           "status_for"]
+
+#: why a container waits that no amount of waiting fixes (the kubelet's reasons)
+_STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+          "CreateContainerError")
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,21 @@ def run_state_of(job: Mapping[str, Any], worker: WorkerStatus | None = None) -> 
     if job.get("status", {}).get("active"):
         return RunState("Running", "Running", "the worker is processing batches")
     return RunState("Pending", "JobCreated", "waiting for the worker pod to start")
+
+
+def pod_problem(pods: Sequence[Mapping[str, Any]]) -> RunState | None:
+    """A run's pod that cannot start (its image cannot be pulled, its config is wrong), as
+    the kubelet reports it in the container's waiting state."""
+    for pod in pods:
+        statuses = pod.get("status", {}).get("containerStatuses") or []
+        for container in statuses:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in _STUCK:
+                return RunState("Pending", str(waiting["reason"]),
+                                 f"pod {pod['metadata']['name']} cannot start its "
+                                 f"{container.get('name')} container: "
+                                 f"{waiting.get('message') or waiting['reason']}")
+    return None
 
 
 def set_condition(conditions: Sequence[Mapping[str, Any]], kind: str, status: str, reason: str,

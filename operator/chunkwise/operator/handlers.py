@@ -23,7 +23,14 @@ from chunkwise.metrics import MigrationCollector, MigrationView
 
 from .cluster import Cluster
 from .conditions import Event
-from .reconcile import check_stall, job_changed, job_deleted, spec_changed, start_run
+from .reconcile import (
+    check_pods,
+    check_stall,
+    job_changed,
+    job_deleted,
+    spec_changed,
+    start_run,
+)
 from .settings import ControllerSettings
 
 SETTINGS = ControllerSettings.from_env()
@@ -137,3 +144,9 @@ def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:
             when=lambda status, **_: status.get("phase") == "Running")
 def stall_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     check_stall(post, body, patch)
+
+
+@kopf.timer(*_GVP, interval=SETTINGS.stall_check_interval,
+            when=lambda status, **_: status.get("phase") in ("Pending", "Running"))
+def pods_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    check_pods(cluster(), post, body, patch)

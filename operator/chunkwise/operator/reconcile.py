@@ -18,11 +18,19 @@ from chunkwise.contract import Label, utc_now_text
 from chunkwise.engine import parse_duration
 
 from .cluster import Cluster
-from .conditions import Event, RunState, run_state_of, stall_status, status_for
+from .conditions import (
+    Event,
+    RunState,
+    pod_problem,
+    run_state_of,
+    set_condition,
+    stall_status,
+    status_for,
+)
 from .jobs import build_job, job_name
 
-__all__ = ["PostEvent", "check_stall", "job_changed", "job_deleted", "spec_changed",
-           "start_run"]
+__all__ = ["PostEvent", "check_pods", "check_stall", "job_changed", "job_deleted",
+           "spec_changed", "start_run"]
 
 _RESTARTABLE = ("Halted", "Failed")
 _ENDED = ("Succeeded", "Halted", "Failed")
@@ -159,3 +167,29 @@ def check_stall(post: PostEvent, body: Mapping[str, Any],
         patch.setdefault("status", {}).update(new_status)
         for event in events:
             post(body, event)
+
+
+def check_pods(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
+               patch: MutableMapping[str, Any]) -> None:
+    """While Pending or Running (the Job counts a pod that cannot start as active): a pod of
+    the run that cannot start (image pull, config) puts the DataMigration back to Pending
+    with Progressing=False and the kubelet's reason, and a Warning Event, instead of a
+    silent Pending or a Running that runs nothing."""
+    status = body.get("status") or {}
+    run = status.get("run")
+    if status.get("phase") not in ("Pending", "Running") or not run:
+        return
+    name = body["metadata"]["name"]
+    pods = cluster.list_pods(body["metadata"]["namespace"],
+                             f"{Label.MIGRATION}={name},{Label.RUN}={run}")
+    problem = pod_problem(pods)
+    if problem is None:
+        return
+    current: Mapping[str, Any] = next(
+        (c for c in status.get("conditions", []) if c.get("type") == "Progressing"), {})
+    if (current.get("reason"), current.get("message")) == (problem.reason, problem.message):
+        return
+    patch.setdefault("status", {}).update(phase="Pending", conditions=set_condition(
+        status.get("conditions", []), "Progressing", "False", problem.reason, problem.message,
+        body["metadata"].get("generation"), utc_now_text()))
+    post(body, Event("Warning", problem.reason, problem.message))

@@ -216,8 +216,11 @@ class Kubelet:
         env[Env.METRICS_ADDRESS] = ip  # the pod's own network namespace, emulated
         command = list(container.get("command", [])) + list(container.get("args", []))
         started = _now()
-        if workdir is None or not command:
-            log_path.write_text(f"harness: no local directory for image {image!r}\n")
+        if workdir is None:  # as the kubelet does when a registry has no such image
+            self._cannot_pull(pod, container, image)
+            return
+        if not command:
+            log_path.write_text(f"harness: no command for image {image!r}\n")
             process = subprocess.Popen(["false"])
         else:
             with open(log_path, "ab") as log:
@@ -234,6 +237,22 @@ class Kubelet:
                 "name": container["name"], "image": image, "imageID": "", "ready": True,
                 "started": True, "restartCount": 0,
                 "state": {"running": {"startedAt": started}}}]})
+
+    def _cannot_pull(self, pod: dict[str, Any], container: dict[str, Any], image: str) -> None:
+        """The pod stays Pending with its container waiting in ImagePullBackOff; never
+        started, it is never retried by the Job either (the real kubelet keeps backing off)."""
+        meta = pod["metadata"]
+        self.finished.add(meta["uid"])
+        message = (f'Back-off pulling image "{image}": ErrImagePull: failed to resolve '
+                   f"reference {image!r}: not found")
+        self._patch_status(meta["namespace"], meta["name"], {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "True",
+                            "lastTransitionTime": _now()}],
+            "containerStatuses": [{
+                "name": container["name"], "image": image, "imageID": "", "ready": False,
+                "started": False, "restartCount": 0,
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": message}}}]})
 
     def _report_exit(self, running: _Running, code: int) -> None:
         finished = _now()
