@@ -284,3 +284,22 @@ def test_an_image_that_cannot_be_pulled_shows_on_the_migration(shop: Shop) -> No
     assert shop.dmig("count-visit")["status"]["phase"] == "Pending"
     assert "ImagePullBackOff" in shop.events("count-visit")
     assert visits(shop) == {0: SEEDED}  # nothing ran
+
+
+def test_a_drained_node_does_not_count_against_the_backoff_limit(shop: Shop) -> None:
+    """A node drain evicts the worker pod: the API server marks it DisruptionTarget, the
+    worker finishes its batch on SIGTERM, and the Job's podFailurePolicy ignores that
+    failure: with backoffLimit 0 the run still goes on in a new pod and succeeds."""
+    shop.apply(count_visit(rate=3000).replace("stallAfter: 1h",
+                                              "stallAfter: 1h\n  backoffLimit: 0"))
+    wait_rows(shop, "count-visit", 2000)
+    [pod] = [p for p in shop.pods() if p["status"].get("phase") == "Running"]
+    name = pod["metadata"]["name"]
+    shop.k8s.api("POST", f"/api/v1/namespaces/{shop.namespace}/pods/{name}/eviction",
+                 {"apiVersion": "policy/v1", "kind": "Eviction",
+                  "metadata": {"name": name, "namespace": shop.namespace}})
+    body = shop.wait_phase("count-visit", "Succeeded", timeout=240)
+    [job] = shop.jobs()
+    assert job["spec"]["backoffLimit"] == 0 and job["status"].get("succeeded") == 1
+    assert body["status"]["run"] == 1
+    assert visits(shop) == {1: SEEDED}

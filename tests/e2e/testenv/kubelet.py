@@ -270,8 +270,10 @@ class Kubelet:
                     "startedAt": running.started_at, "finishedAt": finished}}}]})
 
     def _patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        # strategic merge, as the kubelet does: conditions merge by type, so one that the
+        # API server set (DisruptionTarget on an eviction) stays
         self.cluster.api("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}/status",
-                         {"status": status}, "application/merge-patch+json")
+                         {"status": status}, "application/strategic-merge-patch+json")
 
     def _delete(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
