@@ -24,7 +24,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -149,41 +156,44 @@ class MetricsReporter:
     def __init__(self, metrics: WorkerMetrics, labels: RunLabels,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self._metrics = metrics
-        self._labels = labels.values()
+        self._labels = run = labels.values()
         self._wall_clock = wall_clock
         m = metrics
-        # every known label value exists from the start (at 0), so rate() and the
-        # dashboard's panels see a series before the first retry or throttle
-        for result in BATCH_RESULTS:
-            m.batches.labels(*self._labels, result)
+        # this run's children, looked up once rather than on every batch; every known
+        # label value exists from the start (at 0), so rate() and the dashboard's panels
+        # see a series before the first retry or throttle
+        self._rows = m.rows_processed.labels(*run)
+        self._failed = m.failed_rows.labels(*run)
+        self._batches = {result: m.batches.labels(*run, result) for result in BATCH_RESULTS}
+        self._duration = m.batch_duration.labels(*run)
+        self._lock_wait = m.lock_wait.labels(*run)
+        self._lock_timeouts = m.lock_timeouts.labels(*run)
+        self._size = m.batch_size.labels(*run)
+        self._estimated = m.rows_estimated.labels(*run)
+        self._last_commit = m.last_commit.labels(*run)
         for kind in ErrorKind:
             if kind.retryable:
-                m.retries.labels(*self._labels, kind.value)
+                m.retries.labels(*run, kind.value)
         for reason in THROTTLE_REASONS:
-            m.throttled.labels(*self._labels, reason)
-        m.rows_processed.labels(*self._labels)
-        m.failed_rows.labels(*self._labels)
-        m.lock_timeouts.labels(*self._labels)
+            m.throttled.labels(*run, reason)
 
     def started(self, state: CheckpointState) -> None:
-        self._metrics.rows_estimated.labels(*self._labels).set(state.rows_estimated)
+        self._estimated.set(state.rows_estimated)
 
     def batch_committed(self, report: BatchReport) -> None:
-        m, labels = self._metrics, self._labels
-        m.rows_processed.labels(*labels).inc(report.rows)
-        m.failed_rows.labels(*labels).inc(report.failed_rows)
-        m.batches.labels(*labels, "isolated" if report.failed_rows else "committed").inc()
-        m.batch_duration.labels(*labels).observe(report.seconds)
-        m.lock_wait.labels(*labels).observe(report.lock_wait_seconds)
-        m.batch_size.labels(*labels).set(report.batch_size)
-        m.rows_estimated.labels(*labels).set(
-            max(report.state.rows_estimated, report.state.tally.rows_processed))
-        m.last_commit.labels(*labels).set(self._wall_clock())
+        self._rows.inc(report.rows)
+        self._failed.inc(report.failed_rows)
+        self._batches["isolated" if report.failed_rows else "committed"].inc()
+        self._duration.observe(report.seconds)
+        self._lock_wait.observe(report.lock_wait_seconds)
+        self._size.set(report.batch_size)
+        self._estimated.set(max(report.state.rows_estimated, report.state.tally.rows_processed))
+        self._last_commit.set(self._wall_clock())
 
     def retrying(self, kind: ErrorKind, attempt: int, delay: float) -> None:
         self._metrics.retries.labels(*self._labels, kind.value).inc()
         if kind is ErrorKind.LOCK_TIMEOUT:
-            self._metrics.lock_timeouts.labels(*self._labels).inc()
+            self._lock_timeouts.inc()
 
     def throttled(self, reason: str, seconds: float) -> None:
         self._metrics.throttled.labels(*self._labels, reason).inc(seconds)
@@ -207,8 +217,6 @@ def serve_worker_metrics(port: int, address: str = "") -> WorkerMetrics:
     key = (address, port)
     with _serving_lock:
         if key not in _serving:
-            from prometheus_client import start_http_server
-
             registry = CollectorRegistry()
             metrics = WorkerMetrics(registry)
             start_http_server(port, addr=address or "0.0.0.0", registry=registry)

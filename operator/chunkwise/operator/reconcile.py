@@ -110,17 +110,26 @@ def spec_changed(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
                          "(suspend and resume to apply it now)"))
 
 
-def job_changed(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> None:
+def _current_run_of(cluster: Cluster, job: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The DataMigration whose current run ``job`` is; None for an earlier run's Job, or
+    when the DataMigration is gone or going (the garbage collector takes the Job)."""
     labels = job.get("metadata", {}).get("labels", {})
-    name, namespace = labels.get(Label.MIGRATION), job["metadata"].get("namespace")
+    name = labels.get(Label.MIGRATION)
     if not name:
-        return
-    migration = cluster.get_migration(namespace, name)
+        return None
+    migration = cluster.get_migration(job["metadata"].get("namespace"), name)
+    if migration is None or migration["metadata"].get("deletionTimestamp"):
+        return None
+    run = (migration.get("status") or {}).get("run")
+    return migration if str(run) == labels.get(Label.RUN) else None
+
+
+def job_changed(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> None:
+    migration = _current_run_of(cluster, job)
     if migration is None:
-        return  # being deleted: the garbage collector takes the Job
+        return
     status = migration.get("status") or {}
-    if str(status.get("run")) != labels.get(Label.RUN):
-        return  # an earlier run's Job
+    namespace, name = migration["metadata"]["namespace"], migration["metadata"]["name"]
     state = run_state_of(job, status.get("worker"))
     if state.phase == status.get("phase") and state.phase != "Halted":
         return
@@ -139,18 +148,12 @@ def job_deleted(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> No
     """The current run's Job was deleted by hand while the run had not ended: make it
     again under the same name (so never two at once); its pod resumes from the checkpoint.
     A Job deleted with its DataMigration, or after its run ended, is left gone."""
-    labels = job.get("metadata", {}).get("labels", {})
-    name, namespace = labels.get(Label.MIGRATION), job["metadata"].get("namespace")
-    if not name:
-        return
-    migration = cluster.get_migration(namespace, name)
-    if migration is None or migration["metadata"].get("deletionTimestamp"):
-        return
-    status = migration.get("status") or {}
+    migration = _current_run_of(cluster, job)
+    status = (migration or {}).get("status") or {}
     phase = status.get("phase")
-    if str(status.get("run")) != labels.get(Label.RUN) or phase in _ENDED:
+    if migration is None or phase in _ENDED:
         return
-    run = int(status["run"])
+    name, run = migration["metadata"]["name"], int(status["run"])
     if cluster.create_job(build_job(migration, run)):
         post(migration, Event("Warning", "JobRecreated",
                               f"Job {job_name(name, run)} was deleted while the migration was "
