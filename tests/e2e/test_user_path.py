@@ -284,6 +284,44 @@ def test_an_image_that_cannot_be_pulled_shows_on_the_migration(shop: Shop) -> No
     assert shop.dmig("count-visit")["status"]["phase"] == "Pending"
     assert "ImagePullBackOff" in shop.events("count-visit")
     assert visits(shop) == {0: SEEDED}  # nothing ran
+    # the user fixes the tag: the stuck run's Job is replaced by a new run, which succeeds
+    shop.patch_spec("count-visit", {"image": "registry.example.com/shop:1.4.2"})
+    body = shop.wait_phase("count-visit", "Succeeded", timeout=120)
+    assert body["status"]["run"] == 2 and "RunReplaced" in shop.events("count-visit")
+    assert [j["metadata"]["name"] for j in shop.jobs()] == ["count-visit-run2"]
+    assert visits(shop) == {1: SEEDED}
+
+
+def test_a_pod_the_api_server_refuses_shows_on_the_migration(shop: Shop) -> None:
+    """A namespace that enforces the restricted Pod Security Standard refuses a worker
+    whose template allows privilege escalation: the Job controller's FailedCreate (an Event
+    on the Job only) reaches the DataMigration's condition and Events; fixing the template
+    replaces the run, which succeeds."""
+    shop.k8s.kubectl("label", "namespace", shop.namespace,
+                     "pod-security.kubernetes.io/enforce=restricted")
+    shop.apply(count_visit().replace(
+        "containers: [{name: worker, envFrom: [{secretRef: {name: shop-db}}]}]",
+        "containers: [{name: worker, envFrom: [{secretRef: {name: shop-db}}],"
+        " securityContext: {allowPrivilegeEscalation: true}}]"))
+
+    def progressing() -> dict[str, Any] | None:
+        conditions = (shop.dmig("count-visit").get("status") or {}).get("conditions", [])
+        found = next((c for c in conditions if c["type"] == "Progressing"), None)
+        return found if found and found["reason"] == "FailedCreate" else None
+
+    condition = shop.k8s.wait_for("the refused pod on the DataMigration", progressing,
+                                  timeout=60)
+    assert condition["status"] == "False"
+    assert condition["message"].startswith("Job count-visit-run1 cannot create its pod: ")
+    assert 'violates PodSecurity "restricted:latest"' in condition["message"]
+    assert "allowPrivilegeEscalation" in condition["message"]
+    assert shop.dmig("count-visit")["status"]["phase"] == "Pending"
+    assert "FailedCreate" in shop.events("count-visit") and not shop.pods()
+    shop.patch_spec("count-visit", {"template": {"spec": {"containers": [
+        {"name": "worker", "envFrom": [{"secretRef": {"name": "shop-db"}}]}]}}})
+    body = shop.wait_phase("count-visit", "Succeeded", timeout=120)
+    assert body["status"]["run"] == 2 and "RunReplaced" in shop.events("count-visit")
+    assert visits(shop) == {1: SEEDED}
 
 
 def test_a_drained_node_does_not_count_against_the_backoff_limit(shop: Shop) -> None:

@@ -214,3 +214,21 @@ def test_pod_problem_names_the_pod_the_container_and_the_kubelets_reason() -> No
     assert problem.message == ('pod m-run1-abc cannot start its worker container: '
                                'Back-off pulling image "x:9"')
     assert pod_problem([starting]) is None and pod_problem([]) is None
+
+
+def test_job_problem_is_the_newest_failed_create_of_the_runs_job() -> None:
+    from chunkwise.operator.conditions import job_problem
+
+    def event(job: str, when: str, message: str, reason: str = "FailedCreate") -> dict[str, Any]:
+        return {"metadata": {"name": f"{job}.{when}"}, "reason": reason, "message": message,
+                "lastTimestamp": when, "involvedObject": {"kind": "Job", "name": job}}
+
+    events = [event("m-run2", "2026-01-01T00:00:05Z", "Error creating: quota"),
+              event("m-run2", "2026-01-01T00:00:09Z", "Error creating: PodSecurity"),
+              event("m-run1", "2026-01-01T00:00:20Z", "Error creating: older run"),
+              event("m-run2", "2026-01-01T00:00:30Z", "Created pod", "SuccessfulCreate")]
+    problem = job_problem("m-run2", events)
+    assert problem is not None and problem.reason == "FailedCreate"
+    assert problem.phase == "Pending"
+    assert problem.message == "Job m-run2 cannot create its pod: Error creating: PodSecurity"
+    assert job_problem("m-run3", events) is None

@@ -247,3 +247,30 @@ async def test_a_deleted_job_is_made_again_only_while_its_run_goes_on(
     jobs = [k for k in kmock.objects if k[0].plural == "jobs"]
     assert len(jobs) == (1 if recreated else 0)
     assert api.posted == ([("Warning", "JobRecreated")] if recreated else [])
+
+
+@pytest.mark.parametrize(("reason", "replaced"), [("FailedCreate", True),
+                                                  ("ImagePullBackOff", True),
+                                                  ("JobCreated", False)])
+@pytest.mark.asyncio
+async def test_a_spec_change_replaces_a_run_whose_pod_cannot_start(
+        api: Api, kmock: Any, reason: str, replaced: bool) -> None:
+    """The user fixes the image or the template of a run stuck in Pending: the fix needs a
+    new Job, and the stuck one never ran a batch. A run that is merely starting is left."""
+    stuck = {"phase": "Pending", "run": 1, "conditions": [
+        {"type": "Progressing", "status": "False" if replaced else "True", "reason": reason,
+         "message": "..."}]}
+    await api.call(start_run, migration(stuck), {}, run=1)
+    body = migration(stuck)
+    await put_migration(api, kmock, body)
+    await api.call(spec_changed, body, {"image": "shop:typo"}, {"image": "shop:1"}, {})
+    jobs = sorted(k[2] for k in kmock.objects
+                  if k[0].plural == "jobs" and not kmock.objects[k].deleted)
+    if not replaced:
+        assert jobs == ["customer-status-run1"]
+        assert api.posted == [("Normal", "JobCreated"), ("Normal", "SpecChangeDeferred")]
+        return
+    assert jobs == ["customer-status-run2"]  # the new run recorded, then the old Job gone
+    status = stored(kmock, MIGRATIONS, "customer-status")["status"]
+    assert status["run"] == 2 and status["jobName"] == "customer-status-run2"
+    assert api.posted[-2:] == [("Normal", "JobCreated"), ("Normal", "RunReplaced")]

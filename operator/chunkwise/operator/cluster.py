@@ -68,6 +68,24 @@ class Cluster:
         plain = self._core.api_client.sanitize_for_serialization(found)
         return list(cast(dict[str, Any], plain).get("items") or [])
 
+    def list_events(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """Events in ``namespace`` matching a field selector (involvedObject.name, reason)."""
+        try:
+            found = self._core.list_namespaced_event(namespace, field_selector=selector)
+        except ApiException as exc:
+            raise _temporary(f"list events in {namespace}", exc) from None
+        plain = self._core.api_client.sanitize_for_serialization(found)
+        return list(cast(dict[str, Any], plain).get("items") or [])
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job and, in the background, its pods; a Job already gone is fine."""
+        try:
+            self._batch.delete_namespaced_job(name, namespace,
+                                              propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise _temporary(f"delete Job {namespace}/{name}", exc) from None
+
     def patch_job(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         try:
             self._batch.patch_namespaced_job(name, namespace, dict(patch),

@@ -13,12 +13,17 @@ from typing import Any
 
 from chunkwise.contract import ExitCode, WorkerStatus, format_utc, parse_utc, utc_now_text
 
-__all__ = ["Event", "RunState", "pod_problem", "run_state_of", "set_condition", "stall_status",
-           "status_for"]
+__all__ = ["FAILED_CREATE", "STUCK", "Event", "RunState", "job_problem", "pod_problem",
+           "run_state_of", "set_condition", "stall_status", "status_for"]
 
 #: why a container waits that no amount of waiting fixes (the kubelet's reasons)
-_STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
-          "CreateContainerError")
+_CONTAINER_STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                    "CreateContainerConfigError", "CreateContainerError")
+#: the Job controller's Event when the API server refuses the run's pod (admission: Pod
+#: Security, quota, LimitRange, a webhook); it retries with backoff, and says so only there
+FAILED_CREATE = "FailedCreate"
+#: the reasons a run's pod cannot start: a spec change replaces such a run at once
+STUCK = (*_CONTAINER_STUCK, FAILED_CREATE)
 
 
 @dataclass(frozen=True)
@@ -77,12 +82,25 @@ def pod_problem(pods: Sequence[Mapping[str, Any]]) -> RunState | None:
         statuses = pod.get("status", {}).get("containerStatuses") or []
         for container in statuses:
             waiting = (container.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in _STUCK:
+            if waiting.get("reason") in _CONTAINER_STUCK:
                 return RunState("Pending", str(waiting["reason"]),
                                  f"pod {pod['metadata']['name']} cannot start its "
                                  f"{container.get('name')} container: "
                                  f"{waiting.get('message') or waiting['reason']}")
     return None
+
+
+def job_problem(job_name: str, events: Sequence[Mapping[str, Any]]) -> RunState | None:
+    """The newest ``FailedCreate`` Event of the run's Job: the API server refused its pod,
+    so there is no pod to look at, only the Job controller's word."""
+    refused = [e for e in events if e.get("reason") == FAILED_CREATE
+               and (e.get("involvedObject") or {}).get("name") == job_name]
+    if not refused:
+        return None
+    newest = max(refused, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime")
+                                           or e["metadata"].get("creationTimestamp") or ""))
+    return RunState("Pending", FAILED_CREATE,
+                    f"Job {job_name} cannot create its pod: {newest.get('message', '')}")
 
 
 def set_condition(conditions: Sequence[Mapping[str, Any]], kind: str, status: str, reason: str,

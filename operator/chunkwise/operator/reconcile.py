@@ -2,7 +2,8 @@
 
 - create: make run 1's Job (Indexed later; one pod now), record it in the status.
 - spec change: suspend/resume patches the Job; any other change restarts a Halted or
-  Failed migration as a new run (from the checkpoint); while running it is deferred.
+  Failed migration as a new run (from the checkpoint), replaces a run whose pod cannot
+  start, and while running is deferred.
 - Job change: mirror the Job's state into phase and conditions, with Events.
 - timer: a Running migration whose checkpoint stops advancing is marked Stalled.
 
@@ -19,8 +20,11 @@ from chunkwise.engine import parse_duration
 
 from .cluster import Cluster
 from .conditions import (
+    FAILED_CREATE,
+    STUCK,
     Event,
     RunState,
+    job_problem,
     pod_problem,
     run_state_of,
     set_condition,
@@ -104,10 +108,32 @@ def spec_changed(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
         return
     if status.get("phase") in _RESTARTABLE and not new.get("suspend"):
         start_run(cluster, post, body, patch, run + 1)
+    elif _cannot_start(status):
+        # its pod cannot run a batch (refused, or its image or config is wrong): the fix
+        # in the new spec needs a new Job. The new run is recorded before the old Job is
+        # deleted, so the deletion is not taken for a Job lost by hand and made again.
+        replaced: dict[str, Any] = {}
+        start_run(cluster, post, body, replaced, run + 1)
+        cluster.patch_status(namespace, name, replaced["status"])
+        cluster.delete_job(namespace, job_name(name, run))
+        post(body, Event("Normal", "RunReplaced",
+                         f"the spec changed while run {run}'s pod could not start "
+                         f"({_progressing(status).get('reason')}); its Job is replaced by "
+                         f"run {run + 1}'s"))
     elif status.get("phase") in ("Running", "Pending", "Suspended"):
         post(body, Event("Normal", "SpecChangeDeferred",
                          "the spec changed; tuning takes effect at the next run "
                          "(suspend and resume to apply it now)"))
+
+
+def _progressing(status: Mapping[str, Any]) -> Mapping[str, Any]:
+    return next((c for c in status.get("conditions", []) if c.get("type") == "Progressing"), {})
+
+
+def _cannot_start(status: Mapping[str, Any]) -> bool:
+    progressing = _progressing(status)
+    return status.get("phase") == "Pending" and progressing.get("status") == "False" \
+        and progressing.get("reason") in STUCK
 
 
 def _current_run_of(cluster: Cluster, job: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -175,21 +201,25 @@ def check_stall(post: PostEvent, body: Mapping[str, Any],
 def check_pods(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
                patch: MutableMapping[str, Any]) -> None:
     """While Pending or Running (the Job counts a pod that cannot start as active): a pod of
-    the run that cannot start (image pull, config) puts the DataMigration back to Pending
-    with Progressing=False and the kubelet's reason, and a Warning Event, instead of a
-    silent Pending or a Running that runs nothing."""
+    the run that cannot start (image pull, config), or a pod the API server refuses to
+    create, puts the DataMigration back to Pending with Progressing=False and the
+    kubelet's or the Job controller's reason, and a Warning Event, instead of a silent
+    Pending or a Running that runs nothing."""
     status = body.get("status") or {}
     run = status.get("run")
     if status.get("phase") not in ("Pending", "Running") or not run:
         return
-    name = body["metadata"]["name"]
-    pods = cluster.list_pods(body["metadata"]["namespace"],
-                             f"{Label.MIGRATION}={name},{Label.RUN}={run}")
+    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+    pods = cluster.list_pods(namespace, f"{Label.MIGRATION}={name},{Label.RUN}={run}")
     problem = pod_problem(pods)
+    if problem is None and not pods:
+        job = job_name(name, int(run))
+        problem = job_problem(job, cluster.list_events(
+            namespace, f"involvedObject.kind=Job,involvedObject.name={job},"
+                       f"reason={FAILED_CREATE}"))
     if problem is None:
         return
-    current: Mapping[str, Any] = next(
-        (c for c in status.get("conditions", []) if c.get("type") == "Progressing"), {})
+    current = _progressing(status)
     if (current.get("reason"), current.get("message")) == (problem.reason, problem.message):
         return
     patch.setdefault("status", {}).update(phase="Pending", conditions=set_condition(
