@@ -3,11 +3,15 @@ traceback, nothing written. (A second runner, exit 69, is tested on PostgreSQL.)
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import LAB, REPO
 from tests.django.test_sqlite import shop
 
 CASES = [
@@ -50,3 +54,29 @@ def test_bad_input_is_one_line_exit_64_and_writes_nothing(db: Path, args: list[s
         assert conn.execute("SELECT count(*) FROM chunkwise_checkpoint").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM shop_customer WHERE status IS NOT NULL"
                             ).fetchone() == (0,)
+
+
+def test_a_key_that_is_not_unique_is_refused_before_any_row(tmp_path: Path) -> None:
+    """The lab's `mistakes` app (installed only with LAB_MISTAKES) batches Visit by email,
+    which many rows share: keyset batching would skip or repeat rows, so it is refused."""
+    db = tmp_path / "lab.sqlite3"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "labsite.settings", "LAB_MISTAKES": "1",
+           "LAB_SQLITE_PATH": str(db), "PYTHONPATH": f"{LAB}{os.pathsep}{REPO / 'operator'}"}
+
+    def lab(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(LAB / "manage.py"), *args], env=env,
+                              cwd=LAB, capture_output=True, text=True, timeout=300)
+
+    assert lab("migrate", "--database", "lite", "chunkwise", "-v0").returncode == 0
+    assert lab("migrate", "--database", "lite", "mistakes", "0001", "-v0").returncode == 0
+    with sqlite3.connect(db) as conn:
+        conn.executemany("INSERT INTO mistakes_visit (email, counter) VALUES (?, 0)",
+                         [("a@example.com",), ("a@example.com",), ("b@example.com",)])
+    result = lab("chunkwise_run", "mistakes", "0002", "--database", "lite")
+    assert result.returncode == 64, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert ("BatchedRunPython key: mistakes.Visit.email must be the primary key or a unique "
+            "field") in line
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM chunkwise_checkpoint").fetchone() == (0,)
+        assert conn.execute("SELECT sum(counter) FROM mistakes_visit").fetchone() == (0,)

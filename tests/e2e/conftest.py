@@ -27,6 +27,7 @@ SHOP = REPO / "examples" / "shop"
 RELEASE = "chunkwise"  # the chart's ServiceAccount is <release>-operator
 OPERATOR_NAMESPACE = "chunkwise-system"
 SHOP_IMAGE = "registry.example.com/shop:1.4.2"
+LAB_IMAGE = "registry.example.com/chunkwise-lab:1"  # tests/labproject, for its mistakes
 SEEDED = 20_000
 _numbers = itertools.count(1)
 
@@ -55,7 +56,8 @@ def k8s() -> Iterator[Cluster]:
 
 @pytest.fixture(scope="session")
 def kubelet(k8s: Cluster) -> Iterator[Kubelet]:
-    stand_in = Kubelet(k8s, {SHOP_IMAGE: SHOP}, k8s.workdir / "pods")
+    stand_in = Kubelet(k8s, {SHOP_IMAGE: SHOP, LAB_IMAGE: REPO / "tests" / "labproject"},
+                       k8s.workdir / "pods")
     stand_in.start()
     yield stand_in
     stand_in.stop()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import Shop
+from tests.e2e.conftest import LAB_IMAGE, Shop
 
 pytestmark = pytest.mark.e2e
 
@@ -16,17 +16,24 @@ apiVersion: chunkwise.dev/v1alpha1
 kind: DataMigration
 metadata: {{name: {name}}}
 spec:
-  image: registry.example.com/shop:1.4.2
+  image: {image}
   migration: {migration}
   direction: {direction}
   database: {database}
   template:
     spec:
       serviceAccountName: shop-migrator
-      containers: [{{name: worker, envFrom: [{{secretRef: {{name: shop-db}}}}]}}]
+      containers: [{{name: worker, envFrom: [{{secretRef: {{name: shop-db}}}}], env: {env}}}]
 """
+#: the test project's image: its `mistakes` app (switched on by LAB_MISTAKES) holds an
+#: operation keyed on a field that is not unique
+LAB = (LAB_IMAGE, "[{name: LAB_MISTAKES, value: '1'}]")
+SHOP = ("registry.example.com/shop:1.4.2", "[]")
 
 CASES = {  # name: (migration, direction, database, what the condition's message says)
+    "key-not-unique": ("{app: mistakes, name: '0002'}", "forward", "default",
+                       "BatchedRunPython key: mistakes.Visit.email must be the primary key "
+                       "or a unique field (keyset batching needs one row per key)"),
     "unknown-app": ("{app: nosuchapp, name: '0002'}", "forward", "default",
                     "migration_name: \"There is no migration for 'nosuchapp' with the prefix "
                     "'0002'\""),
@@ -47,8 +54,9 @@ CASES = {  # name: (migration, direction, database, what the condition's message
 
 def test_what_only_the_worker_knows_fails_once_with_the_reason(shop: Shop) -> None:
     for name, (migration, direction, database, _) in CASES.items():
+        image, env = LAB if name == "key-not-unique" else SHOP
         shop.apply(MIGRATION.format(name=name, migration=migration, direction=direction,
-                                    database=database))
+                                    database=database, image=image, env=env))
     for name, (_, _, _, message) in CASES.items():
         body = shop.wait_phase(name, "Failed", timeout=120)
         status = body["status"]

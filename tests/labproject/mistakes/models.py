@@ -1,0 +1,11 @@
+"""Mistakes a user can make in a BatchedRunPython that only the worker can see. Installed
+only when LAB_MISTAKES is set (see labsite.settings), so `migrate` of the lab never
+meets them."""
+
+from django.db import models
+
+
+class Visit(models.Model):
+    #: not unique: many visits share an email, so it cannot be a keyset key
+    email = models.CharField(max_length=100)
+    counter = models.IntegerField(default=0)
