@@ -109,6 +109,23 @@ def test_todo_filter_that_matches_nothing(lab_db: LabDb) -> None:
     assert counters(lab_db) == {1: 100}
 
 
+def test_a_todo_across_a_to_many_relation_does_each_row_once(lab_db: LabDb) -> None:
+    """Item todo `stamped__flag=True`: in a join an item with k flagged Stamped rows
+    appears k times. Each item must be locked, transformed, counted and checkpointed once."""
+    seed_items(lab_db, 400)
+    lab_db.execute(  # item i has i % 4 flagged rows (0 to 3) and one unflagged
+        "INSERT INTO lab_stamped (at, day, amount, ref, ratio, flag, note, item_id) "
+        "SELECT now(), now()::date, 1, gen_random_uuid(), 1, f.flag, '', i "
+        "FROM generate_series(1, 400) i, LATERAL (SELECT true AS flag FROM "
+        "generate_series(1, mod(i, 4)) UNION ALL SELECT false) f")
+    result = lab_db.manage("chunkwise_run", "lab", "0006", "--batch-size", "50")
+    assert result.returncode == 0, result.stderr
+    assert counters(lab_db) == {1: 300, 0: 100}  # the 100 items with i % 4 == 0 are not todo
+    cp = checkpoint(lab_db, "0006_todo_across_a_relation")
+    assert cp["state"] == "done" and cp["rows_processed"] == 300
+    assert cp["rows_estimated"] == 300
+
+
 def test_rows_inserted_during_the_run_above_the_high_water_mark_are_left(lab_db: LabDb) -> None:
     seed_items(lab_db, 2000)
     runner = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "100",

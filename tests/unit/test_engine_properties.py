@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from chunkwise.engine import (
@@ -130,3 +130,117 @@ def test_no_key_skipped_or_done_twice_whatever_fails(keys: list[Any], data: st.D
     assert sorted(memory.failures) == sorted(bad), "bad rows not recorded exactly once"
     tally: Tally = memory.checkpoint["tally"]
     assert (tally.rows_processed, tally.failed_rows) == (len(good), len(bad))
+
+
+class Application:
+    """The application writing while the migration runs: at planned steps it inserts rows
+    and changes rows so that they no longer match the todo filter. Its writes are its own
+    committed transactions: the migration's rollbacks do not undo them."""
+
+    def __init__(self, memory: Memory, writes: dict[int, tuple[str, int]]) -> None:
+        self.memory, self.writes = memory, writes
+        self.hidden: set[Any] = set()
+        self.inserted: set[Any] = set()
+
+    def act(self, step: int) -> None:
+        kind, key = self.writes.get(step, ("", 0))
+        if kind == "insert" and key not in self.memory.rows:
+            self.memory.rows[key] = 0
+            self.inserted.add(key)
+        elif kind == "leave" and self.memory.rows:
+            self.hidden.add(sorted(self.memory.rows)[key % len(self.memory.rows)])
+
+    def survive_rollback(self) -> None:
+        for key in self.inserted:
+            self.memory.rows.setdefault(key, 0)
+
+
+class ConcurrentFaults(Faults):
+    def __init__(self, plan: dict[int, str], app: Application) -> None:
+        super().__init__(plan)
+        self.app = app
+
+    def maybe(self) -> None:
+        self.app.act(self.step + 1)
+        super().maybe()
+
+
+class TodoViewTarget(FaultyTarget):
+    """The todo filter's view: the table minus the rows the application moved out of it."""
+
+    def __init__(self, memory: Memory, faults: Faults, app: Application) -> None:
+        super().__init__(memory, faults)
+        self.app = app
+
+    def _between(self, after: Any, upto: Any) -> list[Any]:
+        return [key for key in super()._between(after, upto) if key not in self.app.hidden]
+
+    def transaction(self) -> Any:
+        inner = super().transaction()
+        app = self.app
+
+        class _Committed:
+            def __enter__(self) -> None:
+                inner.__enter__()
+
+            def __exit__(self, *exc: Any) -> bool | None:
+                try:
+                    return inner.__exit__(*exc)
+                finally:
+                    app.survive_rollback()
+
+        return _Committed()
+
+
+class FixedHighWaterStore(FaultyStore):
+    """The high-water mark is taken once, when the run is planned, as the real store does."""
+
+    def __init__(self, memory: Memory, faults: Faults, high_water: Any) -> None:
+        super().__init__(memory, faults)
+        self.high_water = high_water
+
+    def _state(self) -> Any:
+        import dataclasses
+
+        return dataclasses.replace(super()._state(), high_water_key=self.high_water)
+
+
+# keys reach past the seeded ones (+-10**6) so that some inserts land above the mark
+app_writes = st.dictionaries(st.integers(1, 300), st.tuples(st.sampled_from(["insert", "leave"]),
+                                                            st.integers(-10**6, 3 * 10**6)),
+                             max_size=30)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(keys=integer_keys, plan=fault_plans, writes=app_writes)
+# a row inserted above the mark, then a kill: the next run must keep the first run's mark
+@example(keys=list(range(1, 30)), plan={3: "kill"}, writes={1: ("insert", 99)})
+def test_rows_entering_and_leaving_the_todo_view_during_the_run(
+        keys: list[int], plan: dict[int, str], writes: dict[int, tuple[str, int]]) -> None:
+    """While faults strike, the application inserts rows (below and above the high-water
+    mark, before and behind the checkpoint) and moves rows out of the todo filter's view.
+    No row is ever processed twice; every row that was to do at the start and stayed in
+    the view is processed; the tally counts exactly the rows processed."""
+    memory = Memory({key: 0 for key in keys})
+    app = Application(memory, writes)
+    faults = ConcurrentFaults(plan, app)
+    high_water = max(keys, default=None)
+    for _ in range(len(plan) + 5):
+        runner = BatchRunner(TodoViewTarget(memory, faults, app),
+                             FixedHighWaterStore(memory, faults, high_water),
+                             RUN_SETTINGS, Recorder())
+        try:
+            outcome = runner.run()
+        except (Killed, RetriesExhausted):
+            continue
+        assert outcome.exit_code is ExitCode.DONE, outcome
+        break
+    else:
+        raise AssertionError("the run never completed")
+    assert all(count <= 1 for count in memory.rows.values()), "a row was processed twice"
+    stayed = [key for key in keys if key not in app.hidden]
+    assert all(memory.rows[key] == 1 for key in stayed), "a row to do was skipped"
+    assert all(memory.rows[key] == 0 for key in app.inserted
+               if high_water is None or key > high_water), "a row above the mark was done"
+    tally: Tally = memory.checkpoint["tally"]
+    assert tally.rows_processed == sum(memory.rows.values())

@@ -18,7 +18,7 @@ from typing import Any, Protocol, TextIO
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.state import StateApps
-from django.db.models import Q
+from django.db.models import Field, Q, QuerySet
 
 from chunkwise.contract import Env, ResourceRef
 from chunkwise.engine import (
@@ -84,6 +84,19 @@ def stop_on_signals(stop: threading.Event, stream: TextIO) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def one_per_key(rows: QuerySet[Any], todo: Q | None, key: Field[Any, Any]) -> QuerySet[Any]:
+    """The rows ``todo`` selects, each once. A filter across a to-many relation
+    (``orders__paid=False``) joins, and a join repeats a row once per match: a batch would
+    count it twice and a transform would see two copies. With any join the filter becomes
+    a semi-join, ``key IN (SELECT key ... WHERE todo)``, which keeps one row per key."""
+    if todo is None:
+        return rows
+    filtered = rows.filter(todo)
+    if len(filtered.query.alias_map) == 1:  # the table alone: no row can repeat
+        return filtered
+    return rows.filter(**{f"{key.name}__in": filtered.values(key.name)})
+
+
 def execute(
     operation: BatchedWork,
     ref: OperationRef,
@@ -122,7 +135,7 @@ def execute(
     forward_direction = ref.direction == "forward"
     todo_q = operation.todo if forward_direction else operation.reverse_todo
     rows = model._base_manager.db_manager(connection.alias).all()
-    todo = rows.filter(todo_q) if todo_q is not None else rows
+    todo = one_per_key(rows, todo_q, key_field)
     if forward_direction and operation.forward is None:
         target = DjangoBatchTarget(connection.alias, todo, key_field,
                                    transform=operation.transform, fields=operation.fields)
