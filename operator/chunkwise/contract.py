@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import re
 from dataclasses import dataclass
 from typing import Final, Literal, TypedDict
 
@@ -81,6 +82,9 @@ class Env:
     METRICS_PORT: Final = "CHUNKWISE_METRICS_PORT"
     #: the address to bind the metrics port to; default: every interface
     METRICS_ADDRESS: Final = "CHUNKWISE_METRICS_ADDRESS"
+    #: "1"/"0": whether ``migrate`` defers BatchedRunPython operations (default: the
+    #: ``CHUNKWISE_DEFER`` Django setting, else no); an operation's own ``defer=`` wins
+    DEFER: Final = "CHUNKWISE_DEFER"
     #: prefix of the operator's own settings (``CHUNKWISE_OPERATOR_STALL_CHECK_INTERVAL``)
     OPERATOR_PREFIX: Final = "CHUNKWISE_OPERATOR_"
 
@@ -187,3 +191,16 @@ def utc_now_text() -> str:
 
 def parse_utc(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+#: a DataMigration's derived name leaves room for its Jobs' "-runN" within 63 characters
+DATA_MIGRATION_NAME_MAX: Final = 50
+
+
+def data_migration_name(app_label: str, migration: str, operation: int | None = None) -> str:
+    """The DataMigration name ``chunkwise_manifest`` (and the example app chart) derive:
+    ``shop-0002-customer-status``, ``-opN`` added for a migration with several batched
+    operations, cut to 50 characters. Stable across releases, so re-applying updates the
+    same resource."""
+    whole = f"{app_label}-{migration}" + ("" if operation is None else f"-op{operation}")
+    return re.sub(r"[^a-z0-9-]", "-", whole.lower())[:DATA_MIGRATION_NAME_MAX].strip("-")

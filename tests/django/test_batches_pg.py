@@ -496,3 +496,21 @@ def test_deploy_time_migrate_fails_fast_naming_the_datamigration(lab_db: LabDb) 
     after = lab_db.manage("migrate", "lab", "0002")  # finds the checkpoint done: no-op
     assert after.returncode == 0 and "AlreadyDone" in after.stderr
     assert counters(lab_db) == {1: 3000}
+
+
+def test_ensure_waits_for_the_runner_then_finds_it_done(lab_db: LabDb) -> None:
+    """later.0001 ensures lab.0002 with wait=60: while a DataMigration's worker runs it,
+    a deploy's migrate waits for it instead of failing, then goes on."""
+    seed_items(lab_db, 3000)
+    worker = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "100",
+                          CHUNKWISE_RESOURCE="shop/bump-items", LAB_ROW_SLEEP="0.001")
+    wait_for_batches(lab_db)
+    deploy = lab_db.manage("migrate", "later", CHUNKWISE_DEFER="1")
+    output, _ = worker.communicate(timeout=120)
+    assert worker.returncode == 0, output
+    assert deploy.returncode == 0, deploy.stderr
+    assert "deferred lab.0002_bump_items[0] (under way: " in deploy.stdout
+    assert "ensuring lab.0002_bump_items[0] forward is complete" in deploy.stdout
+    assert "already being run by DataMigration shop/bump-items" in deploy.stderr
+    assert counters(lab_db) == {1: 3000}
+    assert checkpoint(lab_db, "0002_bump_items")["rows_processed"] == 3000

@@ -56,3 +56,78 @@ def test_describe_reversible_and_flags() -> None:
     assert BatchedRunPython("lab.Item", forward, reverse=forward).reversible
     per_row = BatchedRunPython("lab.Item", transform=transform, fields=["counter"])
     assert per_row.describe() == "Batched data migration of lab.Item (per-row transform)"
+
+
+def test_defer_is_validated_kept_and_described() -> None:
+    with pytest.raises(ValueError, match="defer: expected True, False or None"):
+        BatchedRunPython("lab.Item", forward, defer="yes")  # type: ignore[arg-type]
+    op = BatchedRunPython("lab.Item", forward, defer=True)
+    assert op.deconstruct()[2] == {"defer": True}
+    assert op.describe() == "Batched data migration of lab.Item (set-based, deferred)"
+    assert "defer" not in BatchedRunPython("lab.Item", forward).deconstruct()[2]
+
+
+@pytest.mark.parametrize(("defer", "env", "setting", "expected"), [
+    (None, None, False, False),   # a developer's migrate runs it inline
+    (None, None, True, True),     # settings for deployed environments flip the default
+    (None, "1", False, True),     # so does the pipeline's environment
+    (None, "off", True, False),   # and the environment wins over the setting
+    (True, "0", False, True),     # the operation's own word wins over both
+    (False, "1", True, False),
+])
+def test_deferred_follows_the_operation_then_env_then_setting(
+        django_setup: None, monkeypatch: pytest.MonkeyPatch, defer: bool | None,
+        env: str | None, setting: bool, expected: bool) -> None:
+    from django.test import override_settings
+
+    if env is None:
+        monkeypatch.delenv("CHUNKWISE_DEFER", raising=False)
+    else:
+        monkeypatch.setenv("CHUNKWISE_DEFER", env)
+    with override_settings(CHUNKWISE_DEFER=setting):
+        assert BatchedRunPython("lab.Item", forward, defer=defer).deferred() is expected
+
+
+def test_a_bad_defer_value_names_the_variable_or_setting(
+        django_setup: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.core.management import CommandError
+    from django.test import override_settings
+
+    monkeypatch.setenv("CHUNKWISE_DEFER", "maybe")
+    with pytest.raises(CommandError, match="CHUNKWISE_DEFER: expected 1 or 0") as raised:
+        BatchedRunPython("lab.Item", forward).deferred()
+    assert raised.value.returncode == 64
+    monkeypatch.delenv("CHUNKWISE_DEFER")
+    with override_settings(CHUNKWISE_DEFER="yes"), pytest.raises(
+            CommandError, match="settings.CHUNKWISE_DEFER: expected True or False"):
+        BatchedRunPython("lab.Item", forward).deferred()
+
+
+@pytest.mark.parametrize(("args", "kwargs", "message"), [
+    (("shop app", "0002"), {}, "app_label: expected an app label"),
+    (("shop", ""), {}, "migration_name: expected a migration name"),
+    (("shop", "../0002"), {}, "migration_name: expected a migration name"),
+    (("shop", "0002"), {"operation": -1}, "operation: expected None"),
+    (("shop", "0002"), {"operation": True}, "operation: expected None"),
+    (("shop", "0002"), {"wait": -5}, "wait: expected seconds >= 0"),
+    (("shop", "0002"), {"wait": "1m"}, "wait: expected seconds >= 0"),
+])
+def test_ensure_rejects_bad_arguments_naming_them(args: tuple[Any, ...], kwargs: dict[str, Any],
+                                                  message: str) -> None:
+    from chunkwise.django import EnsureBatchedComplete
+
+    with pytest.raises(ValueError, match=message):
+        EnsureBatchedComplete(*args, **kwargs)
+
+
+def test_ensure_deconstructs_describes_and_flags() -> None:
+    from chunkwise.django import EnsureBatchedComplete
+
+    op = EnsureBatchedComplete("shop", "0002_customer_status")
+    assert op.deconstruct() == ("EnsureBatchedComplete", ["shop", "0002_customer_status"], {})
+    waiting = EnsureBatchedComplete("shop", "0002", operation=1, wait=600)
+    assert waiting.deconstruct()[2] == {"operation": 1, "wait": 600.0}
+    assert op.describe() == ("Ensure batched data migration shop.0002_customer_status is "
+                             "complete (finish it here if not)")
+    assert op.formatted_description() == "p " + op.describe()
+    assert op.reversible and op.atomic is False and not op.reduces_to_sql

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import REPO, SEEDED, OperatorProcess, Shop
+from tests.support.argocd import argo_health
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = REPO / "examples" / "k8s"
@@ -93,6 +94,7 @@ def test_halt_fails_the_job_at_once_then_a_raised_threshold_resumes(shop: Shop) 
     halted = {c["type"]: c for c in body["status"]["conditions"]}["Halted"]
     assert halted["status"] == "True" and halted["reason"] == "FailedRowsExceeded"
     assert "haltOn.failedRows=2" in halted["message"]
+    assert argo_health(body) == ("Degraded", f"Halted: FailedRowsExceeded: {halted['message']}")
     [job] = shop.jobs()
     assert job["status"].get("failed") == 1  # podFailurePolicy: no retry of a halt
     assert "Halted" in shop.events("count-visit")
@@ -109,7 +111,7 @@ def test_suspend_stops_after_a_batch_and_resume_continues(shop: Shop) -> None:
     shop.apply(count_visit(rate=3000))
     wait_rows(shop, "count-visit", 1000)
     shop.patch_spec("count-visit", {"suspend": True})
-    shop.wait_phase("count-visit", "Suspended")
+    assert argo_health(shop.wait_phase("count-visit", "Suspended"))[0] == "Suspended"
     shop.k8s.wait_for("worker pod gone", lambda: not shop.pods(), timeout=60)
     log = shop.pod_logs()
     partial = visits(shop)
@@ -282,6 +284,8 @@ def test_an_image_that_cannot_be_pulled_shows_on_the_migration(shop: Shop) -> No
     assert 'Back-off pulling image "registry.example.com/shop:9.9.9-typo"' in \
         condition["message"]
     assert shop.dmig("count-visit")["status"]["phase"] == "Pending"
+    assert argo_health(shop.dmig("count-visit")) == (
+        "Degraded", f"ImagePullBackOff: {condition['message']}")
     assert "ImagePullBackOff" in shop.events("count-visit")
     assert visits(shop) == {0: SEEDED}  # nothing ran
     # the user fixes the tag: the stuck run's Job is replaced by a new run, which succeeds

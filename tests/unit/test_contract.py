@@ -122,3 +122,14 @@ def test_readme_settings_table_lists_every_tunable() -> None:
     table = readme[readme.index("## Settings"):readme.index("## Failures")]
     flags = set(re.findall(r"`--([a-z-]+)`", table))
     assert flags == {t.option for t in TUNABLES}
+
+
+def test_data_migration_names_are_stable_dns_labels_that_fit() -> None:
+    from chunkwise.contract import data_migration_name
+
+    assert data_migration_name("shop", "0002_customer_status") == "shop-0002-customer-status"
+    assert data_migration_name("shop", "0005_two", 1) == "shop-0005-two-op1"
+    long = data_migration_name("billing", "0042_" + "x_" * 60)
+    assert len(long) <= 50 and not long.endswith("-")
+    # one "-" per "_", as the example chart's `replace "_" "-"` does
+    assert data_migration_name("My_App", "0001__odd") == "my-app-0001--odd"

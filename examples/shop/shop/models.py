@@ -9,5 +9,10 @@ class Customer(models.Model):
     #: bumped by the per-row example; shows every row was changed exactly once
     visits = models.IntegerField(default=0)
 
+    class Meta:
+        # from release 0004 on (after 0002 classified every customer)
+        constraints = [models.CheckConstraint(condition=models.Q(status__isnull=False),
+                                              name="shop_customer_status_set")]
+
     def __str__(self) -> str:
         return self.email

@@ -120,6 +120,23 @@ class DjangoCheckpointStore:
             row.save()
         return self._state_of(row)
 
+    def plan_deferred(self) -> CheckpointState:
+        """What a ``migrate`` that defers the operation does: create and plan the
+        checkpoint (the row estimate and the high-water mark, fixed now), run no batch.
+        A checkpoint a runner has already worked on is only read."""
+        ref = self._ref
+        with transaction.atomic(using=self._alias):
+            row, created = self._rows().select_for_update().get_or_create(
+                app_label=ref.app_label, migration=ref.migration, operation=ref.operation,
+                direction=ref.direction, shard=ref.shard,
+                defaults={"shard_count": ref.shard_count, "model": self._todo.model._meta.label,
+                          "key_field": self._key.name, "state": Checkpoint.State.DEFERRED})
+            if not row.planned:
+                self._plan(row)
+                row.save()
+        self._id = row.pk
+        return self._state_of(row)
+
     def _plan(self, row: Checkpoint) -> None:
         """Fix the key range once: rows inserted later above it are left to the app."""
         todo = self._todo

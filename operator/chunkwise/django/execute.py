@@ -24,6 +24,7 @@ from chunkwise.contract import Env, ResourceRef
 from chunkwise.engine import (
     AnotherRunnerActive,
     BatchRunner,
+    CheckpointState,
     DatabaseUnreachable,
     Outcome,
     Reporter,
@@ -40,7 +41,7 @@ from .operation_ref import OperationRef
 from .progress import ProgressBar
 from .target import DjangoBatchTarget, uses_psycopg3
 
-__all__ = ["BatchedWork", "execute", "stop_on_signals"]
+__all__ = ["BatchedWork", "execute", "holder_of", "plan_deferred", "rows_to_do", "stop_on_signals"]
 
 SetBasedCode = Callable[[StateApps, BaseDatabaseSchemaEditor, Any], None]
 
@@ -97,6 +98,32 @@ def one_per_key(rows: QuerySet[Any], todo: Q | None, key: Field[Any, Any]) -> Qu
     return rows.filter(**{f"{key.name}__in": filtered.values(key.name)})
 
 
+def rows_to_do(operation: BatchedWork, ref: OperationRef, apps: StateApps,
+               alias: str) -> tuple[QuerySet[Any], Field[Any, Any]]:
+    """The rows the operation still has to do in ``ref``'s direction, and its key."""
+    model = apps.get_model(operation.model)
+    if operation.key == "pk":
+        key_field = model._meta.pk
+    else:
+        key_field = model._meta.get_field(operation.key)
+    if not (key_field.primary_key or key_field.unique):
+        raise ImproperlyConfigured(
+            f"BatchedRunPython key: {operation.model}.{operation.key} must be the primary key or "
+            "a unique field (keyset batching needs one row per key)"
+        )
+    todo_q = operation.todo if ref.direction == "forward" else operation.reverse_todo
+    rows = model._base_manager.db_manager(alias).all()
+    return one_per_key(rows, todo_q, key_field), key_field
+
+
+def plan_deferred(operation: BatchedWork, ref: OperationRef, apps: StateApps,
+                  alias: str) -> CheckpointState:
+    """Plan the run without running it: the checkpoint, its row estimate and its
+    high-water mark are fixed now, so rows the new release inserts later are left to it."""
+    todo, key_field = rows_to_do(operation, ref, apps, alias)
+    return DjangoCheckpointStore(ref, alias, todo, key_field).plan_deferred()
+
+
 def execute(
     operation: BatchedWork,
     ref: OperationRef,
@@ -122,20 +149,8 @@ def execute(
             f"{ref}: BatchedRunPython commits batch by batch, so its migration needs "
             "`atomic = False` (it is running inside a transaction)"
         )
-    model = apps.get_model(operation.model)
-    if operation.key == "pk":
-        key_field = model._meta.pk
-    else:
-        key_field = model._meta.get_field(operation.key)
-    if not (key_field.primary_key or key_field.unique):
-        raise ImproperlyConfigured(
-            f"BatchedRunPython key: {operation.model}.{operation.key} must be the primary key or "
-            "a unique field (keyset batching needs one row per key)"
-        )
+    todo, key_field = rows_to_do(operation, ref, apps, connection.alias)
     forward_direction = ref.direction == "forward"
-    todo_q = operation.todo if forward_direction else operation.reverse_todo
-    rows = model._base_manager.db_manager(connection.alias).all()
-    todo = one_per_key(rows, todo_q, key_field)
     if forward_direction and operation.forward is None:
         target = DjangoBatchTarget(connection.alias, todo, key_field,
                                    transform=operation.transform, fields=operation.fields)
@@ -183,6 +198,14 @@ def execute(
     if outcome.exit_code == 0:
         _forget_other_direction(ref, connection.alias)
     return outcome
+
+
+def holder_of(ref: OperationRef, alias: str) -> str:
+    """Who last held ``ref``'s checkpoint ("DataMigration ns/name", or host and pid)."""
+    owner = Checkpoint.objects.using(alias).filter(
+        app_label=ref.app_label, migration=ref.migration, operation=ref.operation,
+        direction=ref.direction, shard=ref.shard).values_list("owner", flat=True).first()
+    return owner or ""
 
 
 def _with_metrics(reporter: Reporter, ref: OperationRef, port: int, stream: TextIO) -> Reporter:

@@ -10,6 +10,8 @@ class Checkpoint(models.Model):
     """Where one operation, in one direction, on one shard, has got to."""
 
     class State(models.TextChoices):
+        #: planned by a ``migrate`` that deferred it; no batch has run
+        DEFERRED = "deferred"
         RUNNING = "running"
         INTERRUPTED = "interrupted"
         HALTED = "halted"

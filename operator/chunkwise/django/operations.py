@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import CommandError
 from django.db import router
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.loader import MigrationLoader
@@ -15,19 +17,23 @@ from django.db.migrations.operations.base import Operation, OperationCategory
 from django.db.migrations.state import ProjectState, StateApps
 from django.db.models import Q
 
-from chunkwise.engine import RunSettings, Timeouts
+from chunkwise.contract import ExitCode
+from chunkwise.engine import RunSettings, SettingsError, Timeouts
 
 from .operation_ref import OperationRef
 
 __all__ = ["BatchedRunPython", "BatchedMigrationStopped"]
 
 
-class BatchedMigrationStopped(Exception):
+class BatchedMigrationStopped(CommandError):
     """Raised inside ``migrate`` when a batched operation stopped before the end
-    (halted, interrupted, another runner). The checkpoint is intact: run migrate again."""
+    (halted, interrupted, another runner). The checkpoint is intact: run migrate again.
+
+    A CommandError, so ``migrate`` prints it as one line and exits with the runner's own
+    status (65 halted, 69 another runner, 75 interrupted), not with a traceback."""
 
     def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
+        super().__init__(message, returncode=exit_code)
         self.exit_code = exit_code
 
 
@@ -44,6 +50,9 @@ class BatchedRunPython(Operation):
     ``fields`` it writes (per row; written back with one UPDATE per batch). ``reverse``
     is set-based and makes the operation reversible. Use in a migration with
     ``atomic = False``.
+
+    ``defer``: whether ``migrate`` runs it (False), or only plans it and leaves the run
+    to a DataMigration or ``chunkwise_run`` (True); None follows ``CHUNKWISE_DEFER``.
     """
 
     reduces_to_sql = False
@@ -67,6 +76,7 @@ class BatchedRunPython(Operation):
         statement_timeout: float = 30.0,
         hints: dict[str, Any] | None = None,
         elidable: bool = False,
+        defer: bool | None = None,
     ) -> None:
         if not isinstance(model, str) or model.count(".") != 1:
             raise ValueError(
@@ -88,6 +98,9 @@ class BatchedRunPython(Operation):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"BatchedRunPython batch_size: expected an integer >= 1, got "
                              f"{batch_size!r}")
+        if defer is not None and not isinstance(defer, bool):
+            raise ValueError(f"BatchedRunPython defer: expected True, False or None (follow "
+                             f"CHUNKWISE_DEFER), got {defer!r}")
         Timeouts(lock=lock_timeout, statement=statement_timeout)  # validates both
         self.model = model
         self.forward = forward
@@ -102,6 +115,7 @@ class BatchedRunPython(Operation):
         self.statement_timeout = statement_timeout
         self.hints = hints or {}
         self.elidable = elidable  # type: ignore[misc]  # per instance, as RunPython does
+        self.defer = defer
 
     @property
     def reversible(self) -> bool:  # type: ignore[override]  # a property, as on RunPython
@@ -119,7 +133,21 @@ class BatchedRunPython(Operation):
 
     def describe(self) -> str:
         how = "per-row transform" if self.transform is not None else "set-based"
-        return f"Batched data migration of {self.model} ({how})"
+        when = {True: ", deferred", False: "", None: ""}[self.defer]
+        return f"Batched data migration of {self.model} ({how}{when})"
+
+    def deferred(self) -> bool:
+        """Whether ``migrate`` leaves this operation's run to a DataMigration now."""
+        from django.conf import settings
+
+        from .config import defer_by_default
+
+        if self.defer is not None:
+            return self.defer
+        try:
+            return defer_by_default(os.environ, getattr(settings, "CHUNKWISE_DEFER", False))
+        except SettingsError as exc:  # migrate prints one line and exits 64
+            raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
 
     @property
     def migration_name_fragment(self) -> str:
@@ -141,6 +169,9 @@ class BatchedRunPython(Operation):
                           from_state: ProjectState, to_state: ProjectState) -> None:
         # as RunPython: models from state.apps must be the rendered, current ones
         from_state.clear_delayed_apps_cache()
+        if self.deferred():
+            self._plan_inside_migrate(app_label, schema_editor, from_state)
+            return
         self._run_inside_migrate(app_label, schema_editor, from_state, "forward")
 
     def database_backwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
@@ -165,6 +196,32 @@ class BatchedRunPython(Operation):
             raise BatchedMigrationStopped(
                 f"{ref}: {outcome.reason}: {outcome.message}. The checkpoint is kept; "
                 f"run migrate again to continue.", int(outcome.exit_code))
+
+    def _plan_inside_migrate(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
+                             state: ProjectState) -> None:
+        """Deferred: plan the run (checkpoint, estimate, high-water mark), say what was
+        deferred and how to run it, in one line, and let migrate record it as applied."""
+        from .execute import plan_deferred
+
+        alias = schema_editor.connection.alias
+        if not router.allow_migrate(alias, app_label, **self.hints):
+            return
+        migration, index = self.locate(app_label)
+        ref = OperationRef(app_label, migration, index)
+        planned = plan_deferred(self, ref, state.apps, alias)
+        if planned.done:
+            what = "nothing to do"
+        elif planned.batches:
+            what = (f"under way: {planned.tally.rows_processed:,} of "
+                    f"{planned.rows_estimated:,} rows done")
+        else:
+            what = f"{planned.rows_estimated:,} rows to do, up to key {planned.high_water_key}"
+        sys.stdout.write(
+            f"\n  deferred {ref.app_label}.{ref.migration}[{ref.operation}] ({what}): run it "
+            f"with a DataMigration (manage.py chunkwise_manifest --image IMAGE | kubectl "
+            f"apply -f -) or manage.py chunkwise_run {ref.app_label} {ref.migration}; "
+            f"EnsureBatchedComplete in a later migration finishes it if nobody did\n")
+        sys.stdout.flush()
 
     def locate(self, app_label: str) -> tuple[str, int]:
         """This operation's migration name and index, found by identity among the

@@ -4,7 +4,7 @@ import os
 
 SECRET_KEY = "tests-only"
 USE_TZ = True
-INSTALLED_APPS = ["chunkwise.django", "lab"]
+INSTALLED_APPS = ["chunkwise.django", "lab", "later"]
 if os.environ.get("LAB_MISTAKES"):  # operations that only the worker can tell are wrong
     INSTALLED_APPS.append("mistakes")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

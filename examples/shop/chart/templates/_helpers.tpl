@@ -1,0 +1,12 @@
+{{/* The DataMigration's name, as `manage.py chunkwise_manifest` derives it: app-migration
+     in lower case with "-" for "_", plus "-opN" for a migration with several batched
+     operations (give `operation` only then); at most 50 characters. */}}
+{{- define "shop.dataMigrationName" -}}
+{{- $name := printf "%s-%s" .app .name -}}
+{{- if hasKey . "operation" }}{{- $name = printf "%s-op%v" $name .operation -}}{{- end -}}
+{{- $name | lower | replace "_" "-" | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "shop.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag }}
+{{- end -}}
