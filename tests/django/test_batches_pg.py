@@ -510,7 +510,7 @@ def test_ensure_waits_for_the_runner_then_finds_it_done(lab_db: LabDb) -> None:
     assert worker.returncode == 0, output
     assert deploy.returncode == 0, deploy.stderr
     assert "deferred lab.0002_bump_items[0] (under way: " in deploy.stdout
-    assert "ensuring lab.0002_bump_items[0] forward is complete" in deploy.stdout
+    assert "ensuring lab.0002_bump_items[0] forward is complete: finishing it here" in deploy.stdout
     assert "already being run by DataMigration shop/bump-items" in deploy.stderr
     assert counters(lab_db) == {1: 3000}
     assert checkpoint(lab_db, "0002_bump_items")["rows_processed"] == 3000

@@ -53,7 +53,8 @@ def test_defer_then_manifest_then_ensure_finishes_it(tmp_path: Path) -> None:
         planned.stdout
     finalized = shop(db, "migrate")  # a developer's migrate: 0003 inline, 0004 finishes 0002
     assert finalized.returncode == 0, finalized.stderr
-    assert "ensuring shop.0002_customer_status[0] forward is complete" in finalized.stdout
+    assert ("ensuring shop.0002_customer_status[0] forward is complete: finishing it here"
+            in finalized.stdout)
     assert "shop.0002_customer_status[0] forward: done (Completed)" in finalized.stderr
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM shop_customer WHERE status IS NULL"

@@ -123,10 +123,15 @@ class EnsureBatchedComplete(Operation):
 
     def _ensure(self, operation: BatchedRunPython, ref: OperationRef, apps: StateApps,
                 schema_editor: BaseDatabaseSchemaEditor) -> None:
-        from .execute import execute, holder_of
+        from .execute import execute, recorded
+        from .models import Checkpoint
 
+        alias = schema_editor.connection.alias
+        if recorded(ref, alias)[0] == Checkpoint.State.DONE:
+            sys.stdout.write(f"\n  {ref} is complete\n")
+            return
         deadline = time.monotonic() + self.wait
-        sys.stdout.write(f"\n  ensuring {ref} is complete\n")
+        sys.stdout.write(f"\n  ensuring {ref} is complete: finishing it here\n")
         sys.stdout.flush()
         while True:
             outcome = execute(operation, ref, apps, schema_editor)
@@ -138,7 +143,7 @@ class EnsureBatchedComplete(Operation):
                 continue
             hint = "The checkpoint is kept; run migrate again to continue."
             if outcome.exit_code == ExitCode.BUSY:
-                hint = _busy_hint(holder_of(ref, schema_editor.connection.alias), self.wait)
+                hint = _busy_hint(recorded(ref, alias)[1], self.wait)
             raise BatchedMigrationStopped(
                 f"EnsureBatchedComplete: {ref}: {outcome.reason}: {outcome.message}. {hint}",
                 int(outcome.exit_code))

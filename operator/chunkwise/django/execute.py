@@ -41,7 +41,7 @@ from .operation_ref import OperationRef
 from .progress import ProgressBar
 from .target import DjangoBatchTarget, uses_psycopg3
 
-__all__ = ["BatchedWork", "execute", "holder_of", "plan_deferred", "rows_to_do", "stop_on_signals"]
+__all__ = ["BatchedWork", "execute", "plan_deferred", "recorded", "rows_to_do", "stop_on_signals"]
 
 SetBasedCode = Callable[[StateApps, BaseDatabaseSchemaEditor, Any], None]
 
@@ -200,12 +200,13 @@ def execute(
     return outcome
 
 
-def holder_of(ref: OperationRef, alias: str) -> str:
-    """Who last held ``ref``'s checkpoint ("DataMigration ns/name", or host and pid)."""
-    owner = Checkpoint.objects.using(alias).filter(
+def recorded(ref: OperationRef, alias: str) -> tuple[str, str]:
+    """``ref``'s checkpoint state and who last held it ("DataMigration ns/name", or host
+    and pid); ("", "") before any run or plan."""
+    found = Checkpoint.objects.using(alias).filter(
         app_label=ref.app_label, migration=ref.migration, operation=ref.operation,
-        direction=ref.direction, shard=ref.shard).values_list("owner", flat=True).first()
-    return owner or ""
+        direction=ref.direction, shard=ref.shard).values_list("state", "owner").first()
+    return (str(found[0]), str(found[1])) if found else ("", "")
 
 
 def _with_metrics(reporter: Reporter, ref: OperationRef, port: int, stream: TextIO) -> Reporter:
