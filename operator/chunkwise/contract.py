@@ -74,6 +74,12 @@ class Env:
     OPERATION: Final = "CHUNKWISE_OPERATION"
     DIRECTION: Final = "CHUNKWISE_DIRECTION"
     DATABASE: Final = "CHUNKWISE_DATABASE"
+    #: how many shards the key space is split into (spec.parallelism)
+    SHARDS: Final = "CHUNKWISE_SHARDS"
+    #: which shard this runner is (0-based); in an Indexed Job, Kubernetes' own
+    #: JOB_COMPLETION_INDEX says it
+    SHARD: Final = "CHUNKWISE_SHARD"
+    JOB_COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"
     #: "namespace/name" of the DataMigration that runs this worker; unset outside a Job
     RESOURCE: Final = "CHUNKWISE_RESOURCE"
     #: where the pod's ServiceAccount token is projected (the e2e kubelet stand-in moves it)
@@ -165,7 +171,10 @@ class ShardStatus(TypedDict, total=False):
     index: int
     lastKey: str | int | None
     rowsProcessed: int
+    rowsEstimated: int
     done: bool
+    #: a sharded run's outcome per shard (a single shard's is ``status.worker``)
+    worker: WorkerStatus
 
 
 def json_key(key: object) -> str | int | None:

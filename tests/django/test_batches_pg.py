@@ -514,3 +514,58 @@ def test_ensure_waits_for_the_runner_then_finds_it_done(lab_db: LabDb) -> None:
     assert "already being run by DataMigration shop/bump-items" in deploy.stderr
     assert counters(lab_db) == {1: 3000}
     assert checkpoint(lab_db, "0002_bump_items")["rows_processed"] == 3000
+
+
+def test_four_shards_in_parallel_do_every_row_once_and_resume_after_kill_9(
+        lab_db: LabDb) -> None:
+    """`chunkwise_run --shards 4`: one thread per shard, each with its own checkpoint; a
+    SIGKILL of the whole process mid-run, then a second run: every row exactly once."""
+    seed_items(lab_db, 20_000, gap=3)
+    first = lab_db.popen("chunkwise_run", "lab", "0002", "--shards", "4", "--batch-size",
+                         "200", LAB_ROW_SLEEP="0.0002")
+    wait_until(lambda: int(lab_db.query(  # type: ignore[call-overload]
+        "SELECT coalesce(sum(rows_processed), 0) FROM chunkwise_checkpoint")[0][0]) >= 2000,
+        "the shards committed 2000 rows", timeout=60)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    shards = lab_db.query("SELECT shard, shard_count, rows_estimated, lower_key, "
+                          "high_water_key FROM chunkwise_checkpoint ORDER BY shard")
+    assert [(s[0], s[1], s[2]) for s in shards] == [(i, 4, 5000) for i in range(4)]
+    assert [s[3] for s in shards] == [None, "15000", "30000", "45000"]
+    busy = [int(str(n)) for (n,) in lab_db.query(
+        "SELECT rows_processed FROM chunkwise_checkpoint ORDER BY shard")]
+    assert sum(1 for n in busy if n > 0) >= 2, busy  # they ran side by side
+    second = lab_db.manage("chunkwise_run", "lab", "0002", "--shards", "4")
+    assert second.returncode == 0, second.stderr
+    assert counters(lab_db) == {1: 20_000}
+    assert lab_db.query("SELECT sum(rows_processed), bool_and(state = 'done') "
+                        "FROM chunkwise_checkpoint") == [(20_000, True)]
+    refused = lab_db.manage("chunkwise_run", "lab", "0002", "--shards", "2")
+    assert refused.returncode == 0 and "AlreadyDone" in refused.stderr  # done: any split
+
+
+def test_a_split_cannot_change_mid_run(lab_db: LabDb) -> None:
+    seed_items(lab_db, 3000)
+    lab_db.manage("chunkwise_run", "lab", "0002", "--shards", "3", "--shard", "1")
+    refused = lab_db.manage("chunkwise_run", "lab", "0002", "--shards", "2")
+    assert refused.returncode == 64
+    assert ("parallelism: lab.0002_bump_items[0] forward was split into 3 shard(s) when its "
+            "run was planned and is not done; run it with 3") in refused.stderr
+    finished = lab_db.manage("chunkwise_run", "lab", "0002", "--shards", "3")
+    assert finished.returncode == 0, finished.stderr
+    assert counters(lab_db) == {1: 3000}
+
+
+def test_shards_balance_a_skewed_key_distribution_by_row_count(lab_db: LabDb) -> None:
+    """90% of the keys packed in 1..18000, the rest spread up to 10^9: split by key value
+    one shard would hold nearly everything; split by row count each holds a quarter."""
+    lab_db.execute("INSERT INTO lab_item (id, counter, payload, score) "
+                   "SELECT g, 0, '', 0 FROM generate_series(1, 18000) g")
+    lab_db.execute("INSERT INTO lab_item (id, counter, payload, score) "
+                   "SELECT 18000 + g * 500000, 0, '', 0 FROM generate_series(1, 2000) g")
+    result = lab_db.manage("chunkwise_run", "lab", "0002", "--shards", "4")
+    assert result.returncode == 0, result.stderr
+    sizes = [int(str(n)) for (n,) in lab_db.query(
+        "SELECT rows_processed FROM chunkwise_checkpoint ORDER BY shard")]
+    assert sum(sizes) == 20_000 and max(sizes) <= 1.1 * min(sizes), sizes
+    assert counters(lab_db) == {1: 20_000}

@@ -47,6 +47,37 @@ def test_job_carries_the_spec_as_env_an_owner_and_the_failure_policy() -> None:
     assert job["spec"]["backoffLimit"] == 6 and job["spec"]["suspend"] is False
 
 
+def test_parallelism_makes_an_indexed_job_that_retries_each_shard_alone() -> None:
+    job = build_job(migration(parallelism=4, backoffLimit=3), run=1)
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == \
+        ("Indexed", 4, 4)
+    assert spec["backoffLimitPerIndex"] == 3 and "backoffLimit" not in spec
+    assert env_of(job)["CHUNKWISE_SHARDS"] == "4"
+    assert spec["podFailurePolicy"]["rules"][0]["action"] == "FailJob"  # a halt stops all
+    single = build_job(migration(parallelism=1), run=1)["spec"]
+    assert "completionMode" not in single and "CHUNKWISE_SHARDS" not in env_of(
+        build_job(migration(), run=1))
+
+
+def test_the_shard_that_most_needs_a_person_speaks_for_the_run() -> None:
+    from chunkwise.operator.conditions import worker_of
+
+    def shard(code: int, reason: str) -> dict[str, Any]:
+        return {"worker": {"state": "x", "exitCode": code, "reason": reason, "message": "m"}}
+
+    assert worker_of({"worker": {"exitCode": 0, "reason": "Completed"}}) == {
+        "exitCode": 0, "reason": "Completed"}
+    halted = worker_of({"shards": {"0": shard(75, "Interrupted"), "1": shard(1, "Lost"),
+                                   "2": shard(65, "FailedRowsExceeded"), "3": {"done": True}}})
+    assert halted is not None and halted["reason"] == "FailedRowsExceeded"
+    assert halted["message"] == "shard 2: m"
+    failed = worker_of({"shards": {"0": shard(75, "Interrupted"), "1": shard(1, "Lost")}})
+    assert failed is not None and failed["reason"] == "Lost"
+    assert worker_of({"shards": {"0": shard(0, "Completed"), "1": shard(75, "I")}}) is None
+    assert worker_of({"shards": [{"index": 0}]}) is None  # the old list form: no outcome
+
+
 def test_the_template_is_a_pod_spec_merged_with_the_worker_container() -> None:
     secret_ref = {"name": "DATABASE_PASSWORD",
                   "valueFrom": {"secretKeyRef": {"name": "shop-db", "key": "password"}}}

@@ -45,9 +45,33 @@ def test_patches_at_most_once_per_interval_and_always_at_the_end() -> None:
                               "message": "too many", "exitCode": 65}
     assert last["progress"]["rowsProcessed"] == 900 and last["progress"]["percent"] == 90
     assert last["progress"]["percentText"] == "90%" and last["progress"]["failedRows"] == 2
-    assert last["shards"] == [{"index": 0, "lastKey": 900,  # an integer key stays a number
-                               "rowsProcessed": 900,
-                               "done": False}]
+    assert last["shards"] == {"0": {"index": 0, "lastKey": 900,  # an integer stays a number
+                                    "rowsProcessed": 900, "rowsEstimated": 1000,
+                                    "done": False}}
+
+
+def test_a_shard_patches_its_own_entry_and_the_summed_progress() -> None:
+    """Shard 2 of 4: its entry (with its outcome) under shards["2"], so a merge patch
+    leaves the other shards' entries alone; progress is every shard's checkpoint summed;
+    and it patches every 4 x 2 s, so the four pods together write about every 2 s."""
+    now = [0.0]
+    client = FakeClient()
+    reporter = StatusReporter(client, interval=2.0, clock=lambda: now[0],  # type: ignore[arg-type]
+                              shard=2, shards=4)
+    mine = state(100)
+    mine.run_totals = CheckpointState(None, None, 4000, Tally(1500, 3, 0), 15, 1.0, False)
+    reporter.started(mine)
+    for step in range(1, 20):
+        now[0] = step * 0.5
+        reporter.batch_committed(BatchReport(100, 0, 0.01, 0.0, 100, mine))
+    assert len(client.patches) == 1 + 1  # start, then at t=8.0
+    assert set(client.patches[0]["shards"]) == {"2"} and "worker" not in client.patches[0]
+    assert client.patches[0]["shards"]["2"]["worker"]["state"] == "running"
+    assert client.patches[-1]["progress"]["rowsProcessed"] == 1500
+    assert client.patches[-1]["progress"]["rowsEstimated"] == 4000
+    reporter.finished(Outcome(ExitCode.HALTED, "FailedRowsExceeded", "26 > 25", mine))
+    last = client.patches[-1]
+    assert "worker" not in last and last["shards"]["2"]["worker"]["exitCode"] == 65
 
 
 def test_unreachable_api_does_not_fail_the_run(capsys: Any) -> None:

@@ -8,17 +8,21 @@ import hashlib
 from typing import Any
 
 from django.db import connections, transaction
-from django.db.models import Field, QuerySet
+from django.db.models import Count, Field, Q, QuerySet, Sum
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from chunkwise.engine import AnotherRunnerActive, CheckpointState, Tally
+from chunkwise.engine import AnotherRunnerActive, CheckpointState, SettingsError, Tally
 
 from .keys import Key, KeyCodec
 from .models import Checkpoint, FailedRow
 from .operation_ref import OperationRef, default_owner
+from .shards import keys_at, shard_ranges, split_positions
 
 __all__ = ["DjangoCheckpointStore"]
+
+#: what _split says when the operation is done, split another way: nothing to run
+_DONE_WITH_ANOTHER_SPLIT = "done"
 
 
 class DjangoCheckpointStore:
@@ -52,8 +56,11 @@ class DjangoCheckpointStore:
 
     # -- runner lock ------------------------------------------------------------------
 
-    def _advisory_key(self) -> int:
-        digest = hashlib.blake2b(f"chunkwise:{self._ref}".encode(), digest_size=8).digest()
+    def _advisory_key(self, purpose: str = "") -> int:
+        name = f"chunkwise:{self._ref}" if not purpose else \
+            f"chunkwise-{purpose}:{self._ref.app_label}.{self._ref.migration}" \
+            f"[{self._ref.operation}] {self._ref.direction}"
+        digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big", signed=True)
 
     def _take_runner_lock(self) -> None:
@@ -96,6 +103,8 @@ class DjangoCheckpointStore:
 
     def start(self) -> CheckpointState:
         ref = self._ref
+        if self._split() == _DONE_WITH_ANOTHER_SPLIT:
+            return CheckpointState(None, None, 0, Tally(), 0, 0.0, done=True)
         with transaction.atomic(using=self._alias):
             row, _ = self._rows().get_or_create(
                 app_label=ref.app_label, migration=ref.migration, operation=ref.operation,
@@ -118,7 +127,76 @@ class DjangoCheckpointStore:
             row.owner = self._owner[:255]
             row.heartbeat_at = timezone.now()
             row.save()
-        return self._state_of(row)
+        return self._with_totals(self._state_of(row))
+
+    # -- shards ---------------------------------------------------------------------------
+
+    def _operation_rows(self) -> QuerySet[Checkpoint]:
+        ref = self._ref
+        return self._rows().filter(app_label=ref.app_label, migration=ref.migration,
+                                   operation=ref.operation, direction=ref.direction)
+
+    def _split(self) -> str:
+        """Make every shard's checkpoint row, balanced by row count, exactly once: the
+        first shard to start does it, under a transaction-scoped advisory lock, and the
+        others find the rows. A split is fixed until the operation is done: a run with
+        another shard count is refused, or, once every shard is done, told so."""
+        ref = self._ref
+        with transaction.atomic(using=self._alias):
+            if self._vendor == "postgresql":
+                with connections[self._alias].cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)",
+                                   [self._advisory_key("split")])
+            existing = list(self._operation_rows().select_for_update())
+            counts = {row.shard_count for row in existing}
+            if existing and counts != {ref.shard_count}:
+                if all(row.state == Checkpoint.State.DONE for row in existing):
+                    return _DONE_WITH_ANOTHER_SPLIT
+                planned = max(counts)
+                raise SettingsError(
+                    f"parallelism: {ref.app_label}.{ref.migration}[{ref.operation}] "
+                    f"{ref.direction} was split into {planned} shard(s) when its run was "
+                    f"planned and is not done; run it with {planned} (spec.parallelism, "
+                    f"--shards), not {ref.shard_count}: a split cannot change mid-run")
+            if existing or ref.shard_count == 1:
+                return ""
+            for attempt in range(3):  # rows deleted between the count and the pass: again
+                count = self._todo.count()
+                ends = split_positions(count, ref.shard_count)
+                found = keys_at(self._todo, self._key, ends)
+                try:
+                    ranges = shard_ranges(count, ref.shard_count, found.__getitem__)
+                    break
+                except KeyError:
+                    if attempt == 2:
+                        raise
+            sizes = [end - start for start, end in zip([0, *ends], ends, strict=False)]
+            for index, bounds in enumerate(ranges):
+                lower = None if bounds is None else self._codec.dump(bounds[0])
+                Checkpoint.objects.using(self._alias).create(
+                    app_label=ref.app_label, migration=ref.migration, operation=ref.operation,
+                    direction=ref.direction, shard=index, shard_count=ref.shard_count,
+                    model=self._todo.model._meta.label, key_field=self._key.name,
+                    lower_key=lower, last_key=lower,
+                    high_water_key=None if bounds is None else self._codec.dump(bounds[1]),
+                    rows_estimated=sizes[index], planned=True,
+                    state=Checkpoint.State.DONE if bounds is None else Checkpoint.State.RUNNING)
+        return ""
+
+    def _with_totals(self, state: CheckpointState) -> CheckpointState:
+        """``state`` with every shard's checkpoint summed, when the run is sharded."""
+        if self._ref.shard_count == 1:
+            return state
+        totals = self._operation_rows().aggregate(
+            rows=Sum("rows_processed"), estimated=Sum("rows_estimated"),
+            failed=Sum("failed_rows"), batches=Sum("batches"), wait=Sum("lock_wait_seconds"),
+            left=Count("pk", filter=~Q(state=Checkpoint.State.DONE)))
+        state.run_totals = CheckpointState(
+            None, None, int(totals["estimated"] or 0),
+            Tally(int(totals["rows"] or 0), int(totals["failed"] or 0)),
+            int(totals["batches"] or 0), float(totals["wait"] or 0.0),
+            done=not totals["left"])
+        return state
 
     def plan_deferred(self) -> CheckpointState:
         """What a ``migrate`` that defers the operation does: create and plan the
@@ -171,7 +249,7 @@ class DjangoCheckpointStore:
                                [self._now(), self.checkpoint_id])
                 cursor.execute(select, [self.checkpoint_id])
             values = dict(zip(self._STATE_COLUMNS, cursor.fetchone(), strict=True))
-        return self._state_of(Checkpoint(**values))
+        return self._with_totals(self._state_of(Checkpoint(**values)))
 
     def advance(self, last_key: Key, rows: int, lock_wait: float, tally: Tally) -> None:
         connection = connections[self._alias]

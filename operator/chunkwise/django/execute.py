@@ -174,6 +174,8 @@ def execute(
         # a batch locks the whole database here, so the share of rows it locks means nothing
         run_settings = dataclasses.replace(run_settings, batch=dataclasses.replace(
             run_settings.batch, max_locked_fraction=0.0))
+    if ref.shard_count > 1:
+        run_settings = _share_failed_rows(run_settings, ref, stream)
     store = DjangoCheckpointStore(ref, connection.alias, todo, key_field)
     stop = stop or threading.Event()
     reporter = reporter or ProgressBar(str(ref), stream)
@@ -224,6 +226,20 @@ def _with_metrics(reporter: Reporter, ref: OperationRef, port: int, stream: Text
               RunLabels("", f"{ref.app_label}.{ref.migration}[{ref.operation}]", ref.shard))
     stream.write(f"{ref}: metrics at http://{address or '0.0.0.0'}:{port}/metrics\n")
     return Tee([reporter, MetricsReporter(metrics, labels)])
+
+
+def _share_failed_rows(run_settings: RunSettings, ref: OperationRef,
+                       stream: TextIO) -> RunSettings:
+    """With shards, each gets an equal share of ``haltOn.failedRows`` (rounded up), so
+    all of them together never pass the budget the user set. Rates are the same per
+    shard as overall, and a run of failed batches is a shard's own."""
+    halt_on = run_settings.halt_on
+    share = -(-halt_on.failed_rows // ref.shard_count)
+    if share != halt_on.failed_rows:
+        stream.write(f"{ref}: haltOn.failedRows {halt_on.failed_rows} is shared by "
+                     f"{ref.shard_count} shards: this one halts past {share}\n")
+    return dataclasses.replace(run_settings,
+                               halt_on=dataclasses.replace(halt_on, failed_rows=share))
 
 
 def _mark_stopped(store: DjangoCheckpointStore, message: str) -> None:

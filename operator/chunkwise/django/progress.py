@@ -43,6 +43,7 @@ class ProgressBar:
                         f"({state.tally.rows_processed:,} rows already done)\n")
 
     def line(self, state: CheckpointState) -> str:
+        state = state.run_totals or state  # with shards: all of them
         p = progress_of(state, self._rows_at_start, time.monotonic() - self._started)
         filled = int(p.fraction * self.WIDTH)
         bar = "#" * filled + "-" * (self.WIDTH - filled)

@@ -63,6 +63,9 @@ class CheckpointState:
     batches: int
     lock_wait_seconds: float
     done: bool
+    #: with parallel shards: every shard's checkpoint summed (this one's as last read), for
+    #: progress; the loop itself only ever uses this shard's own fields
+    run_totals: CheckpointState | None = None
 
 
 class CheckpointStore(Protocol):

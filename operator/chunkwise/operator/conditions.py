@@ -9,12 +9,12 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from chunkwise.contract import ExitCode, WorkerStatus, format_utc, parse_utc, utc_now_text
 
 __all__ = ["FAILED_CREATE", "STUCK", "Event", "RunState", "job_problem", "pod_problem",
-           "run_state_of", "set_condition", "stall_status", "status_for"]
+           "run_state_of", "set_condition", "stall_status", "status_for", "worker_of"]
 
 #: why a container waits that no amount of waiting fixes (the kubelet's reasons)
 _CONTAINER_STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
@@ -46,6 +46,27 @@ def _job_condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | Non
     for condition in job.get("status", {}).get("conditions", []) or []:
         if condition.get("type") == kind and condition.get("status") == "True":
             return condition  # type: ignore[no-any-return]
+    return None
+
+
+def worker_of(status: Mapping[str, Any]) -> WorkerStatus | None:
+    """What the worker said of the run: ``status.worker`` for one shard; with shards, the
+    shard outcome that most needs a person (a halt, then bad usage, then any other
+    failure), its message prefixed with the shard."""
+    if status.get("worker"):
+        return status["worker"]  # type: ignore[no-any-return]
+    shards = status.get("shards")
+    if not isinstance(shards, Mapping):
+        return None
+    reports = [(index, entry["worker"]) for index, entry in sorted(shards.items())
+               if isinstance(entry, Mapping) and entry.get("worker")]
+    stopped = [(index, report) for index, report in reports
+               if report.get("exitCode") not in (None, ExitCode.DONE, ExitCode.INTERRUPTED)]
+    for wanted in (ExitCode.HALTED, ExitCode.USAGE, None):
+        for index, report in stopped:
+            if wanted is None or report.get("exitCode") == wanted:
+                return cast(WorkerStatus, {**report, "message":
+                                           f"shard {index}: {report.get('message', '')}"})
     return None
 
 

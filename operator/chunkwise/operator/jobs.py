@@ -44,6 +44,8 @@ def worker_env(spec: Mapping[str, Any], namespace: str, name: str) -> list[dict[
     }
     if migration.get("operation") is not None:
         env[Env.OPERATION] = str(migration["operation"])
+    if int(spec.get("parallelism", 1)) > 1:  # each pod's shard: JOB_COMPLETION_INDEX
+        env[Env.SHARDS] = str(spec["parallelism"])
     for tunable in TUNABLES:  # spec.batch.size -> CHUNKWISE_BATCH_SIZE, and so on
         group, key = tunable.spec_path
         value = spec.get(group, {}).get(key)
@@ -140,6 +142,12 @@ def build_job(body: Mapping[str, Any], run: int) -> dict[str, Any]:
             },
         },
     }
+    shards = int(spec.get("parallelism", 1))
+    if shards > 1:
+        # one pod per shard, numbered by Kubernetes (JOB_COMPLETION_INDEX); a crashing
+        # shard is retried alone, up to backoffLimit times; a halt still fails the Job
+        job["spec"].update(completionMode="Indexed", completions=shards, parallelism=shards,
+                           backoffLimitPerIndex=job["spec"].pop("backoffLimit"))
     # the garbage collector deletes the Job (and its pods) with its DataMigration
     owner = {"apiVersion": GROUP_VERSION, "kind": KIND, **body}
     kopf.append_owner_reference(job, owner=cast(kopf.Body, owner))

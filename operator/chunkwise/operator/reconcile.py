@@ -30,6 +30,7 @@ from .conditions import (
     set_condition,
     stall_status,
     status_for,
+    worker_of,
 )
 from .jobs import build_job, job_name
 
@@ -58,7 +59,7 @@ def start_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
     existing = None if created else cluster.get_job(job["metadata"]["namespace"],
                                                     job["metadata"]["name"])
     if existing is not None:
-        found = run_state_of(existing, status.get("worker"))
+        found = run_state_of(existing, worker_of(status))
         if found.phase != "Pending" or not spec.get("suspend"):
             state = found
     new_status, events = status_for(status, state, body["metadata"].get("generation"))
@@ -66,8 +67,8 @@ def start_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
     new_status.update(run=run, jobName=job["metadata"]["name"],
                       migrationRef=f"{migration['app']}.{migration['name']}",
                       startedAt=status.get("startedAt") or utc_now_text(), completedAt=None)
-    if run > 1:
-        new_status["worker"] = None  # the last run's outcome is history now
+    if run > 1:  # the last run's outcome is history now
+        new_status.update(worker=None, shards=None)
     patch.setdefault("status", {}).update(new_status)
     if created:
         verb = "resumes from the checkpoint" if run > 1 else "starts"
@@ -156,7 +157,7 @@ def job_changed(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> No
         return
     status = migration.get("status") or {}
     namespace, name = migration["metadata"]["namespace"], migration["metadata"]["name"]
-    state = run_state_of(job, status.get("worker"))
+    state = run_state_of(job, worker_of(status))
     if state.phase == status.get("phase") and state.phase != "Halted":
         return
     if state.phase == "Pending" and status.get("phase") == "Suspended" \

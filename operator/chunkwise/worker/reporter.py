@@ -43,10 +43,19 @@ _OUTCOME_STATE: dict[int, WorkerState] = {
 
 
 class StatusReporter:
+    """One shard's view into the status: its own entry under ``shards.<index>`` (a JSON
+    merge patch merges a map key by key, so the pods of an Indexed Job never overwrite
+    each other), and the whole run's ``progress`` summed from every shard's checkpoint.
+    With ``shards`` pods each patches every ``interval * shards`` seconds, so the
+    resource still gets about one write per ``interval``. A single shard also writes
+    ``worker``, its outcome; sharded runs keep theirs in their shard entry."""
+
     def __init__(self, client: StatusClient, interval: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, shard: int = 0,
+                 shards: int = 1) -> None:
         self._client = client
-        self._interval = interval
+        self._interval = interval * shards
+        self._shard, self._sharded = shard, shards > 1
         self._clock = clock
         self._last_patch = float("-inf")
         self._started = clock()
@@ -56,6 +65,7 @@ class StatusReporter:
 
     def _progress(self, state: CheckpointState, checkpoint_at: str | None,
                   live: bool = True) -> ProgressStatus:
+        state = state.run_totals or state
         p = progress_of(state, self._rows_at_start, self._clock() - self._started,
                         self._window.rate() if live else None)
         percent = int(100 * p.fraction)
@@ -81,21 +91,37 @@ class StatusReporter:
                                  f" status ({exc}); progress is still checkpointed\n")
                 self._warned = True
 
-    def _shards(self, state: CheckpointState) -> list[ShardStatus]:
-        return [{"index": 0, "lastKey": json_key(state.last_key),
-                 "rowsProcessed": state.tally.rows_processed, "done": state.done}]
+    def _shards(self, state: CheckpointState,
+                worker: WorkerStatus | None = None) -> dict[str, ShardStatus]:
+        entry: ShardStatus = {"index": self._shard, "lastKey": json_key(state.last_key),
+                              "rowsProcessed": state.tally.rows_processed,
+                              "rowsEstimated": state.rows_estimated, "done": state.done}
+        if worker is not None and self._sharded:
+            entry["worker"] = worker
+        return {str(self._shard): entry}
+
+    def _with_worker(self, status: dict[str, Any], state: CheckpointState | None,
+                     worker: WorkerStatus) -> dict[str, Any]:
+        if state is not None:
+            status["shards"] = self._shards(state, worker)
+        elif self._sharded:
+            status["shards"] = {str(self._shard): {"index": self._shard, "worker": worker}}
+        if not self._sharded:
+            status["worker"] = worker
+        return status
 
     def started(self, state: CheckpointState) -> None:
         self._started = self._clock()
-        self._rows_at_start = state.tally.rows_processed
+        self._rows_at_start = (state.run_totals or state).tally.rows_processed
         self._window.add(self._started, self._rows_at_start)
         worker: WorkerStatus = {"state": "running", "pod": os.environ.get("HOSTNAME", ""),
                                 "reason": "", "message": ""}
-        self._patch({"progress": self._progress(state, utc_now_text()),
-                     "shards": self._shards(state), "worker": worker})
+        self._patch(self._with_worker({"progress": self._progress(state, utc_now_text())},
+                                      state, worker))
 
     def batch_committed(self, report: BatchReport) -> None:
-        self._window.add(self._clock(), report.state.tally.rows_processed)
+        self._window.add(self._clock(), (report.state.run_totals or report.state)
+                         .tally.rows_processed)
         if self._clock() - self._last_patch >= self._interval:
             self._patch({"progress": self._progress(report.state, utc_now_text()),
                          "shards": self._shards(report.state)})
@@ -113,8 +139,7 @@ class StatusReporter:
         worker: WorkerStatus = {
             "state": _OUTCOME_STATE.get(outcome.exit_code, "failed"), "reason": outcome.reason,
             "message": outcome.message, "exitCode": int(outcome.exit_code)}
-        status: dict[str, Any] = {"worker": worker}
+        status: dict[str, Any] = {}
         if outcome.state is not None:
             status["progress"] = self._progress(outcome.state, utc_now_text(), live=False)
-            status["shards"] = self._shards(outcome.state)
-        self._patch(status)
+        self._patch(self._with_worker(status, outcome.state, worker))

@@ -36,6 +36,8 @@ from .cluster import Cluster
 
 NODE = "chunkwise-harness"
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+# the downward API's map fields, e.g. the Indexed Job's completion index annotation
+_MAP_FIELD = re.compile(r"metadata\.(?P<map>annotations|labels)\['(?P<key>[^']+)'\]")
 
 
 def _now() -> str:
@@ -171,6 +173,12 @@ class Kubelet:
                 value = config.get("data", {}).get(ref["configMapKeyRef"]["key"])
             elif "fieldRef" in ref:
                 path = ref["fieldRef"]["fieldPath"]
+                mapped = _MAP_FIELD.fullmatch(path)  # metadata.annotations['...'], labels
+                if mapped:
+                    value = pod["metadata"].get(mapped["map"], {}).get(mapped["key"])
+                    if value is not None:
+                        env[item["name"]] = value
+                    continue
                 value = {"metadata.name": pod["metadata"]["name"],
                          "metadata.namespace": namespace,
                          "metadata.uid": pod["metadata"]["uid"],

@@ -23,6 +23,7 @@ from chunkwise.engine import Outcome, SettingsError
 
 from ...config import add_arguments, parse_port, resolve_settings
 from ...execute import execute
+from ...local_shards import MAX_SHARDS, run_shards_here
 from ...operation_ref import OperationRef
 from ...operations import BatchedRunPython
 from ...progress import ProgressBar
@@ -31,6 +32,28 @@ from ...reporters import NullReporter, with_plugins
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
+
+
+def _shards(raw_count: Any, raw_index: Any) -> tuple[int, int | None]:
+    """(shard count, this runner's shard or None for all of them)."""
+    try:
+        count = int(str(raw_count).strip())
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_SHARDS:
+        raise CommandError(f"--shards ({Env.SHARDS}): expected an integer from 1 to "
+                           f"{MAX_SHARDS}, got {raw_count!r}", returncode=ExitCode.USAGE)
+    if raw_index is None or str(raw_index).strip() == "":
+        return count, None
+    try:
+        index = int(str(raw_index).strip())
+    except ValueError:
+        index = -1
+    if not 0 <= index < count:
+        raise CommandError(f"--shard ({Env.SHARD} or {Env.JOB_COMPLETION_INDEX}): expected "
+                           f"an integer from 0 to {count - 1} (--shards is {count}), got "
+                           f"{raw_index!r}", returncode=ExitCode.USAGE)
+    return count, index
 
 
 class Command(BaseCommand):
@@ -66,6 +89,13 @@ class Command(BaseCommand):
                                  f"[env {Env.DIRECTION}]")
         parser.add_argument("--database", default=_env(Env.DATABASE, DEFAULT_DB_ALIAS),
                             help=f"database alias [env {Env.DATABASE}]")
+        parser.add_argument("--shards", default=_env(Env.SHARDS, "1"), metavar="N",
+                            help="split the key space into N shards balanced by row count "
+                                 "and run them in parallel (without --shard: all N here, one "
+                                 f"thread each) [env {Env.SHARDS}; spec.parallelism]")
+        parser.add_argument("--shard", default=_env(Env.SHARD, _env(Env.JOB_COMPLETION_INDEX)),
+                            metavar="I", help="run only shard I of N (0-based) [env "
+                                              f"{Env.SHARD}, else {Env.JOB_COMPLETION_INDEX}]")
         parser.add_argument("--metrics-port", default=_env(Env.METRICS_PORT), metavar="PORT",
                             help="serve live Prometheus metrics at :PORT/metrics while the run "
                                  f"goes on [env {Env.METRICS_PORT}; bind address from "
@@ -104,12 +134,16 @@ class Command(BaseCommand):
         state = loader.project_state((migration.app_label, migration.name), at_end=False)
         for earlier in migration.operations[:index]:
             earlier.state_forwards(migration.app_label, state)
-        ref = OperationRef(migration.app_label, migration.name, index, options["direction"])
+        shards, shard = _shards(options["shards"], options["shard"])
+        ref = OperationRef(migration.app_label, migration.name, index, options["direction"],
+                           shard=shard or 0, shard_count=shards)
         flags = {k: v for k, v in options.items() if v is not None}
         try:
             settings = resolve_settings(operation.base_settings(), os.environ, flags)
             metrics_port = parse_port(options["metrics_port"],
                                       f"--metrics-port ({Env.METRICS_PORT})")
+            if shard is None and shards > 1:
+                return run_shards_here(operation, ref, state.apps, alias, settings)
             reporter = with_plugins(ProgressBar(str(ref), sys.stderr))
             with connection.schema_editor(atomic=False) as schema_editor:
                 outcome = execute(operation, ref, state.apps, schema_editor, settings=settings,
