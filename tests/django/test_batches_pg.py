@@ -569,3 +569,23 @@ def test_shards_balance_a_skewed_key_distribution_by_row_count(lab_db: LabDb) ->
         "SELECT rows_processed FROM chunkwise_checkpoint ORDER BY shard")]
     assert sum(sizes) == 20_000 and max(sizes) <= 1.1 * min(sizes), sizes
     assert counters(lab_db) == {1: 20_000}
+
+
+def test_a_deferred_plan_is_split_into_shards_within_its_mark_and_ensure_finishes_them(
+        lab_db: LabDb) -> None:
+    """migrate defers lab.0002 (one planned checkpoint, its high-water mark fixed); rows
+    the new release inserts afterwards are above it. A 2-shard run splits the plan within
+    that mark; shard 1 never runs; later.0001's EnsureBatchedComplete finishes it."""
+    seed_items(lab_db, 4000)
+    deferred = lab_db.manage("migrate", "lab", "0002", CHUNKWISE_DEFER="1")
+    assert deferred.returncode == 0, deferred.stderr
+    lab_db.execute("INSERT INTO lab_item (id, counter, payload, score) "
+                   "SELECT g, 0, '', 0 FROM generate_series(4001, 4100) g")  # the new release
+    first = lab_db.manage("chunkwise_run", "lab", "0002", "--shards", "2", "--shard", "0")
+    assert first.returncode == 0, first.stderr
+    assert lab_db.query("SELECT shard, state, rows_estimated, high_water_key FROM "
+                        "chunkwise_checkpoint ORDER BY shard") == [
+        (0, "done", 2000, "2000"), (1, "running", 2000, "4000")]
+    finalized = lab_db.manage("migrate", "later")
+    assert finalized.returncode == 0, finalized.stderr
+    assert "shard 1/2" in finalized.stderr and counters(lab_db) == {1: 4000, 0: 100}

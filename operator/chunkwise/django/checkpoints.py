@@ -148,6 +148,19 @@ class DjangoCheckpointStore:
                     cursor.execute("SELECT pg_advisory_xact_lock(%s)",
                                    [self._advisory_key("split")])
             existing = list(self._operation_rows().select_for_update())
+            todo = self._todo
+            if ref.shard_count > 1 and len(existing) == 1 and existing[0].batches == 0 \
+                    and existing[0].state == Checkpoint.State.DEFERRED:
+                # planned by a deferring migrate, never run: split it now, within the
+                # high-water mark that migrate fixed
+                planned_top = existing[0].high_water_key
+                existing[0].delete()
+                existing = []
+                if planned_top is None:
+                    todo = todo.none()
+                else:
+                    todo = todo.filter(**{f"{self._key.name}__lte":
+                                          self._codec.load(planned_top)})
             counts = {row.shard_count for row in existing}
             if existing and counts != {ref.shard_count}:
                 if all(row.state == Checkpoint.State.DONE for row in existing):
@@ -161,9 +174,9 @@ class DjangoCheckpointStore:
             if existing or ref.shard_count == 1:
                 return ""
             for attempt in range(3):  # rows deleted between the count and the pass: again
-                count = self._todo.count()
+                count = todo.count()
                 ends = split_positions(count, ref.shard_count)
-                found = keys_at(self._todo, self._key, ends)
+                found = keys_at(todo, self._key, ends)
                 try:
                     ranges = shard_ranges(count, ref.shard_count, found.__getitem__)
                     break

@@ -8,6 +8,7 @@ rest here, in batches, from the checkpoint, as ``migrate`` runs any BatchedRunPy
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from typing import Any
@@ -127,12 +128,22 @@ class EnsureBatchedComplete(Operation):
         from .models import Checkpoint
 
         alias = schema_editor.connection.alias
-        if recorded(ref, alias)[0] == Checkpoint.State.DONE:
+        state, _owner, shards = recorded(ref, alias)
+        if state == Checkpoint.State.DONE:
             sys.stdout.write(f"\n  {ref} is complete\n")
             return
         deadline = time.monotonic() + self.wait
         sys.stdout.write(f"\n  ensuring {ref} is complete: finishing it here\n")
         sys.stdout.flush()
+        # a run split into shards is finished shard by shard, with the same split
+        for shard in range(shards):
+            self._finish(operation, dataclasses.replace(ref, shard=shard, shard_count=shards),
+                         apps, schema_editor, deadline)
+
+    def _finish(self, operation: BatchedRunPython, ref: OperationRef, apps: StateApps,
+                schema_editor: BaseDatabaseSchemaEditor, deadline: float) -> None:
+        from .execute import execute, recorded
+
         while True:
             outcome = execute(operation, ref, apps, schema_editor)
             if outcome.exit_code == ExitCode.DONE:
@@ -143,7 +154,7 @@ class EnsureBatchedComplete(Operation):
                 continue
             hint = "The checkpoint is kept; run migrate again to continue."
             if outcome.exit_code == ExitCode.BUSY:
-                hint = _busy_hint(recorded(ref, alias)[1], self.wait)
+                hint = _busy_hint(recorded(ref, schema_editor.connection.alias)[1], self.wait)
             raise BatchedMigrationStopped(
                 f"EnsureBatchedComplete: {ref}: {outcome.reason}: {outcome.message}. {hint}",
                 int(outcome.exit_code))

@@ -202,13 +202,21 @@ def execute(
     return outcome
 
 
-def recorded(ref: OperationRef, alias: str) -> tuple[str, str]:
-    """``ref``'s checkpoint state and who last held it ("DataMigration ns/name", or host
-    and pid); ("", "") before any run or plan."""
-    found = Checkpoint.objects.using(alias).filter(
+def recorded(ref: OperationRef, alias: str) -> tuple[str, str, int]:
+    """Where ``ref``'s operation stands in ``ref``'s direction, over every shard: its
+    state ("done" only when every shard is), who last held an unfinished shard
+    ("DataMigration ns/name", or host and pid), and its shard count; ("", "", 1) before
+    any run or plan."""
+    rows = list(Checkpoint.objects.using(alias).filter(
         app_label=ref.app_label, migration=ref.migration, operation=ref.operation,
-        direction=ref.direction, shard=ref.shard).values_list("state", "owner").first()
-    return (str(found[0]), str(found[1])) if found else ("", "")
+        direction=ref.direction).values_list("state", "owner", "shard_count"))
+    if not rows:
+        return "", "", 1
+    left = [(state, owner) for state, owner, _ in rows if state != Checkpoint.State.DONE]
+    if not left:
+        return Checkpoint.State.DONE, rows[0][1], rows[0][2]
+    owner = next((owner for _, owner in left if owner), "")
+    return left[0][0], owner, rows[0][2]
 
 
 def _with_metrics(reporter: Reporter, ref: OperationRef, port: int, stream: TextIO) -> Reporter:

@@ -16,6 +16,7 @@ import yaml
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.loader import MigrationLoader
+from django.db.models import Count, Q
 
 from chunkwise.contract import (
     GROUP_VERSION,
@@ -70,9 +71,11 @@ class Command(BaseCommand):
 
     def _pending(self, alias: str, apps: list[str]) -> list[tuple[str, str, int, bool]]:
         loader = MigrationLoader(connections[alias])
-        done = set(Checkpoint.objects.using(alias).filter(
-            direction="forward", state=Checkpoint.State.DONE
-        ).values_list("app_label", "migration", "operation").distinct())
+        # done: every shard's checkpoint is (an operation run in shards has one each)
+        done = set(Checkpoint.objects.using(alias).filter(direction="forward").values(
+            "app_label", "migration", "operation").annotate(
+            left=Count("pk", filter=~Q(state=Checkpoint.State.DONE))).filter(
+            left=0).values_list("app_label", "migration", "operation"))
         unknown = sorted(set(apps) - {app for app, _ in loader.disk_migrations})
         if unknown:
             raise CommandError(f"app_label: no migrations for {', '.join(unknown)}",
