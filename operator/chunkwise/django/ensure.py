@@ -124,7 +124,7 @@ class EnsureBatchedComplete(Operation):
 
     def _ensure(self, operation: BatchedRunPython, ref: OperationRef, apps: StateApps,
                 schema_editor: BaseDatabaseSchemaEditor) -> None:
-        from .execute import execute, recorded
+        from .execute import recorded
         from .models import Checkpoint
 
         alias = schema_editor.connection.alias
