@@ -296,7 +296,15 @@ class BatchRunner:
                     batch.exhausted = True
                     return batch
                 if batch.rows:
-                    self._target.apply(state.last_key, batch.last_key)
+                    work_started = self._clock()
+                    try:
+                        self._target.apply(state.last_key, batch.last_key)
+                    except Exception as exc:
+                        if classify(exc) is ErrorKind.LOCK_TIMEOUT:
+                            # the work itself waited for locks until lock_timeout (a target
+                            # that lets its work take the row locks): lock wait too
+                            batch.lock_wait += self._clock() - work_started
+                        raise
                 if clean:
                     state.tally.consecutive_failed_batches = 0
                 state.tally.rows_processed += batch.rows
