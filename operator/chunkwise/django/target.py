@@ -127,6 +127,13 @@ class DjangoBatchTarget:
             self._contended_attempts -= 1
         if self._vendor == "postgresql" and locking_first:
             locking = locking.select_for_update(no_key=True, of=("self",))
+        if self._forward is not None and not locking_first:
+            # the limit-th key bounds a full batch: one index step, as a hand-written
+            # keyset loop does (a count over the batch cost 0.8 ms more per 5k rows)
+            upper = locking.values_list(self._key.name, flat=True)[limit - 1:limit]
+            found_upper = list(upper)
+            if found_upper:
+                return limit, found_upper[0]
         if self._forward is not None:
             # return only (last key, count) from a subquery: shipping every key of every
             # batch to Python was a third of the set-based path's overhead
