@@ -165,6 +165,16 @@ class ProgressStatus(TypedDict, total=False):
     lastCheckpointAt: str
 
 
+class VerificationStatus(TypedDict):
+    """``status.verification`` (and each shard's): the check after a completed run."""
+
+    rowsRemaining: int  # rows up to the high-water mark still matching todo
+    failedRows: int  # of those, recorded as failed (skipped on purpose, with their error)
+    missedRows: int  # of those, not recorded: expected 0
+    upToKey: str | int | None
+    checkedAt: str
+
+
 class ShardStatus(TypedDict, total=False):
     """One entry of ``status.shards``: a shard's checkpoint."""
 
@@ -175,6 +185,7 @@ class ShardStatus(TypedDict, total=False):
     done: bool
     #: a sharded run's outcome per shard (a single shard's is ``status.worker``)
     worker: WorkerStatus
+    verification: VerificationStatus
 
 
 def json_key(key: object) -> str | int | None:

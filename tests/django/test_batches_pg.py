@@ -589,3 +589,24 @@ def test_a_deferred_plan_is_split_into_shards_within_its_mark_and_ensure_finishe
     finalized = lab_db.manage("migrate", "later")
     assert finalized.returncode == 0, finalized.stderr
     assert "shard 1/2" in finalized.stderr and counters(lab_db) == {1: 4000, 0: 100}
+
+
+def test_a_completed_run_is_verified_failed_rows_apart_from_missed_ones(lab_db: LabDb) -> None:
+    """After lab.0007 completes, rows up to the high-water mark that still match its todo
+    filter are counted: the two recorded as failed apart from one the application put
+    back behind the checkpoint while the run went on (missed)."""
+    seed_items(lab_db, 2000, gap=2, payload_at={10: "negative", 1500: "negative"})
+    runner = lab_db.popen("chunkwise_run", "lab", "0007", "--batch-size", "100",
+                          "--min-batch-size", "100", "--max-batch-size", "100",
+                          LAB_ROW_SLEEP="0.05")
+    wait_until(lambda: lab_db.query("SELECT 1 FROM chunkwise_checkpoint WHERE last_key::int "
+                                    "> 100"), "the run passed key 100")
+    lab_db.execute("INSERT INTO lab_item (id, counter, payload, score) VALUES (3, 0, '', 0)")
+    output, _ = runner.communicate(timeout=120)
+    assert runner.returncode == 0, output
+    assert "verified: 3 rows up to key 4000 still match todo: 2 recorded as failed, 1 missed" \
+        in output
+    assert lab_db.query("SELECT rows_remaining, rows_missed, verified_at IS NOT NULL "
+                        "FROM chunkwise_checkpoint") == [(3, 1, True)]
+    clean = lab_db.manage("chunkwise_run", "lab", "0002")  # no todo filter: nothing to check
+    assert clean.returncode == 0 and "verified" not in clean.stderr

@@ -56,6 +56,11 @@ def test_user_path_apply_run_succeed(shop: Shop) -> None:
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Succeeded"]["status"] == "True"
     assert conditions["Succeeded"]["reason"] == "Completed"
+    # its todo filter (status IS NULL) was checked after the run: nothing left, nothing missed
+    assert {k: v for k, v in status["verification"].items() if k != "checkedAt"} == {
+        "rowsRemaining": 0, "failedRows": 0, "missedRows": 0, "upToKey": SEEDED}
+    assert conditions["Verified"]["status"] == "True"
+    assert conditions["Verified"]["reason"] == "NoRowsMissed"
     assert shop.query("SELECT count(*) FROM shop_customer WHERE status IS NULL") == [(0,)]
     assert shop.query("SELECT count(*) FROM shop_customer") == [(SEEDED,)]
     table = shop.k8s.kubectl("get", "dmig", "-n", shop.namespace).stdout
@@ -65,6 +70,8 @@ def test_user_path_apply_run_succeed(shop: Shop) -> None:
     wide = shop.k8s.kubectl("get", "datamigrations.chunkwise.dev", "-n", shop.namespace,
                             "-o", "wide").stdout
     assert "customer-status-run1" in wide and "shop.0002_customer_status" in wide
+    assert wide.splitlines()[0].split()[6:8] == ["VERIFIED", "SHARDS"]
+    assert " True " in wide.splitlines()[1]  # (the empty ETA column shifts a split row)
     events = shop.events("customer-status")
     assert events[0] == "JobCreated" and "Succeeded" in events
     [job] = shop.jobs()

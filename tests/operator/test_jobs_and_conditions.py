@@ -263,3 +263,28 @@ def test_job_problem_is_the_newest_failed_create_of_the_runs_job() -> None:
     assert problem.phase == "Pending"
     assert problem.message == "Job m-run2 cannot create its pod: Error creating: PodSecurity"
     assert job_problem("m-run3", events) is None
+
+
+def test_verified_follows_the_workers_check_once_the_run_succeeded() -> None:
+    from chunkwise.operator.conditions import RunState
+
+    done = RunState("Succeeded", "Completed", "every row was processed")
+    check = {"rowsRemaining": 3, "failedRows": 2, "missedRows": 1, "upToKey": 9,
+             "checkedAt": "2026-01-01T00:00:00Z"}
+    patch, _ = status_for({"verification": check}, done, 1)
+    verified = {c["type"]: c for c in patch["conditions"]}["Verified"]
+    assert (verified["status"], verified["reason"]) == ("False", "RowsMissed")
+    assert verified["message"].startswith("1 rows up to the high-water mark still match todo")
+    shards = {"0": {"verification": {**check, "rowsRemaining": 2, "missedRows": 0}},
+              "1": {"verification": {**check, "rowsRemaining": 0, "failedRows": 0,
+                                     "missedRows": 0}}}
+    patch, _ = status_for({"shards": shards}, done, 1)
+    verified = {c["type"]: c for c in patch["conditions"]}["Verified"]
+    assert (verified["status"], verified["reason"]) == ("True", "NoRowsMissed")
+    assert "the 2 rows still matching todo are the recorded failed rows" in verified["message"]
+    patch, _ = status_for({}, done, 1)  # no todo filter: nothing checked, no condition
+    assert "Verified" not in {c["type"] for c in patch["conditions"]}
+    running = RunState("Running", "Running", "")
+    patch, _ = status_for({"conditions": [verified]}, running, 2)  # a new run
+    again = {c["type"]: c for c in patch["conditions"]}["Verified"]
+    assert (again["status"], again["reason"]) == ("Unknown", "NotVerified")

@@ -22,6 +22,7 @@ from chunkwise.engine import (
     RunSettings,
     Tally,
     Timeouts,
+    Verification,
 )
 
 
@@ -44,6 +45,7 @@ class Memory:
         "last_key": None, "tally": Tally(), "batches": 0, "state": "running"})
     failures: list[int] = field(default_factory=list)
     lock_limits: list[int] = field(default_factory=list)
+    verification: Verification | None = None
 
 
 class FakeTarget:
@@ -125,6 +127,9 @@ class FakeStore:
 
     def stop(self) -> None:
         pass
+
+    def verify(self) -> Verification | None:
+        return self.m.verification
 
 
 class Recorder:
@@ -268,3 +273,21 @@ def test_no_notice_when_the_cap_lowers_nothing() -> None:
     recorder = Recorder()
     run(Memory({k: 0 for k in range(1, 50)}), recorder)
     assert recorder.notices == []
+
+
+def test_a_completed_run_carries_the_stores_verification_and_survives_its_failure() -> None:
+    memory = Memory({key: 0 for key in range(1, 11)}, verification=Verification(0, 0, 10))
+    outcome = BatchRunner(FakeTarget(memory), FakeStore(memory), RunSettings(),
+                          Recorder()).run()
+    assert outcome.reason == "Completed" and outcome.verification == Verification(0, 0, 10)
+    assert outcome.verification.describe() == "no row up to key 10 still matches todo"
+
+    class Broken(FakeStore):
+        def verify(self) -> Verification | None:
+            raise OSError("connection lost after the last commit")
+
+    memory = Memory({key: 0 for key in range(1, 11)})
+    recorder = Recorder()
+    outcome = BatchRunner(FakeTarget(memory), Broken(memory), RunSettings(), recorder).run()
+    assert outcome.exit_code is ExitCode.DONE and outcome.verification is None
+    assert any("could not verify the run: OSError" in n for n in recorder.notices)

@@ -86,3 +86,16 @@ def test_format_duration_for_columns_and_clocks() -> None:
         "", "5s", "1m15s", "1h02m"]
     assert [format_duration(s) for s in (None, 5, 75, 3725)] == ["--:--", "0:05", "1:15",
                                                                  "1:02:05"]
+
+
+def test_the_verification_goes_into_the_status() -> None:
+    from chunkwise.engine import Verification
+
+    client = FakeClient()
+    reporter = StatusReporter(client)  # type: ignore[arg-type]
+    reporter.started(state(0))
+    reporter.finished(Outcome(ExitCode.DONE, "Completed", "ok", state(1000, done=True),
+                              Verification(3, 2, 1000)))
+    check = client.patches[-1]["verification"]
+    assert {k: v for k, v in check.items() if k != "checkedAt"} == {
+        "rowsRemaining": 3, "failedRows": 2, "missedRows": 1, "upToKey": 1000}

@@ -12,7 +12,13 @@ from django.db.models import Count, Field, Q, QuerySet, Sum
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from chunkwise.engine import AnotherRunnerActive, CheckpointState, SettingsError, Tally
+from chunkwise.engine import (
+    AnotherRunnerActive,
+    CheckpointState,
+    SettingsError,
+    Tally,
+    Verification,
+)
 
 from .keys import Key, KeyCodec
 from .models import Checkpoint, FailedRow
@@ -35,8 +41,10 @@ class DjangoCheckpointStore:
         todo: QuerySet[Any],
         key_field: Field[Any, Any],
         owner: str | None = None,
+        has_todo: bool = False,
     ) -> None:
         self._ref = ref
+        self._has_todo = has_todo
         self._alias = alias
         self._todo = todo
         self._key = key_field
@@ -299,6 +307,30 @@ class DjangoCheckpointStore:
                 state=state, message=message[:4000], heartbeat_at=Now(),
                 completed_at=Now() if state == Checkpoint.State.DONE else None,
             )
+
+    def verify(self) -> Verification | None:
+        """Rows of this shard's range (up to the high-water mark) that still match the
+        todo filter, and which of them were recorded as failed; kept on the checkpoint."""
+        if not self._has_todo:
+            return None
+        row = self._rows().get(pk=self.checkpoint_id)
+        if row.high_water_key is None:
+            return Verification(0, 0, None)
+        name = self._key.name
+        remaining = self._todo.filter(**{f"{name}__lte": self._codec.load(row.high_water_key)})
+        if row.lower_key is not None:
+            remaining = remaining.filter(**{f"{name}__gt": self._codec.load(row.lower_key)})
+        count = remaining.count()
+        failed = 0
+        if count:
+            keys = [self._codec.load(key) for key in FailedRow.objects.using(self._alias)
+                    .filter(checkpoint_id=row.pk).values_list("key", flat=True)]
+            for start in range(0, len(keys), 1000):  # bounded IN lists
+                failed += remaining.filter(**{f"{name}__in": keys[start:start + 1000]}).count()
+        result = Verification(count, failed, self._codec.load(row.high_water_key))
+        self._rows().filter(pk=row.pk).update(rows_remaining=count, rows_missed=result.missed,
+                                              verified_at=Now())
+        return result
 
     def _state_of(self, row: Checkpoint) -> CheckpointState:
         return CheckpointState(

@@ -39,6 +39,11 @@ class Checkpoint(models.Model):
     message = models.TextField(blank=True, default="")
     owner = models.CharField(max_length=255, blank=True, default="")
     planned = models.BooleanField(default=False)
+    #: after a completed run with a todo filter: rows up to high_water_key still matching
+    #: it, and how many of those were not recorded as failed (expected: 0 and 0)
+    rows_remaining = models.BigIntegerField(null=True)
+    rows_missed = models.BigIntegerField(null=True)
+    verified_at = models.DateTimeField(null=True)
     started_at = models.DateTimeField(auto_now_add=True)
     heartbeat_at = models.DateTimeField(null=True)
     completed_at = models.DateTimeField(null=True)

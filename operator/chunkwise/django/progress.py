@@ -79,6 +79,8 @@ class ProgressBar:
         verdict = {ExitCode.DONE: "done", ExitCode.HALTED: "HALTED",
                    ExitCode.INTERRUPTED: "interrupted"}.get(outcome.exit_code, "stopped")
         self._write(f"{self._title}: {verdict} ({outcome.reason}): {outcome.message}\n")
+        if outcome.verification is not None:
+            self._write(f"{self._title}: verified: {outcome.verification.describe()}\n")
 
     def _write(self, text: str) -> None:
         self._stream.write(text)

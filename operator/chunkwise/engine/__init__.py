@@ -28,6 +28,7 @@ from .runner import (
     Outcome,
     Reporter,
     RowFailure,
+    Verification,
 )
 from .settings import (
     TUNABLES,
@@ -48,6 +49,6 @@ __all__ = [
     "CheckpointStore", "ErrorKind", "ExitCode", "HaltThresholds", "Halted", "LockWaitsExhausted",
     "Outcome", "Progress", "RateLimiter", "RateWindow", "Reporter", "RetriesExhausted",
     "RetrySettings", "RowFailure", "RunSettings", "SettingsError", "Tally", "Tee", "Timeouts",
-    "Tunable", "backoff_seconds", "check_budget", "classify", "format_duration", "parse_duration",
+    "Tunable", "Verification", "backoff_seconds", "check_budget", "classify", "format_duration", "parse_duration",
     "progress_of", "sqlstate_of",
 ]

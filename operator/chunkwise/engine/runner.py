@@ -46,6 +46,7 @@ __all__ = [
     "Outcome",
     "Reporter",
     "RowFailure",
+    "Verification",
 ]
 
 Key = Any  # int, str, UUID: whatever the key column holds; compared by the database only
@@ -84,6 +85,11 @@ class CheckpointStore(Protocol):
 
     def finish(self, state: str, message: str = "") -> None:
         """Mark the checkpoint done, halted or interrupted (own transaction)."""
+
+    def verify(self) -> Verification | None:
+        """After a completed run: what still matches the todo filter up to the high-water
+        mark (None when the operation has no filter to check)."""
+        ...
 
     def reconnected(self) -> None:
         """After a lost connection: take the runner lock again on the new session."""
@@ -154,6 +160,28 @@ class Outcome:
     reason: str  # CamelCase: Completed, Interrupted, FailedRowsExceeded, ...
     message: str
     state: CheckpointState | None = None
+    verification: Verification | None = None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The check after a completed run: rows up to the high-water mark that still match
+    the todo filter (expected: none), split into those recorded as failed (skipped on
+    purpose, with their error) and those missed (nobody recorded why)."""
+
+    rows_remaining: int
+    failed_remaining: int
+    up_to_key: Key | None
+
+    @property
+    def missed(self) -> int:
+        return self.rows_remaining - self.failed_remaining
+
+    def describe(self) -> str:
+        if not self.rows_remaining:
+            return f"no row up to key {self.up_to_key} still matches todo"
+        return (f"{self.rows_remaining:,} rows up to key {self.up_to_key} still match todo: "
+                f"{self.failed_remaining:,} recorded as failed, {self.missed:,} missed")
 
 
 @dataclass
@@ -217,7 +245,8 @@ class BatchRunner:
                     assert self._state is not None
                     self._state.done = True
                     return self._finish(Outcome(ExitCode.DONE, "Completed",
-                                                "all rows processed", self._state))
+                                                "all rows processed", self._state,
+                                                self._verify()))
                 delay = limiter.delay_after(rows)
                 if delay > 0:
                     self._reporter.throttled(PACE, delay)
@@ -228,6 +257,14 @@ class BatchRunner:
         self._store.finish("interrupted", "stopped by signal after a committed batch")
         return self._finish(Outcome(ExitCode.INTERRUPTED, "Interrupted",
                                     "stopped after the current batch committed", self._state))
+
+    def _verify(self) -> Verification | None:
+        """Best effort: the run is done whatever a read-only count says or fails to say."""
+        try:
+            return self._store.verify()
+        except Exception as exc:
+            self._reporter.notice(f"could not verify the run: {type(exc).__name__}: {exc}")
+            return None
 
     def _finish(self, outcome: Outcome) -> Outcome:
         self._reporter.finished(outcome)

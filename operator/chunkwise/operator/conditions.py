@@ -14,7 +14,8 @@ from typing import Any, cast
 from chunkwise.contract import ExitCode, WorkerStatus, format_utc, parse_utc, utc_now_text
 
 __all__ = ["FAILED_CREATE", "STUCK", "Event", "RunState", "job_problem", "pod_problem",
-           "run_state_of", "set_condition", "stall_status", "status_for", "worker_of"]
+           "run_state_of", "set_condition", "stall_status", "status_for", "verification_of",
+           "worker_of"]
 
 #: why a container waits that no amount of waiting fixes (the kubelet's reasons)
 _CONTAINER_STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
@@ -144,7 +145,8 @@ def set_condition(conditions: Sequence[Mapping[str, Any]], kind: str, status: st
     return sorted(result, key=lambda c: _ORDER.get(str(c["type"]), 99))
 
 
-_ORDER = {"Succeeded": 0, "Progressing": 1, "Suspended": 2, "Halted": 3, "Stalled": 4}
+_ORDER = {"Succeeded": 0, "Progressing": 1, "Suspended": 2, "Halted": 3, "Stalled": 4,
+          "Verified": 5}
 
 # phase -> (Succeeded, Progressing, Suspended, Halted) condition statuses
 _TABLE = {
@@ -170,6 +172,7 @@ def status_for(status: Mapping[str, Any], outcome: RunState, generation: int | N
             else f"Not{kind}"
         conditions = set_condition(conditions, kind, value, reason, outcome.message,
                                    generation, now)
+    conditions = _verified(conditions, status, outcome, generation, now)
     if outcome.phase != "Running":  # a stall only means something while running
         conditions = set_condition(conditions, "Stalled", "False", "NotRunning",
                                    "the worker is not running", generation, now)
@@ -181,6 +184,43 @@ def status_for(status: Mapping[str, Any], outcome: RunState, generation: int | N
     if previous != outcome.phase:
         events.append(_event_for(previous, outcome))
     return patch, events
+
+
+def verification_of(status: Mapping[str, Any]) -> tuple[int, int, int] | None:
+    """(rows still matching todo, of them recorded as failed, missed) after a completed
+    run, summed over its shards; None when the worker checked nothing (no todo filter)."""
+    checks = [status["verification"]] if status.get("verification") else []
+    shards = status.get("shards")
+    if isinstance(shards, Mapping):
+        checks += [e["verification"] for e in shards.values()
+                   if isinstance(e, Mapping) and e.get("verification")]
+    if not checks:
+        return None
+    return (sum(int(c.get("rowsRemaining", 0)) for c in checks),
+            sum(int(c.get("failedRows", 0)) for c in checks),
+            sum(int(c.get("missedRows", 0)) for c in checks))
+
+
+def _verified(conditions: list[dict[str, Any]], status: Mapping[str, Any], outcome: RunState,
+              generation: int | None, now: str) -> list[dict[str, Any]]:
+    """``Verified`` once a run succeeded and its worker checked the todo filter."""
+    known = any(c.get("type") == "Verified" for c in conditions)
+    check = verification_of(status) if outcome.phase == "Succeeded" else None
+    if check is None:
+        if not known:
+            return conditions
+        return set_condition(conditions, "Verified", "Unknown", "NotVerified",
+                             "checked when a run completes", generation, now)
+    remaining, failed, missed = check
+    if missed:
+        return set_condition(conditions, "Verified", "False", "RowsMissed",
+                             f"{missed} rows up to the high-water mark still match todo and "
+                             f"were not recorded as failed ({failed} failed rows recorded)",
+                             generation, now)
+    message = "no row up to the high-water mark still matches todo" if not remaining else \
+        f"the {remaining} rows still matching todo are the recorded failed rows"
+    return set_condition(conditions, "Verified", "True", "NoRowsMissed", message, generation,
+                         now)
 
 
 def _event_for(previous: str | None, outcome: RunState) -> Event:

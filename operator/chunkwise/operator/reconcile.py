@@ -68,7 +68,7 @@ def start_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
                       migrationRef=f"{migration['app']}.{migration['name']}",
                       startedAt=status.get("startedAt") or utc_now_text(), completedAt=None)
     if run > 1:  # the last run's outcome is history now
-        new_status.update(worker=None, shards=None)
+        new_status.update(worker=None, shards=None, verification=None)
     patch.setdefault("status", {}).update(new_status)
     if created:
         verb = "resumes from the checkpoint" if run > 1 else "starts"

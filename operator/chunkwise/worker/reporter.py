@@ -19,6 +19,7 @@ from chunkwise.contract import (
     ExitCode,
     ProgressStatus,
     ShardStatus,
+    VerificationStatus,
     WorkerState,
     WorkerStatus,
     json_key,
@@ -142,4 +143,15 @@ class StatusReporter:
         status: dict[str, Any] = {}
         if outcome.state is not None:
             status["progress"] = self._progress(outcome.state, utc_now_text(), live=False)
-        self._patch(self._with_worker(status, outcome.state, worker))
+        status = self._with_worker(status, outcome.state, worker)
+        if outcome.verification is not None:
+            check = outcome.verification
+            verification: VerificationStatus = {
+                "rowsRemaining": check.rows_remaining, "failedRows": check.failed_remaining,
+                "missedRows": check.missed, "upToKey": json_key(check.up_to_key),
+                "checkedAt": utc_now_text()}
+            if self._sharded:
+                status["shards"][str(self._shard)]["verification"] = verification
+            else:
+                status["verification"] = verification
+        self._patch(status)
