@@ -88,6 +88,9 @@ class Env:
     METRICS_PORT: Final = "CHUNKWISE_METRICS_PORT"
     #: the address to bind the metrics port to; default: every interface
     METRICS_ADDRESS: Final = "CHUNKWISE_METRICS_ADDRESS"
+    #: "1": plan the run (rows, rows/s, lock waits, ETA) with sample batches that are
+    #: rolled back, instead of running it (spec.dryRun)
+    DRY_RUN: Final = "CHUNKWISE_DRY_RUN"
     #: "1"/"0": whether ``migrate`` defers BatchedRunPython operations (default: the
     #: ``CHUNKWISE_DEFER`` Django setting, else no); an operation's own ``defer=`` wins
     DEFER: Final = "CHUNKWISE_DEFER"

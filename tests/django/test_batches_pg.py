@@ -610,3 +610,45 @@ def test_a_completed_run_is_verified_failed_rows_apart_from_missed_ones(lab_db: 
                         "FROM chunkwise_checkpoint") == [(3, 1, True)]
     clean = lab_db.manage("chunkwise_run", "lab", "0002")  # no todo filter: nothing to check
     assert clean.returncode == 0 and "verified" not in clean.stderr
+
+
+def _table_digest(db: LabDb) -> object:
+    return db.query("SELECT md5(string_agg(id || ':' || counter || ':' || coalesce(status, '') "
+                    "|| ':' || score, ',' ORDER BY id)) FROM lab_item")[0][0]
+
+
+def test_plan_measures_with_sample_batches_and_writes_nothing(lab_db: LabDb) -> None:
+    seed_items(lab_db, 20_000, payload_at={5000: "raise"})
+    before = _table_digest(lab_db)
+    samples = {"0003": "sample batches     4 (7,500 rows, rolled back)",  # 500, 1k, 2k, 4k
+               "0002": "sample batches     3 (3,500 rows, rolled back)"}  # the 4th fails
+    for migration, sampled in samples.items():  # set-based, then per-row
+        planned = lab_db.manage("chunkwise_plan", "lab", migration, "--batch-size", "500",
+                                "--min-batch-size", "500", "--max-locked-fraction", "0",
+                                "--samples", "4")
+        assert planned.returncode == 0, planned.stderr
+        out = planned.stdout
+        assert "plan (nothing was written)" in out
+        assert "rows to do         20,000 (counted)" in out
+        assert sampled in out, out
+        for figure in ("rows/s ", "lock wait ", "tuned batch size ", "ETA "):
+            assert figure in out, figure
+    assert ("sample errors      1 batch(es) failed; the first: ValueError: cannot bump item "
+            "5000: payload says raise (a run isolates and records such rows)") in out
+    assert _table_digest(lab_db) == before  # not a row changed
+    assert lab_db.query("SELECT count(*) FROM chunkwise_checkpoint") == [(0,)]
+    assert lab_db.query("SELECT count(*) FROM chunkwise_failedrow") == [(0,)]
+    assert lab_db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+
+
+def test_plan_estimates_rows_on_a_big_table_from_the_planner(lab_db: LabDb) -> None:
+    lab_db.execute("INSERT INTO lab_item (id, counter, payload, score) "
+                   "SELECT g, 0, '', 0 FROM generate_series(1, 1000200) g")
+    lab_db.execute("ANALYZE lab_item")
+    planned = lab_db.manage("chunkwise_plan", "lab", "0003", "--samples", "2")
+    assert planned.returncode == 0, planned.stderr
+    [line] = [x for x in planned.stdout.splitlines() if "rows to do" in x]
+    assert line.endswith("(estimated by the planner)")
+    estimate = int(line.split()[3].replace(",", ""))
+    assert 900_000 < estimate < 1_100_000
+    assert lab_db.query("SELECT count(*) FROM lab_item WHERE counter <> 0") == [(0,)]

@@ -352,3 +352,29 @@ def test_a_drained_node_does_not_count_against_the_backoff_limit(shop: Shop) -> 
     assert job["spec"]["backoffLimit"] == 0 and job["status"].get("succeeded") == 1
     assert body["status"]["run"] == 1
     assert visits(shop) == {1: SEEDED}
+
+
+def test_a_dry_run_plans_writes_nothing_then_the_real_run_follows(shop: Shop) -> None:
+    """spec.dryRun: the worker plans (rows, rows/s, lock waits, batch size, ETA from sample
+    batches that are rolled back) into status.plan; nothing is written. Turning dryRun off
+    starts the real run."""
+    manifest = (EXAMPLES / "customer-status.yaml").read_text().replace(
+        "  batch: {size: 5000", "  dryRun: true\n  batch: {size: 5000")
+    shop.apply(manifest)
+    body = shop.wait_phase("customer-status", "Succeeded")
+    status = body["status"]
+    succeeded = {c["type"]: c for c in status["conditions"]}["Succeeded"]
+    assert succeeded["reason"] == "DryRunCompleted"
+    assert succeeded["message"].startswith("dry run, nothing was written: rows to do 20,000")
+    plan = status["plan"]
+    assert plan["rowsToDo"] == SEEDED and plan["rowsCounted"] is True
+    assert plan["sampleBatches"] == 3 and plan["rowsPerSecond"] > 0 and plan["batchSize"] > 0
+    assert shop.query("SELECT count(*) FROM shop_customer WHERE status IS NOT NULL") == [(0,)]
+    assert shop.query("SELECT count(*) FROM chunkwise_checkpoint") == [(0,)]
+    shop.patch_spec("customer-status", {"dryRun": False})
+    body = shop.k8s.wait_for("the real run", lambda: (lambda b: b if b["status"].get("run") == 2
+                             and b["status"].get("phase") == "Succeeded" else None)(
+                                 shop.dmig("customer-status")), timeout=180)
+    succeeded = {c["type"]: c for c in body["status"]["conditions"]}["Succeeded"]
+    assert succeeded["reason"] == "Completed" and "plan" not in body["status"]
+    assert shop.query("SELECT count(*) FROM shop_customer WHERE status IS NULL") == [(0,)]

@@ -81,7 +81,7 @@ CASES = [
      "database alias"),
     (with_spec(command=[""]), "spec.command[0]"),
     (with_spec(suspend="yes"), "spec.suspend: Invalid value: \"string\""),
-    (with_spec(dryRun=True), 'unknown field "spec.dryRun"'),
+    (with_spec(dryrun=True), 'unknown field "spec.dryrun"'),  # it is dryRun
 ]
 
 

@@ -41,7 +41,8 @@ from .operation_ref import OperationRef
 from .progress import ProgressBar
 from .target import DjangoBatchTarget, uses_psycopg3
 
-__all__ = ["BatchedWork", "execute", "plan_deferred", "recorded", "rows_to_do", "stop_on_signals"]
+__all__ = ["BatchedWork", "execute", "plan_deferred", "recorded", "rows_to_do",
+           "stop_on_signals", "target_for"]
 
 SetBasedCode = Callable[[StateApps, BaseDatabaseSchemaEditor, Any], None]
 
@@ -116,6 +117,24 @@ def rows_to_do(operation: BatchedWork, ref: OperationRef, apps: StateApps,
     return one_per_key(rows, todo_q, key_field), key_field
 
 
+def target_for(operation: BatchedWork, ref: OperationRef, apps: StateApps,
+               schema_editor: BaseDatabaseSchemaEditor, todo: QuerySet[Any],
+               key_field: Field[Any, Any], lock_first: bool = False) -> DjangoBatchTarget:
+    """The batch target for ``ref``'s direction: the transform, or the set-based code."""
+    alias = schema_editor.connection.alias
+    if ref.direction == "forward" and operation.forward is None:
+        return DjangoBatchTarget(alias, todo, key_field, transform=operation.transform,
+                                 fields=operation.fields)
+    code = operation.forward if ref.direction == "forward" else operation.reverse
+    if code is None:
+        raise ImproperlyConfigured(
+            f"direction: backward runs the operation's reverse= code, and {ref.app_label}."
+            f"{ref.migration} operation {ref.operation} has none (it is irreversible)")
+    return DjangoBatchTarget(alias, todo, key_field,
+                             forward=lambda batch: code(apps, schema_editor, batch),
+                             lock_first=lock_first)
+
+
 def plan_deferred(operation: BatchedWork, ref: OperationRef, apps: StateApps,
                   alias: str) -> CheckpointState:
     """Plan the run without running it: the checkpoint, its row estimate and its
@@ -151,17 +170,7 @@ def execute(
         )
     todo, key_field = rows_to_do(operation, ref, apps, connection.alias)
     forward_direction = ref.direction == "forward"
-    if forward_direction and operation.forward is None:
-        target = DjangoBatchTarget(connection.alias, todo, key_field,
-                                   transform=operation.transform, fields=operation.fields)
-    else:
-        code = operation.forward if forward_direction else operation.reverse
-        if code is None:
-            raise ImproperlyConfigured(
-                f"direction: backward runs the operation's reverse= code, and {ref.app_label}."
-                f"{ref.migration} operation {ref.operation} has none (it is irreversible)")
-        target = DjangoBatchTarget(connection.alias, todo, key_field,
-                                   forward=lambda batch: code(apps, schema_editor, batch))
+    target = target_for(operation, ref, apps, schema_editor, todo, key_field)
     base = settings or operation.base_settings()
     run_settings = resolve_settings(base, env)
     if connection.vendor == "postgresql":

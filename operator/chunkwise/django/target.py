@@ -72,6 +72,7 @@ class DjangoBatchTarget:
         forward: SetBasedWork | None = None,
         transform: RowTransform | None = None,
         fields: Sequence[str] = (),
+        lock_first: bool = False,
     ) -> None:
         if (forward is None) == (transform is None):
             raise ValueError("give exactly one of forward (set-based) or transform (per row)")
@@ -86,7 +87,8 @@ class DjangoBatchTarget:
         self._rows: list[Any] = []
         self._vendor = connections[alias].vendor
         # set-based on PostgreSQL: no lock step while nothing contends (see above)
-        self._optimistic = forward is not None and self._vendor == "postgresql"
+        self._optimistic = forward is not None and self._vendor == "postgresql" and \
+            not lock_first  # a plan measures lock waits in every sample batch
         self._contended_attempts = 0
         self._binary_fetch = uses_psycopg3(alias) and settings.USE_TZ and all(
             field.get_internal_type() in _BINARY_SAFE and not hasattr(field, "from_db_value")

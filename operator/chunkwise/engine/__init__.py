@@ -49,6 +49,6 @@ __all__ = [
     "CheckpointStore", "ErrorKind", "ExitCode", "HaltThresholds", "Halted", "LockWaitsExhausted",
     "Outcome", "Progress", "RateLimiter", "RateWindow", "Reporter", "RetriesExhausted",
     "RetrySettings", "RowFailure", "RunSettings", "SettingsError", "Tally", "Tee", "Timeouts",
-    "Tunable", "Verification", "backoff_seconds", "check_budget", "classify", "format_duration", "parse_duration",
-    "progress_of", "sqlstate_of",
+    "Tunable", "Verification", "backoff_seconds", "check_budget", "classify",
+    "format_duration", "parse_duration", "progress_of", "sqlstate_of",
 ]

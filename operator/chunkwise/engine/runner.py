@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -161,6 +161,8 @@ class Outcome:
     message: str
     state: CheckpointState | None = None
     verification: Verification | None = None
+    #: a dry run's figures (rows to do, rows/s, lock wait, batch size, ETA) for the status
+    plan: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

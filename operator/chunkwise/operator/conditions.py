@@ -13,9 +13,9 @@ from typing import Any, cast
 
 from chunkwise.contract import ExitCode, WorkerStatus, format_utc, parse_utc, utc_now_text
 
-__all__ = ["FAILED_CREATE", "STUCK", "Event", "RunState", "job_problem", "pod_problem",
-           "run_state_of", "set_condition", "stall_status", "status_for", "verification_of",
-           "worker_of"]
+__all__ = ["DRY_RUN_COMPLETED", "FAILED_CREATE", "STUCK", "Event", "RunState", "job_problem",
+           "pod_problem", "run_state_of", "set_condition", "stall_status", "status_for",
+           "verification_of", "worker_of"]
 
 #: why a container waits that no amount of waiting fixes (the kubelet's reasons)
 _CONTAINER_STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
@@ -23,6 +23,8 @@ _CONTAINER_STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
 #: the Job controller's Event when the API server refuses the run's pod (admission: Pod
 #: Security, quota, LimitRange, a webhook); it retries with backoff, and says so only there
 FAILED_CREATE = "FailedCreate"
+#: a dry run's worker says so; the plan is in status.plan and nothing was written
+DRY_RUN_COMPLETED = "DryRunCompleted"
 #: the reasons a run's pod cannot start: a spec change replaces such a run at once
 STUCK = (*_CONTAINER_STUCK, FAILED_CREATE)
 
@@ -79,6 +81,8 @@ def run_state_of(job: Mapping[str, Any], worker: WorkerStatus | None = None) -> 
     the worker could not report (killed, no network), the Job's own reason is shown."""
     worker = worker or {}
     if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
+        if worker.get("reason") == DRY_RUN_COMPLETED:
+            return RunState("Succeeded", DRY_RUN_COMPLETED, worker.get("message", ""))
         return RunState("Succeeded", "Completed", "every row was processed")
     failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
     if failed:

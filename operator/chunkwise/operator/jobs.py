@@ -44,6 +44,8 @@ def worker_env(spec: Mapping[str, Any], namespace: str, name: str) -> list[dict[
     }
     if migration.get("operation") is not None:
         env[Env.OPERATION] = str(migration["operation"])
+    if spec.get("dryRun"):
+        env[Env.DRY_RUN] = "1"
     if int(spec.get("parallelism", 1)) > 1:  # each pod's shard: JOB_COMPLETION_INDEX
         env[Env.SHARDS] = str(spec["parallelism"])
     for tunable in TUNABLES:  # spec.batch.size -> CHUNKWISE_BATCH_SIZE, and so on

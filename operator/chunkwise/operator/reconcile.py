@@ -3,7 +3,8 @@
 - create: make run 1's Job (Indexed later; one pod now), record it in the status.
 - spec change: suspend/resume patches the Job; any other change restarts a Halted or
   Failed migration as a new run (from the checkpoint), replaces a run whose pod cannot
-  start, and while running is deferred.
+  start, and while running is deferred; turning dryRun off after a dry run starts the
+  real run.
 - Job change: mirror the Job's state into phase and conditions, with Events.
 - timer: a Running migration whose checkpoint stops advancing is marked Stalled.
 
@@ -68,7 +69,7 @@ def start_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
                       migrationRef=f"{migration['app']}.{migration['name']}",
                       startedAt=status.get("startedAt") or utc_now_text(), completedAt=None)
     if run > 1:  # the last run's outcome is history now
-        new_status.update(worker=None, shards=None, verification=None)
+        new_status.update(worker=None, shards=None, verification=None, plan=None)
     patch.setdefault("status", {}).update(new_status)
     if created:
         verb = "resumes from the checkpoint" if run > 1 else "starts"
@@ -107,8 +108,10 @@ def spec_changed(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
         {k: v for k, v in new.items() if k != "suspend"}
     if not others_changed:
         return
-    if status.get("phase") in _RESTARTABLE and not new.get("suspend"):
-        start_run(cluster, post, body, patch, run + 1)
+    dry_run_over = status.get("phase") == "Succeeded" and bool(old.get("dryRun")) \
+        and not new.get("dryRun")
+    if (status.get("phase") in _RESTARTABLE or dry_run_over) and not new.get("suspend"):
+        start_run(cluster, post, body, patch, run + 1)  # a dry run done: now the real one
     elif _cannot_start(status):
         # its pod cannot run a batch (refused, or its image or config is wrong): the fix
         # in the new spec needs a new Job. The new run is recorded before the old Job is

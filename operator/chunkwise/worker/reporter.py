@@ -144,6 +144,8 @@ class StatusReporter:
         if outcome.state is not None:
             status["progress"] = self._progress(outcome.state, utc_now_text(), live=False)
         status = self._with_worker(status, outcome.state, worker)
+        if outcome.plan is not None:
+            status["plan"] = dict(outcome.plan)
         if outcome.verification is not None:
             check = outcome.verification
             verification: VerificationStatus = {

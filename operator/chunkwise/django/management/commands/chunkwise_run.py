@@ -26,6 +26,7 @@ from ...execute import execute
 from ...local_shards import MAX_SHARDS, run_shards_here
 from ...operation_ref import OperationRef
 from ...operations import BatchedRunPython
+from ...plan import plan_run
 from ...progress import ProgressBar
 from ...reporters import NullReporter, with_plugins
 
@@ -96,6 +97,14 @@ class Command(BaseCommand):
         parser.add_argument("--shard", default=_env(Env.SHARD, _env(Env.JOB_COMPLETION_INDEX)),
                             metavar="I", help="run only shard I of N (0-based) [env "
                                               f"{Env.SHARD}, else {Env.JOB_COMPLETION_INDEX}]")
+        parser.add_argument("--dry-run", action="store_true",
+                            default=(_env(Env.DRY_RUN) or "0") not in ("", "0", "false"),
+                            help="plan instead of running: rows to do, rows/s and lock waits "
+                                 "from a few sample batches that are rolled back, the batch "
+                                 f"size the tuner would pick, an ETA; writes nothing [env "
+                                 f"{Env.DRY_RUN}; spec.dryRun]")
+        parser.add_argument("--samples", type=int, default=3, metavar="N",
+                            help="sample batches of a dry run (default 3)")
         parser.add_argument("--metrics-port", default=_env(Env.METRICS_PORT), metavar="PORT",
                             help="serve live Prometheus metrics at :PORT/metrics while the run "
                                  f"goes on [env {Env.METRICS_PORT}; bind address from "
@@ -142,6 +151,9 @@ class Command(BaseCommand):
             settings = resolve_settings(operation.base_settings(), os.environ, flags)
             metrics_port = parse_port(options["metrics_port"],
                                       f"--metrics-port ({Env.METRICS_PORT})")
+            if options["dry_run"]:
+                return self._plan(operation, ref, state.apps, alias, settings,
+                                  options["samples"])
             if shard is None and shards > 1:
                 return run_shards_here(operation, ref, state.apps, alias, settings)
             reporter = with_plugins(ProgressBar(str(ref), sys.stderr))
@@ -152,6 +164,22 @@ class Command(BaseCommand):
         except (SettingsError, ImproperlyConfigured) as exc:  # retrying cannot fix either
             raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
         return int(outcome.exit_code)
+
+    def _plan(self, operation: BatchedRunPython, ref: OperationRef, apps: Any, alias: str,
+              settings: Any, samples: int) -> int:
+        if not 1 <= samples <= 100:
+            raise CommandError(f"--samples: expected an integer from 1 to 100, got {samples}",
+                               returncode=ExitCode.USAGE)
+        with connections[alias].schema_editor(atomic=False) as schema_editor:
+            plan = plan_run(operation, ref, apps, schema_editor, settings, samples)
+        self.stdout.write("\n".join(plan.lines(str(ref))))
+        summary = plan.lines(str(ref))[1:]
+        with_plugins(NullReporter()).finished(Outcome(
+            ExitCode.DONE, "DryRunCompleted",
+            "dry run, nothing was written: " + "; ".join(" ".join(line.split())
+                                                         for line in summary),
+            plan=plan.as_status()))
+        return int(ExitCode.DONE)
 
     def _operation_index(self, migration: Migration, wanted: Any) -> int:
         batched = [i for i, op in enumerate(migration.operations)

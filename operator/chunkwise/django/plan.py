@@ -1,0 +1,140 @@
+"""A plan before the run (``chunkwise_plan``, ``spec.dryRun``): how many rows, how fast,
+how long the locks are waited for, which batch size the tuner would pick, and an ETA,
+measured with a few real batches inside one transaction that is rolled back.
+
+It writes nothing: no row of the table, no checkpoint, no runner lock.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections, transaction
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+from django.db.migrations.state import StateApps
+from django.db.models import QuerySet
+
+from chunkwise.engine import BatchSizer, RunSettings, format_duration
+
+from .execute import BatchedWork, rows_to_do, target_for
+from .operation_ref import OperationRef
+
+__all__ = ["EXACT_COUNT_LIMIT", "Plan", "plan_run"]
+
+#: above this many rows in the table (the planner's reltuples), the rows to do are
+#: estimated from the planner's statistics instead of counted: an exact count of a
+#: 100M-row table is minutes of sequential scan, for a figure that only sizes an ETA
+EXACT_COUNT_LIMIT = 1_000_000
+
+
+@dataclass(frozen=True)
+class Plan:
+    rows: int
+    rows_counted: bool  # exact count(*), or the planner's estimate
+    sample_batches: int
+    sample_rows: int
+    rows_per_second: float
+    lock_wait_per_batch: float  # seconds, median of the samples
+    batch_size: int  # what the tuner would use after the samples
+    eta_seconds: float | None
+    sample_errors: tuple[str, ...] = ()  # batches whose rows failed (a run isolates them)
+
+    def lines(self, title: str) -> list[str]:
+        how = "counted" if self.rows_counted else "estimated by the planner"
+        eta = format_duration(self.eta_seconds) if self.eta_seconds is not None else "unknown"
+        return [
+            f"{title}: plan (nothing was written)",
+            f"  rows to do         {self.rows:,} ({how})",
+            f"  sample batches     {self.sample_batches} ({self.sample_rows:,} rows, rolled "
+            "back)",
+            f"  rows/s             {self.rows_per_second:,.0f}",
+            f"  lock wait          {self.lock_wait_per_batch * 1000:.1f} ms per batch (median)",
+            f"  tuned batch size   {self.batch_size:,}",
+            f"  ETA                {eta}",
+        ] + ([f"  sample errors      {len(self.sample_errors)} batch(es) failed; the first: "
+              f"{self.sample_errors[0]} (a run isolates and records such rows)"]
+             if self.sample_errors else [])
+
+    def as_status(self) -> dict[str, Any]:
+        return {"rowsToDo": self.rows, "rowsCounted": self.rows_counted,
+                "sampleBatches": self.sample_batches, "sampleRows": self.sample_rows,
+                "rowsPerSecond": int(self.rows_per_second),
+                "lockWaitSecondsPerBatch": round(self.lock_wait_per_batch, 4),
+                "batchSize": self.batch_size,
+                "etaSeconds": None if self.eta_seconds is None else int(self.eta_seconds),
+                "eta": format_duration(self.eta_seconds, clock=False),
+                "sampleErrors": list(self.sample_errors)}
+
+
+class _Rollback(Exception):
+    """Ends the sample transaction: everything the samples did is undone."""
+
+
+def plan_run(operation: BatchedWork, ref: OperationRef, apps: StateApps,
+             schema_editor: BaseDatabaseSchemaEditor, settings: RunSettings,
+             samples: int = 3) -> Plan:
+    alias = schema_editor.connection.alias
+    todo, key_field = rows_to_do(operation, ref, apps, alias)
+    rows, counted = _rows(todo, alias)
+    sizer = BatchSizer(settings.batch)
+    sizer.plan(rows)
+    target = target_for(operation, ref, apps, schema_editor, todo, key_field, lock_first=True)
+    top = todo.order_by(f"-{key_field.name}").values_list(key_field.name, flat=True).first()
+    timings: list[tuple[int, float, float]] = []  # rows, seconds, lock wait
+    errors: list[str] = []
+    try:
+        with transaction.atomic(using=alias):
+            target.set_timeouts(settings.timeouts)
+            after = None
+            for _ in range(samples if top is not None else 0):
+                started = time.perf_counter()
+                last = None
+                try:
+                    with transaction.atomic(using=alias):  # a savepoint per sample
+                        count, last = target.lock_rows(after, top, sizer.size)
+                        locked = time.perf_counter()
+                        if not count:
+                            break
+                        target.apply(after, last)
+                except Exception as exc:  # a row error, a lock timeout: say it, go on
+                    errors.append(f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+                    if last is None:
+                        break
+                    after = last
+                    continue
+                seconds = time.perf_counter() - started
+                timings.append((count, seconds, locked - started))
+                sizer.observe(count, seconds)
+                after = last
+            raise _Rollback
+    except _Rollback:
+        pass
+    sample_rows = sum(t[0] for t in timings)
+    rate = sample_rows / sum(t[1] for t in timings) if timings else 0.0
+    return Plan(rows=rows, rows_counted=counted, sample_batches=len(timings),
+                sample_rows=sample_rows, rows_per_second=rate,
+                lock_wait_per_batch=statistics.median(t[2] for t in timings) if timings
+                else 0.0, batch_size=sizer.size,
+                eta_seconds=rows / rate if rate > 0 else (0.0 if not rows else None),
+                sample_errors=tuple(errors))
+
+
+def _rows(todo: QuerySet[Any], alias: str) -> tuple[int, bool]:
+    """(rows to do, whether counted exactly)."""
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
+                           [todo.model._meta.db_table])
+            found = cursor.fetchone()
+            if found and found[0] > EXACT_COUNT_LIMIT:
+                sql, params = todo.query.sql_with_params()
+                cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+                (explained,) = cursor.fetchone()
+                plan = explained if isinstance(explained, list) else json.loads(explained)
+                return int(plan[0]["Plan"]["Plan Rows"]), False
+    return todo.count(), True
