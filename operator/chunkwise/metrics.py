@@ -198,6 +198,10 @@ class MetricsReporter:
     def throttled(self, reason: str, seconds: float) -> None:
         self._metrics.throttled.labels(*self._labels, reason).inc(seconds)
 
+
+    def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None:
+        pass  # the new batch size shows in chunkwise_batch_size_rows with the next batch
+
     def notice(self, message: str) -> None:
         pass
 

@@ -206,12 +206,34 @@ async def test_stall_check_marks_an_old_checkpoint(api: Api, kmock: Any) -> None
 
 
 @pytest.mark.asyncio
-async def test_spec_change_while_running_is_deferred_with_an_event(api: Api,
-                                                                    kmock: Any) -> None:
+async def test_spec_change_while_running_retunes_or_is_deferred(api: Api,
+                                                                 kmock: Any) -> None:
+    """Tunables reach the running worker (Retuning); anything else waits for a new run."""
     body = migration({"phase": "Running", "run": 1, "conditions": []})
     await api.call(spec_changed, body, {"batch": {"size": 1}}, {"batch": {"size": 2}}, {})
+    assert api.posted == [("Normal", "Retuning")]
+    api.posted.clear()
+    await api.call(spec_changed, body, {"template": {}},
+                   {"template": {"metadata": {"labels": {"a": "b"}}}}, {})
     assert api.posted == [("Normal", "SpecChangeDeferred")]
     assert not [k for k in kmock.objects if k[0].plural == "jobs"]
+
+
+@pytest.mark.asyncio
+async def test_a_retune_the_worker_applied_is_announced_once(api: Api, kmock: Any) -> None:
+    from chunkwise.operator.reconcile import announce_retune
+
+    tuning = {"generation": 4, "pod": "m-run1-x", "appliedAt": "2026-01-01T00:00:00Z",
+              "changes": {"batch.maxRowsPerSecond": {"from": "1000", "to": "20000"}}}
+    body = migration({"phase": "Running", "run": 1, "tuning": tuning})
+    await put_migration(api, kmock, body)
+    await api.call(announce_retune, body)
+    assert api.posted == [("Normal", "Retuned")]
+    annotations = stored(kmock, MIGRATIONS, "customer-status")["metadata"]["annotations"]
+    assert annotations["chunkwise.dev/retuned-generation"] == "4"
+    body["metadata"]["annotations"] = annotations
+    await api.call(announce_retune, body)  # the next event: already said
+    assert api.posted == [("Normal", "Retuned")]
 
 
 @pytest.mark.asyncio

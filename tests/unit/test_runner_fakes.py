@@ -4,7 +4,7 @@ The same behaviours are tested on a real PostgreSQL in tests/django/."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,6 +137,7 @@ class Recorder:
         self.batches: list[BatchReport] = []
         self.retries: list[ErrorKind] = []
         self.notices: list[str] = []
+        self.retunes: list[tuple[int, dict[str, tuple[Any, Any]]]] = []
         self._stop_after, self._stop = stop_after, stop
 
     def started(self, state: CheckpointState) -> None: ...
@@ -150,6 +151,10 @@ class Recorder:
         self.retries.append(kind)
 
     def throttled(self, reason: str, seconds: float) -> None: ...
+
+
+    def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None:
+        self.retunes.append((generation, dict(changes)))
 
     def notice(self, message: str) -> None:
         self.notices.append(message)
@@ -291,3 +296,29 @@ def test_a_completed_run_carries_the_stores_verification_and_survives_its_failur
     outcome = BatchRunner(FakeTarget(memory), Broken(memory), RunSettings(), recorder).run()
     assert outcome.exit_code is ExitCode.DONE and outcome.verification is None
     assert any("could not verify the run: OSError" in n for n in recorder.notices)
+
+
+def test_new_settings_take_effect_between_batches() -> None:
+    """Live retuning: a source offers new settings after the second batch; the next
+    batches use the new size and the new halt thresholds, and the reporter is told."""
+    import dataclasses
+
+    memory = Memory({key: 0 for key in range(1, 201)})
+    start = RunSettings(batch=BatchSettings(size=10, min_size=10, max_size=10,
+                                            max_locked_fraction=0))
+    faster = dataclasses.replace(start, batch=dataclasses.replace(
+        start.batch, size=40, max_size=40), halt_on=HaltThresholds(failed_rows=7))
+    asked: list[int] = []
+
+    def source() -> tuple[int, RunSettings] | None:
+        asked.append(len(memory.lock_limits))
+        return (5, faster) if len(asked) == 3 else None
+
+    recorder = Recorder()
+    runner = BatchRunner(FakeTarget(memory), FakeStore(memory), start, recorder,
+                         retune=source)
+    outcome = runner.run()
+    assert outcome.exit_code is ExitCode.DONE and set(memory.rows.values()) == {1}
+    assert memory.lock_limits[:2] == [10, 10] and memory.lock_limits[2:6] == [40] * 4
+    assert recorder.retunes == [(5, {"batch.size": (10, 40), "batch.maxSize": (10, 40),
+                                     "haltOn.failedRows": (100, 7)})]

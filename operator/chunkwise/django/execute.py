@@ -29,7 +29,9 @@ from chunkwise.engine import (
     Outcome,
     Reporter,
     RetriesExhausted,
+    Retune,
     RunSettings,
+    SettingsError,
     Tee,
 )
 from chunkwise.metrics import MetricsReporter, RunLabels, serve_worker_metrics
@@ -39,6 +41,7 @@ from .config import parse_port, resolve_settings
 from .models import Checkpoint
 from .operation_ref import OperationRef
 from .progress import ProgressBar
+from .reporters import tuning_sources
 from .target import DjangoBatchTarget, uses_psycopg3
 
 __all__ = ["BatchedWork", "execute", "plan_deferred", "recorded", "rows_to_do",
@@ -192,7 +195,8 @@ def execute(
     reporter = reporter or ProgressBar(str(ref), stream)
     if metrics_port:
         reporter = _with_metrics(reporter, ref, metrics_port, stream)
-    runner = BatchRunner(target, store, run_settings, reporter, stop)
+    runner = BatchRunner(target, store, run_settings, reporter, stop,
+                         retune=_live_retune(base, ref, connection.vendor, reporter, stream))
     with stop_on_signals(stop, stream):
         try:
             outcome = runner.run()
@@ -245,6 +249,36 @@ def _with_metrics(reporter: Reporter, ref: OperationRef, port: int, stream: Text
               RunLabels("", f"{ref.app_label}.{ref.migration}[{ref.operation}]", ref.shard))
     stream.write(f"{ref}: metrics at http://{address or '0.0.0.0'}:{port}/metrics\n")
     return Tee([reporter, MetricsReporter(metrics, labels)])
+
+
+def _live_retune(base: RunSettings, ref: OperationRef, vendor: str, reporter: Reporter,
+                 stream: TextIO) -> Retune | None:
+    """New settings from the installed tuning sources (in a Job: the DataMigration's
+    spec), resolved as at start: the operation's own, then the spec's values."""
+    sources = tuning_sources()
+    if not sources:
+        return None
+
+    def retune() -> tuple[int, RunSettings] | None:
+        for source in sources:
+            update = source()
+            if update is None:
+                continue
+            generation, env = update
+            try:
+                settings = resolve_settings(base, env)
+            except SettingsError as exc:  # the API server checks these; say it, keep going
+                reporter.notice(f"spec generation {generation} not applied: {exc}")
+                continue
+            if ref.shard_count > 1:
+                settings = _share_failed_rows(settings, ref, stream)
+            if vendor != "postgresql":
+                settings = dataclasses.replace(settings, batch=dataclasses.replace(
+                    settings.batch, max_locked_fraction=0.0))
+            return generation, settings
+        return None
+
+    return retune
 
 
 def _share_failed_rows(run_settings: RunSettings, ref: OperationRef,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 from django.db import connections
 from django.db.migrations.state import StateApps
@@ -56,6 +58,11 @@ class _SharedBar:
             self._bar.retrying(kind, attempt, delay)
 
     def throttled(self, reason: str, seconds: float) -> None: ...
+
+
+    def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None:
+        with self._lock:
+            self._bar.retuned(generation, changes)
 
     def notice(self, message: str) -> None:
         with self._lock:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from collections.abc import Mapping
+from typing import Any, TextIO
 
 from chunkwise.engine import (
     BatchReport,
@@ -68,6 +69,13 @@ class ProgressBar:
 
     def throttled(self, reason: str, seconds: float) -> None:
         pass  # pauses are the user's own setting; the rows/s figure already shows them
+
+
+    def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None:
+        what = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changes.items())
+        prefix = "\n" if self._tty else ""
+        self._write(f"{prefix}{self._title}: retuned (spec generation {generation}): "
+                    f"{what or 'no tunable changed'}\n")
 
     def notice(self, message: str) -> None:
         self._write(f"{self._title}: note: {message}\n")

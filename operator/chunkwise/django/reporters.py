@@ -9,15 +9,22 @@ imports the worker (the import-linter contracts keep it so).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
+from typing import Any
 
 from chunkwise.engine import BatchReport, CheckpointState, ErrorKind, Outcome, Reporter
 
-__all__ = ["ENTRY_POINT_GROUP", "NullReporter", "with_plugins"]
+__all__ = ["ENTRY_POINT_GROUP", "TUNING_GROUP", "NullReporter", "TuningSource",
+           "tuning_sources", "with_plugins"]
 
 ENTRY_POINT_GROUP = "chunkwise.reporters"
 ReporterFactory = Callable[[Reporter], Reporter]
+#: entry points whose value is a factory ``() -> TuningSource | None``: where a running
+#: worker takes new tunables from (chunkwise's worker: its DataMigration's spec)
+TUNING_GROUP = "chunkwise.tuning"
+#: (spec generation, CHUNKWISE_* tunables) when they changed since the last call, else None
+TuningSource = Callable[[], "tuple[int, Mapping[str, str]] | None"]
 
 
 def with_plugins(reporter: Reporter, group: str = ENTRY_POINT_GROUP) -> Reporter:
@@ -26,6 +33,16 @@ def with_plugins(reporter: Reporter, group: str = ENTRY_POINT_GROUP) -> Reporter
         factory: ReporterFactory = entry_point.load()
         reporter = factory(reporter)
     return reporter
+
+
+def tuning_sources(group: str = TUNING_GROUP) -> list[TuningSource]:
+    """Every installed tuning source that has something to follow in this process."""
+    sources = []
+    for entry_point in sorted(entry_points(group=group), key=lambda e: e.name):
+        source = entry_point.load()()
+        if source is not None:
+            sources.append(source)
+    return sources
 
 
 class NullReporter:
@@ -39,6 +56,9 @@ class NullReporter:
     def retrying(self, kind: ErrorKind, attempt: int, delay: float) -> None: ...
 
     def throttled(self, reason: str, seconds: float) -> None: ...
+
+
+    def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None: ...
 
     def notice(self, message: str) -> None: ...
 

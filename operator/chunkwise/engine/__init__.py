@@ -27,6 +27,7 @@ from .runner import (
     CheckpointStore,
     Outcome,
     Reporter,
+    Retune,
     RowFailure,
     Verification,
 )
@@ -39,7 +40,9 @@ from .settings import (
     SettingsError,
     Timeouts,
     Tunable,
+    changed_tunables,
     parse_duration,
+    spec_env,
 )
 from .tee import Tee
 
@@ -50,5 +53,6 @@ __all__ = [
     "Outcome", "Progress", "RateLimiter", "RateWindow", "Reporter", "RetriesExhausted",
     "RetrySettings", "RowFailure", "RunSettings", "SettingsError", "Tally", "Tee", "Timeouts",
     "Tunable", "Verification", "backoff_seconds", "check_budget", "classify",
-    "format_duration", "parse_duration", "progress_of", "sqlstate_of",
+    "format_duration", "parse_duration", "progress_of", "sqlstate_of", "Retune",
+    "changed_tunables", "spec_env",
 ]

@@ -67,6 +67,18 @@ class BatchSizer:
         wanted = min(wanted, self.size * _MAX_GROWTH)
         self.size = self._clamp(int(wanted))
 
+    def retune(self, settings: BatchSettings, rows_to_do: int) -> None:
+        """New bounds while running: a new ``size`` is where it goes on from; otherwise
+        the tuned size stays, clamped to the new bounds."""
+        restart = settings.size != self._settings.size
+        self._settings = settings
+        self._max = settings.max_size
+        if restart:
+            self.size = settings.size
+            self._rows_per_second = None
+        self.plan(rows_to_do)
+        self.size = self._clamp(self.size)
+
     def halve(self) -> None:
         """After repeated timeouts: smaller batches hold fewer locks for less time."""
         self.size = self._clamp(self.size // 2)

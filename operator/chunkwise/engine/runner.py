@@ -35,7 +35,7 @@ from .errors import (
     classify,
 )
 from .pacing import PACE, BatchSizer, RateLimiter, backoff_seconds
-from .settings import RunSettings, Timeouts
+from .settings import RunSettings, Timeouts, changed_tunables
 
 __all__ = [
     "BatchReport",
@@ -45,6 +45,7 @@ __all__ = [
     "CheckpointStore",
     "Outcome",
     "Reporter",
+    "Retune",
     "RowFailure",
     "Verification",
 ]
@@ -139,6 +140,11 @@ class Reporter(Protocol):
 
     def throttled(self, reason: str, seconds: float) -> None: ...
 
+    def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None:
+        """New settings took effect between two batches (spec ``generation``; the
+        tunables that changed, by spec name, as (old, new))."""
+        ...
+
     def notice(self, message: str) -> None: ...  # said once: a bound lowered a setting
 
     def finished(self, outcome: Outcome) -> None: ...
@@ -197,6 +203,11 @@ class _Batch:
     exhausted: bool = False
 
 
+#: where new settings come from while a run goes on: (spec generation, settings) when
+#: there are new ones, else None; asked between batches
+Retune = Callable[[], "tuple[int, RunSettings] | None"]
+
+
 class BatchRunner:
     """Runs one operation's batches until done, halted or asked to stop."""
 
@@ -208,10 +219,12 @@ class BatchRunner:
         reporter: Reporter,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        retune: Retune | None = None,
     ) -> None:
         self._target = target
         self._store = store
         self._settings = settings
+        self._retune = retune
         self._reporter = reporter
         self._stop = stop or threading.Event()
         self._clock = clock
@@ -241,6 +254,8 @@ class BatchRunner:
         try:
             check_budget(state.tally, self._settings.halt_on)
             while not self._stop.is_set():
+                if self._retune is not None and self._retuned():
+                    limiter = RateLimiter(self._settings.batch, self._clock)
                 rows = self._top_level_batch()
                 if rows is None:
                     self._store.finish("done")
@@ -259,6 +274,19 @@ class BatchRunner:
         self._store.finish("interrupted", "stopped by signal after a committed batch")
         return self._finish(Outcome(ExitCode.INTERRUPTED, "Interrupted",
                                     "stopped after the current batch committed", self._state))
+
+    def _retuned(self) -> bool:
+        """Between batches: take new settings if the source has some (live retuning)."""
+        assert self._retune is not None and self._state is not None
+        update = self._retune()
+        if update is None:
+            return False
+        generation, settings = update
+        changes = changed_tunables(self._settings, settings)
+        self._settings = settings
+        self._sizer.retune(settings.batch, self._state.rows_estimated)
+        self._reporter.retuned(generation, changes)
+        return True
 
     def _verify(self) -> Verification | None:
         """Best effort: the run is done whatever a read-only count says or fails to say."""

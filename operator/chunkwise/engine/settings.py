@@ -9,7 +9,7 @@ spec fails before any row is touched.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -299,3 +299,22 @@ TUNABLES: tuple[Tunable, ...] = (
        "halt_on.consecutive_failed_batches", "integer",
        "halt after this many failing batches in a row", minimum=1),
 )
+
+
+def spec_env(spec: Mapping[str, Any]) -> dict[str, str]:
+    """The tunables a DataMigration spec sets, as the ``CHUNKWISE_*`` variables that carry
+    them to the worker (``spec.batch.size`` -> ``CHUNKWISE_BATCH_SIZE``)."""
+    env: dict[str, str] = {}
+    for tunable in TUNABLES:
+        group, key = tunable.spec_path
+        value = (spec.get(group) or {}).get(key)
+        if value is not None:
+            env[tunable.env] = str(value)
+    return env
+
+
+def changed_tunables(old: RunSettings, new: RunSettings) -> dict[str, tuple[Any, Any]]:
+    """``spec`` name -> (old, new) of every tunable that differs."""
+    return {t.spec: (before, after) for t in TUNABLES
+            if (before := getattr(getattr(old, t.group), t.field))
+            != (after := getattr(getattr(new, t.group), t.field))}

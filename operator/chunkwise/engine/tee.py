@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .errors import ErrorKind
 from .runner import BatchReport, CheckpointState, Outcome, Reporter
@@ -31,6 +32,11 @@ class Tee:
     def throttled(self, reason: str, seconds: float) -> None:
         for reporter in self._reporters:
             reporter.throttled(reason, seconds)
+
+
+    def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None:
+        for reporter in self._reporters:
+            reporter.retuned(generation, changes)
 
     def notice(self, message: str) -> None:
         for reporter in self._reporters:

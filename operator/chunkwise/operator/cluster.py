@@ -103,6 +103,14 @@ class Cluster:
             raise _temporary(f"get {namespace}/{name}", exc) from None
         return found
 
+    def patch_migration(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        try:
+            self._custom.patch_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, PLURAL, name, dict(patch),
+                _content_type=_MERGE_PATCH)
+        except ApiException as exc:
+            raise _temporary(f"patch {namespace}/{name}", exc) from None
+
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         try:
             self._custom.patch_namespaced_custom_object_status(

@@ -24,6 +24,7 @@ from chunkwise.metrics import MigrationCollector, MigrationView
 from .cluster import Cluster
 from .conditions import Event
 from .reconcile import (
+    announce_retune,
     check_pods,
     check_stall,
     job_changed,
@@ -130,6 +131,14 @@ def created(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
 @kopf.on.update(*_GVP, field="spec")
 def updated(body: kopf.Body, old: Any, new: Any, patch: kopf.Patch, **_: Any) -> None:
     spec_changed(cluster(), post, body, old, new, patch)
+
+
+@kopf.on.event(*_GVP)
+def migration_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Every change of a DataMigration, status included (kopf's change handlers see only
+    the spec): a worker that applied new tunables is announced here."""
+    if type == "MODIFIED":
+        announce_retune(cluster(), post, body)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={Label.MANAGED_BY: Label.MANAGER})

@@ -21,7 +21,7 @@ from chunkwise.contract import (
     Label,
     Ports,
 )
-from chunkwise.engine import TUNABLES
+from chunkwise.engine import spec_env
 
 __all__ = ["build_job", "job_name", "worker_env", "worker_pod_spec"]
 
@@ -48,11 +48,7 @@ def worker_env(spec: Mapping[str, Any], namespace: str, name: str) -> list[dict[
         env[Env.DRY_RUN] = "1"
     if int(spec.get("parallelism", 1)) > 1:  # each pod's shard: JOB_COMPLETION_INDEX
         env[Env.SHARDS] = str(spec["parallelism"])
-    for tunable in TUNABLES:  # spec.batch.size -> CHUNKWISE_BATCH_SIZE, and so on
-        group, key = tunable.spec_path
-        value = spec.get(group, {}).get(key)
-        if value is not None:
-            env[tunable.env] = str(value)
+    env.update(spec_env(spec))  # spec.batch.size -> CHUNKWISE_BATCH_SIZE, and so on
     return [{"name": key, "value": value} for key, value in env.items()]
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
-from chunkwise.contract import Label, utc_now_text
-from chunkwise.engine import parse_duration
+from chunkwise.contract import ANNOTATION_PREFIX, Label, utc_now_text
+from chunkwise.engine import TUNABLES, parse_duration, spec_env
 
 from .cluster import Cluster
 from .conditions import (
@@ -35,10 +35,12 @@ from .conditions import (
 )
 from .jobs import build_job, job_name
 
-__all__ = ["PostEvent", "check_pods", "check_stall", "job_changed", "job_deleted",
-           "spec_changed", "start_run"]
+__all__ = ["PostEvent", "announce_retune", "check_pods", "check_stall", "job_changed",
+           "job_deleted", "spec_changed", "start_run"]
 
 _RESTARTABLE = ("Halted", "Failed")
+#: the last spec generation whose retuning was announced as an Event
+RETUNED_ANNOTATION = f"{ANNOTATION_PREFIX}/retuned-generation"
 _ENDED = ("Succeeded", "Halted", "Failed")
 PostEvent = Callable[[Mapping[str, Any], Event], None]
 
@@ -69,7 +71,8 @@ def start_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
                       migrationRef=f"{migration['app']}.{migration['name']}",
                       startedAt=status.get("startedAt") or utc_now_text(), completedAt=None)
     if run > 1:  # the last run's outcome is history now
-        new_status.update(worker=None, shards=None, verification=None, plan=None)
+        new_status.update(worker=None, shards=None, verification=None, plan=None,
+                          tuning=None)
     patch.setdefault("status", {}).update(new_status)
     if created:
         verb = "resumes from the checkpoint" if run > 1 else "starts"
@@ -125,9 +128,50 @@ def spec_changed(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
                          f"({_progressing(status).get('reason')}); its Job is replaced by "
                          f"run {run + 1}'s"))
     elif status.get("phase") in ("Running", "Pending", "Suspended"):
-        post(body, Event("Normal", "SpecChangeDeferred",
-                         "the spec changed; tuning takes effect at the next run "
-                         "(suspend and resume to apply it now)"))
+        tuned = _tunables_changed(old, new)
+        if tuned:
+            post(body, Event("Normal", "Retuning",
+                             f"{tuned}: the running worker takes it between two batches, "
+                             "within seconds (Event Retuned when it has)"))
+        if _others_changed(old, new):
+            post(body, Event("Normal", "SpecChangeDeferred",
+                             "the spec changed beyond tuning (template, command, "
+                             "stallAfter, ...); that takes effect at the next run"))
+
+
+def _tunables_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """What changed among the tunables, as ``batch.size 5000 -> 2000, ...``."""
+    before, after = spec_env(old), spec_env(new)
+    names = {t.env: t.spec for t in TUNABLES}
+    return ", ".join(f"{names[env]} {before.get(env, 'default')} -> {after.get(env, 'default')}"
+                     for env in sorted(set(before) | set(after))
+                     if before.get(env) != after.get(env))
+
+
+def _others_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether anything but tunables and suspend changed (those wait for the next run)."""
+    groups = {t.spec_path[0] for t in TUNABLES} | {"suspend"}
+
+    def rest(spec: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in spec.items() if k not in groups}
+    return rest(old) != rest(new)
+
+
+def announce_retune(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) -> None:
+    """The worker wrote ``status.tuning`` when new settings took effect: say so once, as an
+    Event, and remember the generation announced in an annotation."""
+    tuning = (body.get("status") or {}).get("tuning") or {}
+    generation = tuning.get("generation")
+    annotations = body["metadata"].get("annotations") or {}
+    if not generation or annotations.get(RETUNED_ANNOTATION) == str(generation):
+        return
+    changes = ", ".join(f"{name} {c.get('from')} -> {c.get('to')}"
+                        for name, c in (tuning.get("changes") or {}).items())
+    post(body, Event("Normal", "Retuned",
+                     f"spec generation {generation} took effect in pod {tuning.get('pod')} at "
+                     f"{tuning.get('appliedAt')}: {changes or 'no tunable changed'}"))
+    cluster.patch_migration(body["metadata"]["namespace"], body["metadata"]["name"],
+                            {"metadata": {"annotations": {RETUNED_ANNOTATION: str(generation)}}})
 
 
 def _progressing(status: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -5,14 +5,19 @@ Django can only discover under django/management) is the worker's entry point.
 """
 
 import os
+from collections.abc import Callable
 
 from chunkwise.contract import Env
 from chunkwise.engine import Reporter, Tee
 
+from .live import LiveSpec
 from .reporter import StatusReporter
 from .status_client import StatusClient
 
-__all__ = ["StatusClient", "StatusReporter", "worker_reporter"]
+__all__ = ["LiveSpec", "StatusClient", "StatusReporter", "live_tuning", "worker_reporter"]
+
+#: what a tuning source gives: (spec generation, CHUNKWISE_* tunables) when they changed
+TuningSource = Callable[[], "tuple[int, dict[str, str]] | None"]
 
 
 def worker_reporter(progress: Reporter) -> Reporter:
@@ -23,4 +28,19 @@ def worker_reporter(progress: Reporter) -> Reporter:
         return progress
     shard = os.environ.get(Env.SHARD) or os.environ.get(Env.JOB_COMPLETION_INDEX) or "0"
     shards = os.environ.get(Env.SHARDS) or "1"
-    return Tee([progress, StatusReporter(client, shard=int(shard), shards=int(shards))])
+    _live.spec = LiveSpec(os.environ)
+    return Tee([progress, StatusReporter(client, shard=int(shard), shards=int(shards),
+                                         live=_live.spec)])
+
+
+class _Live:
+    spec: LiveSpec | None = None
+
+
+_live = _Live()
+
+
+def live_tuning() -> TuningSource | None:
+    """New tunables from the spec while the run goes on: the ``chunkwise.tuning`` entry
+    point. None outside a Job (no status mirror, so no spec to follow)."""
+    return None if _live.spec is None else _live.spec.take

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from chunkwise.contract import (
@@ -35,6 +35,7 @@ from chunkwise.engine import (
     progress_of,
 )
 
+from .live import LiveSpec
 from .status_client import StatusClient
 
 __all__ = ["StatusReporter"]
@@ -53,8 +54,9 @@ class StatusReporter:
 
     def __init__(self, client: StatusClient, interval: float = 2.0,
                  clock: Callable[[], float] = time.monotonic, shard: int = 0,
-                 shards: int = 1) -> None:
+                 shards: int = 1, live: LiveSpec | None = None) -> None:
         self._client = client
+        self._live = live
         self._interval = interval * shards
         self._shard, self._sharded = shard, shards > 1
         self._clock = clock
@@ -84,8 +86,10 @@ class StatusReporter:
 
     def _patch(self, status: dict[str, Any]) -> None:
         try:
-            self._client.patch_status(status)
+            resource = self._client.patch_status(status)
             self._last_patch = self._clock()
+            if self._live is not None and resource:
+                self._live.offer(resource)
         except Exception as exc:  # a view; the checkpoint is the truth
             if not self._warned:
                 sys.stderr.write(f"chunkwise: cannot update DataMigration {self._client.resource}"
@@ -132,6 +136,14 @@ class StatusReporter:
 
     def throttled(self, reason: str, seconds: float) -> None:
         pass
+
+    def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None:
+        """Said at once: the operator turns it into the Event that the change took effect."""
+        self._patch({"tuning": {
+            "generation": generation, "appliedAt": utc_now_text(),
+            "pod": os.environ.get("HOSTNAME", ""),
+            "changes": {name: {"from": str(old), "to": str(new)}
+                        for name, (old, new) in changes.items()}}})
 
     def notice(self, message: str) -> None:
         pass  # the pod's log has it from the progress bar

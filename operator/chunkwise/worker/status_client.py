@@ -47,11 +47,14 @@ class StatusClient:
         return cls(f"https://{host}:{port or 443}", sa_dir / "token",
                    ca if ca.exists() else None, resource)
 
-    def patch_status(self, status: Mapping[str, Any], timeout: float = 5.0) -> None:
+    def patch_status(self, status: Mapping[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        """Merge-patch the status; returns the resource as the API server now has it
+        (spec included: how the worker learns of retuning, at no extra call)."""
         token = self._token_file.read_text().strip()
         request = urllib.request.Request(
             self._url, method="PATCH", data=json.dumps({"status": status}).encode(),
             headers={"Content-Type": "application/merge-patch+json",
                      "Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(request, timeout=timeout, context=self._context):
-            pass
+        with urllib.request.urlopen(request, timeout=timeout, context=self._context) as answer:
+            body = json.loads(answer.read() or b"{}")
+        return body if isinstance(body, dict) else {}
