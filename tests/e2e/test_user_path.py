@@ -378,3 +378,26 @@ def test_a_dry_run_plans_writes_nothing_then_the_real_run_follows(shop: Shop) ->
     succeeded = {c["type"]: c for c in body["status"]["conditions"]}["Succeeded"]
     assert succeeded["reason"] == "Completed" and "plan" not in body["status"]
     assert shop.query("SELECT count(*) FROM shop_customer WHERE status IS NULL") == [(0,)]
+
+
+def test_retuning_a_running_migration_takes_effect_in_the_same_pod(shop: Shop) -> None:
+    """batch.maxRowsPerSecond raised while Running: the worker applies it between two
+    batches, within seconds, without a new pod; status.tuning and a Retuned Event say so."""
+    shop.apply(count_visit(rate=500))  # 20,000 rows at 500 rows/s: 40 s as started
+    wait_rows(shop, "count-visit", 1000)
+    [pod] = [p["metadata"]["name"] for p in shop.pods() if p["status"].get("phase") == "Running"]
+    shop.patch_spec("count-visit", {"batch": {"maxRowsPerSecond": 50_000}})
+    generation = shop.dmig("count-visit")["metadata"]["generation"]
+    changed = time.monotonic()
+    tuning = shop.k8s.wait_for("the worker to apply it", lambda: (lambda t: t if t.get(
+        "generation") == generation else None)(shop.dmig("count-visit")["status"].get(
+            "tuning") or {}), timeout=30, every=0.2)
+    assert time.monotonic() - changed < 10
+    assert tuning["pod"] == pod
+    assert tuning["changes"] == {"batch.maxRowsPerSecond": {"from": "500", "to": "50000"}}
+    shop.wait_phase("count-visit", "Succeeded", timeout=60)
+    assert [p["metadata"]["name"] for p in shop.pods()] == [pod]  # no new pod
+    assert visits(shop) == {1: SEEDED}
+    events = shop.events("count-visit")
+    assert "Retuning" in events and "Retuned" in events
+    assert "SpecChangeDeferred" not in events
