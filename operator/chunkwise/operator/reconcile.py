@@ -136,7 +136,7 @@ def spec_changed(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
         if _others_changed(old, new):
             post(body, Event("Normal", "SpecChangeDeferred",
                              "the spec changed beyond tuning (template, command, "
-                             "stallAfter, ...); that takes effect at the next run"))
+                             "backoffLimit, ...); that takes effect at the next run"))
 
 
 def _tunables_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
@@ -149,8 +149,10 @@ def _tunables_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
 
 
 def _others_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Whether anything but tunables and suspend changed (those wait for the next run)."""
-    groups = {t.spec_path[0] for t in TUNABLES} | {"suspend"}
+    """Whether anything but tunables, suspend and stallAfter changed (that waits for the
+    next run)."""
+    # stallAfter is the operator's own, read from the spec at every check
+    groups = {t.spec_path[0] for t in TUNABLES} | {"suspend", "stallAfter"}
 
     def rest(spec: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in spec.items() if k not in groups}
