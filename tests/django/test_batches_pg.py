@@ -598,7 +598,7 @@ def test_a_completed_run_is_verified_failed_rows_apart_from_missed_ones(lab_db: 
     seed_items(lab_db, 2000, gap=2, payload_at={10: "negative", 1500: "negative"})
     runner = lab_db.popen("chunkwise_run", "lab", "0007", "--batch-size", "100",
                           "--min-batch-size", "100", "--max-batch-size", "100",
-                          LAB_ROW_SLEEP="0.05")
+                          LAB_ROW_SLEEP="0.1")  # 20 batches: 2 s to insert behind it
     wait_until(lambda: lab_db.query("SELECT 1 FROM chunkwise_checkpoint WHERE last_key::int "
                                     "> 100"), "the run passed key 100")
     lab_db.execute("INSERT INTO lab_item (id, counter, payload, score) VALUES (3, 0, '', 0)")
