@@ -5,7 +5,6 @@ a batch and its checkpoint commit in one transaction. Also the runner lock."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 from django.db import connections, transaction
@@ -43,11 +42,8 @@ class DjangoCheckpointStore:
         key_field: Field[Any, Any],
         owner: str | None = None,
         has_todo: bool = False,
-        timeouts: Callable[[], list[str] | None] | None = None,
     ) -> None:
         self._ref = ref
-        #: the batch's SET LOCAL timeouts, folded into the checkpoint read (PostgreSQL)
-        self._timeouts = timeouts
         self._has_todo = has_todo
         self._alias = alias
         self._todo = todo
@@ -268,20 +264,7 @@ class DjangoCheckpointStore:
         select = f"SELECT {', '.join(self._STATE_COLUMNS)} FROM {table} WHERE id = %s"
         with connection.cursor() as cursor:
             if self._vendor == "postgresql":
-                timeouts = self._timeouts() if self._timeouts is not None else None
-                if timeouts is None:
-                    cursor.execute(select + " FOR UPDATE", [self.checkpoint_id])
-                else:  # one round trip for the batch's timeouts and its checkpoint
-                    cursor.execute(
-                        "SELECT set_config('lock_timeout', %s, true), "
-                        "set_config('statement_timeout', %s, true), "
-                        f"{', '.join(self._STATE_COLUMNS)} FROM {table} WHERE id = %s "
-                        "FOR UPDATE", [*timeouts, self.checkpoint_id])
-                    found = cursor.fetchone()
-                    if found is None:
-                        raise RuntimeError(f"{self._ref}: its checkpoint row is gone")
-                    values = dict(zip(self._STATE_COLUMNS, found[2:], strict=True))
-                    return self._with_totals(self._state_of(Checkpoint(**values)))
+                cursor.execute(select + " FOR UPDATE", [self.checkpoint_id])
             else:  # take SQLite's write lock first, so the batch cannot deadlock on upgrade
                 cursor.execute(f"UPDATE {table} SET heartbeat_at = %s WHERE id = %s",
                                [self._now(), self.checkpoint_id])

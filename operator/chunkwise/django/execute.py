@@ -190,8 +190,7 @@ def execute(
         run_settings = _share_failed_rows(run_settings, ref, stream)
     store = DjangoCheckpointStore(ref, connection.alias, todo, key_field,
                                   has_todo=(operation.todo if forward_direction
-                                            else operation.reverse_todo) is not None,
-                                  timeouts=target.take_timeouts)
+                                            else operation.reverse_todo) is not None)
     stop = stop or threading.Event()
     reporter = reporter or ProgressBar(str(ref), stream)
     if metrics_port:

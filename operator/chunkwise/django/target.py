@@ -87,7 +87,6 @@ class DjangoBatchTarget:
         self._rows: list[Any] = []
         self._vendor = connections[alias].vendor
         # set-based on PostgreSQL: no lock step while nothing contends (see above)
-        self._pending_timeouts: list[str] | None = None
         self._optimistic = forward is not None and self._vendor == "postgresql" and \
             not lock_first  # a plan measures lock waits in every sample batch
         self._contended_attempts = 0
@@ -107,23 +106,12 @@ class DjangoBatchTarget:
             return  # SQLite has no lock_timeout: it is said once at start, not faked
         lock = timeouts.lock if self._locking_first else \
             min(timeouts.lock, OPTIMISTIC_LOCK_TIMEOUT)
-        # sent with the checkpoint store's next statement (one round trip less per
-        # batch), or before this target's own first statement if nobody took it
-        self._pending_timeouts = [f"{max(1, int(lock * 1000))}ms",
-                                  f"{int(timeouts.statement * 1000)}ms"]
-
-    def take_timeouts(self) -> list[str] | None:
-        """The transaction's ``lock_timeout`` and ``statement_timeout`` still to be set, for
-        whoever runs the transaction's first statement (the checkpoint read)."""
-        pending, self._pending_timeouts = self._pending_timeouts, None
-        return pending
-
-    def _set_pending_timeouts(self) -> None:
-        pending = self.take_timeouts()
-        if pending is not None:
-            with connections[self._alias].cursor() as cursor:
-                cursor.execute("SELECT set_config('lock_timeout', %s, true), "
-                               "set_config('statement_timeout', %s, true)", pending)
+        with connections[self._alias].cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('lock_timeout', %s, true), "
+                "set_config('statement_timeout', %s, true)",
+                [f"{max(1, int(lock * 1000))}ms", f"{int(timeouts.statement * 1000)}ms"],
+            )
 
     def _range(self, after: Key | None, upto: Key) -> QuerySet[Any]:
         name = self._key.name
@@ -135,7 +123,6 @@ class DjangoBatchTarget:
     def lock_rows(self, after: Key | None, upto: Key, limit: int) -> tuple[int, Key | None]:
         """The batch's rows: their count and last key, locked first unless the batch runs
         optimistically (set-based, nothing contending: the work locks them itself)."""
-        self._set_pending_timeouts()
         locking = self._range(after, upto).order_by(self._key.name)
         locking_first = self._locking_first
         if self._contended_attempts:
