@@ -30,41 +30,23 @@ if status.observedGeneration ~= nil and obj.metadata.generation ~= nil
   return hs
 end
 
-local succeeded = condition("Succeeded")
-if succeeded ~= nil and succeeded.status == "True" then
-  hs.status = "Healthy"
-  hs.message = said(succeeded)
-  return hs
-end
-local halted = condition("Halted")
-if halted ~= nil and halted.status == "True" then
-  hs.status = "Degraded"
-  hs.message = "Halted: " .. said(halted)
-  return hs
-end
-if succeeded ~= nil and succeeded.status == "False" then
-  hs.status = "Degraded"
-  hs.message = "Failed: " .. said(succeeded)
-  return hs
-end
-local suspended = condition("Suspended")
-if suspended ~= nil and suspended.status == "True" then
-  hs.status = "Suspended"
-  hs.message = said(suspended)
-  return hs
-end
-local stalled = condition("Stalled")
-if stalled ~= nil and stalled.status == "True" then
-  hs.status = "Degraded"
-  hs.message = "Stalled: " .. said(stalled)
-  return hs
-end
-local progressing = condition("Progressing")
-if progressing ~= nil and progressing.status == "False" then
+-- the first rule whose condition has that status decides, in this order
+local rules = {
+  {"Succeeded", "True", "Healthy", ""},
+  {"Halted", "True", "Degraded", "Halted: "},
+  {"Succeeded", "False", "Degraded", "Failed: "},
+  {"Suspended", "True", "Suspended", ""},
+  {"Stalled", "True", "Degraded", "Stalled: "},
   -- its pod cannot start (image pull, refused by admission): waiting will not fix it
-  hs.status = "Degraded"
-  hs.message = said(progressing)
-  return hs
+  {"Progressing", "False", "Degraded", ""},
+}
+for _, rule in ipairs(rules) do
+  local c = condition(rule[1])
+  if c ~= nil and c.status == rule[2] then
+    hs.status = rule[3]
+    hs.message = rule[4] .. said(c)
+    return hs
+  end
 end
 
 hs.status = "Progressing"

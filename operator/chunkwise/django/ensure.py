@@ -21,16 +21,15 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations.base import Operation, OperationCategory
 from django.db.migrations.state import ProjectState, StateApps
 
-from chunkwise.contract import ExitCode, ResourceRef
+from chunkwise.contract import ExitCode
 
-from .operation_ref import OperationRef
+from .operation_ref import OperationRef, owner_resource
 from .operations import BatchedMigrationStopped, BatchedRunPython
 
 __all__ = ["EnsureBatchedComplete"]
 
 #: how often a waiting EnsureBatchedComplete looks again (seconds)
 POLL_SECONDS = 2.0
-_DATAMIGRATION = "DataMigration "
 
 
 class EnsureBatchedComplete(Operation):
@@ -162,10 +161,9 @@ class EnsureBatchedComplete(Operation):
 
 def _busy_hint(owner: str, waited: float) -> str:
     waited_text = f"waited {waited:.0f}s; " if waited else ""
-    if owner.startswith(_DATAMIGRATION):
-        resource = ResourceRef.parse(owner[len(_DATAMIGRATION):])
-        if resource is not None:
-            return (f"{waited_text}wait for it (kubectl wait --for=condition=Succeeded "
-                    f"datamigration/{resource.name} -n {resource.namespace} --timeout=1h) and "
-                    "migrate again, or give EnsureBatchedComplete wait=SECONDS")
+    resource = owner_resource(owner)
+    if resource is not None:
+        return (f"{waited_text}wait for it (kubectl wait --for=condition=Succeeded "
+                f"datamigration/{resource.name} -n {resource.namespace} --timeout=1h) and "
+                "migrate again, or give EnsureBatchedComplete wait=SECONDS")
     return f"{waited_text}wait for it to finish and migrate again"

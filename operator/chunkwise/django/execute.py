@@ -183,11 +183,7 @@ def execute(
     else:
         stream.write(f"{ref}: note: {connection.vendor} has no lock_timeout, statement_timeout "
                      "or row locks; those settings and batch.maxLockedFraction do not apply\n")
-        # a batch locks the whole database here, so the share of rows it locks means nothing
-        run_settings = dataclasses.replace(run_settings, batch=dataclasses.replace(
-            run_settings.batch, max_locked_fraction=0.0))
-    if ref.shard_count > 1:
-        run_settings = _share_failed_rows(run_settings, ref, stream)
+    run_settings = _for_this_run(run_settings, ref, connection.vendor, stream)
     store = DjangoCheckpointStore(ref, connection.alias, todo, key_field,
                                   has_todo=(operation.todo if forward_direction
                                             else operation.reverse_todo) is not None)
@@ -270,15 +266,23 @@ def _live_retune(base: RunSettings, ref: OperationRef, vendor: str, reporter: Re
             except SettingsError as exc:  # the API server checks these; say it, keep going
                 reporter.notice(f"spec generation {generation} not applied: {exc}")
                 continue
-            if ref.shard_count > 1:
-                settings = _share_failed_rows(settings, ref, stream)
-            if vendor != "postgresql":
-                settings = dataclasses.replace(settings, batch=dataclasses.replace(
-                    settings.batch, max_locked_fraction=0.0))
-            return generation, settings
+            return generation, _for_this_run(settings, ref, vendor, stream)
         return None
 
     return retune
+
+
+def _for_this_run(settings: RunSettings, ref: OperationRef, vendor: str,
+                  stream: TextIO) -> RunSettings:
+    """Settings as this run uses them, at start and after a retune: SQLite locks the whole
+    database in a batch, so the share of rows a batch locks means nothing there; shards
+    share the failed-rows budget."""
+    if vendor != "postgresql":
+        settings = dataclasses.replace(settings, batch=dataclasses.replace(
+            settings.batch, max_locked_fraction=0.0))
+    if ref.shard_count > 1:
+        settings = _share_failed_rows(settings, ref, stream)
+    return settings
 
 
 def _share_failed_rows(run_settings: RunSettings, ref: OperationRef,

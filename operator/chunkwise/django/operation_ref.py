@@ -28,9 +28,19 @@ class OperationRef:
         return text if self.shard_count == 1 else f"{text} shard {self.shard}/{self.shard_count}"
 
 
+_DATAMIGRATION = "DataMigration "
+
+
 def default_owner() -> str:
     """Who holds a run: the DataMigration when run by the operator, else host and pid."""
     resource = ResourceRef.parse(os.environ.get(Env.RESOURCE))  # set by the operator's Job
     if resource is not None:
-        return f"DataMigration {resource}"
+        return f"{_DATAMIGRATION}{resource}"
     return f"{socket.gethostname()} pid {os.getpid()}"
+
+
+def owner_resource(owner: str) -> ResourceRef | None:
+    """The DataMigration an owner string from :func:`default_owner` names, if any."""
+    if not owner.startswith(_DATAMIGRATION):
+        return None
+    return ResourceRef.parse(owner[len(_DATAMIGRATION):])

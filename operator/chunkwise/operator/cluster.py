@@ -65,8 +65,7 @@ class Cluster:
             found = self._core.list_namespaced_pod(namespace, label_selector=selector)
         except ApiException as exc:
             raise _temporary(f"list pods in {namespace}", exc) from None
-        plain = self._core.api_client.sanitize_for_serialization(found)
-        return list(cast(dict[str, Any], plain).get("items") or [])
+        return self._items(found)
 
     def list_events(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         """Events in ``namespace`` matching a field selector (involvedObject.name, reason)."""
@@ -74,8 +73,7 @@ class Cluster:
             found = self._core.list_namespaced_event(namespace, field_selector=selector)
         except ApiException as exc:
             raise _temporary(f"list events in {namespace}", exc) from None
-        plain = self._core.api_client.sanitize_for_serialization(found)
-        return list(cast(dict[str, Any], plain).get("items") or [])
+        return self._items(found)
 
     def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and, in the background, its pods; a Job already gone is fine."""
@@ -85,6 +83,11 @@ class Cluster:
         except ApiException as exc:
             if exc.status != 404:
                 raise _temporary(f"delete Job {namespace}/{name}", exc) from None
+
+    def _items(self, found: Any) -> list[dict[str, Any]]:
+        """A list answer's items as plain dicts, as the API sends them."""
+        plain = self._core.api_client.sanitize_for_serialization(found)
+        return list(cast(dict[str, Any], plain).get("items") or [])
 
     def patch_job(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         try:

@@ -16,7 +16,6 @@ import yaml
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.loader import MigrationLoader
-from django.db.models import Count, Q
 
 from chunkwise.contract import (
     GROUP_VERSION,
@@ -26,7 +25,9 @@ from chunkwise.contract import (
     data_migration_name,
 )
 
+from ...execute import recorded
 from ...models import Checkpoint
+from ...operation_ref import OperationRef
 from ...operations import BatchedRunPython
 
 
@@ -71,11 +72,6 @@ class Command(BaseCommand):
 
     def _pending(self, alias: str, apps: list[str]) -> list[tuple[str, str, int, bool]]:
         loader = MigrationLoader(connections[alias])
-        # done: every shard's checkpoint is (an operation run in shards has one each)
-        done = set(Checkpoint.objects.using(alias).filter(direction="forward").values(
-            "app_label", "migration", "operation").annotate(
-            left=Count("pk", filter=~Q(state=Checkpoint.State.DONE))).filter(
-            left=0).values_list("app_label", "migration", "operation"))
         unknown = sorted(set(apps) - {app for app, _ in loader.disk_migrations})
         if unknown:
             raise CommandError(f"app_label: no migrations for {', '.join(unknown)}",
@@ -88,7 +84,8 @@ class Command(BaseCommand):
             batched = [i for i, op in enumerate(migration.operations)
                        if isinstance(op, BatchedRunPython)]
             pending += [(key[0], key[1], i, len(batched) > 1) for i in batched
-                        if (key[0], key[1], i) not in done]
+                        if recorded(OperationRef(key[0], key[1], i), alias)[0]
+                        != Checkpoint.State.DONE]  # done: every shard's checkpoint is
         return pending
 
     def _manifest(self, app: str, migration: str, index: int, several: bool,
