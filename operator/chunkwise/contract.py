@@ -20,8 +20,8 @@ from typing import Final, Literal, TypedDict
 __all__ = [
     "API_GROUP", "API_VERSION", "ANNOTATION_PREFIX", "Env", "ExitCode", "KIND", "Label",
     "PHASES", "PLURAL", "Ports", "ProgressStatus", "ResourceRef", "SHORT_NAME", "ShardStatus",
-    "WORKER_CONTAINER", "WorkerState", "WorkerStatus", "format_utc", "json_key", "parse_utc",
-    "utc_now_text",
+    "ThrottleStatus", "WORKER_CONTAINER", "WorkerState", "WorkerStatus", "format_utc",
+    "json_key", "parse_utc", "utc_now_text",
 ]
 
 # -- the custom resource ---------------------------------------------------------------
@@ -178,6 +178,16 @@ class VerificationStatus(TypedDict):
     checkedAt: str
 
 
+class ThrottleStatus(TypedDict):
+    """``status.throttle`` (and each shard's): why the worker waits instead of running the
+    next batch; absent while it does not. The operator mirrors it into the Throttled
+    condition."""
+
+    reason: str  #: CamelCase: ReplicationLag, TransactionAge, ActiveBackends, Autovacuum, ...
+    message: str  #: the latest reading against its threshold: "replication lag 12.3s > 5s"
+    since: str  #: when this reason began to hold the run back
+
+
 class ShardStatus(TypedDict, total=False):
     """One entry of ``status.shards``: a shard's checkpoint."""
 
@@ -189,6 +199,7 @@ class ShardStatus(TypedDict, total=False):
     #: a sharded run's outcome per shard (a single shard's is ``status.worker``)
     worker: WorkerStatus
     verification: VerificationStatus
+    throttle: ThrottleStatus | None
 
 
 def json_key(key: object) -> str | int | None:

@@ -42,6 +42,7 @@ from chunkwise.engine import (
     CheckpointState,
     ErrorKind,
     Outcome,
+    Throttle,
 )
 
 __all__ = [
@@ -137,8 +138,9 @@ class WorkerMetrics:
             registry=registry)
         self.throttled = Counter(
             Name.THROTTLED, "Seconds the worker waited instead of running the next batch, by "
-            "reason (pace: batch.pause and batch.maxRowsPerSecond).", (*labels, "reason"),
-            registry=registry)
+            "reason (pace: batch.pause and batch.maxRowsPerSecond; the database's health: "
+            "replication_lag, transaction_age, active_backends, autovacuum, throttle_query).",
+            (*labels, "reason"), registry=registry)
         self.batch_size = Gauge(
             Name.BATCH_SIZE, "Rows the next batch will take (the tuner's current size).",
             labels, registry=registry)
@@ -198,6 +200,8 @@ class MetricsReporter:
     def throttled(self, reason: str, seconds: float) -> None:
         self._metrics.throttled.labels(*self._labels, reason).inc(seconds)
 
+    def throttle_changed(self, throttle: Throttle | None) -> None:
+        pass  # counted in seconds, by reason, as it waits (throttled)
 
     def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None:
         pass  # the new batch size shows in chunkwise_batch_size_rows with the next batch

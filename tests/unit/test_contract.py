@@ -14,7 +14,7 @@ from chunkwise import contract
 from chunkwise.engine import TUNABLES, SettingsError, Tunable
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "datamigration.yaml"
-TUNED_GROUPS = ("batch", "timeouts", "retries", "haltOn")
+TUNED_GROUPS = ("batch", "timeouts", "retries", "haltOn", "throttle")
 NONZERO_CLAUSE = "!self.matches('^0+"
 
 
@@ -84,6 +84,9 @@ def test_crd_bounds_equal_the_table(tunable: Tunable) -> None:
         assert "(ms|s|m|h)" in rules(field), "a duration needs the duration rule"
         assert (NONZERO_CLAUSE in rules(field)) == tunable.exclusive_minimum
         assert tunable.minimum == 0 and tunable.maximum is None
+    elif tunable.kind in ("boolean", "text"):
+        assert field["type"] == {"boolean": "boolean", "text": "string"}[tunable.kind]
+        assert tunable.minimum is None and tunable.maximum is None
     else:  # fractions travel as strings ("0.005"): floats are not structural-schema safe
         assert tunable.kind == "fraction" and field["type"] == "string"
         assert (tunable.minimum, tunable.maximum) == (0, 1)

@@ -21,6 +21,7 @@ from chunkwise.engine import (
     RetrySettings,
     RunSettings,
     Tally,
+    Throttle,
     Timeouts,
     Verification,
 )
@@ -151,6 +152,8 @@ class Recorder:
         self.retries.append(kind)
 
     def throttled(self, reason: str, seconds: float) -> None: ...
+
+    def throttle_changed(self, throttle: Throttle | None) -> None: ...
 
 
     def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None:

@@ -38,6 +38,7 @@ from chunkwise.metrics import MetricsReporter, RunLabels, serve_worker_metrics
 
 from .checkpoints import DjangoCheckpointStore
 from .config import parse_port, resolve_settings
+from .health import PostgresHealthProbe
 from .models import Checkpoint
 from .operation_ref import OperationRef
 from .progress import ProgressBar
@@ -182,7 +183,8 @@ def execute(
         stream.write(f"{ref}: PostgreSQL through {driver}\n")
     else:
         stream.write(f"{ref}: note: {connection.vendor} has no lock_timeout, statement_timeout "
-                     "or row locks; those settings and batch.maxLockedFraction do not apply\n")
+                     "or row locks, nor health figures to throttle on; those settings, "
+                     "batch.maxLockedFraction and throttle do not apply\n")
     run_settings = _for_this_run(run_settings, ref, connection.vendor, stream)
     store = DjangoCheckpointStore(ref, connection.alias, todo, key_field,
                                   has_todo=(operation.todo if forward_direction
@@ -191,8 +193,11 @@ def execute(
     reporter = reporter or ProgressBar(str(ref), stream)
     if metrics_port:
         reporter = _with_metrics(reporter, ref, metrics_port, stream)
+    health = PostgresHealthProbe(connection.alias, todo.model._meta.db_table) \
+        if connection.vendor == "postgresql" else None
     runner = BatchRunner(target, store, run_settings, reporter, stop,
-                         retune=_live_retune(base, ref, connection.vendor, reporter, stream))
+                         retune=_live_retune(base, ref, connection.vendor, reporter, stream),
+                         health=health)
     with stop_on_signals(stop, stream):
         try:
             outcome = runner.run()

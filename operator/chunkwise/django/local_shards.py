@@ -19,7 +19,14 @@ from django.db import connections
 from django.db.migrations.state import StateApps
 
 from chunkwise.contract import ExitCode
-from chunkwise.engine import BatchReport, CheckpointState, ErrorKind, Outcome, RunSettings
+from chunkwise.engine import (
+    BatchReport,
+    CheckpointState,
+    ErrorKind,
+    Outcome,
+    RunSettings,
+    Throttle,
+)
 
 from .execute import BatchedWork, execute, stop_on_signals
 from .operation_ref import OperationRef
@@ -59,6 +66,9 @@ class _SharedBar:
 
     def throttled(self, reason: str, seconds: float) -> None: ...
 
+    def throttle_changed(self, throttle: Throttle | None) -> None:
+        with self._lock:
+            self._bar.throttle_changed(throttle)
 
     def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None:
         with self._lock:

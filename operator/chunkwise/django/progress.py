@@ -13,6 +13,7 @@ from chunkwise.engine import (
     ErrorKind,
     ExitCode,
     Outcome,
+    Throttle,
     format_duration,
     progress_of,
 )
@@ -35,6 +36,8 @@ class ProgressBar:
         self._last_draw = 0.0
         self._rows_at_start = 0
         self._retries = 0
+        self._throttle_reason = ""
+        self._throttled_since: float | None = None
 
     def started(self, state: CheckpointState) -> None:
         self._started = time.monotonic()
@@ -70,6 +73,18 @@ class ProgressBar:
     def throttled(self, reason: str, seconds: float) -> None:
         pass  # pauses are the user's own setting; the rows/s figure already shows them
 
+    def throttle_changed(self, throttle: Throttle | None) -> None:
+        """Said when the reason changes and when it ends, not at every fresh reading."""
+        prefix = "\n" if self._tty else ""
+        if throttle is None:
+            since = self._throttled_since or time.monotonic()
+            self._write(f"{prefix}{self._title}: no longer throttled, after "
+                        f"{format_duration(time.monotonic() - since)}\n")
+            self._throttle_reason, self._throttled_since = "", None
+        elif throttle.reason != self._throttle_reason:
+            self._write(f"{prefix}{self._title}: throttled: {throttle.message}; waiting\n")
+            self._throttle_reason = throttle.reason
+            self._throttled_since = self._throttled_since or time.monotonic()
 
     def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None:
         what = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changes.items())

@@ -13,7 +13,14 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-from chunkwise.engine import BatchReport, CheckpointState, ErrorKind, Outcome, Reporter
+from chunkwise.engine import (
+    BatchReport,
+    CheckpointState,
+    ErrorKind,
+    Outcome,
+    Reporter,
+    Throttle,
+)
 
 __all__ = ["ENTRY_POINT_GROUP", "TUNING_GROUP", "NullReporter", "TuningSource",
            "tuning_sources", "with_plugins"]
@@ -57,6 +64,7 @@ class NullReporter:
 
     def throttled(self, reason: str, seconds: float) -> None: ...
 
+    def throttle_changed(self, throttle: Throttle | None) -> None: ...
 
     def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None: ...
 

@@ -17,6 +17,7 @@ from .errors import (
     classify,
     sqlstate_of,
 )
+from .health import HEALTH_REASONS, HealthProbe, HealthReading, Throttle, judge, watched
 from .pacing import THROTTLE_REASONS, BatchSizer, RateLimiter, backoff_seconds
 from .progress import Progress, RateWindow, format_duration, progress_of
 from .runner import (
@@ -38,6 +39,7 @@ from .settings import (
     RetrySettings,
     RunSettings,
     SettingsError,
+    ThrottleSettings,
     Timeouts,
     Tunable,
     changed_tunables,
@@ -54,5 +56,6 @@ __all__ = [
     "RetrySettings", "RowFailure", "RunSettings", "SettingsError", "Tally", "Tee", "Timeouts",
     "Tunable", "Verification", "backoff_seconds", "check_budget", "classify",
     "format_duration", "parse_duration", "progress_of", "sqlstate_of", "Retune",
-    "changed_tunables", "spec_env",
+    "changed_tunables", "spec_env", "HEALTH_REASONS", "HealthProbe", "HealthReading",
+    "Throttle", "ThrottleSettings", "judge", "watched",
 ]

@@ -15,14 +15,15 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from .health import HEALTH_REASONS
 from .settings import BatchSettings, RetrySettings
 
 __all__ = ["PACE", "THROTTLE_REASONS", "BatchSizer", "RateLimiter", "backoff_seconds"]
 
 #: why a run waited instead of pushing on (``Reporter.throttled``'s reason): the pause
-#: between batches and the rows-per-second cap
+#: between batches and the rows-per-second cap, or the database's health
 PACE: Final = "pace"
-THROTTLE_REASONS: Final = (PACE,)
+THROTTLE_REASONS: Final = (PACE, *HEALTH_REASONS)
 
 _WEIGHT_NEWEST = 0.5
 _MAX_GROWTH = 2.0

@@ -2,6 +2,7 @@
 
 One batch is one transaction:
 
+0. between batches, while the database's health passes a throttle threshold: wait;
 1. ``SET LOCAL`` lock and statement timeouts (where the database has them);
 2. lock and re-read the checkpoint row: it is the truth about where we are,
    which is what makes a lost connection safe (the commit landed or it did not);
@@ -34,6 +35,7 @@ from .errors import (
     RetriesExhausted,
     classify,
 )
+from .health import HealthProbe, Throttle, judge, watched
 from .pacing import PACE, BatchSizer, RateLimiter, backoff_seconds
 from .settings import RunSettings, Timeouts, changed_tunables
 
@@ -140,6 +142,11 @@ class Reporter(Protocol):
 
     def throttled(self, reason: str, seconds: float) -> None: ...
 
+    def throttle_changed(self, throttle: Throttle | None) -> None:
+        """The database's health holds the run back (again, with a fresh reading), or no
+        longer (None)."""
+        ...
+
     def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None:
         """New settings took effect between two batches (spec ``generation``; the
         tunables that changed, by spec name, as (old, new))."""
@@ -220,8 +227,12 @@ class BatchRunner:
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
         retune: Retune | None = None,
+        health: HealthProbe | None = None,
     ) -> None:
         self._target = target
+        self._health = health
+        self._throttle: Throttle | None = None
+        self._next_health_read = float("-inf")
         self._store = store
         self._settings = settings
         self._retune = retune
@@ -256,6 +267,9 @@ class BatchRunner:
             while not self._stop.is_set():
                 if self._retune is not None and self._retuned():
                     limiter = RateLimiter(self._settings.batch, self._clock)
+                self._wait_while_unhealthy()
+                if self._stop.is_set():
+                    break
                 rows = self._top_level_batch()
                 if rows is None:
                     self._store.finish("done")
@@ -296,7 +310,51 @@ class BatchRunner:
             self._reporter.notice(f"could not verify the run: {type(exc).__name__}: {exc}")
             return None
 
+    def _wait_while_unhealthy(self) -> None:
+        """Before a batch: read the database's health (at most every checkInterval) and
+        wait while it passes a throttle threshold; past a critical one, halt."""
+        while self._health is not None and not self._stop.is_set():
+            settings = self._settings
+            now = self._clock()
+            if not watched(settings) or (self._throttle is None
+                                         and now < self._next_health_read):
+                self._set_throttle(None)
+                return
+            self._next_health_read = now + settings.throttle.check_interval
+            throttle = self._read_health(settings)
+            self._set_throttle(throttle)
+            if throttle is None:
+                return
+            if throttle.critical:
+                raise Halted(throttle.condition_reason,
+                             f"critical load: {throttle.message}; batches stopped, the "
+                             "checkpoint is intact")
+            self._stop.wait(settings.throttle.check_interval)
+            self._reporter.throttled(throttle.reason, self._clock() - now)
+            if self._retune is not None:
+                self._retuned()  # a raised threshold frees a throttled run at once
+
+    def _read_health(self, settings: RunSettings) -> Throttle | None:
+        assert self._health is not None
+        try:
+            return judge(self._health.read(settings), settings)
+        except Halted:
+            raise
+        except Exception as exc:
+            if classify(exc).retryable:  # the next batch meets it too, and retries
+                return None
+            raise Halted("HealthCheckFailed",
+                         f"reading the database's health failed: {type(exc).__name__}: "
+                         f"{str(exc).strip()}") from exc
+
+    def _set_throttle(self, throttle: Throttle | None) -> None:
+        if throttle is None and self._throttle is None:
+            return
+        self._throttle = throttle
+        self._reporter.throttle_changed(throttle)
+
     def _finish(self, outcome: Outcome) -> Outcome:
+        self._set_throttle(None)
         self._reporter.finished(outcome)
         return outcome
 

@@ -22,6 +22,7 @@ __all__ = [
     "RetrySettings",
     "RunSettings",
     "SettingsError",
+    "ThrottleSettings",
     "Timeouts",
     "Tunable",
     "parse_duration",
@@ -146,9 +147,48 @@ class HaltThresholds:
     min_sample: int = 1000
     #: batches in a row with at least one failed row.
     consecutive_failed_batches: int = 5
+    #: critical load, like gh-ost's --critical-load: above these the run halts instead of
+    #: waiting (the throttle thresholds are in ThrottleSettings). 0 = off each: what is
+    #: critical depends on the database's size, so no default could be right.
+    #: active client backends (pg_stat_activity state 'active', this one excluded)
+    active_backends: int = 0
+    #: seconds of replay lag on the worst replica (pg_stat_replication.replay_lag)
+    replication_lag: float = 0.0
+    #: seconds the oldest open transaction of another session has been running
+    transaction_age: float = 0.0
 
     def __post_init__(self) -> None:
         _check_bounds(self, "halt_on")
+
+
+@dataclass(frozen=True)
+class ThrottleSettings:
+    """Database health, read before a batch (at most every ``check_interval``): above a
+    threshold the worker waits instead of running the next batch. 0 (false, "") = off,
+    the default for each: the right level depends on the database, and reading other
+    sessions' figures needs the pg_monitor role, which a run must not require."""
+
+    #: active client backends (pg_stat_activity state 'active', this one excluded); a
+    #: busy database gets the migration's connection back for its own work.
+    active_backends: int = 0
+    #: seconds of replay lag on the worst replica (pg_stat_replication.replay_lag, read
+    #: on the primary); batches write WAL faster than a busy replica may replay it.
+    replication_lag: float = 0.0
+    #: seconds the oldest open transaction of another session has been running; while it
+    #: runs, vacuum cannot remove the dead rows every batch leaves behind.
+    transaction_age: float = 0.0
+    #: wait while autovacuum works on the migrated table: GitLab's batched migrations do,
+    #: so vacuum catches up with the dead rows instead of racing them.
+    autovacuum: bool = False
+    #: SQL whose first column of its first row, when a number above 0 (or true), says
+    #: "slow down" (gh-ost's --throttle-query); run read-only under timeouts.statement.
+    query: str = ""
+    #: seconds between two health reads, and between two looks while throttled: a read
+    #: of pg_stat_activity per batch would cost more than it tells.
+    check_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_bounds(self, "throttle")
 
 
 @dataclass(frozen=True)
@@ -159,11 +199,25 @@ class RunSettings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     retries: RetrySettings = field(default_factory=RetrySettings)
     halt_on: HaltThresholds = field(default_factory=HaltThresholds)
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+
+    def __post_init__(self) -> None:
+        for name in ("active_backends", "replication_lag", "transaction_age"):
+            slow, stop = getattr(self.throttle, name), getattr(self.halt_on, name)
+            spec = _camel(name)
+            _require(not (slow and stop) or stop > slow, f"haltOn.{spec}",
+                     f"a value above throttle.{spec} ({slow:g}): the run waits at the "
+                     f"throttle level before it halts at this one", stop)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word.title() for word in rest)
 
 
 # -- the tunables table ------------------------------------------------------------------
 
-Kind = Literal["integer", "duration", "fraction"]
+Kind = Literal["integer", "duration", "fraction", "boolean", "text"]
 
 
 def _parse_int(value: str, name: str) -> int:
@@ -184,8 +238,22 @@ def _parse_duration(value: str, name: str) -> float:
     return parse_duration(value, field_name=name)
 
 
+def _parse_boolean(value: str, name: str) -> bool:
+    text = value.strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise SettingsError(f"{name}: expected true or false, got {value!r}")
+
+
+def _parse_text(value: str, name: str) -> str:
+    return value
+
+
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "integer": _parse_int, "duration": _parse_duration, "fraction": _parse_fraction,
+    "boolean": _parse_boolean, "text": _parse_text,
 }
 
 
@@ -233,8 +301,8 @@ class Tunable:
         return _PARSERS[self.kind](raw, name)
 
     def expected(self) -> str:
-        noun = {"integer": "an integer", "duration": "a duration",
-                "fraction": "a fraction"}[self.kind]
+        noun = {"integer": "an integer", "duration": "a duration", "fraction": "a fraction",
+                "boolean": "true or false", "text": "text"}[self.kind]
         if self.kind == "fraction":
             return f"{noun} between {_num(self.minimum)} and {_num(self.maximum)}"
         parts = []
@@ -244,7 +312,11 @@ class Tunable:
             parts.append(f"<= {_num(self.maximum)}")
         return f"{noun} {' and '.join(parts)}".strip()
 
-    def check(self, value: float) -> None:
+    def check(self, value: Any) -> None:
+        if self.kind in ("boolean", "text"):
+            wanted = bool if self.kind == "boolean" else str
+            _require(isinstance(value, wanted), self.spec, self.expected(), value)
+            return
         low, high = self.minimum, self.maximum
         ok = (low is None or (value > low if self.exclusive_minimum else value >= low)) and \
             (high is None or value <= high)
@@ -298,6 +370,25 @@ TUNABLES: tuple[Tunable, ...] = (
     _t("halt-consecutive-failed-batches", "haltOn.consecutiveFailedBatches",
        "halt_on.consecutive_failed_batches", "integer",
        "halt after this many failing batches in a row", minimum=1),
+    _t("halt-active-backends", "haltOn.activeBackends", "halt_on.active_backends", "integer",
+       "halt (critical load) above this many active backends, 0 = off", minimum=0),
+    _t("halt-replication-lag", "haltOn.replicationLag", "halt_on.replication_lag",
+       "duration", "halt (critical load) above this replica replay lag, 0 = off", minimum=0),
+    _t("halt-transaction-age", "haltOn.transactionAge", "halt_on.transaction_age",
+       "duration", "halt (critical load) when another transaction is older, 0 = off",
+       minimum=0),
+    _t("throttle-active-backends", "throttle.activeBackends", "throttle.active_backends",
+       "integer", "wait while more backends than this are active, 0 = off", minimum=0),
+    _t("throttle-replication-lag", "throttle.replicationLag", "throttle.replication_lag",
+       "duration", "wait while a replica lags more than this, 0 = off", minimum=0),
+    _t("throttle-transaction-age", "throttle.transactionAge", "throttle.transaction_age",
+       "duration", "wait while another transaction is older than this, 0 = off", minimum=0),
+    _t("throttle-autovacuum", "throttle.autovacuum", "throttle.autovacuum", "boolean",
+       "wait while autovacuum works on the migrated table (true/false)"),
+    _t("throttle-query", "throttle.query", "throttle.query", "text",
+       "SQL; wait while its first value is above 0 (read-only)"),
+    _t("throttle-check-interval", "throttle.checkInterval", "throttle.check_interval",
+       "duration", "how often database health is read", minimum=0, exclusive_minimum=True),
 )
 
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import ErrorKind
+from .health import Throttle
 from .runner import BatchReport, CheckpointState, Outcome, Reporter
 
 __all__ = ["Tee"]
@@ -33,6 +34,9 @@ class Tee:
         for reporter in self._reporters:
             reporter.throttled(reason, seconds)
 
+    def throttle_changed(self, throttle: Throttle | None) -> None:
+        for reporter in self._reporters:
+            reporter.throttle_changed(throttle)
 
     def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None:
         for reporter in self._reporters:

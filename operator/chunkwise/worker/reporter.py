@@ -19,6 +19,7 @@ from chunkwise.contract import (
     ExitCode,
     ProgressStatus,
     ShardStatus,
+    ThrottleStatus,
     VerificationStatus,
     WorkerState,
     WorkerStatus,
@@ -31,6 +32,7 @@ from chunkwise.engine import (
     ErrorKind,
     Outcome,
     RateWindow,
+    Throttle,
     format_duration,
     progress_of,
 )
@@ -65,6 +67,7 @@ class StatusReporter:
         self._rows_at_start = 0
         self._window = RateWindow()
         self._warned = False
+        self._throttle: ThrottleStatus | None = None
 
     def _progress(self, state: CheckpointState, checkpoint_at: str | None,
                   live: bool = True) -> ProgressStatus:
@@ -121,8 +124,9 @@ class StatusReporter:
         self._window.add(self._started, self._rows_at_start)
         worker: WorkerStatus = {"state": "running", "pod": os.environ.get("HOSTNAME", ""),
                                 "reason": "", "message": ""}
-        self._patch(self._with_worker({"progress": self._progress(state, utc_now_text())},
-                                      state, worker))
+        status = self._with_worker({"progress": self._progress(state, utc_now_text())},
+                                   state, worker)
+        self._patch(self._merge(status, self._throttle_patch()))  # a killed pod's is over
 
     def batch_committed(self, report: BatchReport) -> None:
         self._window.add(self._clock(), (report.state.run_totals or report.state)
@@ -136,6 +140,33 @@ class StatusReporter:
 
     def throttled(self, reason: str, seconds: float) -> None:
         pass
+
+    def throttle_changed(self, throttle: Throttle | None) -> None:
+        """A new reason, or the end of one, is written at once (the operator makes it the
+        Throttled condition); a fresh reading of the same reason waits its turn."""
+        reason = throttle.condition_reason if throttle else None
+        same = reason == (self._throttle["reason"] if self._throttle else None)
+        if same and self._clock() - self._last_patch < self._interval:
+            return
+        self._throttle = None if throttle is None else {
+            "reason": throttle.condition_reason, "message": throttle.message,
+            "since": self._throttle["since"] if same and self._throttle else utc_now_text()}
+        self._patch(self._throttle_patch())
+
+    def _throttle_patch(self) -> dict[str, Any]:
+        if self._sharded:
+            return {"shards": {str(self._shard): {"throttle": self._throttle}}}
+        return {"throttle": self._throttle}
+
+    @staticmethod
+    def _merge(status: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+        """Two status patches as one (the shard entry merged key by key)."""
+        shards = {key: {**status.get("shards", {}).get(key, {}), **entry}
+                  for key, entry in more.get("shards", {}).items()}
+        merged = {**status, **more}
+        if shards:
+            merged["shards"] = {**status.get("shards", {}), **shards}
+        return merged
 
     def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None:
         """Said at once: the operator turns it into the Event that the change took effect."""
@@ -155,7 +186,9 @@ class StatusReporter:
         status: dict[str, Any] = {}
         if outcome.state is not None:
             status["progress"] = self._progress(outcome.state, utc_now_text(), live=False)
-        status = self._with_worker(status, outcome.state, worker)
+        self._throttle = None
+        status = self._merge(self._with_worker(status, outcome.state, worker),
+                             self._throttle_patch())
         if outcome.plan is not None:
             status["plan"] = dict(outcome.plan)
         if outcome.verification is not None:

@@ -1,0 +1,67 @@
+"""The engine's health probe on PostgreSQL: its own statistics views, read between batches.
+
+One statement reads what has a threshold: active client backends and the oldest
+transaction (``pg_stat_activity``), the worst replica's replay lag
+(``pg_stat_replication`` on the primary), autovacuum working on the migrated table
+(``pg_stat_progress_vacuum``). Other sessions' rows in those views are visible in full
+only to roles with ``pg_monitor`` (or ``pg_read_all_stats``); without it they read as
+nothing to wait for, which the README says. The user's throttle query runs after it, in a
+read-only transaction under ``timeouts.statement``, so it can neither write nor hang a run.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import connections, transaction
+
+from chunkwise.engine import HealthReading, RunSettings, SettingsError
+
+__all__ = ["PostgresHealthProbe"]
+
+_SESSIONS = "backend_type = 'client backend' AND pid <> pg_backend_pid()"
+_READ = f"""
+SELECT
+  (SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND {_SESSIONS}),
+  (SELECT coalesce(max(extract(epoch FROM replay_lag)), 0) FROM pg_stat_replication),
+  (SELECT coalesce(extract(epoch FROM max(now() - xact_start)), 0) FROM pg_stat_activity
+    WHERE xact_start IS NOT NULL AND {_SESSIONS}),
+  (SELECT extract(epoch FROM now() - a.xact_start)::int || 's (' || v.phase || ')'
+    FROM pg_stat_progress_vacuum v JOIN pg_stat_activity a ON a.pid = v.pid
+    WHERE v.relid = %s::regclass AND a.backend_type = 'autovacuum worker' LIMIT 1)
+"""
+
+
+class PostgresHealthProbe:
+    """Reads the health of the database ``alias`` points at, for the table ``table``."""
+
+    def __init__(self, alias: str, table: str) -> None:
+        self._alias = alias
+        self._table = table
+
+    def read(self, settings: RunSettings) -> HealthReading:
+        with connections[self._alias].cursor() as cursor:
+            cursor.execute(_READ, [connections[self._alias].ops.quote_name(self._table)])
+            backends, lag, oldest, vacuum = cursor.fetchone()
+        query = settings.throttle.query.strip()
+        return HealthReading(
+            active_backends=int(backends), replication_lag=float(lag),
+            transaction_age=float(oldest),
+            autovacuum=f"autovacuum on {self._table} for {vacuum}" if vacuum else None,
+            query_value=self._query(query, settings.timeouts.statement) if query else None)
+
+    def _query(self, sql: str, statement_timeout: float) -> float:
+        with transaction.atomic(using=self._alias), \
+                connections[self._alias].cursor() as cursor:
+            cursor.execute("SET TRANSACTION READ ONLY")
+            cursor.execute("SELECT set_config('statement_timeout', %s, true)",
+                           [f"{int(statement_timeout * 1000)}ms"])
+            cursor.execute(sql)
+            row = cursor.fetchone() if cursor.description else None
+        value = None if row is None else row[0]
+        if value is None:
+            return 0.0
+        if isinstance(value, bool | int | float | Decimal):
+            return float(value)
+        raise SettingsError(f"throttle.query: expected its first value to be a number or a "
+                            f"boolean (above 0 or true waits), got {value!r}")

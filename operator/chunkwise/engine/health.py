@@ -1,0 +1,104 @@
+"""Throttling on database health: what a reading of the database says the run should do.
+
+Before a batch (at most every ``throttle.checkInterval``) the runner asks a
+:class:`HealthProbe` for a :class:`HealthReading` and :func:`judge` compares it with the
+thresholds: above a ``haltOn`` (critical) one the run halts, above a ``throttle`` one it
+waits and reads again. The probe is the database's (the Django layer reads PostgreSQL's
+statistics views); this module only compares numbers, so it is tested without one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from .settings import RunSettings
+
+__all__ = ["HEALTH_REASONS", "HealthProbe", "HealthReading", "Throttle", "judge", "watched"]
+
+
+@dataclass(frozen=True)
+class HealthReading:
+    """What the database said; None where it was not asked (no threshold) or cannot tell."""
+
+    #: active client backends, this session excluded
+    active_backends: int | None = None
+    #: seconds, the worst replica's replay lag (0 when none lags or there is none)
+    replication_lag: float | None = None
+    #: seconds, the oldest open transaction of another session
+    transaction_age: float | None = None
+    #: how autovacuum is working on the table ("autovacuum on shop_customer for 12s
+    #: (scanning heap)"), None when it is not
+    autovacuum: str | None = None
+    #: the throttle query's first value, as a number
+    query_value: float | None = None
+
+
+class HealthProbe(Protocol):
+    def read(self, settings: RunSettings) -> HealthReading:
+        """Read what ``settings`` has thresholds for, outside any batch transaction."""
+        ...
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """Why the run waits (or, ``critical``, halts)."""
+
+    reason: str  #: snake_case: the ``reason`` label of chunkwise_throttled_seconds_total
+    message: str  #: the measured value against its threshold: "replication lag 12.3s > 5s"
+    critical: bool = False
+
+    @property
+    def condition_reason(self) -> str:
+        """CamelCase, for the Throttled condition (or, critical, the halt's reason)."""
+        camel = "".join(word.title() for word in self.reason.split("_"))
+        return f"Critical{camel}" if self.critical else camel
+
+
+@dataclass(frozen=True)
+class _Gauge:
+    reason: str
+    label: str
+    field: str  # of HealthReading, ThrottleSettings and HaltThresholds alike
+    spec: str
+    seconds: bool
+
+
+_GAUGES: Final = (
+    _Gauge("replication_lag", "replication lag", "replication_lag", "replicationLag", True),
+    _Gauge("transaction_age", "oldest transaction", "transaction_age", "transactionAge", True),
+    _Gauge("active_backends", "active backends", "active_backends", "activeBackends", False),
+)
+#: every reason a health check can give, for the metric's label values
+HEALTH_REASONS: Final = (*(g.reason for g in _GAUGES), "autovacuum", "throttle_query")
+
+
+def watched(settings: RunSettings) -> bool:
+    """Whether any health threshold is set (else nothing is read, at no cost)."""
+    throttle, halt = settings.throttle, settings.halt_on
+    return bool(throttle.autovacuum or throttle.query.strip() or any(
+        getattr(throttle, g.field) or getattr(halt, g.field) for g in _GAUGES))
+
+
+def _show(value: float, seconds: bool) -> str:
+    return f"{value:.1f}s" if seconds else f"{value:g}"
+
+
+def judge(reading: HealthReading, settings: RunSettings) -> Throttle | None:
+    """The first critical threshold passed, else the first throttle threshold passed,
+    else None (healthy). Critical first: a halt must not wait behind a throttle."""
+    for critical, limits, group in ((True, settings.halt_on, "haltOn"),
+                                    (False, settings.throttle, "throttle")):
+        for gauge in _GAUGES:
+            limit = getattr(limits, gauge.field)
+            value = getattr(reading, gauge.field)
+            if limit and value is not None and value > limit:
+                return Throttle(gauge.reason, f"{gauge.label} {_show(value, gauge.seconds)} > "
+                                f"{_show(limit, gauge.seconds)} ({group}.{gauge.spec})",
+                                critical)
+    if settings.throttle.autovacuum and reading.autovacuum:
+        return Throttle("autovacuum", f"{reading.autovacuum} (throttle.autovacuum)")
+    if settings.throttle.query.strip() and (reading.query_value or 0) > 0:
+        return Throttle("throttle_query",
+                        f"throttle.query returned {reading.query_value:g} (> 0 waits)")
+    return None
