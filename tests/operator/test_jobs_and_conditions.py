@@ -288,3 +288,41 @@ def test_verified_follows_the_workers_check_once_the_run_succeeded() -> None:
     patch, _ = status_for({"conditions": [verified]}, running, 2)  # a new run
     again = {c["type"]: c for c in patch["conditions"]}["Verified"]
     assert (again["status"], again["reason"]) == ("Unknown", "NotVerified")
+
+
+def test_throttled_follows_the_workers_throttle_while_running_with_one_event_each_way() -> None:
+    from chunkwise.operator.conditions import throttle_status
+
+    now = "2026-11-22T10:00:00Z"
+    throttle = {"reason": "ReplicationLag", "since": now,
+                "message": "replication lag 12.3s > 5.0s (throttle.replicationLag)"}
+    running: dict[str, Any] = {"phase": "Running", "conditions": [], "throttle": throttle}
+    patch, events = throttle_status(running, 3, now)
+    assert patch is not None
+    [condition] = patch["conditions"]
+    assert (condition["type"], condition["status"], condition["reason"]) == (
+        "Throttled", "True", "ReplicationLag")
+    assert condition["message"] == ("replication lag 12.3s > 5.0s (throttle.replicationLag): "
+                                    "the worker waits before its next batch")
+    assert [(e.type, e.reason) for e in events] == [("Warning", "Throttled")]
+    throttled = {**running, "conditions": patch["conditions"]}
+    fresher = {**throttled, "throttle": {**throttle, "message": "replication lag 14s > 5s"}}
+    assert throttle_status(fresher, 3, now) == (None, [])  # same reason: no write
+    cleared, events = throttle_status({**throttled, "throttle": None}, 3, now)
+    assert cleared is not None and cleared["conditions"][0]["status"] == "False"
+    assert [e.reason for e in events] == ["Unthrottled"]
+    assert throttle_status({"phase": "Succeeded", "throttle": throttle}, 3, now) == (None, [])
+    shard = {"phase": "Running", "shards": {"1": {"throttle": throttle}}}
+    patch, _ = throttle_status(shard, 3, now)
+    assert patch is not None and patch["conditions"][0]["message"].startswith(
+        "shard 1: replication lag 12.3s")
+
+
+def test_a_run_that_ends_is_no_longer_throttled() -> None:
+    from chunkwise.operator.conditions import RunState, status_for
+
+    throttled = {"phase": "Running", "conditions": [
+        {"type": "Throttled", "status": "True", "reason": "ReplicationLag", "message": "x"}]}
+    patch, _ = status_for(throttled, RunState("Succeeded", "Completed", "done"), 2)
+    condition = next(c for c in patch["conditions"] if c["type"] == "Throttled")
+    assert (condition["status"], condition["reason"]) == ("False", "NotRunning")

@@ -99,3 +99,38 @@ def test_the_verification_goes_into_the_status() -> None:
     check = client.patches[-1]["verification"]
     assert {k: v for k, v in check.items() if k != "checkedAt"} == {
         "rowsRemaining": 3, "failedRows": 2, "missedRows": 1, "upToKey": 1000}
+
+
+def test_a_throttle_is_written_when_it_starts_changes_or_ends_not_per_reading() -> None:
+    from chunkwise.engine import Throttle
+
+    now = [0.0]
+    client = FakeClient()
+    reporter = StatusReporter(client, interval=2.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    reporter.started(state(0))
+    assert client.patches[0].get("throttle", "unset") is None  # a killed pod's throttle is over
+    lag = Throttle("replication_lag", "replication lag 12.3s > 5.0s (throttle.replicationLag)")
+    now[0] = 10.0
+    reporter.throttle_changed(lag)
+    first = client.patches[-1]["throttle"]
+    assert first["reason"] == "ReplicationLag" and first["message"] == lag.message
+    now[0] = 10.5  # a fresh reading of the same reason, within the interval: not written
+    reporter.throttle_changed(Throttle("replication_lag", "replication lag 13.0s > 5.0s"))
+    assert len(client.patches) == 2
+    now[0] = 12.5  # past the interval: the fresh value, the same "since"
+    reporter.throttle_changed(Throttle("replication_lag", "replication lag 14.0s > 5.0s"))
+    assert client.patches[-1]["throttle"] == {**first, "message": "replication lag 14.0s > 5.0s"}
+    now[0] = 12.6  # the end: at once
+    reporter.throttle_changed(None)
+    assert client.patches[-1] == {"throttle": None} and len(client.patches) == 4
+
+
+def test_a_shards_throttle_goes_into_its_own_entry() -> None:
+    from chunkwise.engine import Throttle
+
+    client = FakeClient()
+    reporter = StatusReporter(client, interval=2.0, clock=lambda: 0.0,  # type: ignore[arg-type]
+                              shard=1, shards=2)
+    reporter.throttle_changed(Throttle("autovacuum", "autovacuum on t for 3s (scanning heap)",))
+    assert client.patches[-1]["shards"]["1"]["throttle"]["reason"] == "Autovacuum"
+    assert "throttle" not in client.patches[-1]

@@ -15,7 +15,7 @@ from chunkwise.contract import ExitCode, WorkerStatus, format_utc, parse_utc, ut
 
 __all__ = ["DRY_RUN_COMPLETED", "FAILED_CREATE", "STUCK", "Event", "RunState", "job_problem",
            "pod_problem", "run_state_of", "set_condition", "stall_status", "status_for",
-           "verification_of", "worker_of"]
+           "throttle_of", "throttle_status", "verification_of", "worker_of"]
 
 #: why a container waits that no amount of waiting fixes (the kubelet's reasons)
 _CONTAINER_STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
@@ -150,7 +150,7 @@ def set_condition(conditions: Sequence[Mapping[str, Any]], kind: str, status: st
 
 
 _ORDER = {"Succeeded": 0, "Progressing": 1, "Suspended": 2, "Halted": 3, "Stalled": 4,
-          "Verified": 5}
+          "Throttled": 5, "Verified": 6}
 
 # phase -> (Succeeded, Progressing, Suspended, Halted) condition statuses
 _TABLE = {
@@ -180,6 +180,9 @@ def status_for(status: Mapping[str, Any], outcome: RunState, generation: int | N
     if outcome.phase != "Running":  # a stall only means something while running
         conditions = set_condition(conditions, "Stalled", "False", "NotRunning",
                                    "the worker is not running", generation, now)
+        if _condition(conditions, "Throttled").get("status") == "True":
+            conditions = set_condition(conditions, "Throttled", "False", "NotRunning",
+                                       "the worker is not running", generation, now)
     patch: dict[str, Any] = {"phase": outcome.phase, "conditions": conditions,
                              "observedGeneration": generation}
     if outcome.phase in ("Succeeded", "Failed", "Halted"):
@@ -225,6 +228,49 @@ def _verified(conditions: list[dict[str, Any]], status: Mapping[str, Any], outco
         f"the {remaining} rows still matching todo are the recorded failed rows"
     return set_condition(conditions, "Verified", "True", "NoRowsMissed", message, generation,
                          now)
+
+
+def _condition(conditions: Sequence[Mapping[str, Any]], kind: str) -> Mapping[str, Any]:
+    return next((c for c in conditions if c.get("type") == kind), {})
+
+
+def throttle_of(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Why the worker waits: ``status.throttle``, or with shards the first shard's that
+    waits (its message prefixed with the shard); None when none does."""
+    if status.get("throttle"):
+        return status["throttle"]  # type: ignore[no-any-return]
+    shards = status.get("shards")
+    if isinstance(shards, Mapping):
+        for index, entry in sorted(shards.items()):
+            if isinstance(entry, Mapping) and entry.get("throttle"):
+                throttle = entry["throttle"]
+                return {**throttle, "message": f"shard {index}: {throttle.get('message')}"}
+    return None
+
+
+def throttle_status(status: Mapping[str, Any], generation: int | None,
+                    now: str | None = None) -> tuple[dict[str, Any] | None, list[Event]]:
+    """While Running: the Throttled condition from what the worker said (``status.throttle``).
+    Written when it starts, ends or changes its reason; a fresh reading of the same reason
+    stays in ``status.throttle``, so this adds no write per reading."""
+    if status.get("phase") != "Running":
+        return None, []
+    throttle = throttle_of(status)
+    current = _condition(status.get("conditions", []), "Throttled")
+    if throttle is None:
+        if current.get("status") != "True":
+            return None, []
+        wanted = ("False", "NotThrottled", "the database's health no longer holds the run back")
+        event = Event("Normal", "Unthrottled", wanted[2])
+    else:
+        reason, message = str(throttle.get("reason")), str(throttle.get("message"))
+        if (current.get("status"), current.get("reason")) == ("True", reason):
+            return None, []
+        wanted = ("True", reason, f"{message}: the worker waits before its next batch")
+        event = Event("Warning", "Throttled", wanted[2])
+    conditions = set_condition(status.get("conditions", []), "Throttled", *wanted,
+                               generation, now or utc_now_text())
+    return {"conditions": conditions}, [event]
 
 
 def _event_for(previous: str | None, outcome: RunState) -> Event:

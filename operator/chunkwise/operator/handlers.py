@@ -25,6 +25,7 @@ from .cluster import Cluster
 from .conditions import Event
 from .reconcile import (
     announce_retune,
+    announce_throttle,
     check_pods,
     check_stall,
     job_changed,
@@ -136,9 +137,11 @@ def updated(body: kopf.Body, old: Any, new: Any, patch: kopf.Patch, **_: Any) ->
 @kopf.on.event(*_GVP)
 def migration_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     """Every change of a DataMigration, status included (kopf's change handlers see only
-    the spec): a worker that applied new tunables is announced here."""
+    the spec): a worker that applied new tunables, or that waits on the database's
+    health, is announced here."""
     if type == "MODIFIED":
         announce_retune(cluster(), post, body)
+        announce_throttle(cluster(), post, body)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={Label.MANAGED_BY: Label.MANAGER})

@@ -31,12 +31,13 @@ from .conditions import (
     set_condition,
     stall_status,
     status_for,
+    throttle_status,
     worker_of,
 )
 from .jobs import build_job, job_name
 
-__all__ = ["PostEvent", "announce_retune", "check_pods", "check_stall", "job_changed",
-           "job_deleted", "spec_changed", "start_run"]
+__all__ = ["PostEvent", "announce_retune", "announce_throttle", "check_pods", "check_stall",
+           "job_changed", "job_deleted", "spec_changed", "start_run"]
 
 _RESTARTABLE = ("Halted", "Failed")
 #: the last spec generation whose retuning was announced as an Event
@@ -174,6 +175,18 @@ def announce_retune(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) 
                      f"{tuning.get('appliedAt')}: {changes or 'no tunable changed'}"))
     cluster.patch_migration(body["metadata"]["namespace"], body["metadata"]["name"],
                             {"metadata": {"annotations": {RETUNED_ANNOTATION: str(generation)}}})
+
+
+def announce_throttle(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) -> None:
+    """The worker wrote ``status.throttle`` (or cleared it): mirror it into the Throttled
+    condition, with an Event when it starts or ends."""
+    new_status, events = throttle_status(body.get("status") or {},
+                                         body["metadata"].get("generation"))
+    if new_status is None:
+        return
+    cluster.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], new_status)
+    for event in events:
+        post(body, event)
 
 
 def _progressing(status: Mapping[str, Any]) -> Mapping[str, Any]:
