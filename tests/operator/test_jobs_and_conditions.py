@@ -295,14 +295,14 @@ def test_throttled_follows_the_workers_throttle_while_running_with_one_event_eac
 
     now = "2026-11-22T10:00:00Z"
     throttle = {"reason": "ReplicationLag", "since": now,
-                "message": "replication lag 12.3s > 5.0s (throttle.replicationLag)"}
+                "message": "replication lag 12.3s > 5s (throttle.replicationLag)"}
     running: dict[str, Any] = {"phase": "Running", "conditions": [], "throttle": throttle}
     patch, events = throttle_status(running, 3, now)
     assert patch is not None
     [condition] = patch["conditions"]
     assert (condition["type"], condition["status"], condition["reason"]) == (
         "Throttled", "True", "ReplicationLag")
-    assert condition["message"] == ("replication lag 12.3s > 5.0s (throttle.replicationLag): "
+    assert condition["message"] == ("replication lag 12.3s > 5s (throttle.replicationLag): "
                                     "the worker waits before its next batch")
     assert [(e.type, e.reason) for e in events] == [("Warning", "Throttled")]
     throttled = {**running, "conditions": patch["conditions"]}

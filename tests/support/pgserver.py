@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PgServer", "find_bindir", "free_port", "running_server"]
+__all__ = ["PgServer", "find_bindir", "free_port", "running_replica", "running_server"]
 
 
 def free_port() -> int:
@@ -85,12 +85,13 @@ def _as_postgres_user() -> tuple[list[str], int | None, int | None]:
     return [], entry.pw_uid, entry.pw_gid
 
 
-@contextlib.contextmanager
-def running_server(settings: dict[str, str] | None = None) -> Iterator[PgServer]:
-    bindir = find_bindir()
+RunAs = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def _workdir(prefix: str) -> tuple[Path, RunAs]:
+    """A directory the server's user owns, and a way to run commands as that user."""
     _, uid, gid = _as_postgres_user()
-    root = Path(tempfile.mkdtemp(prefix="chunkwise-pg-"))
-    datadir = root / "data"
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     if uid is not None:
         os.chown(root, uid, gid or -1)
 
@@ -103,6 +104,81 @@ def running_server(settings: dict[str, str] | None = None) -> Iterator[PgServer]
             args, preexec_fn=demote, check=True, text=True, capture_output=True, **kwargs)
         return result
 
+    return root, run_as
+
+
+def _configure(datadir: Path, options: dict[str, str]) -> None:
+    with open(datadir / "postgresql.conf", "a") as conf:  # later lines win
+        for name, value in options.items():
+            conf.write(f"{name} = '{value}'\n")
+
+
+@contextlib.contextmanager
+def _serving(root: Path, datadir: Path, port: int, user: str,
+             run_as: RunAs) -> Iterator[PgServer]:
+    """Start the cluster in ``datadir``, wait until it answers, and remove it afterwards."""
+    bindir = find_bindir()
+    log = root / "postgres.log"
+    try:
+        run_as([str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(log), "-w", "-t", "60",
+                "start"])
+        server = PgServer("127.0.0.1", port, user, datadir,
+                          lambda args: run_as([str(bindir / "pg_ctl"), "-D", str(datadir),
+                                               *args]))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                server.sql("SELECT 1")
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield server
+    finally:
+        with contextlib.suppress(Exception):
+            run_as([str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"])
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_replica(primary: PgServer) -> Iterator[PgServer]:
+    """A hot standby streaming from ``primary``: cloned with ``pg_basebackup -R`` (which
+    writes the connection to the primary and standby.signal), started on its own port.
+    It reports its replay position every second, so the primary's
+    ``pg_stat_replication.replay_lag`` follows it closely."""
+    bindir = find_bindir()
+    root, run_as = _workdir("chunkwise-replica-")
+    datadir = root / "data"
+    run_as([str(bindir / "pg_basebackup"), "-D", str(datadir), "-h", primary.host,
+            "-p", str(primary.port), "-U", primary.user, "-X", "stream", "-R",
+            "--checkpoint=fast", "--no-sync"])
+    port = free_port()
+    _configure(datadir, {"port": str(port), "unix_socket_directories": str(root),
+                         "hot_standby": "on", "wal_receiver_status_interval": "1s"})
+    with _serving(root, datadir, port, primary.user, run_as) as replica:
+        deadline = time.monotonic() + 30
+        while not _streaming(primary):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replica on port {port} never started streaming "
+                                   f"(see {root / 'postgres.log'})")
+            time.sleep(0.1)
+        yield replica
+
+
+def _streaming(primary: PgServer) -> bool:
+    import psycopg
+
+    with psycopg.connect(primary.dsn("postgres"), autocommit=True) as conn:
+        return bool(conn.execute("SELECT 1 FROM pg_stat_replication "
+                                 "WHERE state = 'streaming'").fetchone())
+
+
+@contextlib.contextmanager
+def running_server(settings: dict[str, str] | None = None) -> Iterator[PgServer]:
+    bindir = find_bindir()
+    root, run_as = _workdir("chunkwise-pg-")
+    datadir = root / "data"
     port = free_port()
     user = "chunkwise"
     run_as([str(bindir / "initdb"), "-D", str(datadir), "-U", user, "--auth=trust",
@@ -120,25 +196,6 @@ def running_server(settings: dict[str, str] | None = None) -> Iterator[PgServer]
         "log_min_messages": "warning",
     }
     options.update(settings or {})
-    with open(datadir / "postgresql.conf", "a") as conf:
-        for name, value in options.items():
-            conf.write(f"{name} = '{value}'\n")
-    log = root / "postgres.log"
-    run_as([str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(log), "-w", "-t", "60", "start"])
-    server = PgServer("127.0.0.1", port, user, datadir,
-                      lambda args: run_as([str(bindir / "pg_ctl"), "-D", str(datadir), *args]))
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                server.sql("SELECT 1")
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+    _configure(datadir, options)
+    with _serving(root, datadir, port, user, run_as) as server:
         yield server
-    finally:
-        with contextlib.suppress(Exception):
-            run_as([str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"])
-        shutil.rmtree(root, ignore_errors=True)

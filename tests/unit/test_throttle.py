@@ -37,9 +37,11 @@ def test_a_passed_threshold_says_the_reading_the_limit_and_the_field() -> None:
     run = with_health(replication_lag=5.0)
     verdict = judge(HealthReading(replication_lag=12.34), run)
     assert verdict == Throttle("replication_lag",
-                               "replication lag 12.3s > 5.0s (throttle.replicationLag)")
+                               "replication lag 12.3s > 5s (throttle.replicationLag)")
     assert verdict.condition_reason == "ReplicationLag"
     assert judge(HealthReading(replication_lag=5.0), run) is None  # at the limit: go on
+    just_above = judge(HealthReading(replication_lag=5.004), run)
+    assert just_above is not None and just_above.message.startswith("replication lag 5.004s > 5s")
     assert judge(HealthReading(active_backends=500, transaction_age=9e9), run) is None
 
 
@@ -49,10 +51,10 @@ def test_critical_comes_before_throttle_and_names_its_own_reason() -> None:
     verdict = judge(HealthReading(active_backends=11, replication_lag=31.0), run)
     assert verdict is not None and verdict.critical
     assert verdict.condition_reason == "CriticalReplicationLag"
-    assert verdict.message == "replication lag 31.0s > 30.0s (haltOn.replicationLag)"
+    assert verdict.message == "replication lag 31.0s > 30s (haltOn.replicationLag)"
     below = judge(HealthReading(active_backends=11, replication_lag=29.0), run)
     assert below == Throttle("replication_lag",
-                             "replication lag 29.0s > 5.0s (throttle.replicationLag)")
+                             "replication lag 29.0s > 5s (throttle.replicationLag)")
 
 
 def test_autovacuum_and_the_throttle_query_wait_only_when_asked_for() -> None:
@@ -115,7 +117,7 @@ def test_the_run_waits_while_throttled_then_goes_on_and_reports_both() -> None:
                          clock=lambda: float(next(clock)), health=probe)
     outcome = runner.run()
     assert outcome.exit_code is ExitCode.DONE and set(memory.rows.values()) == {1}
-    message = "replication lag 12.0s > 5.0s (throttle.replicationLag)"
+    message = "replication lag 12.0s > 5s (throttle.replicationLag)"
     # one batch ran (healthy), then three readings held the next one back: no rows moved
     assert watching.log == [f"{message} @ 8 rows"] * 3 + ["clear @ 8 rows"]
     assert watching.seconds["replication_lag"] > 0 and probe.reads >= 5
@@ -131,7 +133,7 @@ def test_past_a_critical_level_the_run_halts_before_its_next_batch() -> None:
                           clock=lambda: float(next(clock)), health=probe).run()
     assert outcome.exit_code is ExitCode.HALTED
     assert outcome.reason == "CriticalTransactionAge"
-    assert outcome.message == ("critical load: oldest transaction 700.0s > 600.0s "
+    assert outcome.message == ("critical load: oldest transaction 700.0s > 600s "
                                "(haltOn.transactionAge); batches stopped, the checkpoint is "
                                "intact")
     assert sum(memory.rows.values()) == 8 and memory.checkpoint["state"] == "halted"

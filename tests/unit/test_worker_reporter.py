@@ -109,17 +109,17 @@ def test_a_throttle_is_written_when_it_starts_changes_or_ends_not_per_reading() 
     reporter = StatusReporter(client, interval=2.0, clock=lambda: now[0])  # type: ignore[arg-type]
     reporter.started(state(0))
     assert client.patches[0].get("throttle", "unset") is None  # a killed pod's throttle is over
-    lag = Throttle("replication_lag", "replication lag 12.3s > 5.0s (throttle.replicationLag)")
+    lag = Throttle("replication_lag", "replication lag 12.3s > 5s (throttle.replicationLag)")
     now[0] = 10.0
     reporter.throttle_changed(lag)
     first = client.patches[-1]["throttle"]
     assert first["reason"] == "ReplicationLag" and first["message"] == lag.message
     now[0] = 10.5  # a fresh reading of the same reason, within the interval: not written
-    reporter.throttle_changed(Throttle("replication_lag", "replication lag 13.0s > 5.0s"))
+    reporter.throttle_changed(Throttle("replication_lag", "replication lag 13.0s > 5s"))
     assert len(client.patches) == 2
     now[0] = 12.5  # past the interval: the fresh value, the same "since"
-    reporter.throttle_changed(Throttle("replication_lag", "replication lag 14.0s > 5.0s"))
-    assert client.patches[-1]["throttle"] == {**first, "message": "replication lag 14.0s > 5.0s"}
+    reporter.throttle_changed(Throttle("replication_lag", "replication lag 14.0s > 5s"))
+    assert client.patches[-1]["throttle"] == {**first, "message": "replication lag 14.0s > 5s"}
     now[0] = 12.6  # the end: at once
     reporter.throttle_changed(None)
     assert client.patches[-1] == {"throttle": None} and len(client.patches) == 4

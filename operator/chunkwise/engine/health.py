@@ -80,8 +80,15 @@ def watched(settings: RunSettings) -> bool:
         getattr(throttle, g.field) or getattr(halt, g.field) for g in _GAUGES))
 
 
-def _show(value: float, seconds: bool) -> str:
-    return f"{value:.1f}s" if seconds else f"{value:g}"
+def _show(value: float, limit: float, seconds: bool) -> tuple[str, str]:
+    """The reading and its limit as people read them: "12.3s > 5s"; more digits when one
+    would round down onto the limit ("5.004s > 5s", not "5.0s > 5s")."""
+    if not seconds:
+        return f"{value:g}", f"{limit:g}"
+    shown = f"{value:.1f}"
+    if float(shown) <= limit:
+        shown = f"{value:.3f}"
+    return f"{shown}s", f"{limit:g}s"
 
 
 def judge(reading: HealthReading, settings: RunSettings) -> Throttle | None:
@@ -93,9 +100,9 @@ def judge(reading: HealthReading, settings: RunSettings) -> Throttle | None:
             limit = getattr(limits, gauge.field)
             value = getattr(reading, gauge.field)
             if limit and value is not None and value > limit:
-                return Throttle(gauge.reason, f"{gauge.label} {_show(value, gauge.seconds)} > "
-                                f"{_show(limit, gauge.seconds)} ({group}.{gauge.spec})",
-                                critical)
+                shown, bound = _show(value, limit, gauge.seconds)
+                return Throttle(gauge.reason, f"{gauge.label} {shown} > {bound} "
+                                f"({group}.{gauge.spec})", critical)
     if settings.throttle.autovacuum and reading.autovacuum:
         return Throttle("autovacuum", f"{reading.autovacuum} (throttle.autovacuum)")
     if settings.throttle.query.strip() and (reading.query_value or 0) > 0:
