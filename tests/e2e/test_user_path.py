@@ -3,6 +3,7 @@ controller, a worker pod (run by the kubelet stand-in) against a real PostgreSQL
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from typing import Any
@@ -401,3 +402,47 @@ def test_retuning_a_running_migration_takes_effect_in_the_same_pod(shop: Shop) -
     events = shop.events("count-visit")
     assert "Retuning" in events and "Retuned" in events
     assert "SpecChangeDeferred" not in events
+
+
+def test_a_throttled_run_waits_shows_why_and_goes_on_when_retuned(shop: Shop) -> None:
+    """spec.throttle.query says "slow down" (a release freeze in a table of the app's
+    database): the worker waits before its first batch; the DataMigration shows
+    Throttled=True with the reading, a Throttled Event, and kubectl describe says it.
+    Raising the throttle live (a query that says go) frees the same pod within seconds."""
+    shop.pg.sql("CREATE TABLE hold_migrations (reason text)", shop.database)
+    shop.pg.sql("INSERT INTO hold_migrations VALUES ('release freeze')", shop.database)
+    manifest = count_visit().replace("  stallAfter: 1h\n", "  stallAfter: 1h\n  throttle: {"
+                                     "query: 'SELECT count(*) FROM hold_migrations', "
+                                     "checkInterval: 500ms}\n")
+    shop.apply(manifest)
+
+    def throttled() -> dict[str, Any] | None:
+        conditions = shop.dmig("count-visit").get("status", {}).get("conditions", [])
+        return next((c for c in conditions if c["type"] == "Throttled"
+                     and c["status"] == "True"), None)
+
+    condition = shop.k8s.wait_for("Throttled=True", throttled, timeout=120, every=0.2)
+    assert condition["reason"] == "ThrottleQuery"
+    assert condition["message"] == ("throttle.query returned 1 (> 0 waits): the worker waits "
+                                    "before its next batch")
+    status = shop.dmig("count-visit")["status"]
+    assert status["phase"] == "Running" and status["throttle"]["reason"] == "ThrottleQuery"
+    assert status["progress"]["rowsProcessed"] == 0 and visits(shop) == {0: SEEDED}
+    described = shop.k8s.kubectl("describe", "dmig", "count-visit", "-n", shop.namespace).stdout
+    print(f"\n--- kubectl describe of a throttled run\n{described}")
+    assert re.search(r"Type:\s+Throttled", described) and "ThrottleQuery" in described
+    wide = shop.k8s.kubectl("get", "dmig", "-o", "wide", "-n", shop.namespace).stdout
+    assert re.search(r"count-visit\s+Running\s+0%.*ThrottleQuery", wide), wide
+    assert "Throttled" in shop.events("count-visit")
+
+    [pod] = [p["metadata"]["name"] for p in shop.pods()]
+    shop.patch_spec("count-visit", {"throttle": {"query": "SELECT 0"}})
+    shop.k8s.wait_for("Throttled=False", lambda: throttled() is None, timeout=30, every=0.2)
+    shop.wait_phase("count-visit", "Succeeded", timeout=120)
+    assert [p["metadata"]["name"] for p in shop.pods()] == [pod]  # the same pod went on
+    assert visits(shop) == {1: SEEDED}
+    final = shop.dmig("count-visit")["status"]
+    assert "throttle" not in final or final["throttle"] is None
+    events = shop.events("count-visit")
+    assert events.index("Throttled") < events.index("Unthrottled") < events.index("Succeeded")
+    assert "Retuned" in events

@@ -230,6 +230,9 @@ def test_stall_is_marked_once_and_cleared_when_checkpoints_move() -> None:
     patch, events = stall_status(fresh, 300, 1, now)
     assert patch is not None and [e.reason for e in events] == ["Unstalled"]
     assert stall_status({"phase": "Suspended"}, 300, 1, now) == (None, [])
+    throttled = {**status, "throttle": {"reason": "ReplicationLag", "message": "lag",
+                                         "since": "2026-11-21T10:00:00Z"}}
+    assert stall_status(throttled, 300, 1, now) == (None, [])  # it waits on purpose
 
 
 def test_pod_problem_names_the_pod_the_container_and_the_kubelets_reason() -> None:

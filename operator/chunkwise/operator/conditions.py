@@ -288,7 +288,8 @@ def _event_for(previous: str | None, outcome: RunState) -> Event:
 def stall_status(status: Mapping[str, Any], stall_after: float, generation: int | None,
                  now: datetime.datetime | None = None) -> tuple[dict[str, Any] | None,
                                                                  list[Event]]:
-    """While Running: Stalled=True once the checkpoint is older than ``stall_after`` s."""
+    """While Running: Stalled=True once the checkpoint is older than ``stall_after`` s,
+    unless the worker says it is throttled (then Throttled=True tells why it waits)."""
     if status.get("phase") != "Running":
         return None, []
     now = now or datetime.datetime.now(datetime.UTC)
@@ -296,7 +297,8 @@ def stall_status(status: Mapping[str, Any], stall_after: float, generation: int 
     if not stamp:
         return None, []
     age = (now - parse_utc(str(stamp))).total_seconds()
-    stalled = age > stall_after
+    # a throttled worker holds its checkpoint still on purpose, and says why
+    stalled = age > stall_after and throttle_of(status) is None
     current: Mapping[str, Any] = next(
         (c for c in status.get("conditions", []) if c.get("type") == "Stalled"), {})
     if (current.get("status") == "True") == stalled:
