@@ -52,6 +52,14 @@ CASES = [
     (with_spec(stallAfter="forever"), "must be a duration such as 30s"),
     (with_spec(backoffLimit=-1), "spec.backoffLimit"),
     (with_spec(batch__maxLockedFraction="half"), "must be a fraction between 0 and 1"),
+    (with_spec(throttle__replicationLag="12 seconds"),
+     'spec.throttle.replicationLag: Invalid value: "12 seconds": must be a duration such as '
+     '0s, 5s or 1m (0s: off)'),
+    (with_spec(throttle__autovacuum="yes"), "spec.throttle.autovacuum: Invalid value: "
+     '"string": spec.throttle.autovacuum in body must be of type boolean'),
+    (with_spec(throttle__checkInterval="0s"), "spec.throttle.checkInterval: Invalid value: "
+     '"0s": must be a duration above zero such as 500ms or 1s'),
+    (with_spec(haltOn__activeBackends=-5), "spec.haltOn.activeBackends: Invalid value: -5"),
     (with_spec(template={"spec": {"envFrom": [{"secretRef": {"name": "db"}}]}}),
      "template.spec is a pod spec: put env, envFrom, resources and workingDir on the "
      "container named worker"),

@@ -70,3 +70,14 @@ def test_every_tunable_maps_to_a_real_settings_field() -> None:
     for tunable in TUNABLES:
         assert hasattr(getattr(settings, tunable.group), tunable.field), tunable
     assert len({t.env for t in TUNABLES}) == len(TUNABLES)
+
+
+def test_throttle_settings_come_from_env_and_flags_with_named_errors() -> None:
+    env = {"CHUNKWISE_THROTTLE_AUTOVACUUM": "True", "CHUNKWISE_THROTTLE_QUERY": "SELECT 1",
+           "CHUNKWISE_THROTTLE_REPLICATION_LAG": "5s"}
+    settings = resolve_settings(RunSettings(), env, {"halt_replication_lag": "30s"})
+    assert settings.throttle.autovacuum is True and settings.throttle.query == "SELECT 1"
+    assert (settings.throttle.replication_lag, settings.halt_on.replication_lag) == (5.0, 30.0)
+    with pytest.raises(SettingsError, match=r"^throttle\.autovacuum \(--throttle-autovacuum\): "
+                                            r"expected true or false, got 'maybe'$"):
+        resolve_settings(RunSettings(), {}, {"throttle_autovacuum": "maybe"})
