@@ -14,14 +14,15 @@ from __future__ import annotations
 import datetime
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, TypedDict
+from typing import Any, Final, Literal, TypedDict
 
 __all__ = [
     "API_GROUP", "API_VERSION", "ANNOTATION_PREFIX", "Env", "ExitCode", "KIND", "Label",
     "PHASES", "PLURAL", "Ports", "ProgressStatus", "ResourceRef", "SHORT_NAME", "ShardStatus",
     "ThrottleStatus", "WORKER_CONTAINER", "WorkerState", "WorkerStatus", "format_utc",
-    "json_key", "parse_utc", "utc_now_text",
+    "json_key", "parse_utc", "throttle_of", "utc_now_text",
 ]
 
 # -- the custom resource ---------------------------------------------------------------
@@ -200,6 +201,22 @@ class ShardStatus(TypedDict, total=False):
     worker: WorkerStatus
     verification: VerificationStatus
     throttle: ThrottleStatus | None
+
+
+def throttle_of(status: Mapping[str, Any]) -> ThrottleStatus | None:
+    """Why the worker waits: ``status.throttle``, or with shards the first shard's that
+    waits (its message prefixed with the shard); None when none does."""
+    if status.get("throttle"):
+        return status["throttle"]  # type: ignore[no-any-return]
+    shards = status.get("shards")
+    if isinstance(shards, Mapping):
+        for index, entry in sorted(shards.items()):
+            if isinstance(entry, Mapping) and entry.get("throttle"):
+                throttle = entry["throttle"]
+                return {"reason": str(throttle.get("reason")),
+                        "since": str(throttle.get("since")),
+                        "message": f"shard {index}: {throttle.get('message')}"}
+    return None
 
 
 def json_key(key: object) -> str | int | None:

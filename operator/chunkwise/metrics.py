@@ -35,7 +35,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from chunkwise.contract import PHASES, parse_utc
+from chunkwise.contract import PHASES, parse_utc, throttle_of
 from chunkwise.engine import (
     THROTTLE_REASONS,
     BatchReport,
@@ -89,6 +89,7 @@ class Name:
     MIGRATION_LOCK_WAIT: Final = "chunkwise_migration_lock_wait_seconds_total"
     MIGRATION_BATCHES: Final = "chunkwise_migration_batches_total"
     LAST_CHECKPOINT: Final = "chunkwise_migration_last_checkpoint_timestamp_seconds"
+    MIGRATION_THROTTLED: Final = "chunkwise_migration_throttled"
 
 
 # -- the worker -----------------------------------------------------------------------------
@@ -279,6 +280,10 @@ class MigrationCollector(Collector):
         checkpoint = GaugeMetricFamily(
             Name.LAST_CHECKPOINT, "Unix time the worker last reported a committed checkpoint.",
             labels=labels)
+        throttled = GaugeMetricFamily(
+            Name.MIGRATION_THROTTLED, "1 while the worker waits on the database's health, "
+            "with the reason (the Throttled condition's); absent otherwise.",
+            labels=[*labels, "reason"])
         counts: dict[str, dict[str, int]] = {}
         for namespace, name, status in self._migrations():
             current = str(status.get("phase") or "Pending")
@@ -286,6 +291,9 @@ class MigrationCollector(Collector):
             per_namespace[current] = per_namespace.get(current, 0) + 1
             for known in PHASES:
                 phase.add_metric([namespace, name, known], 1.0 if known == current else 0.0)
+            throttle = throttle_of(status)
+            if throttle is not None and current == "Running":
+                throttled.add_metric([namespace, name, throttle["reason"]], 1.0)
             progress: Mapping[str, Any] = status.get("progress") or {}
             if not progress:
                 continue
@@ -308,4 +316,4 @@ class MigrationCollector(Collector):
             for known, count in per_phase.items():
                 by_phase.add_metric([namespace, known], float(count))
         yield from (by_phase, phase, ratio, rows, estimated, rate, eta, failed, lock_wait,
-                    batches, checkpoint)
+                    batches, checkpoint, throttled)

@@ -106,7 +106,7 @@ def test_promtool_checks_the_rules(helm: Path, promtool: str, tmp_path: Path) ->
     result = subprocess.run([promtool, "check", "rules", str(rules_file(helm, tmp_path))],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_show_each_alert_firing_and_not(helm: Path, promtool: str,

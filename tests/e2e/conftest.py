@@ -117,6 +117,14 @@ class OperatorProcess:
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.cluster.wait_for("operator liveness", self._alive, timeout=90)
 
+    def scrape(self) -> str:
+        """The operator's /metrics, as Prometheus would read it."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics",
+                                    timeout=10) as answer:
+            return str(answer.read().decode())
+
     def remove(self) -> None:
         subprocess.run([*BUILDAH, "rm", self.container], capture_output=True)
 

@@ -9,7 +9,6 @@ import json
 import os
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,12 +170,6 @@ def test_prometheus_sees_the_run_every_panel_has_data_and_rows_match(
         Path(picture).write_text(json.dumps(dump, indent=1))
 
 
-def operator_metrics(operator: OperatorProcess) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics}/metrics",
-                                timeout=10) as answer:
-        return str(answer.read().decode())
-
-
 def test_halted_alert_fires_and_a_deleted_migration_leaves_no_series(
         shop: Shop, prometheus: PrometheusServer, operator: OperatorProcess) -> None:
     name, ns = "halting", shop.namespace
@@ -195,9 +188,9 @@ def test_halted_alert_fires_and_a_deleted_migration_leaves_no_series(
     assert alert["labels"]["severity"] == "warning"
     assert alert["annotations"]["runbook_url"].endswith("/ChunkwiseMigrationHalted.md")
     assert f"DataMigration {ns}/{name} stopped" in alert["annotations"]["description"]
-    assert f'migration="{name}"' in operator_metrics(operator)
+    assert f'migration="{name}"' in operator.scrape()
 
     shop.k8s.kubectl("delete", "dmig", name, "-n", ns)
     shop.k8s.wait_for("its series to disappear from the operator",
-                      lambda: f'migration="{name}"' not in operator_metrics(operator),
+                      lambda: f'migration="{name}"' not in operator.scrape(),
                       timeout=30)

@@ -404,7 +404,8 @@ def test_retuning_a_running_migration_takes_effect_in_the_same_pod(shop: Shop) -
     assert "SpecChangeDeferred" not in events
 
 
-def test_a_throttled_run_waits_shows_why_and_goes_on_when_retuned(shop: Shop) -> None:
+def test_a_throttled_run_waits_shows_why_and_goes_on_when_retuned(
+        shop: Shop, operator: OperatorProcess) -> None:
     """spec.throttle.query says "slow down" (a release freeze in a table of the app's
     database): the worker waits before its first batch; the DataMigration shows
     Throttled=True with the reading, a Throttled Event, and kubectl describe says it.
@@ -434,6 +435,10 @@ def test_a_throttled_run_waits_shows_why_and_goes_on_when_retuned(shop: Shop) ->
     wide = shop.k8s.kubectl("get", "dmig", "-o", "wide", "-n", shop.namespace).stdout
     assert re.search(r"count-visit\s+Running\s+0%.*ThrottleQuery", wide), wide
     assert "Throttled" in shop.events("count-visit")
+    series = (f'chunkwise_migration_throttled{{migration="count-visit",namespace='
+              f'"{shop.namespace}",reason="ThrottleQuery"}} 1.0')
+    shop.k8s.wait_for("the operator's throttled series", lambda: series in operator.scrape(),
+                      timeout=30, every=0.2)
 
     [pod] = [p["metadata"]["name"] for p in shop.pods()]
     shop.patch_spec("count-visit", {"throttle": {"query": "SELECT 0"}})
@@ -446,3 +451,5 @@ def test_a_throttled_run_waits_shows_why_and_goes_on_when_retuned(shop: Shop) ->
     events = shop.events("count-visit")
     assert events.index("Throttled") < events.index("Unthrottled") < events.index("Succeeded")
     assert "Retuned" in events
+    assert 'chunkwise_migration_throttled{migration="count-visit"' not in \
+        operator.scrape()

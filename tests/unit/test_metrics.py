@@ -188,3 +188,17 @@ def test_worker_job_declares_the_metrics_port_it_serves() -> None:
     assert {"name": Ports.NAME, "containerPort": Ports.WORKER_METRICS,
             "protocol": "TCP"} in worker["ports"]
     assert {"name": Env.METRICS_PORT, "value": str(Ports.WORKER_METRICS)} in worker["env"]
+
+
+def test_a_throttled_running_migration_has_a_throttled_series_with_its_reason() -> None:
+    throttle = {"reason": "ReplicationLag", "message": "replication lag 12.3s > 5s",
+                "since": "2026-11-22T10:00:00Z"}
+    current = views(("shop", "a", {**RUNNING, "throttle": throttle}), ("shop", "b", RUNNING),
+                    ("shop", "c", {"phase": "Halted", "throttle": throttle}))
+    registry = CollectorRegistry()
+    registry.register(MigrationCollector(lambda: current))
+    assert registry.get_sample_value("chunkwise_migration_throttled", {
+        "namespace": "shop", "migration": "a", "reason": "ReplicationLag"}) == 1
+    throttled = [s for m in registry.collect() for s in m.samples
+                 if s.name == "chunkwise_migration_throttled"]
+    assert len(throttled) == 1  # b is not throttled; c has stopped, whatever it said last

@@ -11,11 +11,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from chunkwise.contract import ExitCode, WorkerStatus, format_utc, parse_utc, utc_now_text
+from chunkwise.contract import (
+    ExitCode,
+    WorkerStatus,
+    format_utc,
+    parse_utc,
+    throttle_of,
+    utc_now_text,
+)
 
 __all__ = ["DRY_RUN_COMPLETED", "FAILED_CREATE", "STUCK", "Event", "RunState", "job_problem",
            "pod_problem", "run_state_of", "set_condition", "stall_status", "status_for",
-           "throttle_of", "throttle_status", "verification_of", "worker_of"]
+           "throttle_status", "verification_of", "worker_of"]
 
 #: why a container waits that no amount of waiting fixes (the kubelet's reasons)
 _CONTAINER_STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
@@ -232,20 +239,6 @@ def _verified(conditions: list[dict[str, Any]], status: Mapping[str, Any], outco
 
 def _condition(conditions: Sequence[Mapping[str, Any]], kind: str) -> Mapping[str, Any]:
     return next((c for c in conditions if c.get("type") == kind), {})
-
-
-def throttle_of(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """Why the worker waits: ``status.throttle``, or with shards the first shard's that
-    waits (its message prefixed with the shard); None when none does."""
-    if status.get("throttle"):
-        return status["throttle"]  # type: ignore[no-any-return]
-    shards = status.get("shards")
-    if isinstance(shards, Mapping):
-        for index, entry in sorted(shards.items()):
-            if isinstance(entry, Mapping) and entry.get("throttle"):
-                throttle = entry["throttle"]
-                return {**throttle, "message": f"shard {index}: {throttle.get('message')}"}
-    return None
 
 
 def throttle_status(status: Mapping[str, Any], generation: int | None,

@@ -18,7 +18,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from chunkwise.contract import ANNOTATION_PREFIX, API_GROUP, API_VERSION, PLURAL, Label
+from chunkwise.contract import (
+    ANNOTATION_PREFIX,
+    API_GROUP,
+    API_VERSION,
+    PLURAL,
+    Label,
+    throttle_of,
+)
 from chunkwise.metrics import MigrationCollector, MigrationView
 
 from .cluster import Cluster
@@ -75,10 +82,11 @@ MigrationIndex = kopf.Index[tuple[str, str], dict[str, Any]]
 @kopf.index(*_GVP)
 def migrations(namespace: str | None, name: str, status: kopf.Status,
                **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """Every DataMigration's phase and progress, kept by kopf from its watch stream: what
+    """Every DataMigration's phase, progress and throttle, kept by kopf from its watch stream: what
     the metrics are computed from at scrape time. kopf drops a deleted one's entry."""
     return {(namespace or "", name): {"phase": status.get("phase"),
-                                       "progress": dict(status.get("progress") or {})}}
+                                       "progress": dict(status.get("progress") or {}),
+                                       "throttle": throttle_of(status)}}
 
 
 def _views(index: MigrationIndex) -> Iterator[MigrationView]:
