@@ -71,7 +71,7 @@ def test_user_path_apply_run_succeed(shop: Shop) -> None:
     wide = shop.k8s.kubectl("get", "datamigrations.chunkwise.dev", "-n", shop.namespace,
                             "-o", "wide").stdout
     assert "customer-status-run1" in wide and "shop.0002_customer_status" in wide
-    assert wide.splitlines()[0].split()[6:8] == ["VERIFIED", "SHARDS"]
+    assert wide.splitlines()[0].split()[6:9] == ["VERIFIED", "SHARDS", "THROTTLED"]
     assert " True " in wide.splitlines()[1]  # (the empty ETA column shifts a split row)
     events = shop.events("customer-status")
     assert events[0] == "JobCreated" and "Succeeded" in events
