@@ -33,3 +33,14 @@ def test_benchmark_runs_every_contender_and_prints_ratios(tmp_path: Path) -> Non
     assert {m["rows"] for m in data["memory"]} == {10000, 20000}
     rates = {r["name"]: r["rows_per_second"] for r in data["results"]}
     assert rates["chunkwise transform (5k fixed)"] > rates["Django save() per row"]
+
+
+def test_the_throttle_cost_benchmark_runs_every_variant() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "throttle_cost.py"),
+                             "--rows", "20000", "--repeat", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for variant in ("no throttle", "replication lag, every 1s", "replication lag, every batch",
+                    "all four, every 1s", "all four, every batch"):
+        assert variant in result.stdout, variant
+    assert "20,000 rows in 4 batches of 5,000" in result.stdout

@@ -1,6 +1,6 @@
 """The engine's health probe on PostgreSQL: its own statistics views, read between batches.
 
-One statement reads what has a threshold: active client backends and the oldest
+One statement reads what has a threshold, and only that: active client backends and the oldest
 transaction (``pg_stat_activity``), the worst replica's replay lag
 (``pg_stat_replication`` on the primary), autovacuum working on the migrated table
 (``pg_stat_progress_vacuum``). Other sessions' rows in those views are visible in full
@@ -11,7 +11,9 @@ read-only transaction under ``timeouts.statement``, so it can neither write nor 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any, TypeVar
 
 from django.db import connections, transaction
 
@@ -19,17 +21,30 @@ from chunkwise.engine import HealthReading, RunSettings, SettingsError
 
 __all__ = ["PostgresHealthProbe"]
 
+N = TypeVar("N", int, float)
+
 _SESSIONS = "backend_type = 'client backend' AND pid <> pg_backend_pid()"
-_READ = f"""
-SELECT
-  (SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND {_SESSIONS}),
-  (SELECT coalesce(max(extract(epoch FROM replay_lag)), 0) FROM pg_stat_replication),
-  (SELECT coalesce(extract(epoch FROM max(now() - xact_start)), 0) FROM pg_stat_activity
-    WHERE xact_start IS NOT NULL AND {_SESSIONS}),
-  (SELECT extract(epoch FROM now() - a.xact_start)::int || 's (' || v.phase || ')'
-    FROM pg_stat_progress_vacuum v JOIN pg_stat_activity a ON a.pid = v.pid
-    WHERE v.relid = %s::regclass AND a.backend_type = 'autovacuum worker' LIMIT 1)
-"""
+#: one scalar subquery per figure; a reading asks only for those with a threshold (planning
+#: all four views each time cost about 1 ms, several times their execution)
+_FIGURES = {
+    "active_backends": "SELECT count(*) FROM pg_stat_activity "
+                       f"WHERE state = 'active' AND {_SESSIONS}",
+    "replication_lag": "SELECT coalesce(max(extract(epoch FROM replay_lag)), 0) "
+                       "FROM pg_stat_replication",
+    "transaction_age": "SELECT coalesce(extract(epoch FROM max(now() - xact_start)), 0) "
+                       f"FROM pg_stat_activity WHERE xact_start IS NOT NULL AND {_SESSIONS}",
+    "autovacuum": "SELECT extract(epoch FROM now() - a.xact_start)::int || 's (' || v.phase "
+                  "|| ')' FROM pg_stat_progress_vacuum v JOIN pg_stat_activity a "
+                  "ON a.pid = v.pid WHERE v.relid = %s::regclass "
+                  "AND a.backend_type = 'autovacuum worker' LIMIT 1",
+}
+
+
+def _wanted(settings: RunSettings) -> list[str]:
+    throttle, halt = settings.throttle, settings.halt_on
+    return [name for name in _FIGURES
+            if (throttle.autovacuum if name == "autovacuum"
+                else getattr(throttle, name) or getattr(halt, name))]
 
 
 class PostgresHealthProbe:
@@ -40,13 +55,21 @@ class PostgresHealthProbe:
         self._table = table
 
     def read(self, settings: RunSettings) -> HealthReading:
-        with connections[self._alias].cursor() as cursor:
-            cursor.execute(_READ, [connections[self._alias].ops.quote_name(self._table)])
-            backends, lag, oldest, vacuum = cursor.fetchone()
+        figures: dict[str, Any] = {}
+        wanted = _wanted(settings)
+        if wanted:
+            connection = connections[self._alias]
+            params = [connection.ops.quote_name(self._table)] if "autovacuum" in wanted else []
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT " + ", ".join(f"({_FIGURES[name]})" for name in wanted),
+                               params)
+                figures = dict(zip(wanted, cursor.fetchone(), strict=True))
+        vacuum = figures.get("autovacuum")
         query = settings.throttle.query.strip()
         return HealthReading(
-            active_backends=int(backends), replication_lag=float(lag),
-            transaction_age=float(oldest),
+            active_backends=_number(figures.get("active_backends"), int),
+            replication_lag=_number(figures.get("replication_lag"), float),
+            transaction_age=_number(figures.get("transaction_age"), float),
             autovacuum=f"autovacuum on {self._table} for {vacuum}" if vacuum else None,
             query_value=self._query(query, settings.timeouts.statement) if query else None)
 
@@ -65,3 +88,7 @@ class PostgresHealthProbe:
             return float(value)
         raise SettingsError(f"throttle.query: expected its first value to be a number or a "
                             f"boolean (above 0 or true waits), got {value!r}")
+
+
+def _number(value: Any, kind: Callable[[Any], N]) -> N | None:
+    return None if value is None else kind(value)
