@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from django.db import connections, transaction
 
-from chunkwise.engine import HealthReading, RunSettings, SettingsError
+from chunkwise.engine import HealthReading, RunSettings, SettingsError, wanted_figures
 
 __all__ = ["PostgresHealthProbe"]
 
@@ -40,13 +40,6 @@ _FIGURES = {
 }
 
 
-def _wanted(settings: RunSettings) -> list[str]:
-    throttle, halt = settings.throttle, settings.halt_on
-    return [name for name in _FIGURES
-            if (throttle.autovacuum if name == "autovacuum"
-                else getattr(throttle, name) or getattr(halt, name))]
-
-
 class PostgresHealthProbe:
     """Reads the health of the database ``alias`` points at, for the table ``table``."""
 
@@ -56,7 +49,7 @@ class PostgresHealthProbe:
 
     def read(self, settings: RunSettings) -> HealthReading:
         figures: dict[str, Any] = {}
-        wanted = _wanted(settings)
+        wanted = wanted_figures(settings)
         if wanted:
             connection = connections[self._alias]
             params = [connection.ops.quote_name(self._table)] if "autovacuum" in wanted else []

@@ -17,7 +17,15 @@ from .errors import (
     classify,
     sqlstate_of,
 )
-from .health import HEALTH_REASONS, HealthProbe, HealthReading, Throttle, judge, watched
+from .health import (
+    HEALTH_REASONS,
+    HealthProbe,
+    HealthReading,
+    Throttle,
+    judge,
+    wanted_figures,
+    watched,
+)
 from .pacing import THROTTLE_REASONS, BatchSizer, RateLimiter, backoff_seconds
 from .progress import Progress, RateWindow, format_duration, progress_of
 from .runner import (
@@ -57,5 +65,5 @@ __all__ = [
     "Tunable", "Verification", "backoff_seconds", "check_budget", "classify",
     "format_duration", "parse_duration", "progress_of", "sqlstate_of", "Retune",
     "changed_tunables", "spec_env", "HEALTH_REASONS", "HealthProbe", "HealthReading",
-    "Throttle", "ThrottleSettings", "judge", "watched",
+    "Throttle", "ThrottleSettings", "judge", "wanted_figures", "watched",
 ]

@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from .settings import RunSettings
+from .settings import RunSettings, critical_pairs
 
-__all__ = ["HEALTH_REASONS", "HealthProbe", "HealthReading", "Throttle", "judge", "watched"]
+__all__ = ["HEALTH_REASONS", "HealthProbe", "HealthReading", "Throttle", "judge",
+           "wanted_figures", "watched"]
 
 
 @dataclass(frozen=True)
@@ -55,29 +56,30 @@ class Throttle:
         return f"Critical{camel}" if self.critical else camel
 
 
-@dataclass(frozen=True)
-class _Gauge:
-    reason: str
-    label: str
-    field: str  # of HealthReading, ThrottleSettings and HaltThresholds alike
-    spec: str
-    seconds: bool
-
-
-_GAUGES: Final = (
-    _Gauge("replication_lag", "replication lag", "replication_lag", "replicationLag", True),
-    _Gauge("transaction_age", "oldest transaction", "transaction_age", "transactionAge", True),
-    _Gauge("active_backends", "active backends", "active_backends", "activeBackends", False),
-)
+#: the figures compared with a number: the field of HealthReading, ThrottleSettings and
+#: HaltThresholds alike (and the metric's reason), as people read it, whether in seconds.
+#: Checked in this order; their spec names come from the tunables table.
+_GAUGES: Final = (("replication_lag", "replication lag", True),
+                  ("transaction_age", "oldest transaction", True),
+                  ("active_backends", "active backends", False))
+#: (figure, critical) -> the spec field that sets its level, for the messages
+_SPECS: Final = {(halt.field, critical): tunable.spec for halt, throttle in critical_pairs()
+                 for tunable, critical in ((halt, True), (throttle, False))}
 #: every reason a health check can give, for the metric's label values
-HEALTH_REASONS: Final = (*(g.reason for g in _GAUGES), "autovacuum", "throttle_query")
+HEALTH_REASONS: Final = (*(name for name, _, _ in _GAUGES), "autovacuum", "throttle_query")
+
+
+def wanted_figures(settings: RunSettings) -> list[str]:
+    """The HealthReading fields that have a threshold, so the probe reads only those."""
+    throttle, halt = settings.throttle, settings.halt_on
+    wanted = [name for name, _, _ in _GAUGES
+              if getattr(throttle, name) or getattr(halt, name)]
+    return wanted + ["autovacuum"] if throttle.autovacuum else wanted
 
 
 def watched(settings: RunSettings) -> bool:
     """Whether any health threshold is set (else nothing is read, at no cost)."""
-    throttle, halt = settings.throttle, settings.halt_on
-    return bool(throttle.autovacuum or throttle.query.strip() or any(
-        getattr(throttle, g.field) or getattr(halt, g.field) for g in _GAUGES))
+    return bool(wanted_figures(settings) or settings.throttle.query.strip())
 
 
 def _show(value: float, limit: float, seconds: bool) -> tuple[str, str]:
@@ -94,15 +96,14 @@ def _show(value: float, limit: float, seconds: bool) -> tuple[str, str]:
 def judge(reading: HealthReading, settings: RunSettings) -> Throttle | None:
     """The first critical threshold passed, else the first throttle threshold passed,
     else None (healthy). Critical first: a halt must not wait behind a throttle."""
-    for critical, limits, group in ((True, settings.halt_on, "haltOn"),
-                                    (False, settings.throttle, "throttle")):
-        for gauge in _GAUGES:
-            limit = getattr(limits, gauge.field)
-            value = getattr(reading, gauge.field)
+    for critical, limits in ((True, settings.halt_on), (False, settings.throttle)):
+        for name, label, seconds in _GAUGES:
+            limit = getattr(limits, name)
+            value = getattr(reading, name)
             if limit and value is not None and value > limit:
-                shown, bound = _show(value, limit, gauge.seconds)
-                return Throttle(gauge.reason, f"{gauge.label} {shown} > {bound} "
-                                f"({group}.{gauge.spec})", critical)
+                shown, bound = _show(value, limit, seconds)
+                return Throttle(name, f"{label} {shown} > {bound} "
+                                f"({_SPECS[name, critical]})", critical)
     if settings.throttle.autovacuum and reading.autovacuum:
         return Throttle("autovacuum", f"{reading.autovacuum} (throttle.autovacuum)")
     if settings.throttle.query.strip() and (reading.query_value or 0) > 0:

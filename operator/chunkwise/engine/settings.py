@@ -202,17 +202,12 @@ class RunSettings:
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
 
     def __post_init__(self) -> None:
-        for name in ("active_backends", "replication_lag", "transaction_age"):
-            slow, stop = getattr(self.throttle, name), getattr(self.halt_on, name)
-            spec = _camel(name)
-            _require(not (slow and stop) or stop > slow, f"haltOn.{spec}",
-                     f"a value above throttle.{spec} ({slow:g}): the run waits at the "
+        for halt, throttle in critical_pairs():
+            slow = getattr(self.throttle, throttle.field)
+            stop = getattr(self.halt_on, halt.field)
+            _require(not (slow and stop) or stop > slow, halt.spec,
+                     f"a value above {throttle.spec} ({slow:g}): the run waits at the "
                      f"throttle level before it halts at this one", stop)
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(word.title() for word in rest)
 
 
 # -- the tunables table ------------------------------------------------------------------
@@ -390,6 +385,14 @@ TUNABLES: tuple[Tunable, ...] = (
     _t("throttle-check-interval", "throttle.checkInterval", "throttle.check_interval",
        "duration", "how often database health is read", minimum=0, exclusive_minimum=True),
 )
+
+
+def critical_pairs() -> list[tuple[Tunable, Tunable]]:
+    """(haltOn tunable, throttle tunable) of every health figure that has both a critical
+    and a throttle level (the same field name in both groups)."""
+    throttles = {t.field: t for t in TUNABLES if t.group == "throttle"}
+    return [(t, throttles[t.field]) for t in TUNABLES
+            if t.group == "halt_on" and t.field in throttles]
 
 
 def spec_env(spec: Mapping[str, Any]) -> dict[str, str]:

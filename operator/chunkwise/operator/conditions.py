@@ -20,9 +20,9 @@ from chunkwise.contract import (
     utc_now_text,
 )
 
-__all__ = ["DRY_RUN_COMPLETED", "FAILED_CREATE", "STUCK", "Event", "RunState", "job_problem",
-           "pod_problem", "run_state_of", "set_condition", "stall_status", "status_for",
-           "throttle_status", "verification_of", "worker_of"]
+__all__ = ["DRY_RUN_COMPLETED", "FAILED_CREATE", "STUCK", "Event", "RunState",
+           "find_condition", "job_problem", "pod_problem", "run_state_of", "set_condition",
+           "stall_status", "status_for", "throttle_status", "verification_of", "worker_of"]
 
 #: why a container waits that no amount of waiting fixes (the kubelet's reasons)
 _CONTAINER_STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
@@ -136,6 +136,11 @@ def job_problem(job_name: str, events: Sequence[Mapping[str, Any]]) -> RunState 
                     f"Job {job_name} cannot create its pod: {newest.get('message', '')}")
 
 
+def find_condition(conditions: Sequence[Mapping[str, Any]], kind: str) -> Mapping[str, Any]:
+    """The condition of type ``kind``, or {} when there is none yet."""
+    return next((c for c in conditions if c.get("type") == kind), {})
+
+
 def set_condition(conditions: Sequence[Mapping[str, Any]], kind: str, status: str, reason: str,
                   message: str, generation: int | None, now: str) -> list[dict[str, Any]]:
     """Replace one condition; lastTransitionTime moves only when its status changes."""
@@ -187,7 +192,7 @@ def status_for(status: Mapping[str, Any], outcome: RunState, generation: int | N
     if outcome.phase != "Running":  # a stall only means something while running
         conditions = set_condition(conditions, "Stalled", "False", "NotRunning",
                                    "the worker is not running", generation, now)
-        if _condition(conditions, "Throttled").get("status") == "True":
+        if find_condition(conditions, "Throttled").get("status") == "True":
             conditions = set_condition(conditions, "Throttled", "False", "NotRunning",
                                        "the worker is not running", generation, now)
     patch: dict[str, Any] = {"phase": outcome.phase, "conditions": conditions,
@@ -237,10 +242,6 @@ def _verified(conditions: list[dict[str, Any]], status: Mapping[str, Any], outco
                          now)
 
 
-def _condition(conditions: Sequence[Mapping[str, Any]], kind: str) -> Mapping[str, Any]:
-    return next((c for c in conditions if c.get("type") == kind), {})
-
-
 def throttle_status(status: Mapping[str, Any], generation: int | None,
                     now: str | None = None) -> tuple[dict[str, Any] | None, list[Event]]:
     """While Running: the Throttled condition from what the worker said (``status.throttle``).
@@ -249,7 +250,7 @@ def throttle_status(status: Mapping[str, Any], generation: int | None,
     if status.get("phase") != "Running":
         return None, []
     throttle = throttle_of(status)
-    current = _condition(status.get("conditions", []), "Throttled")
+    current = find_condition(status.get("conditions", []), "Throttled")
     if throttle is None:
         if current.get("status") != "True":
             return None, []
@@ -292,8 +293,7 @@ def stall_status(status: Mapping[str, Any], stall_after: float, generation: int 
     age = (now - parse_utc(str(stamp))).total_seconds()
     # a throttled worker holds its checkpoint still on purpose, and says why
     stalled = age > stall_after and throttle_of(status) is None
-    current: Mapping[str, Any] = next(
-        (c for c in status.get("conditions", []) if c.get("type") == "Stalled"), {})
+    current = find_condition(status.get("conditions", []), "Stalled")
     if (current.get("status") == "True") == stalled:
         return None, []
     now_text = format_utc(now)

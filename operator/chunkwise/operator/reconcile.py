@@ -25,6 +25,7 @@ from .conditions import (
     STUCK,
     Event,
     RunState,
+    find_condition,
     job_problem,
     pod_problem,
     run_state_of,
@@ -190,7 +191,7 @@ def announce_throttle(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]
 
 
 def _progressing(status: Mapping[str, Any]) -> Mapping[str, Any]:
-    return next((c for c in status.get("conditions", []) if c.get("type") == "Progressing"), {})
+    return find_condition(status.get("conditions", []), "Progressing")
 
 
 def _cannot_start(status: Mapping[str, Any]) -> bool:

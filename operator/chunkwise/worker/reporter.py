@@ -126,7 +126,9 @@ class StatusReporter:
                                 "reason": "", "message": ""}
         status = self._with_worker({"progress": self._progress(state, utc_now_text())},
                                    state, worker)
-        self._patch(self._merge(status, self._throttle_patch()))  # a killed pod's is over
+        # a killed pod may have left its throttle behind: it is over
+        (status["shards"][str(self._shard)] if self._sharded else status)["throttle"] = None
+        self._patch(status)
 
     def batch_committed(self, report: BatchReport) -> None:
         self._window.add(self._clock(), (report.state.run_totals or report.state)
@@ -158,16 +160,6 @@ class StatusReporter:
             return {"shards": {str(self._shard): {"throttle": self._throttle}}}
         return {"throttle": self._throttle}
 
-    @staticmethod
-    def _merge(status: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
-        """Two status patches as one (the shard entry merged key by key)."""
-        shards = {key: {**status.get("shards", {}).get(key, {}), **entry}
-                  for key, entry in more.get("shards", {}).items()}
-        merged = {**status, **more}
-        if shards:
-            merged["shards"] = {**status.get("shards", {}), **shards}
-        return merged
-
     def retuned(self, generation: int, changes: Mapping[str, tuple[Any, Any]]) -> None:
         """Said at once: the operator turns it into the Event that the change took effect."""
         self._patch({"tuning": {
@@ -186,9 +178,7 @@ class StatusReporter:
         status: dict[str, Any] = {}
         if outcome.state is not None:
             status["progress"] = self._progress(outcome.state, utc_now_text(), live=False)
-        self._throttle = None
-        status = self._merge(self._with_worker(status, outcome.state, worker),
-                             self._throttle_patch())
+        status = self._with_worker(status, outcome.state, worker)
         if outcome.plan is not None:
             status["plan"] = dict(outcome.plan)
         if outcome.verification is not None:
