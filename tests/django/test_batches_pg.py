@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import signal
 import subprocess
@@ -63,6 +64,19 @@ def test_transform_with_gapped_int_keys_changes_every_row_once(lab_db: LabDb) ->
     assert cp["state"] == "done" and cp["rows_processed"] == 5000
     assert cp["last_key"] == "5000000" and cp["high_water_key"] == "5000000"
     assert "done (Completed)" in result.stderr
+
+
+def test_a_run_keeps_the_collector_off_the_startup_heap(lab_db: LabDb) -> None:
+    from chunkwise.django.execute import _startup_heap_frozen
+
+    seed_items(lab_db, 10)
+    result = lab_db.manage("chunkwise_run", "lab", "0002", LAB_NOTE_FROZEN="1")
+    assert result.returncode == 0, result.stderr
+    frozen = int(result.stderr.split("objects frozen from the collector: ")[1].split()[0])
+    assert frozen > 10_000  # Django, the apps and the migration graph
+    with _startup_heap_frozen():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0  # migrate's process goes on as before
 
 
 def test_set_based_forward_and_reverse(lab_db: LabDb) -> None:
@@ -207,7 +221,38 @@ def test_second_runner_exits_with_busy_and_names_the_first(lab_db: LabDb) -> Non
     assert counters(lab_db) == {1: 3000}
 
 
-def test_lock_contention_waits_retries_and_reports_lock_wait(lab_db: LabDb) -> None:
+def test_a_transform_reads_unlocked_and_never_overwrites_a_concurrent_change(
+        lab_db: LabDb) -> None:
+    """The per-row path reads its batch without row locks (writers do not queue behind a
+    batch while Python transforms it); a row changed between the read and the write-back
+    makes PostgreSQL refuse the write-back, and the batch is redone with its rows locked."""
+    import psycopg
+
+    seed_items(lab_db, 2000)
+    runner = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "1000",
+                          "--max-locked-fraction", "0",
+                          LAB_ROW_SLEEP="0.002")  # 2 s of Python per batch
+    try:
+        # the runner has read its first batch and is transforming it: idle in transaction
+        wait_until(lambda: lab_db.query(
+            "SELECT 1 FROM pg_stat_activity WHERE state = 'idle in transaction' "
+            "AND query LIKE 'SELECT %%FROM \"lab_item\"%%LIMIT 1000%%'"),
+            "the runner read its first batch")
+        with psycopg.connect(lab_db.server.dsn(lab_db.name), autocommit=True) as writer:
+            writer.execute("SET lock_timeout = '200ms'")  # a locked row would fail this
+            writer.execute("UPDATE lab_item SET counter = counter + 100 WHERE id = 900")
+        output, _ = runner.communicate(timeout=120)
+    finally:
+        runner.kill()
+    assert runner.returncode == 0, output
+    assert counters(lab_db) == {1: 1999, 101: 1}  # the writer's +100 and the run's +1
+    assert "serialization, retry 1" in output
+    assert checkpoint(lab_db, "0002_bump_items")["rows_processed"] == 2000
+
+
+@pytest.mark.parametrize("migration", ["0003_setbased_items", "0002_bump_items"])
+def test_lock_contention_waits_retries_and_reports_lock_wait(lab_db: LabDb,
+                                                             migration: str) -> None:
     import psycopg
 
     seed_items(lab_db, 1000)
@@ -216,7 +261,7 @@ def test_lock_contention_waits_retries_and_reports_lock_wait(lab_db: LabDb) -> N
     release = threading.Timer(2.0, holder.rollback)
     release.start()
     try:
-        result = lab_db.manage("chunkwise_run", "lab", "0003", "--batch-size", "100",
+        result = lab_db.manage("chunkwise_run", "lab", migration[:4], "--batch-size", "100",
                                "--lock-timeout", "300ms", "--max-attempts", "30",
                                "--backoff", "100ms")
     finally:
@@ -225,7 +270,7 @@ def test_lock_contention_waits_retries_and_reports_lock_wait(lab_db: LabDb) -> N
     assert result.returncode == 0, result.stderr
     assert "lock_timeout, retry" in result.stderr
     assert counters(lab_db) == {1: 1000}
-    assert float(checkpoint(lab_db, "0003_setbased_items")["lock_wait_seconds"]) >= 0.3  # type: ignore[arg-type]
+    assert float(checkpoint(lab_db, migration)["lock_wait_seconds"]) >= 0.3  # type: ignore[arg-type]
 
 
 def test_a_lock_held_past_the_retry_budget_stops_naming_the_holder(lab_db: LabDb) -> None:

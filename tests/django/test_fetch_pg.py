@@ -50,3 +50,48 @@ def test_fields_with_converters_use_the_text_path(lab_db: LabDb) -> None:
     fetched, expected, binary = rows_both_ways(Document)
     assert not binary
     assert fetched == expected and fetched[0][1] == {"a": [1, 2]}
+
+
+def test_binary_write_back_stores_every_binary_safe_type_as_django_would(
+        lab_db: LabDb) -> None:
+    """Each BINARY_SAFE column is bound in binary format by the psycopg 3 write-back;
+    the values read back are the ones the transform set (None included). A column that
+    is not BINARY_SAFE (JSON) takes the text path in the same statement."""
+    import datetime
+    import decimal
+    import uuid
+
+    from django.db import connection, transaction
+    from lab.models import Document, Item, Stamped
+
+    from chunkwise.django.writeback import BINARY_SAFE, write_back
+
+    Item._base_manager.create(id=7)
+    at = datetime.datetime(2026, 5, 4, 3, 2, 1, 123456, tzinfo=datetime.UTC)
+    new = {"at": at, "day": datetime.date(2026, 12, 31), "amount": decimal.Decimal("12.345"),
+           "ref": uuid.UUID(int=42), "ratio": 0.125, "flag": True, "note": "é ünïcode",
+           "item_id": 7}
+    row_ids = [Stamped._base_manager.create(at=at, day=new["day"], amount=1, ref=uuid.uuid4(),
+                                      ratio=1.0, flag=False, note="", item_id=None).pk
+               for _ in range(3)]
+    fields = [f for f in Stamped._meta.concrete_fields if f.attname in new]
+    assert len(fields) == len(new)
+    assert {f.get_internal_type() for f in fields} <= BINARY_SAFE
+    rows = list(Stamped._base_manager.order_by("pk"))
+    for row in rows[:2]:
+        for name, value in new.items():
+            setattr(row, name, value)
+    rows[2].note = "third"
+    setattr(rows[2], "item_id", None)  # noqa: B010  # the FK attname
+    with transaction.atomic():
+        write_back(connection, Stamped, Stamped._meta.pk, fields, rows, psycopg3=True)
+    stored = list(Stamped._base_manager.order_by("pk").values_list("pk", *new))
+    assert stored[:2] == [(pk, *new.values()) for pk in row_ids[:2]]
+    assert stored[2][7] == "third" and stored[2][8] is None
+
+    document = Document._base_manager.create(data={"a": 1})
+    document.data = {"b": [1, None, "x"]}
+    with transaction.atomic():
+        write_back(connection, Document, Document._meta.pk,
+                   Document._meta.concrete_fields[1:], [document], psycopg3=True)
+    assert Document._base_manager.get().data == {"b": [1, None, "x"]}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from chunkwise.engine import (
@@ -31,6 +31,10 @@ class LockTimeout(Exception):
     sqlstate = "55P03"
 
 
+class Conflict(Exception):
+    sqlstate = "40001"
+
+
 class Rollback(Exception):
     pass
 
@@ -42,6 +46,7 @@ class Memory:
     rows: dict[int, int]
     bad: set[int] = field(default_factory=set)
     timeouts_left: int = 0
+    conflicts_left: int = 0
     checkpoint: dict[str, Any] = field(default_factory=lambda: {
         "last_key": None, "tally": Tally(), "batches": 0, "state": "running"})
     failures: list[int] = field(default_factory=list)
@@ -84,6 +89,9 @@ class FakeTarget:
         return sorted(k for k in self.m.rows if (after is None or k > after) and k <= upto)
 
     def apply(self, after: Any, upto: Any) -> None:
+        if self.m.conflicts_left:
+            self.m.conflicts_left -= 1
+            raise Conflict("could not serialize access due to concurrent update")
         for key in self._locked:
             if key in self.m.bad:
                 raise ValueError(f"bad row {key}")
@@ -137,6 +145,7 @@ class Recorder:
     def __init__(self, stop_after: int | None = None, stop: threading.Event | None = None):
         self.batches: list[BatchReport] = []
         self.retries: list[ErrorKind] = []
+        self.delays: list[float] = []
         self.notices: list[str] = []
         self.retunes: list[tuple[int, dict[str, tuple[Any, Any]]]] = []
         self._stop_after, self._stop = stop_after, stop
@@ -150,6 +159,7 @@ class Recorder:
 
     def retrying(self, kind: ErrorKind, attempt: int, delay: float) -> None:
         self.retries.append(kind)
+        self.delays.append(delay)
 
     def throttled(self, reason: str, seconds: float) -> None: ...
 
@@ -203,6 +213,23 @@ def test_repeated_lock_timeouts_halve_the_batch_then_succeed() -> None:
     assert recorder.retries == [ErrorKind.LOCK_TIMEOUT] * 4
     assert memory.lock_limits[:5] == [8, 8, 4, 4, 2]  # halved after every 2 timeouts
     assert set(memory.rows.values()) == {1}
+
+
+def test_a_lost_race_is_retried_at_once_and_a_lock_timeout_after_a_backoff() -> None:
+    patient = replace(settings(), retries=RetrySettings(
+        max_attempts=6, backoff=0.001, max_backoff=0.001, halve_after_timeouts=2))
+    for conflicts, kind in ((1, ErrorKind.SERIALIZATION), (0, ErrorKind.LOCK_TIMEOUT)):
+        memory = Memory({k: 0 for k in range(1, 21)}, conflicts_left=conflicts,
+                        timeouts_left=1 - conflicts)
+        recorder = Recorder()
+        outcome = BatchRunner(FakeTarget(memory), FakeStore(memory), patient, recorder).run()
+        assert outcome.exit_code == 0
+        assert memory.rows == {k: 1 for k in range(1, 21)}
+        assert recorder.retries == [kind]
+        if kind is ErrorKind.SERIALIZATION:
+            assert recorder.delays == [0.0]
+        else:
+            assert 0 < recorder.delays[0] <= 0.001
 
 
 def test_lock_waits_that_use_up_the_retries_name_the_holder_not_a_bare_retry_count() -> None:

@@ -6,6 +6,7 @@ Used by ``migrate`` (through the operation) and by ``manage.py chunkwise_run``.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import signal
 import sys
@@ -198,7 +199,7 @@ def execute(
     runner = BatchRunner(target, store, run_settings, reporter, stop,
                          retune=_live_retune(base, ref, connection.vendor, reporter, stream),
                          health=health)
-    with stop_on_signals(stop, stream):
+    with stop_on_signals(stop, stream), _startup_heap_frozen():
         try:
             outcome = runner.run()
         except (AnotherRunnerActive, RetriesExhausted) as exc:
@@ -216,6 +217,18 @@ def execute(
     if outcome.exit_code == 0:
         _forget_other_direction(ref, connection.alias)
     return outcome
+
+
+@contextmanager
+def _startup_heap_frozen() -> Iterator[None]:
+    """Keep the cyclic garbage collector off what existed before the run (Django, its
+    apps, the migration graph): a batch makes thousands of tuples and rows, which set off
+    full collections that walked all of it, 8% of a per-row transform's run time."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()  # the caller's process (migrate) goes on as before
 
 
 def recorded(ref: OperationRef, alias: str) -> tuple[str, str, int]:

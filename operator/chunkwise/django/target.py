@@ -7,8 +7,8 @@ are one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from django.conf import settings
@@ -19,20 +19,9 @@ from chunkwise.engine import Timeouts, sqlstate_of
 
 from .keys import Key
 from .rows import row_class
-from .writeback import write_back
+from .writeback import BINARY_SAFE, write_back
 
 __all__ = ["DjangoBatchTarget", "RowTransform", "SetBasedWork", "uses_psycopg3"]
-
-#: field types whose psycopg binary-format values equal what Django's text path returns
-#: (no converters; timestamps are UTC-aware with USE_TZ). Others fall back to text.
-_BINARY_SAFE = frozenset({
-    "AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField",
-    "SmallIntegerField", "PositiveIntegerField", "PositiveBigIntegerField",
-    "PositiveSmallIntegerField", "CharField", "TextField", "EmailField", "SlugField",
-    "URLField", "BooleanField", "FloatField", "DecimalField", "DateField", "DateTimeField",
-    "UUIDField", "ForeignKey",
-})
-
 
 def uses_psycopg3(alias: str) -> bool:
     """Whether ``alias`` is PostgreSQL through psycopg 3 (the app's choice: Django takes
@@ -49,16 +38,21 @@ def uses_psycopg3(alias: str) -> bool:
 SetBasedWork = Callable[[QuerySet[Any]], None]
 RowTransform = Callable[[Any], Any]
 
-#: set-based batches first run without locking their rows ahead of the work: the work's
-#: own UPDATEs take the locks as they go, under this short lock_timeout (seconds; never
-#: above timeouts.lock). Locking every row twice cost a third of a batch (each tuple lock
-#: is written and WAL-logged) and made writers queue behind the whole batch.
+#: on PostgreSQL, batches first run without locking their rows ahead of the work: the
+#: writes take the locks as they go, under this short lock_timeout (seconds; never above
+#: timeouts.lock). Locking every row twice cost a third of a batch (each tuple lock is
+#: written and WAL-logged) and made writers queue behind the whole batch. A per-row
+#: transform reads its rows unlocked in a REPEATABLE READ transaction, so PostgreSQL
+#: itself refuses the write-back of a row that another transaction changed since the
+#: read (40001): no concurrent change is overwritten with a value computed from old data.
 OPTIMISTIC_LOCK_TIMEOUT = 0.05
-#: after a batch's work met a lock held longer than that, this many batch attempts lock
-#: their rows first again, in the timed lock step under the full timeouts.lock, so the
-#: wait is measured and the batch does not redo its work behind each holder
+#: after a batch's work met a lock held longer than that, or a transform's write-back met
+#: a row changed since its read, this many batch attempts lock their rows first again (in
+#: READ COMMITTED), in the timed lock step under the full timeouts.lock, so the wait is
+#: measured and the batch does not redo its work behind each holder or writer
 CONTENDED_ATTEMPTS = 20
 _LOCK_NOT_AVAILABLE = "55P03"
+_SERIALIZATION_FAILURE = "40001"
 
 
 class DjangoBatchTarget:
@@ -86,16 +80,28 @@ class DjangoBatchTarget:
         self._attnames = [f.attname for f in todo.model._meta.concrete_fields]
         self._rows: list[Any] = []
         self._vendor = connections[alias].vendor
-        # set-based on PostgreSQL: no lock step while nothing contends (see above)
-        self._optimistic = forward is not None and self._vendor == "postgresql" and \
-            not lock_first  # a plan measures lock waits in every sample batch
+        # PostgreSQL: no lock step while nothing contends (see above); a plan measures
+        # lock waits in every sample batch, so it locks first
+        self._optimistic = self._vendor == "postgresql" and not lock_first
         self._contended_attempts = 0
-        self._binary_fetch = uses_psycopg3(alias) and settings.USE_TZ and all(
-            field.get_internal_type() in _BINARY_SAFE and not hasattr(field, "from_db_value")
+        self._psycopg3 = uses_psycopg3(alias)
+        self._binary_fetch = self._psycopg3 and settings.USE_TZ and all(
+            field.get_internal_type() in BINARY_SAFE and not hasattr(field, "from_db_value")
             for field in todo.model._meta.concrete_fields)
 
     def transaction(self) -> AbstractContextManager[None]:
-        return transaction.atomic(using=self._alias)
+        if self._transform is None or self._locking_first:
+            return transaction.atomic(using=self._alias)
+        return self._repeatable_read()
+
+    @contextmanager
+    def _repeatable_read(self) -> Iterator[None]:
+        """The batch's transaction, in REPEATABLE READ: said before its first query, which
+        takes the snapshot that the write-back is checked against."""
+        with transaction.atomic(using=self._alias):
+            with connections[self._alias].cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            yield
 
     @property
     def _locking_first(self) -> bool:
@@ -174,21 +180,23 @@ class DjangoBatchTarget:
                     .values_list(self._key.name, flat=True))
 
     def apply(self, after: Key | None, upto: Key) -> None:
-        if self._forward is not None:
-            try:
+        try:
+            if self._forward is not None:
                 self._forward(self._range(after, upto))
-            except Exception as exc:
-                if sqlstate_of(exc) == _LOCK_NOT_AVAILABLE:
-                    # a holder outlasted the short timeout: lock first for a while
-                    self._contended_attempts = CONTENDED_ATTEMPTS
-                raise
-            return
-        assert self._transform is not None
-        for row in self._rows:
-            self._transform(row)
-        write_back(connections[self._alias], self._todo.model, self._key, self._fields,
-                   self._rows)
-        self._rows = []
+                return
+            assert self._transform is not None
+            rows, self._rows = self._rows, []
+            for row in rows:
+                self._transform(row)
+            write_back(connections[self._alias], self._todo.model, self._key, self._fields,
+                       rows, psycopg3=self._psycopg3)
+        except Exception as exc:
+            if self._optimistic and sqlstate_of(exc) in (_LOCK_NOT_AVAILABLE,
+                                                         _SERIALIZATION_FAILURE):
+                # a holder outlasted the short timeout, or a row changed since it was read:
+                # lock first for a while
+                self._contended_attempts = CONTENDED_ATTEMPTS
+            raise
 
     def lock_holders(self) -> str:
         """Who holds locks on the table now, as PostgreSQL tells it (pg_locks and

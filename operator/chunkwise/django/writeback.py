@@ -13,10 +13,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from django.conf import settings
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 
 _SQLITE_MAX_VARIABLES = 32_000
+
+#: field types whose psycopg 3 binary format carries exactly Django's values, read and
+#: written (no converters; timestamps UTC-aware with USE_TZ). Others take the text path.
+BINARY_SAFE = frozenset({
+    "AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField",
+    "SmallIntegerField", "PositiveIntegerField", "PositiveBigIntegerField",
+    "PositiveSmallIntegerField", "CharField", "TextField", "EmailField", "SlugField",
+    "URLField", "BooleanField", "FloatField", "DecimalField", "DateField", "DateTimeField",
+    "UUIDField", "ForeignKey",
+})
 
 #: internal types whose get_db_prep_save() returns plain values of these Python types
 #: unchanged; skipping the call for them is most of the write-back's Python time.
@@ -42,14 +53,25 @@ def _preparer(field: Field[Any, Any], connection: BaseDatabaseWrapper) -> Callab
     return fast
 
 
+def _binary_safe(field: Field[Any, Any]) -> bool:
+    """Naive datetimes (USE_TZ off) would bind as timestamp, not timestamptz: text."""
+    kind = field.get_internal_type()
+    return kind in BINARY_SAFE and (kind != "DateTimeField" or bool(settings.USE_TZ))
+
+
 def write_back(
     connection: BaseDatabaseWrapper,
     model: type[Model],
     key: Field[Any, Any],
     fields: Sequence[Field[Any, Any]],
     rows: Sequence[Any],
+    psycopg3: bool = False,
 ) -> None:
-    """``rows`` are in key order (as the lock step returned them)."""
+    """``rows`` are in key order (as the lock step returned them). With ``psycopg3``, the
+    arrays of BINARY_SAFE columns are bound in binary format (text arrays of 5k elements
+    cost about 2.2 ms more to write and parse), and the statement is never prepared:
+    psycopg prepares a query after its fifth run, and PostgreSQL's generic plan for it
+    cost 1.5 ms more per 5k rows than the plan made for each batch's own values."""
     if not rows or not fields:
         return
     keys = [getattr(row, key.attname) for row in rows]  # loaded from the database: no prep
@@ -65,7 +87,8 @@ def write_back(
     names = ", ".join(quote(c.column) for c in columns)
     if connection.vendor == "postgresql":
         arrays = ", ".join(
-            f"%s::{c.cast_db_type(connection)}[]"  # type: ignore[attr-defined]  # not in stubs
+            f"%{'b' if psycopg3 and _binary_safe(c) else 's'}::"
+            f"{c.cast_db_type(connection)}[]"  # type: ignore[attr-defined]  # not in stubs
             for c in columns
         )
         sql = (f"UPDATE {table} SET {assignments} FROM unnest({arrays}) AS v({names}) "
@@ -73,7 +96,10 @@ def write_back(
                f"AND {key_column} >= %s AND {key_column} <= %s")
         # the raw psycopg cursor binds server-side (Django's binds client-side, as text)
         with connection.connection.cursor() as cursor:
-            cursor.execute(sql, [*values, keys[0], keys[-1]])
+            if psycopg3:
+                cursor.execute(sql, [*values, keys[0], keys[-1]], prepare=False)
+            else:
+                cursor.execute(sql, [*values, keys[0], keys[-1]])
         return
     per_chunk = max(1, _SQLITE_MAX_VARIABLES // len(columns))
     with connection.cursor() as cursor:

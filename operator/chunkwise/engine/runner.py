@@ -530,7 +530,11 @@ class BatchRunner:
                     raise RetriesExhausted(
                         f"batch failed {attempt} times; last error ({kind.value}): {exc}"
                     ) from exc
-                delay = backoff_seconds(attempt, retry)
+                # a serialization failure is a race lost to another transaction on the
+                # batch's rows, not a sick database: the first retry goes at once (a target
+                # that meets one locks its rows first next time)
+                delay = 0.0 if kind is ErrorKind.SERIALIZATION and attempt == 1 \
+                    else backoff_seconds(attempt, retry)
                 self._reporter.retrying(kind, attempt, delay)
                 self._stop.wait(delay)
         raise AssertionError("unreachable")  # pragma: no cover
