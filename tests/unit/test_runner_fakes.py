@@ -3,6 +3,7 @@ The same behaviours are tested on a real PostgreSQL in tests/django/."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ class Memory:
     bad: set[int] = field(default_factory=set)
     timeouts_left: int = 0
     conflicts_left: int = 0
+    locks_first: bool = True
     checkpoint: dict[str, Any] = field(default_factory=lambda: {
         "last_key": None, "tally": Tally(), "batches": 0, "state": "running"})
     failures: list[int] = field(default_factory=list)
@@ -73,6 +75,10 @@ class FakeTarget:
 
     def set_timeouts(self, timeouts: Timeouts) -> None:
         pass
+
+    @property
+    def locks_first(self) -> bool:
+        return self.m.locks_first
 
     def lock_rows(self, after: Any, upto: Any, limit: int) -> tuple[int, Any]:
         self.m.lock_limits.append(limit)
@@ -230,6 +236,16 @@ def test_a_lost_race_is_retried_at_once_and_a_lock_timeout_after_a_backoff() -> 
             assert recorder.delays == [0.0]
         else:
             assert 0 < recorder.delays[0] <= 0.001
+
+
+def test_only_a_lock_step_that_locks_counts_as_lock_wait() -> None:
+    for locks_first in (True, False):
+        memory = Memory({k: 0 for k in range(1, 9)}, locks_first=locks_first)
+        recorder = Recorder()
+        BatchRunner(FakeTarget(memory), FakeStore(memory), settings(), recorder,
+                    clock=itertools.count(0.0).__next__).run()  # each call 1 s later
+        waits = [report.lock_wait_seconds for report in recorder.batches]
+        assert waits == ([1.0] if locks_first else [0.0]), locks_first  # one tick per step
 
 
 def test_lock_waits_that_use_up_the_retries_name_the_holder_not_a_bare_retry_count() -> None:

@@ -90,7 +90,7 @@ class DjangoBatchTarget:
             for field in todo.model._meta.concrete_fields)
 
     def transaction(self) -> AbstractContextManager[None]:
-        if self._transform is None or self._locking_first:
+        if self._transform is None or self.locks_first:
             return transaction.atomic(using=self._alias)
         return self._repeatable_read()
 
@@ -104,13 +104,13 @@ class DjangoBatchTarget:
             yield
 
     @property
-    def _locking_first(self) -> bool:
+    def locks_first(self) -> bool:
         return not self._optimistic or self._contended_attempts > 0
 
     def set_timeouts(self, timeouts: Timeouts) -> None:
         if self._vendor != "postgresql":
             return  # SQLite has no lock_timeout: it is said once at start, not faked
-        lock = timeouts.lock if self._locking_first else \
+        lock = timeouts.lock if self.locks_first else \
             min(timeouts.lock, OPTIMISTIC_LOCK_TIMEOUT)
         with connections[self._alias].cursor() as cursor:
             cursor.execute(
@@ -130,7 +130,7 @@ class DjangoBatchTarget:
         """The batch's rows: their count and last key, locked first unless the batch runs
         optimistically (set-based, nothing contending: the work locks them itself)."""
         locking = self._range(after, upto).order_by(self._key.name)
-        locking_first = self._locking_first
+        locking_first = self.locks_first
         if self._contended_attempts:
             self._contended_attempts -= 1
         if self._vendor == "postgresql" and locking_first:

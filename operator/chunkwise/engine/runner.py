@@ -106,6 +106,11 @@ class BatchTarget(Protocol):
 
     def set_timeouts(self, timeouts: Timeouts) -> None: ...
 
+    @property
+    def locks_first(self) -> bool:
+        """Whether the next lock step locks its rows, so that its time is lock wait (a
+        target that lets its writes take the locks reads without waiting for any)."""
+
     def lock_rows(self, after: Key | None, upto: Key, limit: int) -> tuple[int, Key | None]:
         """The lock step: lock the next ``limit`` rows still to do in (after, upto],
         in key order; return how many and the last one's key."""
@@ -410,13 +415,15 @@ class BatchRunner:
                 if bound is None:
                     batch.exhausted = True
                     return batch
+                timed = self._target.locks_first
                 lock_started = self._clock()
                 try:
                     batch.after = state.last_key
                     batch.rows, batch.last_key = self._target.lock_rows(state.last_key, bound,
                                                                         limit)
                 finally:  # a timed-out lock step is lock wait too: carried to the next commit
-                    batch.lock_wait = self._clock() - lock_started + self._unreported_lock_wait
+                    waited = self._clock() - lock_started if timed else 0.0
+                    batch.lock_wait = waited + self._unreported_lock_wait
                 if not batch.rows and upto is None:
                     batch.exhausted = True
                     return batch
