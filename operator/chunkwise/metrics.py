@@ -128,7 +128,8 @@ class WorkerMetrics:
             buckets=DURATION_BUCKETS, registry=registry)
         self.lock_wait = Histogram(
             Name.LOCK_WAIT, "Time one batch spent waiting for its row locks (the timed "
-            "lock step), including lock steps that timed out and were retried.", labels,
+            "lock step; 0 for a batch that read its rows unlocked), including lock steps "
+            "and writes that timed out and were retried.", labels,
             buckets=LOCK_WAIT_BUCKETS, registry=registry)
         self.lock_timeouts = Counter(
             Name.LOCK_TIMEOUTS, "Batches that hit timeouts.lock (SQLSTATE 55P03) and were "

@@ -7,7 +7,8 @@ One batch is one transaction:
 2. lock and re-read the checkpoint row: it is the truth about where we are,
    which is what makes a lost connection safe (the commit landed or it did not);
 3. the lock step: select the next rows after the checkpoint ``FOR NO KEY UPDATE``,
-   timed, which is the lock wait;
+   timed, which is the lock wait (a target may read them unlocked instead, while
+   nothing contends, and let its writes take the locks: then nothing is waited for);
 4. the user's work on exactly that key range;
 5. advance the checkpoint; commit.
 
