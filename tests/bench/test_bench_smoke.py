@@ -45,3 +45,16 @@ def test_the_throttle_cost_benchmark_runs_every_variant() -> None:
                     "all four, every 1s", "all four, every batch"):
         assert variant in result.stdout, variant
     assert "20,000 rows in 4 batches of 5,000" in result.stdout
+
+
+def test_the_server_time_benchmark_reads_the_statement_log() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "server_time.py"),
+                             "--rows", "20000"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for name in ("single UPDATE", "bare keyset loop (SQL, 5k)",
+                 "chunkwise set-based (5k fixed)", "chunkwise transform (5k fixed)"):
+        assert f"{name}: 20,000 rows in " in out, name
+    # the log was read: each batched contender's own UPDATE, once per 5k-row batch
+    assert "4 x" in out and 'UPDATE "benchapp_customer" SET "status" = v."status"' in out
+    assert "per 5k-row batch" in out

@@ -95,3 +95,18 @@ def test_binary_write_back_stores_every_binary_safe_type_as_django_would(
         write_back(connection, Document, Document._meta.pk,
                    Document._meta.concrete_fields[1:], [document], psycopg3=True)
     assert Document._base_manager.get().data == {"b": [1, None, "x"]}
+
+
+def test_write_back_prepares_values_unless_every_one_is_already_plain(lab_db: LabDb) -> None:
+    from django.db import connection
+    from lab.models import Item
+
+    from chunkwise.django.writeback import _prepared
+
+    counter, payload = Item._meta.get_field("counter"), Item._meta.get_field("payload")
+    plain = [3, None, 5]
+    assert _prepared(counter, connection, plain) is plain  # nothing to prepare: as is
+    assert _prepared(payload, connection, ["a", None]) == ["a", None]
+    # a bool is no plain int for an integer column, nor is a numeric string
+    assert _prepared(counter, connection, [3, True, "7"]) == [3, 1, 7]
+    assert _prepared(payload, connection, ["a", 12]) == ["a", "12"]

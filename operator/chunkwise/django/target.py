@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from itertools import starmap
 from typing import Any
 
 from django.conf import settings
@@ -153,9 +154,8 @@ class DjangoBatchTarget:
                                f"ORDER BY locked.{column} DESC LIMIT 1", params)
                 found = cursor.fetchone()
             return (0, None) if found is None else (int(found[1]), found[0])
-        make = self._row_class
         query = locking.values_list(*self._attnames)[:limit]
-        self._rows = [make(*values) for values in self._fetch(query)]
+        self._rows = list(starmap(self._row_class, self._fetch(query)))
         if not self._rows:
             return 0, None
         return len(self._rows), getattr(self._rows[-1], self._key.attname)
