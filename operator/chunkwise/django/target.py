@@ -12,7 +12,6 @@ from contextlib import AbstractContextManager, contextmanager
 from itertools import starmap
 from typing import Any
 
-from django.conf import settings
 from django.db import connections, transaction
 from django.db.models import Field, Q, QuerySet
 
@@ -20,7 +19,7 @@ from chunkwise.engine import Timeouts, sqlstate_of
 
 from .keys import Key
 from .rows import row_class
-from .writeback import BINARY_SAFE, write_back
+from .writeback import binary_safe, write_back
 
 __all__ = ["DjangoBatchTarget", "RowTransform", "SetBasedWork", "uses_psycopg3"]
 
@@ -86,9 +85,8 @@ class DjangoBatchTarget:
         self._optimistic = self._vendor == "postgresql" and not lock_first
         self._contended_attempts = 0
         self._psycopg3 = uses_psycopg3(alias)
-        self._binary_fetch = self._psycopg3 and settings.USE_TZ and all(
-            field.get_internal_type() in BINARY_SAFE and not hasattr(field, "from_db_value")
-            for field in todo.model._meta.concrete_fields)
+        self._binary_fetch = self._psycopg3 and all(
+            map(binary_safe, todo.model._meta.concrete_fields))
 
     def transaction(self) -> AbstractContextManager[None]:
         if self._transform is None or self.locks_first:
@@ -129,7 +127,7 @@ class DjangoBatchTarget:
 
     def lock_rows(self, after: Key | None, upto: Key, limit: int) -> tuple[int, Key | None]:
         """The batch's rows: their count and last key, locked first unless the batch runs
-        optimistically (set-based, nothing contending: the work locks them itself)."""
+        optimistically (nothing contending: the writes lock them themselves)."""
         locking = self._range(after, upto).order_by(self._key.name)
         locking_first = self.locks_first
         if self._contended_attempts:

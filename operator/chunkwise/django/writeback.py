@@ -52,10 +52,13 @@ def _prepared(field: Field[Any, Any], connection: BaseDatabaseWrapper,
     return [field.get_db_prep_save(value, connection) for value in values]
 
 
-def _binary_safe(field: Field[Any, Any]) -> bool:
-    """Naive datetimes (USE_TZ off) would bind as timestamp, not timestamptz: text."""
+def binary_safe(field: Field[Any, Any]) -> bool:
+    """Whether psycopg 3 may read and write ``field`` in binary format: a BINARY_SAFE
+    type without a converter; datetimes only with USE_TZ (naive ones would be read and
+    bound as timestamp, not timestamptz)."""
     kind = field.get_internal_type()
-    return kind in BINARY_SAFE and (kind != "DateTimeField" or bool(settings.USE_TZ))
+    return kind in BINARY_SAFE and not hasattr(field, "from_db_value") and \
+        (kind != "DateTimeField" or bool(settings.USE_TZ))
 
 
 def write_back(
@@ -86,7 +89,7 @@ def write_back(
     names = ", ".join(quote(c.column) for c in columns)
     if connection.vendor == "postgresql":
         arrays = ", ".join(
-            f"%{'b' if psycopg3 and _binary_safe(c) else 's'}::"
+            f"%{'b' if psycopg3 and binary_safe(c) else 's'}::"
             f"{c.cast_db_type(connection)}[]"  # type: ignore[attr-defined]  # not in stubs
             for c in columns
         )
