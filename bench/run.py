@@ -35,6 +35,8 @@ sys.path.insert(0, str(PROJECT))
 
 from tests.support.pgserver import PgServer, free_port, running_server  # noqa: E402
 
+from traffic import APPLICATION_NAME as TRAFFIC  # noqa: E402
+
 TABLE = "benchapp_customer"
 BATCH = 5000
 CUTOFF_SQL = "timestamptz '2025-01-01 00:00:00+00'"  # benchapp.logic.CUTOFF
@@ -64,6 +66,10 @@ class Impact:
     write_max_ms: float
     read_p99_ms: float
     ops_per_second: float
+    writes: int = 0
+    #: writes that waited over 1 ms for a row lock (PostgreSQL's log_lock_waits): what the
+    #: migration's locks cost the writers, apart from the CPU they share with it
+    lock_waits: int = 0
     timeline: list[tuple[float, float]] = field(default_factory=list)  # (offset s, write ms)
 
 
@@ -231,7 +237,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def impact_of(name: str, ops: list[tuple[float, str, float]], start: float,
-              end: float) -> Impact:
+              end: float, lock_waits: int = 0) -> Impact:
     window = [op for op in ops if start <= op[0] <= end]
     writes = [latency * 1000 for _, kind, latency in window if kind == "write"]
     reads = [latency * 1000 for _, kind, latency in window if kind == "read"]
@@ -239,7 +245,15 @@ def impact_of(name: str, ops: list[tuple[float, str, float]], start: float,
                 for t, kind, latency in window if kind == "write"]
     return Impact(name, percentile(writes, 0.5), percentile(writes, 0.99),
                   max(writes, default=float("nan")), percentile(reads, 0.99),
-                  len(window) / max(end - start, 1e-9), timeline)
+                  len(window) / max(end - start, 1e-9), len(writes), lock_waits, timeline)
+
+
+def writer_lock_waits(server: PgServer, db: str) -> int:
+    """Lock waits of the traffic's writes in ``db`` that outlasted deadlock_timeout (1 ms),
+    as the server logged them (log_line_prefix '%d %a ')."""
+    with open(server.datadir.parent / "postgres.log", errors="replace") as log:
+        return sum(1 for line in log if line.startswith(f"{db} {TRAFFIC} ")
+                   and "still waiting for" in line)
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -285,7 +299,9 @@ def main() -> None:
     results: dict[str, Result] = {}
     impacts: dict[str, Impact] = {}
     memory: list[dict[str, float]] = []
-    with running_server() as server:
+    # every lock wait over 1 ms is logged, with the database and application it came from
+    lock_log = {"log_lock_waits": "on", "deadlock_timeout": "1ms", "log_line_prefix": "%d %a "}
+    with running_server(lock_log) as server:
         log(f"seeding {args.rows:,} rows")
         seed(server, "seed", args.rows)
         copies = Copies(server, "seed")
@@ -314,7 +330,7 @@ def main() -> None:
         time.sleep(args.idle_seconds)
         end = time.time()
         impacts["idle (no migration)"] = impact_of("idle (no migration)", traffic.stop(),
-                                                   start, end)
+                                                   start, end, writer_lock_waits(server, db))
         copies.drop(db)
         # a 1% tail moves a lot between runs on a shared 2-core machine: every contender
         # runs --repeat times under traffic, interleaved, and the run with the median
@@ -330,7 +346,8 @@ def main() -> None:
                 start = time.time()
                 run(server, db, args.rows)
                 end = time.time()
-                tries.setdefault(name, []).append(impact_of(name, traffic.stop(), start, end))
+                tries.setdefault(name, []).append(impact_of(name, traffic.stop(), start, end,
+                                                            writer_lock_waits(server, db)))
                 copies.drop(db)
                 log(f"{name} under traffic: writers p99 {tries[name][-1].write_p99_ms:.1f} ms")
         for name, measured in tries.items():
@@ -399,11 +416,12 @@ def report(args: argparse.Namespace, results: dict[str, Result], impacts: dict[s
           "half single-row UPDATEs, half reads, on random rows; of each contender's "
           f"{args.repeat} runs, the one with the median writers' p99")
     print(f"{'while running':36} {'write p50':>9} {'write p99':>9} {'write max':>9} "
-          f"{'read p99':>8} {'ops/s':>7} {'p99 vs idle':>11}")
+          f"{'read p99':>8} {'ops/s':>7} {'p99 vs idle':>11} {'lock waits >1ms':>15}")
     idle = impacts["idle (no migration)"].write_p99_ms
     for i in impacts.values():
         print(f"{i.name:36} {i.write_p50_ms:8.2f}m {i.write_p99_ms:8.2f}m {i.write_max_ms:8.1f}m "
-              f"{i.read_p99_ms:7.2f}m {i.ops_per_second:7.0f} {i.write_p99_ms / idle:10.1f}x")
+              f"{i.read_p99_ms:7.2f}m {i.ops_per_second:7.0f} {i.write_p99_ms / idle:10.1f}x "
+              f"{i.lock_waits:>5} of {i.writes:>5}")
     if memory:
         print("\nchunkwise runner peak RSS (5k-row batches)")
         for m in memory:

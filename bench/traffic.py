@@ -18,12 +18,15 @@ import time
 
 import psycopg
 
+#: the traffic's connections say so, so the server log tells their lock waits apart
+APPLICATION_NAME = "bench-traffic"
+
 
 def worker(dsn: str, max_id: int, rate: float, stop: threading.Event, started: float,
            results: list[tuple[float, str, float]], seed: int) -> None:
     rng = random.Random(seed)
     interval = 1.0 / rate
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
         next_at = time.perf_counter()
         while not stop.is_set():
             key = rng.randint(1, max_id)

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from types import ModuleType
+
+import psycopg
+
+from tests.support.pgserver import running_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,14 +27,17 @@ def test_benchmark_runs_every_contender_and_prints_ratios(tmp_path: Path) -> Non
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout
+    data = json.loads(out.read_text())
     for name in ("single UPDATE", "bare keyset loop", "chunkwise set-based (5k fixed)",
                  "chunkwise set-based (5k, metrics)",
                  "chunkwise transform (auto-tuned)", "Django bulk_update (1k) [sample]",
                  "Django save() per row [sample]", "idle (no migration)"):
         assert name in table, name
     assert "targets" in table and "transform >= 15x bulk_update" in table
+    # every traffic run counts its writers' lock waits from the server's log
+    assert "lock waits >1ms" in table
+    assert all(0 <= i["lock_waits"] <= i["writes"] for i in data["impact"])
     assert "metrics: the reporter costs" in table and "metrics cost <= 2%" in table
-    data = json.loads(out.read_text())
     assert "chunkwise set-based (5k, 2 shards)" in table
     assert "set-based (2 shards) >= 1.0x single UPDATE" in table
     assert "with 2 shards the transform runs at" in table
@@ -58,3 +69,41 @@ def test_the_server_time_benchmark_reads_the_statement_log() -> None:
     # the log was read: each batched contender's own UPDATE, once per 5k-row batch
     assert "4 x" in out and 'UPDATE "benchapp_customer" SET "status" = v."status"' in out
     assert "per 5k-row batch" in out
+
+
+def _bench_module(name: str) -> ModuleType:
+    """A module of bench/, imported as its scripts import one another."""
+    if str(REPO / "bench") not in sys.path:
+        sys.path.append(str(REPO / "bench"))
+    return importlib.import_module(name)
+
+
+def test_the_traffic_phase_counts_only_the_traffic_writers_lock_waits() -> None:
+    run, traffic = _bench_module("run"), _bench_module("traffic")
+    logged = {"log_lock_waits": "on", "deadlock_timeout": "1ms", "log_line_prefix": "%d %a "}
+    with running_server(logged) as server:
+        server.sql("CREATE DATABASE waits")
+        dsn = server.dsn("waits")
+        with psycopg.connect(dsn, autocommit=True) as setup:
+            setup.execute("CREATE TABLE t (id int PRIMARY KEY, n int)")
+            setup.execute("INSERT INTO t VALUES (1, 0)")
+
+        def write(application: str) -> None:
+            with psycopg.connect(dsn, autocommit=True, application_name=application) as conn:
+                conn.execute("UPDATE t SET n = n + 1 WHERE id = 1")
+
+        log = server.datadir.parent / "postgres.log"
+        with psycopg.connect(dsn) as holder:
+            holder.execute("UPDATE t SET n = n + 1 WHERE id = 1")  # holds the row's lock
+            writers = [threading.Thread(target=write, args=(app,))
+                       for app in (traffic.APPLICATION_NAME, "someone else")]
+            for writer in writers:
+                writer.start()
+            deadline = time.monotonic() + 30
+            while log.read_text(errors="replace").count("still waiting for") < 2:
+                assert time.monotonic() < deadline, "the two writers' waits were never logged"
+                time.sleep(0.05)
+            holder.commit()
+        for writer in writers:
+            writer.join(timeout=30)
+        assert run.writer_lock_waits(server, "waits") == 1
