@@ -41,7 +41,8 @@ def test_benchmark_runs_every_contender_and_prints_ratios(tmp_path: Path) -> Non
     assert "chunkwise set-based (5k, 2 shards)" in table
     assert "set-based (2 shards) >= 1.0x single UPDATE" in table
     assert "with 2 shards the transform runs at" in table
-    assert len(data["results"]) == 11 and all(r["rows"] > 0 for r in data["results"])
+    assert "keyset loop + checkpoint row (SQL, 5k)" in table and "what resuming costs" in table
+    assert len(data["results"]) == 12 and all(r["rows"] > 0 for r in data["results"])
     assert {m["rows"] for m in data["memory"]} == {10000, 20000}
     rates = {r["name"]: r["rows_per_second"] for r in data["results"]}
     assert rates["chunkwise transform (5k fixed)"] > rates["Django save() per row"]
