@@ -16,9 +16,12 @@ them as an explanation of bench/run.py's figures, not instead of them.
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import re
 import statistics
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +31,16 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]  # the repository (tests.support)
 
 from tests.support.pgserver import PgServer, running_server  # noqa: E402
 
-from run import Copies, chunkwise, keyset_loop, seed, single_update  # noqa: E402
+from run import (  # noqa: E402
+    PROJECT,
+    REPO,
+    Copies,
+    chunkwise,
+    keyset_loop,
+    project_env,
+    seed,
+    single_update,
+)
 
 CONTENDERS: dict[str, Callable[[PgServer, str, int], tuple[int, float, float | None]]] = {
     "single UPDATE": single_update,
@@ -87,6 +99,43 @@ def main() -> None:
             for text, ms in ranked:
                 print(f"  {len(ms):6,} x {statistics.median(ms):8.3f} ms median  {text}")
             print()
+        database = copies.make()
+        per_batch = orm_update_seconds(server, database)
+        copies.drop(database)
+        print(f"client side: Django turns the set-based migration's batch.update(...) into SQL "
+              f"in {per_batch * 1000:.3f} ms per batch (median; the migration's own function, "
+              "its statement compiled but not run)")
+
+
+def orm_update_seconds(server: PgServer, database: str, batches: int = 2000) -> float:
+    """What Django alone costs the set-based migration per batch: its classify_batch()
+    called on a batch's queryset, with the UPDATE compiled to SQL but not sent."""
+    os.environ.update(project_env(server, database))
+    sys.path[:0] = [str(PROJECT), str(REPO / "operator")]
+    import django
+
+    django.setup()
+    from benchapp.models import Customer  # type: ignore[import-not-found]
+    from django.db import connection
+    from django.db.models.sql.compiler import SQLUpdateCompiler
+
+    setbased = importlib.import_module("benchapp.migrations.0002_setbased")
+    compiled: list[str] = []
+
+    def compile_only(compiler: SQLUpdateCompiler, result_type: object) -> int:
+        compiled.append(compiler.as_sql()[0])
+        return 0
+
+    connection.ensure_connection()  # its first use reads the server's version
+    SQLUpdateCompiler.execute_sql = compile_only  # type: ignore[method-assign,assignment]
+    times = []
+    for start in range(0, batches * 5000, 5000):
+        batch = Customer.objects.filter(id__gt=start, id__lte=start + 5000)
+        started = time.perf_counter()
+        setbased.classify_batch(None, None, batch)
+        times.append(time.perf_counter() - started)
+    assert len(compiled) == batches and compiled[0].startswith("UPDATE"), compiled[:1]
+    return statistics.median(times)
 
 
 if __name__ == "__main__":
