@@ -38,6 +38,13 @@ def test_benchmark_runs_every_contender_and_prints_ratios(tmp_path: Path) -> Non
     # every traffic run counts its writers' lock waits from the server's log
     assert "lock waits >1ms" in table
     assert all(0 <= i["lock_waits"] <= i["writes"] for i in data["impact"])
+    # with one run each, the figures pooled over every run are that run's own
+    assert "all runs: p99" in table
+    pooled = [i for i in data["impact"] if i["pooled_write_p99_ms"] is not None]
+    assert len(pooled) == len(data["impact"]) - 1  # all but the idle baseline
+    assert all(i["pooled_writes"] == i["writes"] and i["pooled_lock_waits"] == i["lock_waits"]
+               and (i["writes"] == 0 or i["pooled_write_p99_ms"] == i["write_p99_ms"])
+               for i in pooled)
     assert "metrics: the reporter costs" in table and "metrics cost <= 2%" in table
     assert "chunkwise set-based (5k, 2 shards)" in table
     assert "set-based (2 shards) >= 1.0x single UPDATE" in table
