@@ -271,11 +271,11 @@ def impact_of(name: str, ops: list[tuple[float, str, float]], start: float,
     window = [op for op in ops if start <= op[0] <= end]
     writes = [latency * 1000 for _, kind, latency in window if kind == "write"]
     reads = [latency * 1000 for _, kind, latency in window if kind == "read"]
-    timeline = [(round(t - start, 3), round(latency * 1000, 3))
+    timeline = [(round(t - start, 3), latency * 1000)
                 for t, kind, latency in window if kind == "write"]
     return Impact(name, percentile(writes, 0.5), percentile(writes, 0.99),
                   max(writes, default=float("nan")), percentile(reads, 0.99),
-                  len(window) / max(end - start, 1e-9), len(writes), lock_waits, timeline)
+                  len(window) / max(end - start, 1e-9), len(writes), lock_waits, timeline=timeline)
 
 
 def writer_lock_waits(server: PgServer, db: str) -> int:
