@@ -278,9 +278,14 @@ def impact_of(name: str, ops: list[tuple[float, str, float]], start: float,
                   len(window) / max(end - start, 1e-9), len(writes), lock_waits, timeline=timeline)
 
 
+#: server settings under which every lock wait over 1 ms is logged, with the database and
+#: application it came from: what writer_lock_waits() reads
+LOCK_WAIT_LOG = {"log_lock_waits": "on", "deadlock_timeout": "1ms", "log_line_prefix": "%d %a "}
+
+
 def writer_lock_waits(server: PgServer, db: str) -> int:
     """Lock waits of the traffic's writes in ``db`` that outlasted deadlock_timeout (1 ms),
-    as the server logged them (log_line_prefix '%d %a ')."""
+    as a server with LOCK_WAIT_LOG logged them."""
     with open(server.datadir.parent / "postgres.log", errors="replace") as log:
         return sum(1 for line in log if line.startswith(f"{db} {TRAFFIC} ")
                    and "still waiting for" in line)
@@ -330,9 +335,7 @@ def main() -> None:
     results: dict[str, Result] = {}
     impacts: dict[str, Impact] = {}
     memory: list[dict[str, float]] = []
-    # every lock wait over 1 ms is logged, with the database and application it came from
-    lock_log = {"log_lock_waits": "on", "deadlock_timeout": "1ms", "log_line_prefix": "%d %a "}
-    with running_server(lock_log) as server:
+    with running_server(LOCK_WAIT_LOG) as server:
         log(f"seeding {args.rows:,} rows")
         seed(server, "seed", args.rows)
         copies = Copies(server, "seed")

@@ -32,8 +32,6 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]  # the repository (tests.support)
 from tests.support.pgserver import PgServer, running_server  # noqa: E402
 
 from run import (  # noqa: E402
-    PROJECT,
-    REPO,
     Copies,
     chunkwise,
     keyset_loop,
@@ -110,8 +108,9 @@ def main() -> None:
 def orm_update_seconds(server: PgServer, database: str, batches: int = 2000) -> float:
     """What Django alone costs the set-based migration per batch: its classify_batch()
     called on a batch's queryset, with the UPDATE compiled to SQL but not sent."""
-    os.environ.update(project_env(server, database))
-    sys.path[:0] = [str(PROJECT), str(REPO / "operator")]
+    env = project_env(server, database)
+    os.environ.update(env)
+    sys.path[:0] = env["PYTHONPATH"].split(os.pathsep)  # the project and chunkwise, as manage.py
     import django
 
     django.setup()

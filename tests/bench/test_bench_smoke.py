@@ -92,8 +92,7 @@ def _bench_module(name: str) -> ModuleType:
 
 def test_the_traffic_phase_counts_only_the_traffic_writers_lock_waits() -> None:
     run, traffic = _bench_module("run"), _bench_module("traffic")
-    logged = {"log_lock_waits": "on", "deadlock_timeout": "1ms", "log_line_prefix": "%d %a "}
-    with running_server(logged) as server:
+    with running_server(run.LOCK_WAIT_LOG) as server:
         server.sql("CREATE DATABASE waits")
         dsn = server.dsn("waits")
         with psycopg.connect(dsn, autocommit=True) as setup:
