@@ -103,6 +103,16 @@ def test_uuid_and_text_keys(lab_db: LabDb) -> None:
     assert counters(lab_db, "lab_textitem") == {1: 987}
 
 
+def test_a_key_whose_column_has_another_name(lab_db: LabDb) -> None:
+    # 1,234 rows in batches of 100: full batches end at the 100th key, the last is short
+    lab_db.execute("INSERT INTO lab_codeditem (item_code, counter) "
+                   "SELECT g * 7, 0 FROM generate_series(1, 1234) g")
+    for operation in ("0", "1"):
+        result = lab_db.manage("chunkwise_run", "lab", "0008", "--operation", operation)
+        assert result.returncode == 0, result.stderr
+    assert counters(lab_db, "lab_codeditem") == {2: 1234}  # set-based + transform
+
+
 def test_empty_table_and_nothing_to_do(lab_db: LabDb) -> None:
     result = lab_db.manage("chunkwise_run", "lab", "0002")
     assert result.returncode == 0, result.stderr

@@ -24,6 +24,13 @@ class TextItem(models.Model):
     counter = models.IntegerField(default=0)
 
 
+class CodedItem(models.Model):
+    """A key whose column is not its field's name (``db_column``)."""
+
+    code = models.IntegerField(primary_key=True, db_column="item_code")
+    counter = models.IntegerField(default=0)
+
+
 class Stamped(models.Model):
     """Every field type the binary fetch handles, to compare it with Django's own values."""
 

@@ -22,6 +22,13 @@ class Migration(migrations.Migration):
             ],
         ),
         migrations.CreateModel(
+            name='CodedItem',
+            fields=[
+                ('code', models.IntegerField(db_column='item_code', primary_key=True, serialize=False)),
+                ('counter', models.IntegerField(default=0)),
+            ],
+        ),
+        migrations.CreateModel(
             name='TextItem',
             fields=[
                 ('slug', models.CharField(max_length=64, primary_key=True, serialize=False)),

@@ -1,0 +1,23 @@
+"""A key field whose column has another name (db_column): set-based, then per row."""
+
+from django.db import migrations
+from django.db.models import F
+
+from chunkwise.django import BatchedRunPython
+
+
+def bump(apps, schema_editor, batch):
+    batch.update(counter=F("counter") + 1)
+
+
+def bump_row(row):
+    row.counter += 1
+
+
+class Migration(migrations.Migration):
+    atomic = False
+    dependencies = [("lab", "0007_mark_items_done")]
+    operations = [
+        BatchedRunPython("lab.CodedItem", bump, batch_size=100),
+        BatchedRunPython("lab.CodedItem", transform=bump_row, fields=["counter"], batch_size=100),
+    ]
