@@ -107,10 +107,11 @@ def test_a_key_whose_column_has_another_name(lab_db: LabDb) -> None:
     # 1,234 rows in batches of 100: full batches end at the 100th key, the last is short
     lab_db.execute("INSERT INTO lab_codeditem (item_code, counter) "
                    "SELECT g * 7, 0 FROM generate_series(1, 1234) g")
-    for operation in ("0", "1"):
-        result = lab_db.manage("chunkwise_run", "lab", "0008", "--operation", operation)
+    for operation, shards in (("0", "2"), ("1", "1")):
+        result = lab_db.manage("chunkwise_run", "lab", "0008", "--operation", operation,
+                               "--shards", shards)
         assert result.returncode == 0, result.stderr
-    assert counters(lab_db, "lab_codeditem") == {2: 1234}  # set-based + transform
+    assert counters(lab_db, "lab_codeditem") == {2: 1234}  # set-based in 2 shards, transform
 
 
 def test_empty_table_and_nothing_to_do(lab_db: LabDb) -> None:
