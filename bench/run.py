@@ -193,8 +193,10 @@ def chunkwise(migration: str, fixed: bool, metrics: bool = False, shards: int = 
         if fixed:
             args += ["--batch-size", str(BATCH), "--min-batch-size", str(BATCH),
                      "--max-batch-size", str(BATCH)]
-        _, rss = manage(server, db, *args)
+        # connected before the run, as the hand-written loops are: a backend started after
+        # it would compete with the traffic inside its window for the bench's bookkeeping
         with psycopg.connect(server.dsn(db)) as conn:
+            _, rss = manage(server, db, *args)
             done, seconds = conn.execute(  # every shard: first start to last end
                 "SELECT sum(rows_processed), extract(epoch FROM max(completed_at) - "
                 "min(started_at)) FROM chunkwise_checkpoint").fetchone()  # type: ignore[misc]
