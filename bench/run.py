@@ -184,12 +184,15 @@ def resumable_keyset_loop(server: PgServer, db: str, rows: int
     return keyset_loop(server, db, rows, checkpoint=True)
 
 
-def chunkwise(migration: str, fixed: bool, metrics: bool = False, shards: int = 1
+def chunkwise(migration: str, fixed: bool, metrics: bool = False, shards: int = 1,
+              yield_cpu: bool = False
               ) -> Callable[[PgServer, str, int], tuple[int, float, float | None]]:
     def run(server: PgServer, db: str, rows: int) -> tuple[int, float, float | None]:
         args = ["chunkwise_run", "benchapp", migration, "--shards", str(shards)]
         if metrics:  # serving /metrics, every batch counted into the histograms
             args += ["--metrics-port", str(free_port())]
+        if yield_cpu:  # the runner at idle CPU priority (batch.yieldCpu)
+            args += ["--yield-cpu", "true"]
         if fixed:
             args += ["--batch-size", str(BATCH), "--min-batch-size", str(BATCH),
                      "--max-batch-size", str(BATCH)]
@@ -322,6 +325,8 @@ def main() -> None:
         ("keyset loop + checkpoint row (SQL, 5k)", resumable_keyset_loop, False),
         ("chunkwise set-based (5k fixed)", chunkwise("0002", fixed=True), False),
         ("chunkwise set-based (5k, metrics)", chunkwise("0002", fixed=True, metrics=True),
+         False),
+        ("chunkwise set-based (5k, yield CPU)", chunkwise("0002", fixed=True, yield_cpu=True),
          False),
         ("chunkwise set-based (auto-tuned)", chunkwise("0002", fixed=False), False),
         ("chunkwise set-based (5k, 2 shards)", chunkwise("0002", fixed=True, shards=2),
@@ -476,10 +481,19 @@ def report(args: argparse.Namespace, results: dict[str, Result], impacts: dict[s
     transform = max(results["chunkwise transform (5k fixed)"].rows_per_second,
                     results["chunkwise transform (auto-tuned)"].rows_per_second)
     worst_p99 = max(i.write_p99_ms for n, i in impacts.items() if n.startswith("chunkwise"))
-    keyset_p99 = impacts["bare keyset loop (SQL, 5k)"].write_p99_ms
-    set_p99 = impacts["chunkwise set-based (5k fixed)"].write_p99_ms
-    pooled_ratio = ((impacts["chunkwise set-based (5k fixed)"].pooled_write_p99_ms or nan)
-                    / (impacts["bare keyset loop (SQL, 5k)"].pooled_write_p99_ms or nan))
+    keyset_impact = impacts["bare keyset loop (SQL, 5k)"]
+
+    def writers_vs_keyset(name: str) -> tuple[float, str]:
+        """The writers' p99 under ``name`` over the keyset loop's, median run (what the
+        target judges) and all runs pooled (shown beside it)."""
+        impact = impacts[name]
+        ratio = impact.write_p99_ms / keyset_impact.write_p99_ms
+        pooled = (impact.pooled_write_p99_ms or nan) / (keyset_impact.pooled_write_p99_ms or nan)
+        return 1.2 / ratio, f"{ratio:.2f}x the keyset loop's (all runs' writes pooled: " \
+            f"{pooled:.2f}x)"
+
+    set_writers = writers_vs_keyset("chunkwise set-based (5k fixed)")
+    yield_writers = writers_vs_keyset("chunkwise set-based (5k, yield CPU)")
     two_shards = results["chunkwise set-based (5k, 2 shards)"].rows_per_second
     with_metrics = results["chunkwise set-based (5k, metrics)"].rows_per_second
     batch_seconds = BATCH / set_based
@@ -487,26 +501,31 @@ def report(args: argparse.Namespace, results: dict[str, Result], impacts: dict[s
     print(f"\nmetrics: the reporter costs {reporter_seconds * 1e6:.1f} us per batch, "
           f"{100 * reporter_seconds / batch_seconds:.3f}% of a {batch_seconds * 1e3:.1f} ms "
           f"set-based batch; end to end with /metrics served: {with_metrics / set_based:.3f}x")
+    yielding = results["chunkwise set-based (5k, yield CPU)"].rows_per_second
+    # (text, measured/needed: met at >= 1, what to show)
     targets = [
-        ("set-based (5k fixed) >= 0.9x bare keyset loop", set_based / keyset, 0.9),
-        ("set-based (2 shards) >= 1.0x single UPDATE", two_shards / update, 1.0),
-        ("set-based (auto-tuned) >= 1.0x single UPDATE", set_tuned / update, 1.0),
-        ("transform >= 0.5x single UPDATE", transform / update, 0.5),
-        ("transform >= 15x bulk_update", transform / bulk, 15.0),
-        ("writers' p99, set-based 5k <= 1.2x the keyset loop's", 1.2 / (set_p99 / keyset_p99),
-         1.0),
-        ("writers' p99 while chunkwise runs <= 5x idle", 5.0 / (worst_p99 / idle), 1.0),
+        ("set-based (5k fixed) >= 0.9x bare keyset loop", set_based / keyset / 0.9,
+         f"{set_based / keyset:.2f}x"),
+        ("set-based (5k, yield CPU) >= 0.9x bare keyset loop", yielding / keyset / 0.9,
+         f"{yielding / keyset:.2f}x"),
+        ("set-based (2 shards) >= 1.0x single UPDATE", two_shards / update,
+         f"{two_shards / update:.2f}x"),
+        ("set-based (auto-tuned) >= 1.0x single UPDATE", set_tuned / update,
+         f"{set_tuned / update:.2f}x"),
+        ("transform >= 0.5x single UPDATE", transform / update / 0.5,
+         f"{transform / update:.2f}x"),
+        ("transform >= 15x bulk_update", transform / bulk / 15.0, f"{transform / bulk:.2f}x"),
+        ("writers' p99, set-based 5k <= 1.2x the keyset loop's", *set_writers),
+        ("writers' p99, set-based 5k, yield CPU <= 1.2x the keyset loop's", *yield_writers),
+        ("writers' p99 while chunkwise runs <= 5x idle", 5.0 / (worst_p99 / idle),
+         f"{worst_p99 / idle:.1f}x idle"),
         ("metrics cost <= 2% of a set-based batch",
-         0.02 / max(reporter_seconds / batch_seconds, 1e-12), 1.0),
+         0.02 / max(reporter_seconds / batch_seconds, 1e-12),
+         f"{100 * reporter_seconds / batch_seconds:.3f}%"),
     ]
     print("\ntargets")
-    for text, ratio, need in targets:
-        shown = (f"{set_p99 / keyset_p99:.2f}x the keyset loop's (all runs' writes pooled: "
-                 f"{pooled_ratio:.2f}x)" if "keyset loop's" in text
-                 else f"{worst_p99 / idle:.1f}x idle" if "p99" in text else
-                 f"{100 * reporter_seconds / batch_seconds:.3f}%" if "metrics" in text else
-                 f"{ratio:.2f}x")
-        print(f"  {'met ' if ratio >= need else 'MISS'}  {text}: {shown}")
+    for text, ratio, shown in targets:
+        print(f"  {'met ' if ratio >= 1.0 else 'MISS'}  {text}: {shown}")
     resumable = results["keyset loop + checkpoint row (SQL, 5k)"].rows_per_second
     print(f"  (what resuming costs by hand: the keyset loop with a checkpoint row runs at "
           f"{resumable / keyset:.2f}x the bare loop; set-based 5k runs at "

@@ -412,6 +412,20 @@ def test_sigterm_finishes_the_batch_and_exits_interrupted(lab_db: LabDb) -> None
     assert counters(lab_db) == {1: 5000}
 
 
+def test_yield_cpu_runs_the_worker_at_idle_cpu_priority(lab_db: LabDb) -> None:
+    import os
+
+    seed_items(lab_db, 3000)
+    runner = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "200",
+                          "--yield-cpu", "true", LAB_ROW_SLEEP="0.0005")
+    wait_for_batches(lab_db, 1)
+    policy = os.sched_getscheduler(runner.pid)  # the runner's thread: one shard, main thread
+    output, _ = runner.communicate(timeout=120)
+    assert policy == os.SCHED_IDLE, policy
+    assert runner.returncode == 0, output
+    assert counters(lab_db) == {1: 3000}
+
+
 def test_lost_connection_reconnects_and_rereads_the_checkpoint(lab_db: LabDb) -> None:
     seed_items(lab_db, 4000)
     runner = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "100",

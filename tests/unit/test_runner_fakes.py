@@ -4,11 +4,14 @@ The same behaviours are tested on a real PostgreSQL in tests/django/."""
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import pytest
 
 from chunkwise.engine import (
     BatchReport,
@@ -368,3 +371,53 @@ def test_new_settings_take_effect_between_batches() -> None:
     assert memory.lock_limits[:2] == [10, 10] and memory.lock_limits[2:6] == [40] * 4
     assert recorder.retunes == [(5, {"batch.size": (10, 40), "batch.maxSize": (10, 40),
                                      "haltOn.failedRows": (100, 7)})]
+
+
+class PolicyTarget(FakeTarget):
+    """Notes the CPU scheduling policy of the thread each batch's work runs on."""
+
+    def __init__(self, memory: Memory) -> None:
+        super().__init__(memory)
+        self.policies: list[int] = []
+
+    def apply(self, after: Any, upto: Any) -> None:
+        self.policies.append(os.sched_getscheduler(0))
+        super().apply(after, upto)
+
+
+def test_yield_cpu_runs_batches_at_idle_priority_and_restores_it_live_and_after() -> None:
+    memory = Memory({key: 0 for key in range(1, 61)})
+    start = RunSettings(batch=BatchSettings(size=10, min_size=10, max_size=10,
+                                            max_locked_fraction=0, yield_cpu=True))
+    normal = replace(start, batch=replace(start.batch, yield_cpu=False))
+    asked: list[int] = []
+
+    def source() -> tuple[int, RunSettings] | None:
+        asked.append(1)
+        return (2, normal) if len(asked) == 4 else None
+
+    target = PolicyTarget(memory)
+    before = os.sched_getscheduler(0)
+    outcome = BatchRunner(target, FakeStore(memory), start, Recorder(), retune=source).run()
+    assert outcome.exit_code is ExitCode.DONE and set(memory.rows.values()) == {1}
+    assert target.policies == [os.SCHED_IDLE] * 3 + [before] * 3
+    assert os.sched_getscheduler(0) == before
+
+    target = PolicyTarget(Memory({key: 0 for key in range(1, 31)}))
+    BatchRunner(target, FakeStore(target.m), start, Recorder()).run()
+    assert target.policies == [os.SCHED_IDLE] * 3 and os.sched_getscheduler(0) == before
+
+
+def test_a_cpu_priority_that_cannot_be_lowered_is_said_and_the_run_goes_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: Any) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    memory = Memory({key: 0 for key in range(1, 21)})
+    recorder = Recorder()
+    outcome = BatchRunner(FakeTarget(memory), FakeStore(memory), RunSettings(
+        batch=BatchSettings(max_locked_fraction=0, yield_cpu=True)), recorder).run()
+    assert outcome.exit_code is ExitCode.DONE and set(memory.rows.values()) == {1}
+    assert recorder.notices == [
+        "batch.yieldCpu: could not lower the CPU priority (Operation not permitted)"]

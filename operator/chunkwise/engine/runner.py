@@ -37,7 +37,7 @@ from .errors import (
     classify,
 )
 from .health import HealthProbe, Throttle, judge, watched
-from .pacing import PACE, BatchSizer, RateLimiter, backoff_seconds
+from .pacing import PACE, BatchSizer, CpuPriority, RateLimiter, backoff_seconds
 from .settings import RunSettings, Timeouts, changed_tunables
 
 __all__ = [
@@ -246,6 +246,7 @@ class BatchRunner:
         self._stop = stop or threading.Event()
         self._clock = clock
         self._sizer = BatchSizer(settings.batch)
+        self._cpu = CpuPriority()
         self._state: CheckpointState | None = None
         self._batch_had_failure = False
         self._unreported_lock_wait = 0.0  # seconds waited in lock steps that then failed
@@ -258,12 +259,14 @@ class BatchRunner:
             return self._run(state)
         finally:
             self._store.stop()
+            self._say(self._cpu.restore())
 
     def _run(self, state: CheckpointState) -> Outcome:
         self._state = state
         self._reporter.started(state)
         if state.done:
             return self._finish(Outcome(ExitCode.DONE, "AlreadyDone", "nothing left to do", state))
+        self._say(self._cpu.apply(self._settings.batch.yield_cpu))
         limiter = RateLimiter(self._settings.batch, self._clock)
         capped = self._sizer.plan(state.rows_estimated)
         if capped:
@@ -305,8 +308,13 @@ class BatchRunner:
         changes = changed_tunables(self._settings, settings)
         self._settings = settings
         self._sizer.retune(settings.batch, self._state.rows_estimated)
+        self._say(self._cpu.apply(settings.batch.yield_cpu))
         self._reporter.retuned(generation, changes)
         return True
+
+    def _say(self, notice: str | None) -> None:
+        if notice:
+            self._reporter.notice(notice)
 
     def _verify(self) -> Verification | None:
         """Best effort: the run is done whatever a read-only count says or fails to say."""

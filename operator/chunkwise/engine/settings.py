@@ -90,6 +90,11 @@ class BatchSettings:
     #: writes to random rows then hit a locked row less than 1 time in 100, so their p99
     #: does not see the migration. 0 = no such cap (only max_size).
     max_locked_fraction: float = 0.005
+    #: run the worker's thread at the lowest CPU priority (Linux SCHED_IDLE) so that the
+    #: application and the database on the same machine get a core first. Off by default:
+    #: on a saturated machine an idle-priority worker crawls, and keeps its batch's row
+    #: locks for as long; a Kubernetes pod's CPU share is set by its requests instead.
+    yield_cpu: bool = False
 
     def __post_init__(self) -> None:
         _check_bounds(self, "batch")
@@ -343,6 +348,8 @@ TUNABLES: tuple[Tunable, ...] = (
     _t("max-locked-fraction", "batch.maxLockedFraction", "batch.max_locked_fraction",
        "fraction", "largest share of the rows one batch may lock, 0 = no cap",
        minimum=0, maximum=1),
+    _t("yield-cpu", "batch.yieldCpu", "batch.yield_cpu", "boolean",
+       "run at the lowest CPU priority (Linux SCHED_IDLE), true/false"),
     _t("lock-timeout", "timeouts.lock", "timeouts.lock", "duration",
        "wait for row locks at most this long per try (PostgreSQL)",
        minimum=0, exclusive_minimum=True),
