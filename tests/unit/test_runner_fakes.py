@@ -421,3 +421,29 @@ def test_a_cpu_priority_that_cannot_be_lowered_is_said_and_the_run_goes_on(
     assert outcome.exit_code is ExitCode.DONE and set(memory.rows.values()) == {1}
     assert recorder.notices == [
         "batch.yieldCpu: could not lower the CPU priority (Operation not permitted)"]
+
+
+def test_a_cpu_priority_that_cannot_be_restored_is_said(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unprivileged thread may lower its priority but not raise it back (RLIMIT_NICE)."""
+    real = os.sched_setscheduler
+
+    def only_down(pid: int, policy: int, param: os.sched_param) -> None:
+        if policy != os.SCHED_IDLE:
+            raise PermissionError(1, "Operation not permitted")
+        real(pid, policy, param)
+
+    before = os.sched_getscheduler(0)
+    monkeypatch.setattr(os, "sched_setscheduler", only_down)
+    memory = Memory({key: 0 for key in range(1, 21)})
+    recorder = Recorder()
+    try:
+        outcome = BatchRunner(FakeTarget(memory), FakeStore(memory), RunSettings(
+            batch=BatchSettings(max_locked_fraction=0, yield_cpu=True)), recorder).run()
+        assert os.sched_getscheduler(0) == os.SCHED_IDLE
+    finally:
+        real(0, before, os.sched_param(0))
+    assert outcome.exit_code is ExitCode.DONE
+    assert recorder.notices == [
+        "batch.yieldCpu: could not restore the CPU priority (Operation not permitted); "
+        "this thread stays at idle priority"]
