@@ -52,9 +52,9 @@ OPTIMISTIC_LOCK_TIMEOUT = 0.05
 #: measured and the batch does not redo its work behind each holder or writer
 CONTENDED_ATTEMPTS = 20
 _LOCK_NOT_AVAILABLE = "55P03"
+_SERIALIZATION_FAILURE = "40001"
 #: the name the key goes by in the SQL around a subquery of the batch's keys
 _KEY = "chunkwise_key"
-_SERIALIZATION_FAILURE = "40001"
 
 
 class DjangoBatchTarget:

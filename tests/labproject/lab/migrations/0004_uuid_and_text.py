@@ -1,15 +1,7 @@
 from django.db import migrations
-from django.db.models import F
 
 from chunkwise.django import BatchedRunPython
-
-
-def bump(apps, schema_editor, batch):
-    batch.update(counter=F("counter") + 1)
-
-
-def bump_row(row):
-    row.counter += 1
+from lab.bumps import bump, bump_row
 
 
 class Migration(migrations.Migration):

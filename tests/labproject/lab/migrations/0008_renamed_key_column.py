@@ -1,17 +1,9 @@
 """A key field whose column has another name (db_column): set-based, then per row."""
 
 from django.db import migrations
-from django.db.models import F
 
 from chunkwise.django import BatchedRunPython
-
-
-def bump(apps, schema_editor, batch):
-    batch.update(counter=F("counter") + 1)
-
-
-def bump_row(row):
-    row.counter += 1
+from lab.bumps import bump, bump_row
 
 
 class Migration(migrations.Migration):
