@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import random
 import signal
 import subprocess
@@ -413,8 +414,6 @@ def test_sigterm_finishes_the_batch_and_exits_interrupted(lab_db: LabDb) -> None
 
 
 def test_yield_cpu_runs_the_worker_at_idle_cpu_priority(lab_db: LabDb) -> None:
-    import os
-
     seed_items(lab_db, 3000)
     runner = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "200",
                           "--yield-cpu", "true", LAB_ROW_SLEEP="0.0005")

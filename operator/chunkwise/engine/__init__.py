@@ -26,7 +26,7 @@ from .health import (
     wanted_figures,
     watched,
 )
-from .pacing import THROTTLE_REASONS, BatchSizer, CpuPriority, RateLimiter, backoff_seconds
+from .pacing import THROTTLE_REASONS, BatchSizer, RateLimiter, backoff_seconds
 from .progress import Progress, RateWindow, format_duration, progress_of
 from .runner import (
     BatchReport,
@@ -58,7 +58,7 @@ from .tee import Tee
 
 __all__ = [
     "THROTTLE_REASONS", "TUNABLES", "AnotherRunnerActive", "DatabaseUnreachable", "BatchReport",
-    "BatchRunner", "BatchSettings", "BatchSizer", "BatchTarget", "CheckpointState", "CpuPriority",
+    "BatchRunner", "BatchSettings", "BatchSizer", "BatchTarget", "CheckpointState",
     "CheckpointStore", "ErrorKind", "ExitCode", "HaltThresholds", "Halted", "LockWaitsExhausted",
     "Outcome", "Progress", "RateLimiter", "RateWindow", "Reporter", "RetriesExhausted",
     "RetrySettings", "RowFailure", "RunSettings", "SettingsError", "Tally", "Tee", "Timeouts",
