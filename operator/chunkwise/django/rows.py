@@ -5,6 +5,12 @@ with one attribute per concrete field (by ``attname``, so a foreign key is
 ``customer_id``) and ``pk``. Migrations only ever see historical models, which
 have fields but none of the model's methods, so nothing is lost; what is gained
 is speed: building a Django model instance costs more than most transforms.
+
+The row class's namespace belongs to the model's fields: besides them it defines
+only dunder names (which Django refuses as field names, fields.E001/E002: no
+trailing underscore, no ``__``) and ``pk`` (a reserved word, fields.E003). Any other
+name of its own (once a ``fields`` tuple) collides with a field of that name: Python
+refuses a ``__slots__`` entry that is also a class attribute.
 """
 
 from __future__ import annotations
@@ -36,10 +42,8 @@ def row_class(model: type[Model]) -> type:
         shown = ", ".join(f"{name}={getattr(row, name)!r}" for name in attnames)
         return f"<{model._meta.label} row {shown}>"
 
-    return type(f"{model.__name__}Row", (), {
-        "__slots__": attnames,
-        "__init__": namespace["__init__"],
-        "pk": property(get_pk, set_pk),
-        "__repr__": describe,
-        "fields": attnames,
-    })
+    own: dict[str, Any] = {"__slots__": attnames, "__init__": namespace["__init__"],
+                           "__repr__": describe}
+    if "pk" not in attnames:  # a historical model may carry one: the field itself answers
+        own["pk"] = property(get_pk, set_pk)
+    return type(f"{model.__name__}Row", (), own)
