@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LAB, REPO
-from tests.django.test_sqlite import shop
+from tests.django.test_sqlite import shop, sqlite_env
+from tests.support.shop import SHOP
 
 CASES = [
     (["shop", "0002", "--bogus"], "unrecognized arguments: --bogus"),
@@ -80,3 +81,31 @@ def test_a_key_that_is_not_unique_is_refused_before_any_row(tmp_path: Path) -> N
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM chunkwise_checkpoint").fetchone() == (0,)
         assert conn.execute("SELECT sum(counter) FROM mistakes_visit").fetchone() == (0,)
+
+
+def shop_with(db: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SHOP / "manage.py"), *args],
+                          env={**sqlite_env(db), **env}, cwd=SHOP, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_an_unknown_dry_run_value_is_refused_naming_the_variable(db: Path) -> None:
+    result = shop_with(db, {"CHUNKWISE_DRY_RUN": "maybe"}, "chunkwise_run", "shop", "0002")
+    assert result.returncode == 64, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "CHUNKWISE_DRY_RUN: expected true or false (1/0, yes/no, on/off), got 'maybe'" \
+        in line
+
+
+@pytest.mark.parametrize("value", ["False", "no", "off"])
+def test_dry_run_false_in_any_spelling_runs_for_real(tmp_path: Path, value: str) -> None:
+    db = tmp_path / "shop.sqlite3"
+    for args in (["migrate", "chunkwise"], ["migrate", "shop", "0001"],
+                 ["seed_customers", "50"]):
+        assert shop(db, *args).returncode == 0
+    result = shop_with(db, {"CHUNKWISE_DRY_RUN": value}, "chunkwise_run", "shop", "0002")
+    assert result.returncode == 0, result.stderr
+    assert "dry run" not in result.stdout + result.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM shop_customer WHERE status IS NOT NULL"
+                            ).fetchone() == (50,)

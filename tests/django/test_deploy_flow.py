@@ -89,7 +89,7 @@ def test_a_bad_defer_value_stops_migrate_with_one_line(tmp_path: Path) -> None:
         assert shop(db, *args).returncode == 0
     result = shop(db, "migrate", "shop", "0002", defer="sometimes")
     assert result.returncode == 64
-    assert "CHUNKWISE_DEFER: expected 1 or 0 (true/false, yes/no, on/off), got 'sometimes'" in \
+    assert "CHUNKWISE_DEFER: expected true or false (1/0, yes/no, on/off), got 'sometimes'" in \
         result.stderr and "Traceback" not in result.stderr
     with sqlite3.connect(db) as conn:  # not recorded as applied, nothing planned
         assert conn.execute("SELECT count(*) FROM django_migrations WHERE app = 'shop' AND "

@@ -94,7 +94,7 @@ def test_a_bad_defer_value_names_the_variable_or_setting(
     from django.test import override_settings
 
     monkeypatch.setenv("CHUNKWISE_DEFER", "maybe")
-    with pytest.raises(CommandError, match="CHUNKWISE_DEFER: expected 1 or 0") as raised:
+    with pytest.raises(CommandError, match="CHUNKWISE_DEFER: expected true or false") as raised:
         BatchedRunPython("lab.Item", forward).deferred()
     assert raised.value.returncode == 64
     monkeypatch.delenv("CHUNKWISE_DEFER")

@@ -11,6 +11,7 @@ from chunkwise.engine import (
     RunSettings,
     SettingsError,
     Timeouts,
+    parse_boolean,
     parse_duration,
 )
 
@@ -79,5 +80,33 @@ def test_throttle_settings_come_from_env_and_flags_with_named_errors() -> None:
     assert settings.throttle.autovacuum is True and settings.throttle.query == "SELECT 1"
     assert (settings.throttle.replication_lag, settings.halt_on.replication_lag) == (5.0, 30.0)
     with pytest.raises(SettingsError, match=r"^throttle\.autovacuum \(--throttle-autovacuum\): "
-                                            r"expected true or false, got 'maybe'$"):
+                                            r"expected true or false \(1/0, yes/no, on/off\), "
+                                            r"got 'maybe'$"):
         resolve_settings(RunSettings(), {}, {"throttle_autovacuum": "maybe"})
+
+
+@pytest.mark.parametrize("text", ["1", "true", "True", "TRUE", "yes", "on", " On "])
+def test_every_boolean_reads_the_usual_spellings_of_true(text: str) -> None:
+    assert parse_boolean(text, "CHUNKWISE_X") is True
+
+
+@pytest.mark.parametrize("text", ["0", "false", "False", "no", "NO", "off", "Off "])
+def test_every_boolean_reads_the_usual_spellings_of_false(text: str) -> None:
+    assert parse_boolean(text, "CHUNKWISE_X") is False
+
+
+@pytest.mark.parametrize("text", ["maybe", "", "2", "y", "nope", "truthy"])
+def test_a_boolean_it_does_not_know_is_refused_naming_the_variable(text: str) -> None:
+    with pytest.raises(SettingsError, match=rf"^CHUNKWISE_X: expected true or false \(1/0, "
+                                            rf"yes/no, on/off\), got {re.escape(repr(text))}$"):
+        parse_boolean(text, "CHUNKWISE_X")
+
+
+@pytest.mark.parametrize(("text", "expected"), [("False", False), ("no", False), ("off", False),
+                                                ("0", False), ("True", True), ("on", True)])
+def test_defer_and_boolean_tunables_read_booleans_alike(text: str, expected: bool) -> None:
+    from chunkwise.django.config import defer_by_default
+
+    assert defer_by_default({"CHUNKWISE_DEFER": text}, not expected) is expected
+    settings = resolve_settings(RunSettings(), {"CHUNKWISE_YIELD_CPU": text})
+    assert settings.batch.yield_cpu is expected

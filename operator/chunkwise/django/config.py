@@ -12,12 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from chunkwise.contract import Env
-from chunkwise.engine import TUNABLES, RunSettings, SettingsError
+from chunkwise.engine import TUNABLES, RunSettings, SettingsError, parse_boolean
 
 __all__ = ["add_arguments", "defer_by_default", "parse_port", "resolve_settings"]
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,14 +65,9 @@ def defer_by_default(env: Mapping[str, str], setting: object) -> bool:
     """Whether ``migrate`` defers a BatchedRunPython that does not say (``defer=None``):
     the ``CHUNKWISE_DEFER`` environment variable, else the ``CHUNKWISE_DEFER`` Django
     setting, else no (a developer's ``migrate`` runs it inline with its progress bar)."""
-    raw = env.get(Env.DEFER, "").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    if raw:
-        raise SettingsError(f"{Env.DEFER}: expected 1 or 0 (true/false, yes/no, on/off), "
-                            f"got {env[Env.DEFER]!r}")
+    raw = env.get(Env.DEFER, "")
+    if raw.strip():
+        return parse_boolean(raw, Env.DEFER)
     if not isinstance(setting, bool):
         raise SettingsError(f"settings.CHUNKWISE_DEFER: expected True or False, got "
                             f"{setting!r}")

@@ -51,6 +51,7 @@ from .settings import (
     Timeouts,
     Tunable,
     changed_tunables,
+    parse_boolean,
     parse_duration,
     spec_env,
 )
@@ -63,7 +64,7 @@ __all__ = [
     "Outcome", "Progress", "RateLimiter", "RateWindow", "Reporter", "RetriesExhausted",
     "RetrySettings", "RowFailure", "RunSettings", "SettingsError", "Tally", "Tee", "Timeouts",
     "Tunable", "Verification", "backoff_seconds", "check_budget", "classify",
-    "format_duration", "parse_duration", "progress_of", "sqlstate_of", "Retune",
+    "format_duration", "parse_boolean", "parse_duration", "progress_of", "sqlstate_of", "Retune",
     "changed_tunables", "spec_env", "HEALTH_REASONS", "HealthProbe", "HealthReading",
     "Throttle", "ThrottleSettings", "judge", "wanted_figures", "watched",
 ]

@@ -238,13 +238,21 @@ def _parse_duration(value: str, name: str) -> float:
     return parse_duration(value, field_name=name)
 
 
-def _parse_boolean(value: str, name: str) -> bool:
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def parse_boolean(value: str, name: str) -> bool:
+    """A yes/no from an env var, flag or setting text: the one parser of every boolean
+    chunkwise reads. Anything it does not know is refused naming ``name``: guessing made
+    ``CHUNKWISE_DRY_RUN=False`` a dry run once."""
     text = value.strip().lower()
-    if text in ("true", "1", "yes", "on"):
+    if text in _TRUE:
         return True
-    if text in ("false", "0", "no", "off"):
+    if text in _FALSE:
         return False
-    raise SettingsError(f"{name}: expected true or false, got {value!r}")
+    raise SettingsError(f"{name}: expected true or false (1/0, yes/no, on/off), "
+                        f"got {value!r}")
 
 
 def _parse_text(value: str, name: str) -> str:
@@ -253,7 +261,7 @@ def _parse_text(value: str, name: str) -> str:
 
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "integer": _parse_int, "duration": _parse_duration, "fraction": _parse_fraction,
-    "boolean": _parse_boolean, "text": _parse_text,
+    "boolean": parse_boolean, "text": _parse_text,
 }
 
 

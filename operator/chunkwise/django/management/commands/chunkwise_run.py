@@ -19,7 +19,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.migration import Migration
 
 from chunkwise.contract import Env, ExitCode
-from chunkwise.engine import Outcome, SettingsError
+from chunkwise.engine import Outcome, SettingsError, parse_boolean
 
 from ...config import add_arguments, parse_port, resolve_settings
 from ...execute import execute
@@ -97,8 +97,7 @@ class Command(BaseCommand):
         parser.add_argument("--shard", default=_env(Env.SHARD, _env(Env.JOB_COMPLETION_INDEX)),
                             metavar="I", help="run only shard I of N (0-based) [env "
                                               f"{Env.SHARD}, else {Env.JOB_COMPLETION_INDEX}]")
-        parser.add_argument("--dry-run", action="store_true",
-                            default=(_env(Env.DRY_RUN) or "0") not in ("", "0", "false"),
+        parser.add_argument("--dry-run", action="store_true", default=None,
                             help="plan instead of running: rows to do, rows/s and lock waits "
                                  "from a few sample batches that are rolled back, the batch "
                                  f"size the tuner would pick, an ETA; writes nothing [env "
@@ -151,7 +150,10 @@ class Command(BaseCommand):
             settings = resolve_settings(operation.base_settings(), os.environ, flags)
             metrics_port = parse_port(options["metrics_port"],
                                       f"--metrics-port ({Env.METRICS_PORT})")
-            if options["dry_run"]:
+            # the flag, else the env var (the operator's spec.dryRun), read as every boolean
+            dry_run = options["dry_run"] or parse_boolean(
+                os.environ.get(Env.DRY_RUN) or "false", Env.DRY_RUN)
+            if dry_run:
                 return self._plan(operation, ref, state.apps, alias, settings,
                                   options["samples"])
             if shard is None and shards > 1:
