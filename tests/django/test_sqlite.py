@@ -70,3 +70,22 @@ def test_shop_example_on_sqlite_migrates_in_batches_and_resumes(tmp_path: Path) 
     assert batches <= 10  # batch_size 5000 on 20k rows: no 0.5%-of-rows cap on SQLite
     status = shop(db, "chunkwise_status")
     assert "shop.0002_customer_status" in status.stdout and "done" in status.stdout
+
+
+def test_sqlite_reports_no_lock_wait_it_did_not_measure(tmp_path: Path) -> None:
+    """SQLite has no row locks: the time its batches spend reading their rows is not lock
+    wait, so neither the progress line, the plan nor the checkpoint call it one."""
+    db = tmp_path / "shop.sqlite3"
+    for args in (["migrate", "chunkwise"], ["migrate", "shop", "0001"],
+                 ["seed_customers", "3000"]):
+        assert shop(db, *args).returncode == 0
+    plan = shop(db, "chunkwise_run", "shop", "0002", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert "rows/s" in plan.stdout and "lock wait" not in plan.stdout, plan.stdout
+    run = shop(db, "chunkwise_run", "shop", "0002", "--batch-size", "500")
+    assert run.returncode == 0, run.stderr
+    [last] = [line for line in run.stderr.splitlines() if "3,000/3,000 rows" in line]
+    assert "rows/s" in last and "lock wait" not in last, run.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT lock_wait_seconds FROM chunkwise_checkpoint WHERE "
+                            "migration = '0002_customer_status'").fetchone() == (0.0,)

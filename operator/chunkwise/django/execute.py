@@ -44,7 +44,7 @@ from .models import Checkpoint
 from .operation_ref import OperationRef
 from .progress import ProgressBar
 from .reporters import tuning_sources
-from .target import DjangoBatchTarget, uses_psycopg3
+from .target import DjangoBatchTarget, has_row_locks, uses_psycopg3
 
 __all__ = ["BatchedWork", "execute", "plan_deferred", "recorded", "rows_to_do",
            "stop_on_signals", "target_for"]
@@ -129,7 +129,7 @@ def target_for(operation: BatchedWork, ref: OperationRef, apps: StateApps,
     alias = schema_editor.connection.alias
     if ref.direction == "forward" and operation.forward is None:
         return DjangoBatchTarget(alias, todo, key_field, transform=operation.transform,
-                                 fields=operation.fields)
+                                 fields=operation.fields, lock_first=lock_first)
     code = operation.forward if ref.direction == "forward" else operation.reverse
     if code is None:
         raise ImproperlyConfigured(
@@ -191,7 +191,8 @@ def execute(
                                   has_todo=(operation.todo if forward_direction
                                             else operation.reverse_todo) is not None)
     stop = stop or threading.Event()
-    reporter = reporter or ProgressBar(str(ref), stream)
+    reporter = reporter or ProgressBar(str(ref), stream,
+                                       lock_waits=has_row_locks(connection.alias))
     if metrics_port:
         reporter = _with_metrics(reporter, ref, metrics_port, stream)
     health = PostgresHealthProbe(connection.alias, todo.model._meta.db_table) \

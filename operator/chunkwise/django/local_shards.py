@@ -31,6 +31,7 @@ from chunkwise.engine import (
 from .execute import BatchedWork, execute, stop_on_signals
 from .operation_ref import OperationRef
 from .progress import ProgressBar
+from .target import has_row_locks
 
 __all__ = ["MAX_SHARDS", "run_shards_here"]
 
@@ -90,7 +91,7 @@ def run_shards_here(operation: BatchedWork, ref: OperationRef, apps: StateApps, 
     stop = threading.Event()
     title = f"{ref.app_label}.{ref.migration}[{ref.operation}] {ref.direction} " \
             f"({ref.shard_count} shards)"
-    shared = _SharedBar(ProgressBar(title, sys.stderr), stop)
+    shared = _SharedBar(ProgressBar(title, sys.stderr, lock_waits=has_row_locks(alias)), stop)
     outcomes: dict[int, int] = {}
 
     def run(shard: int) -> None:

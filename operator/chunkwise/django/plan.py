@@ -38,7 +38,8 @@ class Plan:
     sample_batches: int
     sample_rows: int
     rows_per_second: float
-    lock_wait_per_batch: float  # seconds, median of the samples
+    #: seconds, median of the samples; None where the database has no row locks (SQLite)
+    lock_wait_per_batch: float | None
     batch_size: int  # what the tuner would use after the samples
     eta_seconds: float | None
     sample_errors: tuple[str, ...] = ()  # batches whose rows failed (a run isolates them)
@@ -52,7 +53,8 @@ class Plan:
             f"  sample batches     {self.sample_batches} ({self.sample_rows:,} rows, rolled "
             "back)",
             f"  rows/s             {self.rows_per_second:,.0f}",
-            f"  lock wait          {self.lock_wait_per_batch * 1000:.1f} ms per batch (median)",
+        ] + ([f"  lock wait          {self.lock_wait_per_batch * 1000:.1f} ms per batch "
+              "(median)"] if self.lock_wait_per_batch is not None else []) + [
             f"  tuned batch size   {self.batch_size:,}",
             f"  ETA                {eta}",
         ] + ([f"  sample errors      {len(self.sample_errors)} batch(es) failed; the first: "
@@ -63,7 +65,8 @@ class Plan:
         return {"rowsToDo": self.rows, "rowsCounted": self.rows_counted,
                 "sampleBatches": self.sample_batches, "sampleRows": self.sample_rows,
                 "rowsPerSecond": int(self.rows_per_second),
-                "lockWaitSecondsPerBatch": round(self.lock_wait_per_batch, 4),
+                "lockWaitSecondsPerBatch": None if self.lock_wait_per_batch is None
+                else round(self.lock_wait_per_batch, 4),
                 "batchSize": self.batch_size,
                 "etaSeconds": None if self.eta_seconds is None else int(self.eta_seconds),
                 "eta": format_duration(self.eta_seconds, clock=False),
@@ -117,8 +120,9 @@ def plan_run(operation: BatchedWork, ref: OperationRef, apps: StateApps,
     rate = sample_rows / sum(t[1] for t in timings) if timings else 0.0
     return Plan(rows=rows, rows_counted=counted, sample_batches=len(timings),
                 sample_rows=sample_rows, rows_per_second=rate,
-                lock_wait_per_batch=statistics.median(t[2] for t in timings) if timings
-                else 0.0, batch_size=sizer.size,
+                lock_wait_per_batch=None if not target.locks_first else
+                statistics.median(t[2] for t in timings) if timings else 0.0,
+                batch_size=sizer.size,
                 eta_seconds=rows / rate if rate > 0 else (0.0 if not rows else None),
                 sample_errors=tuple(errors))
 

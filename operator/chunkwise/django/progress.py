@@ -27,8 +27,11 @@ class ProgressBar:
     WIDTH = 24
 
     def __init__(self, title: str, stream: TextIO | None = None,
-                 log_every: float = 5.0) -> None:
+                 log_every: float = 5.0, lock_waits: bool = True) -> None:
+        """``lock_waits``: whether the database has row locks to wait for; without them
+        (SQLite) the line says nothing of lock waits rather than a figure of nothing."""
         self._title = title
+        self._lock_waits = lock_waits
         self._stream = stream or sys.stderr
         self._tty = self._stream.isatty()
         self._log_every = log_every
@@ -52,9 +55,10 @@ class ProgressBar:
         filled = int(p.fraction * self.WIDTH)
         bar = "#" * filled + "-" * (self.WIDTH - filled)
         failed = f"  failed {state.tally.failed_rows:,}" if state.tally.failed_rows else ""
+        waited = f"  lock wait {state.lock_wait_seconds:.2f}s" if self._lock_waits else ""
         return (f"{self._title} [{bar}] {p.fraction:6.1%}  {p.done:,}/{p.total:,} rows  "
-                f"{p.rows_per_second:,.0f} rows/s  ETA {format_duration(p.eta_seconds)}  "
-                f"lock wait {state.lock_wait_seconds:.2f}s{failed}")
+                f"{p.rows_per_second:,.0f} rows/s  ETA {format_duration(p.eta_seconds)}"
+                f"{waited}{failed}")
 
     def batch_committed(self, report: BatchReport) -> None:
         now = time.monotonic()

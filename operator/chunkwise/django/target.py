@@ -21,7 +21,16 @@ from .keys import Key
 from .rows import row_class
 from .writeback import binary_safe, write_back
 
-__all__ = ["DjangoBatchTarget", "RowTransform", "SetBasedWork", "uses_psycopg3"]
+__all__ = ["DjangoBatchTarget", "RowTransform", "SetBasedWork", "has_row_locks",
+           "uses_psycopg3"]
+
+
+def has_row_locks(alias: str) -> bool:
+    """Whether batches on ``alias`` lock their rows, so that there is lock wait to measure
+    and report: PostgreSQL (FOR NO KEY UPDATE). SQLite locks the whole database file on
+    write and has no row locks; reading its rows first is not waiting for any."""
+    return connections[alias].vendor == "postgresql"
+
 
 def uses_psycopg3(alias: str) -> bool:
     """Whether ``alias`` is PostgreSQL through psycopg 3 (the app's choice: Django takes
@@ -92,7 +101,7 @@ class DjangoBatchTarget:
             map(binary_safe, todo.model._meta.concrete_fields))
 
     def transaction(self) -> AbstractContextManager[None]:
-        if self._transform is None or self.locks_first:
+        if self._transform is None or self._reads_first:
             return transaction.atomic(using=self._alias)
         return self._repeatable_read()
 
@@ -106,8 +115,15 @@ class DjangoBatchTarget:
             yield
 
     @property
-    def locks_first(self) -> bool:
+    def _reads_first(self) -> bool:
+        """Whether the next batch reads its rows in a lock step of their own before the
+        work (locking them where the database has row locks), not in the work itself."""
         return not self._optimistic or self._contended_attempts > 0
+
+    @property
+    def locks_first(self) -> bool:
+        # the engine times the lock step as lock wait: only a step that locks rows is one
+        return self._vendor == "postgresql" and self._reads_first
 
     def set_timeouts(self, timeouts: Timeouts) -> None:
         if self._vendor != "postgresql":
@@ -131,7 +147,7 @@ class DjangoBatchTarget:
     def lock_rows(self, after: Key | None, upto: Key, limit: int) -> tuple[int, Key | None]:
         """The batch's rows: their count and last key, locked first unless the batch runs
         optimistically (nothing contending: the writes lock them themselves)."""
-        locking_first = self.locks_first
+        locking_first = self._reads_first
         if self._contended_attempts:
             self._contended_attempts -= 1
         if self._forward is not None and not locking_first:

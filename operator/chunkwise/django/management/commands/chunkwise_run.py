@@ -29,6 +29,7 @@ from ...operations import BatchedRunPython
 from ...plan import plan_run
 from ...progress import ProgressBar
 from ...reporters import NullReporter, with_plugins
+from ...target import has_row_locks
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -158,7 +159,8 @@ class Command(BaseCommand):
                                   options["samples"])
             if shard is None and shards > 1:
                 return run_shards_here(operation, ref, state.apps, alias, settings)
-            reporter = with_plugins(ProgressBar(str(ref), sys.stderr))
+            reporter = with_plugins(ProgressBar(str(ref), sys.stderr,
+                                                lock_waits=has_row_locks(alias)))
             with connection.schema_editor(atomic=False) as schema_editor:
                 outcome = execute(operation, ref, state.apps, schema_editor, settings=settings,
                                   env={}, stream=sys.stderr, reporter=reporter,
