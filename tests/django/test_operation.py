@@ -131,3 +131,26 @@ def test_ensure_deconstructs_describes_and_flags() -> None:
                              "complete (finish it here if not)")
     assert op.formatted_description() == "p " + op.describe()
     assert op.reversible and op.atomic is False and not op.reduces_to_sql
+
+
+def test_written_migrations_import_the_operations_from_their_public_path(
+        django_setup: None) -> None:
+    """makemigrations and squashmigrations write ``<class module>.<name>(...)``: the
+    public ``chunkwise.django``, never an internal module that may move."""
+    from django.db import migrations
+    from django.db.migrations.writer import MigrationWriter
+
+    from chunkwise.django import EnsureBatchedComplete
+
+    migration = type("Migration", (migrations.Migration,), {"operations": [
+        BatchedRunPython("lab.Item", forward, batch_size=500),
+        EnsureBatchedComplete("lab", "0002", wait=5)]})("0009_squashed", "lab")
+    text = MigrationWriter(migration).as_string()
+    assert "import chunkwise.django\n" in text
+    assert "chunkwise.django.BatchedRunPython(" in text
+    assert "chunkwise.django.EnsureBatchedComplete(" in text
+    assert "chunkwise.django.operations" not in text and "chunkwise.django.ensure" not in text
+    for operation in migration.operations:  # the public path names the class itself
+        name = operation.deconstruct()[0]
+        module = __import__(type(operation).__module__, fromlist=[name])
+        assert getattr(module, name) is type(operation)

@@ -6,3 +6,10 @@ from .ensure import EnsureBatchedComplete
 from .operations import BatchedMigrationStopped, BatchedRunPython
 
 __all__ = ["BatchedMigrationStopped", "BatchedRunPython", "EnsureBatchedComplete"]
+
+# makemigrations and squashmigrations write an operation as ``<its class's __module__>.
+# <name>(...)`` into the user's files: give them the public path, so those files never
+# name a module of ours that may move
+for _operation in (BatchedRunPython, EnsureBatchedComplete):
+    _operation.__module__ = __name__
+del _operation
