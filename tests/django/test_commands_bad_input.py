@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,17 +58,24 @@ def test_bad_input_is_one_line_exit_64_and_writes_nothing(db: Path, args: list[s
                             ).fetchone() == (0,)
 
 
-def test_a_key_that_is_not_unique_is_refused_before_any_row(tmp_path: Path) -> None:
-    """The lab's `mistakes` app (installed only with LAB_MISTAKES) batches Visit by email,
-    which many rows share: keyset batching would skip or repeat rows, so it is refused."""
-    db = tmp_path / "lab.sqlite3"
+def lab_on_sqlite(db: Path, **extra: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """manage.py of the lab project, its "lite" database at ``db``, with the `mistakes` app."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "labsite.settings", "LAB_MISTAKES": "1",
-           "LAB_SQLITE_PATH": str(db), "PYTHONPATH": f"{LAB}{os.pathsep}{REPO / 'operator'}"}
+           "LAB_SQLITE_PATH": str(db), "PYTHONPATH": f"{LAB}{os.pathsep}{REPO / 'operator'}",
+           **extra}
 
     def lab(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, str(LAB / "manage.py"), *args], env=env,
                               cwd=LAB, capture_output=True, text=True, timeout=300)
 
+    return lab
+
+
+def test_a_key_that_is_not_unique_is_refused_before_any_row(tmp_path: Path) -> None:
+    """The lab's `mistakes` app (installed only with LAB_MISTAKES) batches Visit by email,
+    which many rows share: keyset batching would skip or repeat rows, so it is refused."""
+    db = tmp_path / "lab.sqlite3"
+    lab = lab_on_sqlite(db)
     assert lab("migrate", "--database", "lite", "chunkwise", "-v0").returncode == 0
     assert lab("migrate", "--database", "lite", "mistakes", "0001", "-v0").returncode == 0
     with sqlite3.connect(db) as conn:
@@ -109,3 +117,27 @@ def test_dry_run_false_in_any_spelling_runs_for_real(tmp_path: Path, value: str)
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM shop_customer WHERE status IS NOT NULL"
                             ).fetchone() == (50,)
+
+
+def test_a_misconfigured_migration_stops_migrate_with_one_line_exit_64(tmp_path: Path) -> None:
+    """Mistakes only running can tell (the system checks name them first; --skip-checks
+    reaches the run): one line and exit 64, as chunkwise_run says them, no traceback."""
+    db = tmp_path / "lab.sqlite3"
+    lab = lab_on_sqlite(db)
+    for target in (["chunkwise"], ["lab", "0004"], ["mistakes", "0001"]):
+        assert lab("migrate", "--database", "lite", "--skip-checks", *target, "-v0"
+                   ).returncode == 0
+    for target, message in ((["lab", "0005"], "BatchedMigrationMisconfigured: lab.0005_atomic_"
+                                              "by_mistake[0] forward: BatchedRunPython commits "
+                                              "batch by batch, so its migration needs `atomic "
+                                              "= False`"),
+                            (["mistakes", "0002"], "BatchedMigrationMisconfigured: "
+                                                   "BatchedRunPython key: mistakes.Visit.email "
+                                                   "must be the primary key or a unique field")):
+        result = lab("migrate", "--database", "lite", "--skip-checks", *target)
+        assert result.returncode == 64, result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith(message), result.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT name FROM django_migrations WHERE name IN "
+                            "('0005_atomic_by_mistake', '0002_key_not_unique')").fetchall() == []

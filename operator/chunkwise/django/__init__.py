@@ -3,9 +3,10 @@
 finish a deferred one with :class:`EnsureBatchedComplete`."""
 
 from .ensure import EnsureBatchedComplete
-from .operations import BatchedMigrationStopped, BatchedRunPython
+from .operations import BatchedMigrationMisconfigured, BatchedMigrationStopped, BatchedRunPython
 
-__all__ = ["BatchedMigrationStopped", "BatchedRunPython", "EnsureBatchedComplete"]
+__all__ = ["BatchedMigrationMisconfigured", "BatchedMigrationStopped", "BatchedRunPython",
+           "EnsureBatchedComplete"]
 
 # makemigrations and squashmigrations write an operation as ``<its class's __module__>.
 # <name>(...)`` into the user's files: give them the public path, so those files never

@@ -24,7 +24,7 @@ from django.db.migrations.state import ProjectState, StateApps
 from chunkwise.contract import ExitCode
 
 from .operation_ref import OperationRef, owner_resource
-from .operations import BatchedMigrationStopped, BatchedRunPython
+from .operations import BatchedMigrationStopped, BatchedRunPython, said_as_usage
 
 __all__ = ["EnsureBatchedComplete"]
 
@@ -85,6 +85,11 @@ class EnsureBatchedComplete(Operation):
 
     def database_forwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
                           from_state: ProjectState, to_state: ProjectState) -> None:
+        with said_as_usage():  # a mistake is one line and exit 64, not a traceback
+            self._forwards(schema_editor, from_state)
+
+    def _forwards(self, schema_editor: BaseDatabaseSchemaEditor,
+                  from_state: ProjectState) -> None:
         connection = schema_editor.connection
         if not router.allow_migrate(connection.alias, self.app_label):
             return

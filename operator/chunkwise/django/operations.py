@@ -5,7 +5,8 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -22,7 +23,8 @@ from chunkwise.engine import RunSettings, SettingsError, Timeouts
 
 from .operation_ref import OperationRef
 
-__all__ = ["BatchedRunPython", "BatchedMigrationStopped"]
+__all__ = ["BatchedMigrationMisconfigured", "BatchedMigrationStopped", "BatchedRunPython",
+           "said_as_usage"]
 
 
 class BatchedMigrationStopped(CommandError):
@@ -35,6 +37,25 @@ class BatchedMigrationStopped(CommandError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message, returncode=exit_code)
         self.exit_code = exit_code
+
+
+class BatchedMigrationMisconfigured(CommandError):
+    """Raised inside ``migrate`` for a mistake in the migration or the settings (an atomic
+    migration, a key that is not unique, a bad tunable): ``migrate`` prints it as one line
+    and exits 64, as ``chunkwise_run`` does, instead of a traceback. Nothing was run."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, returncode=ExitCode.USAGE)
+
+
+@contextmanager
+def said_as_usage() -> Iterator[None]:
+    """Around an operation's work inside ``migrate``: a misconfiguration, which retrying
+    cannot fix, becomes :class:`BatchedMigrationMisconfigured`."""
+    try:
+        yield
+    except (ImproperlyConfigured, SettingsError) as exc:
+        raise BatchedMigrationMisconfigured(str(exc)) from None
 
 
 def _check_callable(value: object, name: str) -> None:
@@ -169,15 +190,17 @@ class BatchedRunPython(Operation):
                           from_state: ProjectState, to_state: ProjectState) -> None:
         # as RunPython: models from state.apps must be the rendered, current ones
         from_state.clear_delayed_apps_cache()
-        if self.deferred():
-            self._plan_inside_migrate(app_label, schema_editor, from_state)
-            return
-        self._run_inside_migrate(app_label, schema_editor, from_state, "forward")
+        with said_as_usage():
+            if self.deferred():
+                self._plan_inside_migrate(app_label, schema_editor, from_state)
+                return
+            self._run_inside_migrate(app_label, schema_editor, from_state, "forward")
 
     def database_backwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
                            from_state: ProjectState, to_state: ProjectState) -> None:
         to_state.clear_delayed_apps_cache()
-        self._run_inside_migrate(app_label, schema_editor, to_state, "backward")
+        with said_as_usage():
+            self._run_inside_migrate(app_label, schema_editor, to_state, "backward")
 
     def _run_inside_migrate(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
                             state: ProjectState, direction: str) -> None:
