@@ -23,7 +23,8 @@ CASES = [
     (["shop", "0002", "--batch-size", "0"], "batch.size: expected an integer >= 1, got 0"),
     (["shop", "0002", "--max-locked-fraction", "1.5"], "batch.maxLockedFraction"),
     (["shop", "0999"], "There is no migration for 'shop' with the prefix '0999'"),
-    (["nosuchapp", "0002"], "There is no migration for 'nosuchapp'"),
+    (["nosuchapp", "0002"], "app_label: no installed app is called 'nosuchapp' (apps with "
+                            "migrations: chunkwise, shop)"),
     (["shop", "0002", "--operation", "3"], "--operation: expected the index of a "
                                            "BatchedRunPython operation"),
     (["shop", "0001"], "--operation: shop.0001_initial has 0 BatchedRunPython operations"),

@@ -73,8 +73,8 @@ def test_manifest_bad_input_is_one_line(tmp_path: Path) -> None:
     db = tmp_path / "shop.sqlite3"
     assert shop(db, "migrate", "chunkwise").returncode == 0
     for args, message in ((["--image", "a b"], "--image: expected an image reference"),
-                          (["--image", "x:1", "nosuchapp"], "app_label: no migrations for "
-                                                            "nosuchapp"),
+                          (["--image", "x:1", "nosuchapp"], "app_label: no installed app is "
+                                                            "called 'nosuchapp'"),
                           (["--image", "x:1", "--database", "replica"],
                            "--database: no database alias 'replica'"),
                           ([], "the following arguments are required: --image")):

@@ -154,3 +154,20 @@ def test_written_migrations_import_the_operations_from_their_public_path(
         name = operation.deconstruct()[0]
         module = __import__(type(operation).__module__, fromlist=[name])
         assert getattr(module, name) is type(operation)
+
+
+def test_ensure_names_an_app_that_is_not_installed_as_such(django_setup: None) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+    from django.db.migrations.loader import MigrationLoader
+
+    from chunkwise.django import EnsureBatchedComplete
+
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    with pytest.raises(ImproperlyConfigured, match=r"^EnsureBatchedComplete app_label: no "
+                                                   r"installed app is called 'nope_app' \(apps "
+                                                   r"with migrations: chunkwise, lab, later"):
+        EnsureBatchedComplete("nope_app", "0002")._targets(loader)
+    with pytest.raises(ImproperlyConfigured, match=r"^EnsureBatchedComplete migration_name: "
+                                                   r"There is no migration for 'lab' with the "
+                                                   r"prefix '0999'"):
+        EnsureBatchedComplete("lab", "0999")._targets(loader)

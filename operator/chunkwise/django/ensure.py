@@ -16,13 +16,13 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import router
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
-from django.db.migrations.exceptions import AmbiguityError
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations.base import Operation, OperationCategory
 from django.db.migrations.state import ProjectState, StateApps
 
 from chunkwise.contract import ExitCode
 
+from .migration_lookup import MigrationNotFound, find_migration
 from .operation_ref import OperationRef, owner_resource
 from .operations import BatchedMigrationStopped, BatchedRunPython, said_as_usage
 
@@ -110,11 +110,9 @@ class EnsureBatchedComplete(Operation):
 
     def _targets(self, loader: MigrationLoader) -> tuple[str, list[tuple[int, BatchedRunPython]]]:
         try:
-            migration = loader.get_migration_by_prefix(self.app_label, self.migration_name)
-        except (AmbiguityError, KeyError) as exc:
-            raise ImproperlyConfigured(
-                f"EnsureBatchedComplete migration_name: {exc.args[0] if exc.args else exc}"
-            ) from None
+            migration = find_migration(loader, self.app_label, self.migration_name)
+        except MigrationNotFound as exc:
+            raise ImproperlyConfigured(f"EnsureBatchedComplete {exc}") from None
         batched = [(i, op) for i, op in enumerate(migration.operations)
                    if isinstance(op, BatchedRunPython)]
         if self.operation is not None:

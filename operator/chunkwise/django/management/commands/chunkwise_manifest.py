@@ -26,6 +26,7 @@ from chunkwise.contract import (
 )
 
 from ...execute import recorded
+from ...migration_lookup import app_problems
 from ...models import Checkpoint
 from ...operation_ref import OperationRef
 from ...operations import BatchedRunPython
@@ -72,10 +73,9 @@ class Command(BaseCommand):
 
     def _pending(self, alias: str, apps: list[str]) -> list[tuple[str, str, int, bool]]:
         loader = MigrationLoader(connections[alias])
-        unknown = sorted(set(apps) - {app for app, _ in loader.disk_migrations})
-        if unknown:
-            raise CommandError(f"app_label: no migrations for {', '.join(unknown)}",
-                               returncode=ExitCode.USAGE)
+        problems = app_problems(apps, loader)
+        if problems:
+            raise CommandError("; ".join(problems), returncode=ExitCode.USAGE)
         pending = []
         for key in sorted(loader.applied_migrations):
             migration = loader.disk_migrations.get(key)

@@ -24,6 +24,7 @@ from chunkwise.engine import Outcome, SettingsError, parse_boolean
 from ...config import add_arguments, parse_port, resolve_settings
 from ...execute import execute
 from ...local_shards import MAX_SHARDS, run_shards_here
+from ...migration_lookup import MigrationNotFound, find_migration
 from ...operation_ref import OperationRef
 from ...operations import BatchedRunPython
 from ...plan import plan_run
@@ -134,9 +135,9 @@ class Command(BaseCommand):
         connection = connections[alias]
         loader = MigrationLoader(connection)
         try:
-            migration = loader.get_migration_by_prefix(app_label, name)
-        except (KeyError, Exception) as exc:  # AmbiguityError, KeyError
-            raise CommandError(f"migration_name: {exc}", returncode=ExitCode.USAGE) from None
+            migration = find_migration(loader, app_label, name)
+        except MigrationNotFound as exc:
+            raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
         index = self._operation_index(migration, options["operation"])
         operation = migration.operations[index]
         assert isinstance(operation, BatchedRunPython)

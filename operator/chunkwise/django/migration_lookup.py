@@ -1,0 +1,48 @@
+"""Finding the migration a user names (``chunkwise_run``, ``EnsureBatchedComplete``, a
+DataMigration's ``spec.migration``), with errors that say which part is wrong: an app
+that is not installed is not "a migration that does not exist"."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.apps import apps
+from django.db.migrations.exceptions import AmbiguityError
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.migration import Migration
+
+__all__ = ["MigrationNotFound", "app_problem", "app_problems", "find_migration"]
+
+
+class MigrationNotFound(LookupError):
+    """The named app or migration is not there; the message starts with the argument
+    at fault (``app_label:`` or ``migration_name:``)."""
+
+
+def app_problem(app_label: str, loader: MigrationLoader) -> str:
+    """What is wrong with ``app_label`` as the app of a migration, or "" if nothing."""
+    installed = {config.label for config in apps.get_app_configs()}
+    if app_label not in installed:
+        with_migrations = ", ".join(sorted(installed & loader.migrated_apps))
+        return (f"app_label: no installed app is called {app_label!r} (apps with "
+                f"migrations: {with_migrations or 'none'})")
+    if app_label not in loader.migrated_apps:
+        return f"app_label: the app {app_label!r} has no migrations"
+    return ""
+
+
+def find_migration(loader: MigrationLoader, app_label: str, name: str) -> Migration:
+    """``app_label``'s migration called ``name`` or starting with it."""
+    problem = app_problem(app_label, loader)
+    if problem:
+        raise MigrationNotFound(problem)
+    try:
+        return loader.get_migration_by_prefix(app_label, name)
+    except (AmbiguityError, KeyError) as exc:  # Django's own words name both
+        raise MigrationNotFound(
+            f"migration_name: {exc.args[0] if exc.args else exc}") from None
+
+
+def app_problems(app_labels: Iterable[str], loader: MigrationLoader) -> list[str]:
+    return [problem for label in sorted(set(app_labels))
+            if (problem := app_problem(label, loader))]
