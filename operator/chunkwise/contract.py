@@ -83,8 +83,6 @@ class Env:
     JOB_COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"
     #: "namespace/name" of the DataMigration that runs this worker; unset outside a Job
     RESOURCE: Final = "CHUNKWISE_RESOURCE"
-    #: where the pod's ServiceAccount token is projected (the e2e kubelet stand-in moves it)
-    SERVICEACCOUNT_DIR: Final = "CHUNKWISE_SERVICEACCOUNT_DIR"
     #: serve the run's live metrics at ``http://ADDRESS:PORT/metrics`` while it runs
     METRICS_PORT: Final = "CHUNKWISE_METRICS_PORT"
     #: the address to bind the metrics port to; default: every interface

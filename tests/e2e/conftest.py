@@ -1,14 +1,17 @@
-"""End-to-end fixtures: a real control plane, the kubelet stand-in, the operator process,
-and a PostgreSQL database with the example shop's customers per test."""
+"""End-to-end fixtures: a real control plane and a real node (kubelet, containerd, runc,
+a CNI bridge, kube-proxy, a local registry), the operator as the chart's Deployment runs
+it, and a PostgreSQL database with the example shop's customers per test, reached by
+the worker pods over the pod network."""
 
 from __future__ import annotations
 
 import itertools
-import os
+import json
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,18 +20,23 @@ from typing import Any
 import pytest
 
 from chunkwise.contract import API_GROUP, PLURAL
-from tests.e2e.testenv.cluster import Cluster, running_cluster, write_kubeconfig
-from tests.e2e.testenv.kubelet import Kubelet
-from tests.support.pgserver import PgServer, free_port
+from tests.e2e.testenv.cluster import Cluster, running_cluster
+from tests.e2e.testenv.node import BUILDAH, POD_CIDR, Node, node_ip, running_node
+from tests.support.pgserver import PgServer, running_server
 from tests.support.shop import shop_env
 
 REPO = Path(__file__).resolve().parents[2]
 SHOP = REPO / "examples" / "shop"
 RELEASE = "chunkwise"  # the chart's ServiceAccount is <release>-operator
 OPERATOR_NAMESPACE = "chunkwise-system"
+OPERATOR_SELECTOR = f"app.kubernetes.io/name=chunkwise,app.kubernetes.io/instance={RELEASE}"
+#: the application images the DataMigrations name; the node pulls them from the local
+#: registry, which containerd mirrors registry.example.com to
 SHOP_IMAGE = "registry.example.com/shop:1.4.2"
 LAB_IMAGE = "registry.example.com/chunkwise-lab:1"  # tests/labproject, for its mistakes
 SEEDED = 20_000
+#: every namespace of the tests enforces it: the operator's and the workers' pods must pass
+RESTRICTED = "pod-security.kubernetes.io/enforce=restricted"
 _numbers = itertools.count(1)
 
 pytestmark = pytest.mark.e2e
@@ -42,115 +50,175 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def k8s() -> Iterator[Cluster]:
-    with running_cluster() as cluster:
-        # the user's install: the chart (CRD, ServiceAccount, RBAC, Deployment). No
-        # Deployment controller runs here, so its pod never starts; the operator runs as
-        # a local process with the chart's ServiceAccount token instead (OperatorProcess)
-        cluster.helm("install", RELEASE, str(REPO / "charts" / "chunkwise"), "--namespace",
-                     OPERATOR_NAMESPACE, "--create-namespace")
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                        f"crd/{PLURAL}.{API_GROUP}")
+def control_plane() -> Iterator[Cluster]:
+    with running_cluster(node_ip()) as cluster:
         yield cluster
 
 
 @pytest.fixture(scope="session")
-def kubelet(k8s: Cluster) -> Iterator[Kubelet]:
-    stand_in = Kubelet(k8s, {SHOP_IMAGE: SHOP, LAB_IMAGE: REPO / "tests" / "labproject"},
-                       k8s.workdir / "pods")
-    stand_in.start()
-    yield stand_in
-    stand_in.stop()
-
-
-BUILDAH = ["buildah", "--storage-driver", "vfs"]  # as scripts/build-image stores it
-CREDENTIALS = "/run/chunkwise-e2e"  # inside the operator's container (/var/run is a symlink)
+def node(control_plane: Cluster) -> Iterator[Node]:
+    with running_node(control_plane, control_plane.bin, control_plane.address) as started:
+        yield started
 
 
 @pytest.fixture(scope="session")
-def operator_image() -> str:
-    """The operator image built from the Dockerfile (scripts/build-image; cached)."""
-    built = subprocess.run([str(REPO / "scripts" / "build-image")], capture_output=True,
-                           text=True, check=True, timeout=1800)
+def pg(control_plane: Cluster) -> Iterator[PgServer]:
+    """Listening on the node's address too, where worker pods reach it from the pod
+    network (their source addresses are in POD_CIDR, let in by pg_hba)."""
+    with running_server(address=control_plane.address, clients=[POD_CIDR]) as server:
+        yield server
+
+
+def build_image(*args: str) -> str:
+    """scripts/build-image (cached by a hash of its inputs); the image's local name."""
+    built = subprocess.run([str(REPO / "scripts" / "build-image"), *args],
+                           capture_output=True, text=True, check=True, timeout=1800)
     return built.stdout.strip().splitlines()[-1]
 
 
-class OperatorProcess:
-    """The operator from its image, run with buildah (chroot isolation, the host's
-    network), as the image's non-root user and with the token of the chart's
-    ServiceAccount, so a rule missing from the chart's RBAC fails a test."""
+def lab_image(shop_image: str) -> str:
+    """The test project on top of the shop's image (same Python and chunkwise), so the
+    worker can run the lab's deliberately wrong operations."""
+    name = f"localhost/chunkwise-lab:{shop_image.rsplit(':', 1)[1]}"
+    if subprocess.run([*BUILDAH, "inspect", "--type", "image", name],
+                      capture_output=True).returncode != 0:
+        container = subprocess.run([*BUILDAH, "from", shop_image], capture_output=True,
+                                   text=True, check=True).stdout.strip()
+        subprocess.run([*BUILDAH, "copy", "--chown", "65532:65532", container,
+                        str(REPO / "tests" / "labproject"), "/lab"], check=True,
+                       capture_output=True)
+        subprocess.run([*BUILDAH, "config", "--workingdir", "/lab", container], check=True)
+        subprocess.run([*BUILDAH, "commit", "--rm", "--quiet", container, name], check=True,
+                       capture_output=True)
+    return name
 
-    def __init__(self, cluster: Cluster, image: str) -> None:
+
+@dataclass(frozen=True)
+class Images:
+    operator_repository: str
+    operator_tag: str
+
+
+@pytest.fixture(scope="session")
+def images(node: Node) -> Images:
+    """Built from the Dockerfiles with buildah and pushed to the node's registry."""
+    operator = build_image()
+    shop = build_image("examples/shop/Dockerfile", "shop")
+    tag = operator.rsplit(":", 1)[1]
+    node.registry.push(operator, "chunkwise-operator", tag)
+    node.registry.push(shop, "shop", SHOP_IMAGE.rsplit(":", 1)[1])
+    node.registry.push(lab_image(shop), "chunkwise-lab", LAB_IMAGE.rsplit(":", 1)[1])
+    return Images(f"{node.registry.address}/chunkwise-operator", tag)
+
+
+@pytest.fixture(scope="session")
+def k8s(control_plane: Cluster, node: Node, images: Images) -> Cluster:
+    """The user's install: the chart (CRD, ServiceAccount, RBAC, the operator's
+    Deployment) with its image from the registry, into a namespace that enforces the
+    restricted Pod Security Standard."""
+    control_plane.kubectl("create", "namespace", OPERATOR_NAMESPACE)
+    control_plane.kubectl("label", "namespace", OPERATOR_NAMESPACE, RESTRICTED)
+    control_plane.helm("install", RELEASE, str(REPO / "charts" / "chunkwise"), "--namespace",
+                       OPERATOR_NAMESPACE,
+                       "--set", f"image.repository={images.operator_repository}",
+                       "--set", f"image.tag={images.operator_tag}",
+                       "--set", "operator.stallCheckInterval=2s")
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                          f"crd/{PLURAL}.{API_GROUP}")
+    return control_plane
+
+
+class OperatorDeployment:
+    """The operator as the chart runs it: the Deployment's pod on the node, with the
+    chart's ServiceAccount (so a rule missing from the chart's RBAC fails a test), its
+    probes, security context and in-cluster configuration."""
+
+    deployment = f"deployment/{RELEASE}-operator"
+
+    def __init__(self, cluster: Cluster, node: Node) -> None:
         self.cluster = cluster
-        self.log = cluster.workdir / "operator.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.health = free_port()
-        self.metrics = free_port()
-        self.container = f"chunkwise-operator-e2e-{os.getpid()}"
-        subprocess.run([*BUILDAH, "rm", self.container], capture_output=True)
-        subprocess.run([*BUILDAH, "from", "--name", self.container, image],
-                       capture_output=True, check=True, timeout=600)
+        self.node = node
+        self.earlier_logs: list[str] = []  # of pods that were stopped
 
-    def _credentials(self) -> Path:
-        """A kubeconfig with the chart ServiceAccount's token and the CA, readable by the
-        image's non-root user, for a read-only mount at CREDENTIALS."""
-        directory = self.cluster.workdir / "operator-credentials"
-        directory.mkdir(mode=0o755, exist_ok=True)
-        (directory / "ca.crt").write_bytes((self.cluster.pki / "ca.crt").read_bytes())
-        token = self.cluster.token_for(OPERATOR_NAMESPACE, f"{RELEASE}-operator")
-        write_kubeconfig(directory / "kubeconfig", self.cluster.server,
-                         Path(CREDENTIALS) / "ca.crt", {"token": token})
-        for path in (directory / "ca.crt", directory / "kubeconfig"):
-            path.chmod(0o644)
-        return directory
+    def pods(self) -> list[dict[str, Any]]:
+        return list(self.cluster.api(
+            "GET", f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods?labelSelector="
+                   + OPERATOR_SELECTOR.replace("=", "%3D").replace(",", "%2C"))["items"])
 
-    def start(self) -> None:
-        credentials = self._credentials()
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [*BUILDAH, "run", "--isolation", "chroot", "-v",
-                 f"{credentials}:{CREDENTIALS}:ro", "--env", f"KUBECONFIG={CREDENTIALS}/kubeconfig",
-                 "--env", "CHUNKWISE_OPERATOR_STALL_CHECK_INTERVAL=2s", self.container, "--",
-                 "python3", "-m", "chunkwise.operator",
-                 f"--liveness=http://127.0.0.1:{self.health}/healthz",
-                 f"--metrics=127.0.0.1:{self.metrics}"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.cluster.wait_for("operator liveness", self._alive, timeout=90)
+    def pod(self) -> dict[str, Any]:
+        live = [p for p in self.pods() if not p["metadata"].get("deletionTimestamp")]
+        assert len(live) == 1, [p["metadata"]["name"] for p in live]
+        return live[0]
 
-    def scrape(self) -> str:
-        """The operator's /metrics, as Prometheus would read it."""
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics",
-                                    timeout=10) as answer:
-            return str(answer.read().decode())
-
-    def remove(self) -> None:
-        subprocess.run([*BUILDAH, "rm", self.container], capture_output=True)
-
-    def _alive(self) -> bool:
-        import urllib.request
-
-        assert self.process is not None and self.process.poll() is None, self.log.read_text()
+    def _serving(self) -> bool:
+        live = [p for p in self.pods() if not p["metadata"].get("deletionTimestamp")]
+        if len(live) != 1 or not _ready(live[0]):
+            return False
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health}/healthz", timeout=2):
+            with urllib.request.urlopen(f"http://{live[0]['status']['podIP']}:8080/healthz",
+                                        timeout=2):
                 return True
         except OSError:
             return False
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-            self.process.wait(timeout=30)
+    def wait_ready(self, timeout: float = 120) -> None:
+        try:
+            self.cluster.wait_for("the operator's pod Ready and serving /healthz",
+                                  self._serving, timeout=timeout)
+        except AssertionError:
+            raise AssertionError(f"operator not ready: {json.dumps(self.pods())[-3000:]}\n"
+                                 f"{self.cluster.log_tails(20)}") from None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the container's process (as the node loses it); the kubelet restarts it."""
+        pod = self.pod()
+        [status] = pod["status"]["containerStatuses"]
+        self.node.kill_container(status["containerID"], signal.Signals(sig).name)
+        restarts = status["restartCount"]
+        self.cluster.wait_for("the operator's container restarted", lambda: any(
+            s["restartCount"] > restarts for s in self.pod()["status"]["containerStatuses"]),
+            timeout=120)
+        self.wait_ready()
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the container's process, and keep the operator down (replicas 0)."""
+        pod = self.pod()
+        self.earlier_logs.append(self.logs())
+        [status] = pod["status"]["containerStatuses"]
+        if status.get("containerID") and "running" in status.get("state", {}):
+            self.node.kill_container(status["containerID"], signal.Signals(sig).name)
+        self.cluster.kubectl("scale", self.deployment, "-n", OPERATOR_NAMESPACE,
+                             "--replicas=0")
+        self.cluster.wait_for("the operator's pod gone", lambda: not self.pods(), timeout=120)
+
+    def start(self) -> None:
+        self.cluster.kubectl("scale", self.deployment, "-n", OPERATOR_NAMESPACE,
+                             "--replicas=1")
+        self.wait_ready()
+
+    def scrape(self) -> str:
+        """The operator's /metrics, as Prometheus reads it: at the pod's IP."""
+        address = self.pod()["status"]["podIP"]
+        with urllib.request.urlopen(f"http://{address}:9101/metrics", timeout=10) as answer:
+            return str(answer.read().decode())
+
+    def logs(self) -> str:
+        """The current pod's log (``kubectl logs``), after those of stopped pods."""
+        current = self.cluster.kubectl("logs", self.deployment, "-n", OPERATOR_NAMESPACE,
+                                       "--all-containers", "--tail=-1", check=False).stdout
+        return "\n".join([*self.earlier_logs, current])
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in pod.get("status", {}).get("conditions", []))
 
 
 @pytest.fixture(scope="session")
-def operator(k8s: Cluster, kubelet: Kubelet, operator_image: str) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(k8s, operator_image)
-    process.start()
-    yield process
-    process.stop()
-    process.remove()
+def operator(k8s: Cluster, node: Node) -> OperatorDeployment:
+    deployment = OperatorDeployment(k8s, node)
+    deployment.wait_ready(timeout=300)  # its first start pulls the image
+    return deployment
 
 
 def pg_shop_env(server: PgServer, database: str) -> dict[str, str]:
@@ -173,7 +241,7 @@ class Shop:
     """One test's namespace (with the worker's RBAC and the DB Secret) and database."""
 
     k8s: Cluster
-    kubelet: Kubelet
+    node: Node
     pg: PgServer
     namespace: str
     database: str
@@ -224,29 +292,53 @@ class Shop:
                 if e["involvedObject"]["name"] == name
                 and e["involvedObject"]["kind"] == "DataMigration"]
 
+    def pod_log(self, name: str) -> str:
+        """``kubectl logs`` of one pod (every container)."""
+        return self.k8s.kubectl("logs", name, "-n", self.namespace, "--all-containers",
+                                "--tail=-1", check=False).stdout
+
     def pod_logs(self) -> str:
         return "\n".join(f"--- pod {p['metadata']['name']}\n"
-                         + self.kubelet.pod_log(self.namespace, p["metadata"]["name"])
-                         for p in self.pods())
+                         + self.pod_log(p["metadata"]["name"]) for p in self.pods())
+
+    def delete_pod_watching(self, name: str) -> dict[str, Any]:
+        """``kubectl delete pod`` (SIGTERM, then the grace period), and the pod as the last
+        watch event showed it: its container's final state, which goes with the pod."""
+        events = self.k8s.watch(f"/api/v1/namespaces/{self.namespace}/pods"
+                                f"?fieldSelector=metadata.name%3D{name}", timeout=180)
+        first = next(events)  # the watch is open before the deletion starts
+        self.k8s.kubectl("delete", "pod", name, "-n", self.namespace, "--wait=false")
+        last = first["object"]
+        for event in events:
+            last = event["object"]
+            if event["type"] == "DELETED":
+                return dict(last)
+        raise AssertionError(f"pod {name} was not deleted; last seen: {last.get('status')}")
+
+    def kill(self, pod: dict[str, Any], sig: int = signal.SIGKILL) -> None:
+        """Kill a worker container's process the way a node fails: its task, through
+        containerd (the pod then fails, and the Job retries it)."""
+        [status] = [s for s in pod["status"]["containerStatuses"] if s["name"] == "worker"]
+        self.node.kill_container(status["containerID"], signal.Signals(sig).name)
 
 
 @pytest.fixture
-def shop(request: pytest.FixtureRequest, k8s: Cluster, kubelet: Kubelet,
-         operator: OperatorProcess, pg: PgServer, shop_template: str) -> Iterator[Shop]:
+def shop(request: pytest.FixtureRequest, k8s: Cluster, node: Node,
+         operator: OperatorDeployment, pg: PgServer, shop_template: str) -> Iterator[Shop]:
     n = next(_numbers)
     namespace, database = f"shop-{n}", f"shop_e2e_{n}"
     pg.sql(f"CREATE DATABASE {database} TEMPLATE {shop_template}")
     k8s.kubectl("create", "namespace", namespace)
+    k8s.kubectl("label", "namespace", namespace, RESTRICTED)
     k8s.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "k8s" /
                                                     "worker-rbac.yaml"))
     secret = [f"--from-literal={k}={v}" for k, v in pg.env(database).items()]
     k8s.kubectl("create", "secret", "generic", "shop-db", "-n", namespace, *secret)
-    value = Shop(k8s, kubelet, pg, namespace, database)
+    value = Shop(k8s, node, pg, namespace, database)
     yield value
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:
         print(f"\n===== logs for {namespace}\n{value.pod_logs()}\n"
-              f"--- operator.log\n{(k8s.workdir / 'operator.log').read_text()[-6000:]}\n"
-              f"{k8s.log_tails(20)}\nkubelet errors: {kubelet.errors[-5:]}")
+              f"--- operator\n{operator.logs()[-6000:]}\n{k8s.log_tails(20)}")
     k8s.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
     time.sleep(0.1)

@@ -1,7 +1,8 @@
-"""Metrics on a real Prometheus: it scrapes the operator (the chart's ServiceMonitor
-stands for a static target here: no Service endpoints without a Deployment controller)
-and finds the worker pods by Kubernetes service discovery on the real API server, as the
-chart's PodMonitor does. The alert rules are the chart's own, rendered by helm."""
+"""Metrics on a real Prometheus: it finds the operator's pod through the chart's metrics
+Service's endpoints (as the chart's ServiceMonitor describes) and the worker pods by
+their labels and port name (as the chart's PodMonitor does), by Kubernetes service
+discovery on the real API server, and scrapes them at their pod IPs. The alert rules are
+the chart's own, rendered by helm."""
 
 from __future__ import annotations
 
@@ -17,7 +18,14 @@ import psycopg
 import pytest
 
 from chunkwise.contract import Label, Ports
-from tests.e2e.conftest import REPO, SEEDED, OperatorProcess, Shop
+from tests.e2e.conftest import (
+    OPERATOR_NAMESPACE,
+    RELEASE,
+    REPO,
+    SEEDED,
+    OperatorDeployment,
+    Shop,
+)
 from tests.e2e.test_user_path import count_visit, visits
 from tests.e2e.testenv.cluster import Cluster
 from tests.support.prometheus import PrometheusServer, running_prometheus
@@ -39,15 +47,24 @@ def chart_rules(k8s: Cluster) -> str:
 
 
 @pytest.fixture(scope="module")
-def prometheus(k8s: Cluster, operator: OperatorProcess) -> Iterator[PrometheusServer]:
+def prometheus(k8s: Cluster, operator: OperatorDeployment) -> Iterator[PrometheusServer]:
     managed_by = "__meta_kubernetes_pod_label_" + "".join(
         c if c.isalnum() else "_" for c in Label.MANAGED_BY)
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": ["rules.yaml"],
         "scrape_configs": [
-            {"job_name": "chunkwise-operator", "honor_labels": True,
-             "static_configs": [{"targets": [f"127.0.0.1:{operator.metrics}"]}]},
+            {   # what the chart's ServiceMonitor asks the Prometheus Operator to generate
+                "job_name": "chunkwise-operator", "honor_labels": True,
+                "kubernetes_sd_configs": [{"role": "endpoints",
+                                           "kubeconfig_file": str(k8s.kubeconfig),
+                                           "namespaces": {"names": [OPERATOR_NAMESPACE]}}],
+                "relabel_configs": [
+                    {"source_labels": ["__meta_kubernetes_service_name"],
+                     "regex": f"{RELEASE}-metrics", "action": "keep"},
+                    {"source_labels": ["__meta_kubernetes_endpoint_port_name"],
+                     "regex": "metrics", "action": "keep"},
+                ]},
             {   # what the chart's PodMonitor asks the Prometheus Operator to generate
                 "job_name": "chunkwise-workers", "honor_labels": True,
                 "kubernetes_sd_configs": [{"role": "pod",
@@ -171,7 +188,7 @@ def test_prometheus_sees_the_run_every_panel_has_data_and_rows_match(
 
 
 def test_halted_alert_fires_and_a_deleted_migration_leaves_no_series(
-        shop: Shop, prometheus: PrometheusServer, operator: OperatorProcess) -> None:
+        shop: Shop, prometheus: PrometheusServer, operator: OperatorDeployment) -> None:
     name, ns = "halting", shop.namespace
     # visits at the integer maximum: +1 overflows (SQLSTATE 22003), a row error
     shop.query("UPDATE shop_customer SET visits = 2147483647 WHERE id % 4000 = 7 RETURNING id")

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import urllib.request
 
 import pytest
 
-from tests.e2e.conftest import OPERATOR_NAMESPACE, RELEASE, SEEDED, OperatorProcess, Shop
+from tests.e2e.conftest import OPERATOR_NAMESPACE, RELEASE, SEEDED, OperatorDeployment, Shop
 from tests.e2e.test_user_path import count_visit, visits
+from tests.e2e.testenv.cluster import Cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +29,7 @@ def test_the_operator_cannot_read_secrets(shop: Shop, verb: str) -> None:
     assert jobs.stdout.strip() == "yes"  # the check above can say yes, and it does here
 
 
-def test_the_password_never_leaves_the_secret(shop: Shop, operator: OperatorProcess) -> None:
+def test_the_password_never_leaves_the_secret(shop: Shop, operator: OperatorDeployment) -> None:
     password = "pw-" + secrets.token_hex(12)
     env = [f"--from-literal={k}={v}" for k, v in shop.pg.env(shop.database).items()
            if k != "PGPASSWORD"] + [f"--from-literal=PGPASSWORD={password}"]
@@ -37,17 +37,31 @@ def test_the_password_never_leaves_the_secret(shop: Shop, operator: OperatorProc
     shop.apply(count_visit(rate=0).replace("name: shop-db}", "name: shop-db-pw}"))
     shop.wait_phase("count-visit", "Succeeded")
     assert visits(shop) == {1: SEEDED}  # the worker did connect with that Secret
-    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics}/metrics",
-                                timeout=10) as answer:
-        metrics = answer.read().decode()
+    metrics = operator.scrape()
     artifacts = {
         "DataMigration": json.dumps(shop.dmig("count-visit")),
         "Jobs": json.dumps(shop.jobs()),
         "Events": shop.k8s.kubectl("get", "events", "-n", shop.namespace, "-o", "json").stdout,
-        "operator log": (shop.k8s.workdir / "operator.log").read_text(errors="replace"),
+        "operator log": operator.logs(),
         "worker logs": shop.pod_logs(),
         "operator metrics": metrics,
     }
     assert artifacts["worker logs"].strip() and artifacts["Events"].strip()
     leaked = [where for where, text in artifacts.items() if password in text]
     assert leaked == []
+
+
+def test_the_operator_runs_in_a_restricted_namespace_with_in_cluster_config(
+        k8s: Cluster, operator: OperatorDeployment) -> None:
+    """The chart's pod passes the restricted Pod Security Standard, runs as the image's
+    non-root UID on a read-only root, and logs in with the ServiceAccount token the
+    kubelet projected (kopf's in-cluster login), through the kubernetes Service."""
+    namespace = k8s.api("GET", f"/api/v1/namespaces/{OPERATOR_NAMESPACE}")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    pod = operator.pod()
+    assert pod["status"]["phase"] == "Running"
+    assert pod["spec"]["securityContext"]["runAsUser"] == 65532
+    [container] = pod["spec"]["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["image"].startswith(f"{operator.node.registry.address}/")
+    assert "with in-cluster configuration (the pod's ServiceAccount token)" in operator.logs()

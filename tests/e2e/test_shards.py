@@ -3,8 +3,6 @@ with its own checkpoint and its own entry in the status."""
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 
 from tests.e2e.conftest import SEEDED, Shop
@@ -36,7 +34,7 @@ def test_four_shards_do_every_row_once_even_when_one_pod_is_killed(shop: Shop) -
     pods = shop.k8s.wait_for("four shard pods at work", shard_pods, timeout=120, every=0.2)
     victim = next(p for p in pods if p["metadata"]["annotations"][
         "batch.kubernetes.io/job-completion-index"] == "2")
-    assert shop.kubelet.kill(shop.namespace, victim["metadata"]["name"], signal.SIGKILL)
+    shop.kill(victim)
     body = shop.wait_phase("count-visit", "Succeeded", timeout=240)
     assert visits(shop) == {1: SEEDED}  # every row exactly once, across the kill
     status = body["status"]

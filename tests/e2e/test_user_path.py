@@ -1,5 +1,6 @@
 """The user's path on a real control plane: kubectl apply, the operator, the real Job
-controller, a worker pod (run by the kubelet stand-in) against a real PostgreSQL."""
+controller, a worker pod (a container on the real node, from the shop's image) against a
+real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import REPO, SEEDED, OperatorProcess, Shop
+from tests.e2e.conftest import REPO, SEEDED, OperatorDeployment, Shop
 from tests.support.argocd import argo_health
 
 pytestmark = pytest.mark.e2e
@@ -84,7 +85,7 @@ def test_crash_is_retried_by_the_job_and_resumes_exactly_once(shop: Shop) -> Non
     shop.apply(count_visit(rate=3000))
     wait_rows(shop, "count-visit", 2000)
     [pod] = [p for p in shop.pods() if p["status"].get("phase") == "Running"]
-    assert shop.kubelet.kill(shop.namespace, pod["metadata"]["name"], signal.SIGKILL)
+    shop.kill(pod)
     body = shop.wait_phase("count-visit", "Succeeded", timeout=240)
     assert visits(shop) == {1: SEEDED}  # every row exactly once across the crash
     [job] = shop.jobs()
@@ -153,13 +154,11 @@ def test_delete_removes_the_job_and_its_pods(shop: Shop) -> None:
 
 
 def test_operator_restart_mid_run_makes_no_second_job(shop: Shop,
-                                                      operator: OperatorProcess) -> None:
+                                                      operator: OperatorDeployment) -> None:
     shop.apply(count_visit(rate=3000))
     wait_rows(shop, "count-visit", 1000)
     before = shop.dmig("count-visit")["status"]
-    operator.stop(signal.SIGKILL)
-    time.sleep(1)
-    operator.start()
+    operator.kill(signal.SIGKILL)  # its container; the kubelet starts it again
     body = shop.wait_phase("count-visit", "Succeeded")
     assert len(shop.jobs()) == 1
     assert body["status"]["run"] == before["run"] == 1
@@ -202,7 +201,7 @@ def test_a_checkpoint_older_than_stall_after_marks_stalled_then_clears(shop: Sho
 
 
 def test_a_job_that_finished_while_the_operator_was_down_is_read_on_restart(
-        shop: Shop, operator: OperatorProcess) -> None:
+        shop: Shop, operator: OperatorDeployment) -> None:
     """The operator died between creating the Job and recording the run; the Job ran to
     the end while it was down. Restarted, it finds that Job (no second one) and reports
     its outcome, instead of leaving the migration Pending for ever."""
@@ -237,12 +236,20 @@ def test_a_job_deleted_by_hand_is_made_again_and_resumes(shop: Shop) -> None:
     assert visits(shop) == {1: SEEDED}  # every row exactly once across the deletion
 
 
-def test_a_worker_pod_deleted_by_hand_is_replaced_and_resumes(shop: Shop) -> None:
+def test_a_worker_pod_deleted_by_hand_finishes_its_batch_and_the_next_resumes(
+        shop: Shop) -> None:
+    """kubectl delete pod: the kubelet sends SIGTERM, the worker commits the batch in
+    flight and exits 75 (interrupted) well within terminationGracePeriodSeconds; the Job
+    makes a new pod, which resumes from the checkpoint: nothing lost or doubled."""
     shop.apply(count_visit(rate=3000))
     wait_rows(shop, "count-visit", 2000)
     [pod] = [p for p in shop.pods() if p["status"].get("phase") == "Running"]
-    shop.k8s.kubectl("delete", "pod", pod["metadata"]["name"], "-n", shop.namespace,
-                     "--wait=false")
+    grace = pod["spec"]["terminationGracePeriodSeconds"]
+    started = time.monotonic()
+    gone = shop.delete_pod_watching(pod["metadata"]["name"])
+    assert time.monotonic() - started < grace  # it stopped on SIGTERM, not on SIGKILL
+    [worker] = [s for s in gone["status"]["containerStatuses"] if s["name"] == "worker"]
+    assert worker["state"]["terminated"]["exitCode"] == 75, worker
     body = shop.wait_phase("count-visit", "Succeeded", timeout=240)
     assert len(shop.jobs()) == 1 and body["status"]["run"] == 1
     assert len(shop.pods()) >= 1
@@ -251,7 +258,7 @@ def test_a_worker_pod_deleted_by_hand_is_replaced_and_resumes(shop: Shop) -> Non
 
 
 def test_the_operator_killed_five_times_at_random_moments_of_a_run(
-        shop: Shop, operator: OperatorProcess) -> None:
+        shop: Shop, operator: OperatorDeployment) -> None:
     """SIGKILL the operator at five random moments, from right after the apply (before or
     while it creates the Job and records the run) to late in the run: one Job only, ever,
     and every row exactly once."""
@@ -275,8 +282,8 @@ def test_the_operator_killed_five_times_at_random_moments_of_a_run(
 
 
 def test_an_image_that_cannot_be_pulled_shows_on_the_migration(shop: Shop) -> None:
-    """The kubelet stand-in reports ImagePullBackOff as the kubelet does; the operator
-    shows it on the DataMigration (condition and Warning Event) instead of a silent
+    """The registry has no such tag: the kubelet's own ErrImagePull and ImagePullBackOff
+    show on the DataMigration (condition and Warning Event) instead of a silent
     Pending."""
     shop.apply(count_visit().replace("registry.example.com/shop:1.4.2",
                                      "registry.example.com/shop:9.9.9-typo"))
@@ -305,12 +312,10 @@ def test_an_image_that_cannot_be_pulled_shows_on_the_migration(shop: Shop) -> No
 
 
 def test_a_pod_the_api_server_refuses_shows_on_the_migration(shop: Shop) -> None:
-    """A namespace that enforces the restricted Pod Security Standard refuses a worker
+    """The test's namespace enforces the restricted Pod Security Standard: it refuses a worker
     whose template allows privilege escalation: the Job controller's FailedCreate (an Event
     on the Job only) reaches the DataMigration's condition and Events; fixing the template
     replaces the run, which succeeds."""
-    shop.k8s.kubectl("label", "namespace", shop.namespace,
-                     "pod-security.kubernetes.io/enforce=restricted")
     shop.apply(count_visit().replace(
         "containers: [{name: worker, envFrom: [{secretRef: {name: shop-db}}]}]",
         "containers: [{name: worker, envFrom: [{secretRef: {name: shop-db}}],"
@@ -337,22 +342,57 @@ def test_a_pod_the_api_server_refuses_shows_on_the_migration(shop: Shop) -> None
 
 
 def test_a_drained_node_does_not_count_against_the_backoff_limit(shop: Shop) -> None:
-    """A node drain evicts the worker pod: the API server marks it DisruptionTarget, the
+    """kubectl drain evicts the worker pod: the API server marks it DisruptionTarget, the
     worker finishes its batch on SIGTERM, and the Job's podFailurePolicy ignores that
-    failure: with backoffLimit 0 the run still goes on in a new pod and succeeds."""
+    failure. The node is cordoned, so the new pod waits unscheduled; after uncordon it
+    runs, and with backoffLimit 0 the run still succeeds."""
     shop.apply(count_visit(rate=3000).replace("stallAfter: 1h",
                                               "stallAfter: 1h\n  backoffLimit: 0"))
     wait_rows(shop, "count-visit", 2000)
     [pod] = [p for p in shop.pods() if p["status"].get("phase") == "Running"]
-    name = pod["metadata"]["name"]
-    shop.k8s.api("POST", f"/api/v1/namespaces/{shop.namespace}/pods/{name}/eviction",
-                 {"apiVersion": "policy/v1", "kind": "Eviction",
-                  "metadata": {"name": name, "namespace": shop.namespace}})
+    node = pod["spec"]["nodeName"]
+    try:
+        shop.k8s.kubectl("drain", node, "--pod-selector",
+                         "chunkwise.dev/datamigration=count-visit", "--delete-emptydir-data",
+                         "--ignore-daemonsets", "--timeout=120s")
+
+        def waiting_unscheduled() -> bool:
+            return any(p["metadata"]["name"] != pod["metadata"]["name"]
+                       and not p["spec"].get("nodeName") for p in shop.pods())
+
+        shop.k8s.wait_for("the next pod, unscheduled on the cordoned node",
+                          waiting_unscheduled, timeout=60)
+        assert shop.dmig("count-visit")["status"]["phase"] != "Failed"
+    finally:
+        shop.k8s.kubectl("uncordon", node)
     body = shop.wait_phase("count-visit", "Succeeded", timeout=240)
     [job] = shop.jobs()
     assert job["spec"]["backoffLimit"] == 0 and job["status"].get("succeeded") == 1
     assert body["status"]["run"] == 1
     assert visits(shop) == {1: SEEDED}
+
+
+def test_a_worker_over_its_memory_limit_is_oom_killed_and_the_migration_says_so(
+        shop: Shop) -> None:
+    """A memory limit the worker cannot start under: the kernel kills the container
+    (OOMKilled, exit 137), the Job retries it until backoffLimit, and the DataMigration
+    says which limit was passed and what to change, as a condition and Events."""
+    shop.apply(count_visit().replace("stallAfter: 1h", "stallAfter: 1h\n  backoffLimit: 1")
+               .replace("containers: [{name: worker, envFrom: [{secretRef: {name: shop-db}}]}]",
+                        "containers: [{name: worker, envFrom: [{secretRef: {name: shop-db}}],"
+                        " resources: {limits: {memory: 24Mi}}}]"))
+    body = shop.wait_phase("count-visit", "Failed", timeout=180)
+    succeeded = {c["type"]: c for c in body["status"]["conditions"]}["Succeeded"]
+    assert succeeded["reason"] == "OOMKilled", succeeded
+    assert "the worker container was OOMKilled (exit code 137): it used more than its " \
+        "memory limit of 24Mi; raise spec.template.spec.containers[worker].resources." \
+        "limits.memory" in succeeded["message"]
+    killed = [s["state"]["terminated"] for p in shop.pods()
+              for s in p["status"]["containerStatuses"]]
+    assert [k["reason"] for k in killed] == ["OOMKilled", "OOMKilled"]  # backoffLimit 1
+    events = shop.events("count-visit")
+    assert "OOMKilled" in events and events[-1] == "Failed"
+    assert visits(shop) == {0: SEEDED}
 
 
 def test_a_dry_run_plans_writes_nothing_then_the_real_run_follows(shop: Shop) -> None:
@@ -405,7 +445,7 @@ def test_retuning_a_running_migration_takes_effect_in_the_same_pod(shop: Shop) -
 
 
 def test_a_throttled_run_waits_shows_why_and_goes_on_when_retuned(
-        shop: Shop, operator: OperatorProcess) -> None:
+        shop: Shop, operator: OperatorDeployment) -> None:
     """spec.throttle.query says "slow down" (a release freeze in a table of the app's
     database): the worker waits before its first batch; the DataMigration shows
     Throttled=True with the reading, a Throttled Event, and kubectl describe says it.

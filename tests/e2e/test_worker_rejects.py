@@ -70,6 +70,5 @@ def test_what_only_the_worker_knows_fails_once_with_the_reason(shop: Shop) -> No
         pods = [p for p in shop.pods() if p["metadata"]["labels"].get(
             "chunkwise.dev/datamigration") == name]
         assert len(pods) == 1, name
-        assert "Traceback" not in shop.kubelet.pod_log(shop.namespace,
-                                                      pods[0]["metadata"]["name"]), name
+        assert "Traceback" not in shop.pod_log(pods[0]["metadata"]["name"]), name
         assert "Failed" in shop.events(name)

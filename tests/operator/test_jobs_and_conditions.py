@@ -250,6 +250,32 @@ def test_pod_problem_names_the_pod_the_container_and_the_kubelets_reason() -> No
     assert pod_problem([starting]) is None and pod_problem([]) is None
 
 
+def test_oom_problem_names_the_newest_killed_pod_its_limit_and_what_to_change() -> None:
+    from chunkwise.operator.conditions import oom_problem
+
+    def pod(name: str, created: str, reason: str, limit: str | None) -> dict[str, Any]:
+        resources = {"limits": {"memory": limit}} if limit else {}
+        return {"metadata": {"name": name, "creationTimestamp": created},
+                "spec": {"containers": [{"name": "worker", "resources": resources}]},
+                "status": {"containerStatuses": [{"name": "worker", "state": {"terminated": {
+                    "reason": reason, "exitCode": 137 if reason == "OOMKilled" else 1}}}]}}
+
+    older = pod("m-run1-a", "2026-01-01T00:00:01Z", "OOMKilled", "32Mi")
+    newer = pod("m-run1-b", "2026-01-01T00:00:09Z", "OOMKilled", "48Mi")
+    crashed = pod("m-run1-c", "2026-01-01T00:00:20Z", "Error", "48Mi")
+    problem = oom_problem([older, crashed, newer])
+    assert problem is not None and (problem.phase, problem.reason) == ("Failed", "OOMKilled")
+    assert problem.message == (
+        "pod m-run1-b: the worker container was OOMKilled (exit code 137): it used more than "
+        "its memory limit of 48Mi; raise spec.template.spec.containers[worker].resources."
+        "limits.memory, or lower spec.batch.size and spec.batch.maxSize so a batch holds "
+        "fewer rows in memory")
+    unlimited = oom_problem([pod("m-run1-d", "2026-01-01T00:00:01Z", "OOMKilled", None)])
+    assert unlimited is not None and "the node ran out of memory (it has no memory limit: " \
+        "set spec.template.spec.containers[worker].resources.limits.memory)" in unlimited.message
+    assert oom_problem([crashed]) is None and oom_problem([]) is None
+
+
 def test_job_problem_is_the_newest_failed_create_of_the_runs_job() -> None:
     from chunkwise.operator.conditions import job_problem
 

@@ -64,6 +64,7 @@ class Api:
 
 @pytest.fixture
 def api(kmock: Any) -> Api:
+    kmock.resources["v1/pods"] = {}  # an empty list until a test puts a pod
     return Api(str(kmock.url).rstrip("/"))
 
 
@@ -190,6 +191,34 @@ async def test_backoff_limit_failure_is_failed(api: Api, kmock: Any) -> None:
     assert status["phase"] == "Failed"
     assert {c["type"]: c for c in status["conditions"]}["Succeeded"]["reason"] == (
         "BackoffLimitExceeded")
+    assert ("Warning", "Failed") in api.posted
+
+
+@pytest.mark.asyncio
+async def test_a_run_whose_pods_were_oom_killed_fails_saying_which_limit(api: Api,
+                                                                        kmock: Any) -> None:
+    body = migration({"phase": "Running", "run": 1, "conditions": []})
+    await put_migration(api, kmock, body)
+    labels = {"chunkwise.dev/datamigration": "customer-status", "chunkwise.dev/run": "1"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{kmock.url}/api/v1/namespaces/shop/pods", json={
+                "metadata": {"name": "customer-status-run1-x", "namespace": "shop",
+                             "labels": labels},
+                "spec": {"containers": [{"name": "worker", "image": "shop:1", "resources": {
+                    "limits": {"memory": "32Mi"}}}]},
+                "status": {"containerStatuses": [{
+                    "name": "worker", "image": "shop:1", "imageID": "", "ready": False,
+                    "restartCount": 0, "state": {"terminated": {
+                        "reason": "OOMKilled", "exitCode": 137}}}]}}) as response:
+            assert response.status < 300
+    job = {"metadata": {"namespace": "shop", "labels": labels},
+           "status": {"conditions": [{"type": "Failed", "status": "True",
+                                      "reason": "BackoffLimitExceeded"}]}}
+    await api.call(job_changed, job)
+    status = stored(kmock, MIGRATIONS, "customer-status")["status"]
+    succeeded = {c["type"]: c for c in status["conditions"]}["Succeeded"]
+    assert (status["phase"], succeeded["reason"]) == ("Failed", "OOMKilled")
+    assert "memory limit of 32Mi" in succeeded["message"]
     assert ("Warning", "Failed") in api.posted
 
 

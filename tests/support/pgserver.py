@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,14 +115,14 @@ def _configure(datadir: Path, options: dict[str, str]) -> None:
 
 @contextlib.contextmanager
 def _serving(root: Path, datadir: Path, port: int, user: str,
-             run_as: RunAs) -> Iterator[PgServer]:
+             run_as: RunAs, host: str = "127.0.0.1") -> Iterator[PgServer]:
     """Start the cluster in ``datadir``, wait until it answers, and remove it afterwards."""
     bindir = find_bindir()
     log = root / "postgres.log"
     try:
         run_as([str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(log), "-w", "-t", "60",
                 "start"])
-        server = PgServer("127.0.0.1", port, user, datadir,
+        server = PgServer(host, port, user, datadir,
                           lambda args: run_as([str(bindir / "pg_ctl"), "-D", str(datadir),
                                                *args]))
         deadline = time.monotonic() + 30
@@ -175,7 +175,11 @@ def _streaming(primary: PgServer) -> bool:
 
 
 @contextlib.contextmanager
-def running_server(settings: dict[str, str] | None = None) -> Iterator[PgServer]:
+def running_server(settings: dict[str, str] | None = None, address: str = "127.0.0.1",
+                   clients: Sequence[str] = ()) -> Iterator[PgServer]:
+    """``address``: where clients connect (loopback, or the node's address for pods, which
+    the server then listens on too); ``clients``: networks let in without a password
+    besides loopback (a pod network)."""
     bindir = find_bindir()
     root, run_as = _workdir("chunkwise-pg-")
     datadir = root / "data"
@@ -184,7 +188,7 @@ def running_server(settings: dict[str, str] | None = None) -> Iterator[PgServer]
     run_as([str(bindir / "initdb"), "-D", str(datadir), "-U", user, "--auth=trust",
             "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
     options = {
-        "listen_addresses": "127.0.0.1",
+        "listen_addresses": ",".join(dict.fromkeys(["127.0.0.1", address])),
         "port": str(port),
         "unix_socket_directories": str(root),
         "fsync": "off",  # a test server: durability of the server itself is not under test
@@ -197,5 +201,8 @@ def running_server(settings: dict[str, str] | None = None) -> Iterator[PgServer]
     }
     options.update(settings or {})
     _configure(datadir, options)
-    with _serving(root, datadir, port, user, run_as) as server:
+    with open(datadir / "pg_hba.conf", "a") as hba:
+        for network in [*clients, f"{address}/32"]:
+            hba.write(f"host all all {network} trust\n")
+    with _serving(root, datadir, port, user, run_as, host=address) as server:
         yield server

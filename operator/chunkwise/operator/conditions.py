@@ -20,9 +20,10 @@ from chunkwise.contract import (
     utc_now_text,
 )
 
-__all__ = ["DRY_RUN_COMPLETED", "FAILED_CREATE", "STUCK", "Event", "RunState",
-           "find_condition", "job_problem", "pod_problem", "run_state_of", "set_condition",
-           "stall_status", "status_for", "throttle_status", "verification_of", "worker_of"]
+__all__ = ["DRY_RUN_COMPLETED", "FAILED_CREATE", "OOM_KILLED", "STUCK", "Event", "RunState",
+           "find_condition", "job_problem", "oom_problem", "pod_problem", "run_state_of",
+           "set_condition", "stall_status", "status_for", "throttle_status",
+           "verification_of", "worker_of"]
 
 #: why a container waits that no amount of waiting fixes (the kubelet's reasons)
 _CONTAINER_STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
@@ -32,6 +33,8 @@ _CONTAINER_STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
 FAILED_CREATE = "FailedCreate"
 #: a dry run's worker says so; the plan is in status.plan and nothing was written
 DRY_RUN_COMPLETED = "DryRunCompleted"
+#: the kubelet's reason for a container the kernel killed at its cgroup's memory limit
+OOM_KILLED = "OOMKilled"
 #: the reasons a run's pod cannot start: a spec change replaces such a run at once
 STUCK = (*_CONTAINER_STUCK, FAILED_CREATE)
 
@@ -120,6 +123,33 @@ def pod_problem(pods: Sequence[Mapping[str, Any]]) -> RunState | None:
                                  f"pod {pod['metadata']['name']} cannot start its "
                                  f"{container.get('name')} container: "
                                  f"{waiting.get('message') or waiting['reason']}")
+    return None
+
+
+def oom_problem(pods: Sequence[Mapping[str, Any]]) -> RunState | None:
+    """The newest of a run's pods whose container was OOMKilled, said in the user's terms:
+    which limit it passed and what to change. A retry with the same limit and batch size
+    ends the same way, so "exit 137" alone would only send the user hunting."""
+    newest_first = sorted(pods, key=lambda p: str(p["metadata"].get("creationTimestamp", "")),
+                          reverse=True)
+    for pod in newest_first:
+        for container in pod.get("status", {}).get("containerStatuses") or []:
+            terminated = ((container.get("state") or {}).get("terminated")
+                          or (container.get("lastState") or {}).get("terminated") or {})
+            if terminated.get("reason") != OOM_KILLED:
+                continue
+            name = container.get("name")
+            containers = pod.get("spec", {}).get("containers", [])
+            spec: Mapping[str, Any] = next((c for c in containers if c.get("name") == name), {})
+            limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
+            where = f"spec.template.spec.containers[{name}].resources.limits.memory"
+            cause = (f"it used more than its memory limit of {limit}; raise {where}" if limit
+                     else f"the node ran out of memory (it has no memory limit: set {where})")
+            return RunState("Failed", OOM_KILLED,
+                            f"pod {pod['metadata']['name']}: the {name} container was "
+                            f"OOMKilled (exit code {terminated.get('exitCode', 137)}): "
+                            f"{cause}, or lower spec.batch.size and spec.batch.maxSize so a "
+                            "batch holds fewer rows in memory")
     return None
 
 

@@ -15,6 +15,7 @@ from typing import Any, cast
 import kopf
 import kubernetes.client
 from aiohttp import web
+from kubernetes.config import incluster_config
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
@@ -122,11 +123,19 @@ async def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+def login(logger: kopf.Logger, **kwargs: Any) -> kopf.ConnectionInfo | None:
     """kopf's own login for the official client: in-cluster first, then kubeconfig. Run
-    again by kopf when the API answers 401, so our client follows re-logins too."""
-    info = kopf.login_via_client(**kwargs)
+    again by kopf when the API answers 401, so our client follows re-logins too. Says
+    which way it went at INFO (kopf says it at DEBUG only): the first thing to check when
+    the operator is refused."""
+    info = kopf.login_via_client(logger=logger, **kwargs)
     configuration = kubernetes.client.Configuration.get_default_copy()
+    if info is not None:
+        # the in-cluster loader sets the projected token's CA, never a kubeconfig's
+        in_cluster = configuration.ssl_ca_cert == incluster_config.SERVICE_CERT_FILENAME
+        logger.info(f"logged in to {info.server} "
+                    + ("with in-cluster configuration (the pod's ServiceAccount token)"
+                       if in_cluster else "with a kubeconfig file"))
     _connection.cluster = Cluster.from_configuration(configuration, SETTINGS.api_attempts)
     return info
 

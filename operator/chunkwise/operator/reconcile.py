@@ -27,6 +27,7 @@ from .conditions import (
     RunState,
     find_condition,
     job_problem,
+    oom_problem,
     pod_problem,
     run_state_of,
     set_condition,
@@ -220,7 +221,13 @@ def job_changed(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> No
         return
     status = migration.get("status") or {}
     namespace, name = migration["metadata"]["namespace"], migration["metadata"]["name"]
-    state = run_state_of(job, worker_of(status))
+    worker = worker_of(status)
+    state = run_state_of(job, worker)
+    if state.phase == "Failed" and not (worker or {}).get("reason"):
+        # the worker could not say why (killed): the kubelet may know
+        run = job["metadata"]["labels"][Label.RUN]
+        state = oom_problem(cluster.list_pods(
+            namespace, f"{Label.MIGRATION}={name},{Label.RUN}={run}")) or state
     if state.phase == status.get("phase") and state.phase != "Halted":
         return
     if state.phase == "Pending" and status.get("phase") == "Suspended" \
@@ -276,6 +283,12 @@ def check_pods(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
     pods = cluster.list_pods(namespace, f"{Label.MIGRATION}={name},{Label.RUN}={run}")
     problem = pod_problem(pods)
+    phase = status["phase"]
+    if problem is None:
+        killed = oom_problem(pods)
+        if killed is not None:  # the Job retries it; the run is not back to Pending
+            problem = RunState(phase, killed.reason,
+                               f"{killed.message}. The Job retries it up to spec.backoffLimit")
     if problem is None and not pods:
         job = job_name(name, int(run))
         problem = job_problem(job, cluster.list_events(
@@ -286,7 +299,7 @@ def check_pods(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
     current = _progressing(status)
     if (current.get("reason"), current.get("message")) == (problem.reason, problem.message):
         return
-    patch.setdefault("status", {}).update(phase="Pending", conditions=set_condition(
+    patch.setdefault("status", {}).update(phase=problem.phase, conditions=set_condition(
         status.get("conditions", []), "Progressing", "False", problem.reason, problem.message,
         body["metadata"].get("generation"), utc_now_text()))
     post(body, Event("Warning", problem.reason, problem.message))

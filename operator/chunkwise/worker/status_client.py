@@ -21,7 +21,8 @@ from chunkwise.contract import API_GROUP, API_VERSION, PLURAL, Env, ResourceRef
 
 __all__ = ["StatusClient"]
 
-_DEFAULT_SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+#: where the kubelet projects the pod's ServiceAccount token and the cluster's CA
+_SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 class StatusClient:
@@ -39,7 +40,7 @@ class StatusClient:
         env = os.environ if env is None else env
         resource = ResourceRef.parse(env.get(Env.RESOURCE))
         host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
-        sa_dir = Path(env.get(Env.SERVICEACCOUNT_DIR, _DEFAULT_SA_DIR))
+        sa_dir = _SA_DIR
         if resource is None or not host or not (sa_dir / "token").exists():
             return None
         host = f"[{host}]" if ":" in host else host

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build the real Kubernetes control plane used by the e2e tests, once, from the
-# upstream Go modules, and cache the binaries outside the repository.
+# Build the real Kubernetes control plane and the node's Kubernetes parts (kubelet,
+# kube-proxy, kube-scheduler) used by the e2e tests, once, from the upstream Go modules,
+# and cache the binaries outside the repository. build-node.sh adds the container
+# runtime, the registry and the pause image.
 #
 #   tests/e2e/testenv/build.sh          # prints the bin directory on the last line
 #
@@ -16,7 +18,8 @@ DEST="$CACHE_ROOT/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
 BIN="$DEST/bin"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 
-want=(etcd kube-apiserver kube-controller-manager kubectl helm)
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+want=(etcd "${K8S_COMMANDS[@]}" helm)
 missing=()
 for b in "${want[@]}"; do [ -x "$BIN/$b" ] || missing+=("$b"); done
 if [ ${#missing[@]} -eq 0 ]; then echo "$BIN"; exit 0; fi
@@ -26,7 +29,9 @@ log() { printf '[testenv %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 start=$(date +%s)
 
 # --- Kubernetes: a wrapper module, since k/k points its staging modules at v0.0.0.
-if [[ " ${missing[*]} " =~ " kube-apiserver " || " ${missing[*]} " =~ " kube-controller-manager " || " ${missing[*]} " =~ " kubectl " ]]; then
+k8s_missing=0
+for cmd in "${K8S_COMMANDS[@]}"; do [ -x "$BIN/$cmd" ] || k8s_missing=1; done
+if [ "$k8s_missing" = 1 ]; then
   w="$DEST/work/k8s"; mkdir -p "$w"; cd "$w"
   log "resolving k8s.io/kubernetes@$K8S_VERSION"
   gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
@@ -48,7 +53,7 @@ if [[ " ${missing[*]} " =~ " kube-apiserver " || " ${missing[*]} " =~ " kube-con
     -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
   log "downloading modules (first run only)"
   go mod download k8s.io/kubernetes
-  for cmd in kube-apiserver kube-controller-manager kubectl; do
+  for cmd in "${K8S_COMMANDS[@]}"; do
     [ -x "$BIN/$cmd" ] && continue
     log "building $cmd $K8S_VERSION (several minutes on 2 cores)"
     go get "k8s.io/kubernetes/cmd/$cmd@$K8S_VERSION" >/dev/null 2>&1 || true

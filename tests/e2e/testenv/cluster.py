@@ -1,8 +1,10 @@
-"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager.
+"""A real Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager (every
+controller a cluster runs by default) and kube-scheduler.
 
 Built from upstream Go modules by ``build.sh`` (cached); started here envtest-style on
-free ports, with a tiny test CA, RBAC on, TokenRequest working, and the job, garbage
-collector, service account and namespace controllers. Component logs go to files.
+free ports, with a tiny test CA, RBAC on and TokenRequest working. The API server
+listens on every address and advertises the node's, so pods reach it through the
+``kubernetes`` Service (``node.py`` starts the node). Component logs go to files.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,13 +42,13 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_pki(pki: Path) -> None:
+def make_pki(pki: Path, address: str) -> None:
     pki.mkdir(parents=True, exist_ok=True)
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
              "ca.crt", "-days", "2", "-subj", "/CN=chunkwise-test-ca", cwd=pki)
     (pki / "serving.ext").write_text(
         "subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc,IP:127.0.0.1,IP:10.0.0.1\n"
+        f"DNS:kubernetes.default.svc,IP:127.0.0.1,IP:10.0.0.1,IP:{address}\n"
         "extendedKeyUsage=serverAuth\n")
     (pki / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name, subject, ext in (("serving", "/CN=kube-apiserver", "serving.ext"),
@@ -78,6 +80,9 @@ class Cluster:
     bin: Path
     workdir: Path
     port: int
+    #: the node's InternalIP: the API server advertises it (the kubernetes Service's
+    #: endpoint), PostgreSQL listens on it for pods
+    address: str
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -128,6 +133,19 @@ class Cluster:
                 return None
             raise RuntimeError(f"{method} {path}: {error.code} {error.read()[:500]!r}") from None
         return json.loads(text) if text else None
+
+    def watch(self, path: str, timeout: float = 120) -> Iterator[dict[str, Any]]:
+        """The API server's watch events on ``path`` (a list URL), one dict per line,
+        until the caller stops or ``timeout`` seconds pass."""
+        separator = "&" if "?" in path else "?"
+        request = urllib.request.Request(
+            f"{self.server}{path}{separator}watch=1&timeoutSeconds={int(timeout)}",
+            headers={"Accept": "application/json"})
+        with urllib.request.urlopen(request, context=self._context(),
+                                    timeout=timeout + 10) as stream:
+            for line in stream:
+                if line.strip():
+                    yield json.loads(line)
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -196,22 +214,42 @@ class Cluster:
         return base64.b64decode(secret["data"][key]).decode()
 
 
-def _start(cluster: Cluster, name: str, args: list[str]) -> None:
-    log = open(cluster.log(name), "wb")  # closed with the process
-    cluster.processes[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                               start_new_session=True)
+    def start_process(self, name: str, args: list[str],
+                      env: dict[str, str] | None = None) -> None:
+        log = open(self.log(name), "wb")  # closed with the process
+        self.processes[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                                start_new_session=True, env=env)
+
+    def stop_processes(self, names: Iterable[str] | None = None) -> None:
+        """SIGTERM, then SIGKILL after 10 s; in the order given (default: last started
+        first)."""
+        order = list(names) if names is not None else list(reversed(self.processes))
+        stopping = [(name, self.processes.pop(name)) for name in order
+                    if name in self.processes]
+        for _, proc in stopping:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc in stopping:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 @contextlib.contextmanager
-def running_cluster(bin_dir: Path | None = None) -> Iterator[Cluster]:
+def running_cluster(address: str = "127.0.0.1",
+                    bin_dir: Path | None = None) -> Iterator[Cluster]:
+    """``address``: the node's InternalIP when a node joins (node.py), else loopback."""
     bin_dir = bin_dir or build_binaries()
     workdir = Path(tempfile.mkdtemp(prefix="chunkwise-k8s-"))
-    cluster = Cluster(bin_dir, workdir, free_port())
+    cluster = Cluster(bin_dir, workdir, free_port(), address)
     try:
-        make_pki(cluster.pki)
+        make_pki(cluster.pki, address)
         pki = cluster.pki
         etcd_client, etcd_peer = free_port(), free_port()
-        _start(cluster, "etcd", [
+        cluster.start_process("etcd", [
             str(bin_dir / "etcd"), "--data-dir", str(workdir / "etcd"), "--name", "test",
             "--listen-client-urls", f"http://127.0.0.1:{etcd_client}",
             "--advertise-client-urls", f"http://127.0.0.1:{etcd_client}",
@@ -219,11 +257,11 @@ def running_cluster(bin_dir: Path | None = None) -> Iterator[Cluster]:
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
             "--initial-cluster", f"test=http://127.0.0.1:{etcd_peer}",
             "--unsafe-no-fsync", "--log-level", "warn"])
-        _start(cluster, "kube-apiserver", [
+        cluster.start_process("kube-apiserver", [
             str(bin_dir / "kube-apiserver"),
             "--etcd-servers", f"http://127.0.0.1:{etcd_client}",
-            "--secure-port", str(cluster.port), "--bind-address", "127.0.0.1",
-            "--advertise-address", "127.0.0.1", "--cert-dir", str(workdir / "certs"),
+            "--secure-port", str(cluster.port), "--bind-address", "0.0.0.0",
+            "--advertise-address", address, "--cert-dir", str(workdir / "certs"),
             "--tls-cert-file", str(pki / "serving.crt"),
             "--tls-private-key-file", str(pki / "serving.key"),
             "--client-ca-file", str(pki / "ca.crt"),
@@ -231,31 +269,29 @@ def running_cluster(bin_dir: Path | None = None) -> Iterator[Cluster]:
             "--service-account-key-file", str(pki / "sa.pub"),
             "--service-account-signing-key-file", str(pki / "sa.key"),
             "--authorization-mode", "RBAC", "--service-cluster-ip-range", "10.0.0.0/24",
-            "--allow-privileged=true", "--disable-admission-plugins", "ServiceAccount",
+            "--allow-privileged=true",
+            # kubectl logs: the kubelet's address is its InternalIP, and it trusts the
+            # test CA's admin certificate
+            "--kubelet-preferred-address-types", "InternalIP",
+            "--kubelet-client-certificate", str(pki / "admin.crt"),
+            "--kubelet-client-key", str(pki / "admin.key"),
             "--enable-priority-and-fairness=false", "--v", "1"])
         write_kubeconfig(cluster.kubeconfig, cluster.server, pki / "ca.crt",
                          {"client-certificate": str(pki / "admin.crt"),
                           "client-key": str(pki / "admin.key")})
         cluster.wait_ready()
-        _start(cluster, "kube-controller-manager", [
+        cluster.start_process("kube-controller-manager", [
             str(bin_dir / "kube-controller-manager"), "--kubeconfig", str(cluster.kubeconfig),
-            "--controllers", "job-controller,garbage-collector-controller,"
-                             "serviceaccount-controller,serviceaccount-token-controller,"
-                             "namespace-controller",
+            "--controllers", "*",  # what a cluster runs by default
             "--service-account-private-key-file", str(pki / "sa.key"),
             "--root-ca-file", str(pki / "ca.crt"), "--leader-elect=false",
             "--secure-port", "0", "--use-service-account-credentials=false", "--v", "1"])
+        cluster.start_process("kube-scheduler", [
+            str(bin_dir / "kube-scheduler"), "--kubeconfig", str(cluster.kubeconfig),
+            "--leader-elect=false", "--secure-port", "0", "--v", "1"])
         yield cluster
     finally:
-        for proc in reversed(list(cluster.processes.values())):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in cluster.processes.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        cluster.stop_processes()
         if os.environ.get("CHUNKWISE_KEEP_TESTENV"):
             print(f"control plane files kept in {workdir}")
         else:
