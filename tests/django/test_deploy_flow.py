@@ -83,14 +83,19 @@ def test_manifest_bad_input_is_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
-def test_a_bad_defer_value_stops_migrate_with_one_line(tmp_path: Path) -> None:
+def test_a_bad_defer_value_stops_migrate_before_anything_is_written(tmp_path: Path) -> None:
+    """The system check (chunkwise.E002) names it before migrate starts; past it
+    (--skip-checks), the operation itself stops migrate with one line and exit 64."""
     db = tmp_path / "shop.sqlite3"
     for args in (["migrate", "chunkwise"], ["migrate", "shop", "0001"]):
         assert shop(db, *args).returncode == 0
-    result = shop(db, "migrate", "shop", "0002", defer="sometimes")
+    message = "CHUNKWISE_DEFER: expected true or false (1/0, yes/no, on/off), got 'sometimes'"
+    checked = shop(db, "migrate", "shop", "0002", defer="sometimes")
+    assert checked.returncode == 1 and f"(chunkwise.E002) {message}" in checked.stderr
+    assert "Traceback" not in checked.stderr and "Applying" not in checked.stdout
+    result = shop(db, "migrate", "--skip-checks", "shop", "0002", defer="sometimes")
     assert result.returncode == 64
-    assert "CHUNKWISE_DEFER: expected true or false (1/0, yes/no, on/off), got 'sometimes'" in \
-        result.stderr and "Traceback" not in result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
     with sqlite3.connect(db) as conn:  # not recorded as applied, nothing planned
         assert conn.execute("SELECT count(*) FROM django_migrations WHERE app = 'shop' AND "
                             "name = '0002_customer_status'").fetchone() == (0,)

@@ -37,6 +37,7 @@ from chunkwise.engine import (
 )
 from chunkwise.metrics import MetricsReporter, RunLabels, serve_worker_metrics
 
+from .backends import backend_problem
 from .checkpoints import DjangoCheckpointStore
 from .config import parse_port, resolve_settings
 from .health import PostgresHealthProbe
@@ -107,6 +108,9 @@ def one_per_key(rows: QuerySet[Any], todo: Q | None, key: Field[Any, Any]) -> Qu
 def rows_to_do(operation: BatchedWork, ref: OperationRef, apps: StateApps,
                alias: str) -> tuple[QuerySet[Any], Field[Any, Any]]:
     """The rows the operation still has to do in ``ref``'s direction, and its key."""
+    unsupported = backend_problem(alias)  # chunkwise.E003 says it first, unless skipped
+    if unsupported:
+        raise ImproperlyConfigured(unsupported)
     model = apps.get_model(operation.model)
     if operation.key == "pk":
         key_field = model._meta.pk

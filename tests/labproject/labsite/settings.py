@@ -8,6 +8,12 @@ INSTALLED_APPS = ["chunkwise.django", "lab", "later"]
 if os.environ.get("LAB_MISTAKES"):  # operations that only the worker can tell are wrong
     INSTALLED_APPS.append("mistakes")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# the lab keeps mistakes on purpose (lab 0005 is atomic, mistakes 0002 batches by a key
+# that is not unique, mistakes 0003 ensures a migration that does not exist) to test how a
+# run refuses them; the system checks that name them first would stop every command.
+# LAB_CHECKS=1 lets them speak.
+SILENCED_SYSTEM_CHECKS = [] if os.environ.get("LAB_CHECKS") else \
+    ["chunkwise.E001", "chunkwise.E004", "chunkwise.E005"]
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",
@@ -21,3 +27,5 @@ DATABASES = {
         "NAME": os.environ.get("LAB_SQLITE_PATH", "/tmp/chunkwise-lab.sqlite3"),
     },
 }
+if os.environ.get("LAB_OTHER_ENGINE"):  # a database chunkwise does not run on (E003)
+    DATABASES["other"] = {"ENGINE": os.environ["LAB_OTHER_ENGINE"], "NAME": "other"}

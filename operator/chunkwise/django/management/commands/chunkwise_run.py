@@ -13,7 +13,12 @@ from argparse import ArgumentParser
 from typing import Any, NoReturn
 
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import (
+    BaseCommand,
+    CommandError,
+    CommandParser,
+    SystemCheckError,
+)
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.migration import Migration
@@ -76,6 +81,18 @@ class Command(BaseCommand):
 
         parser.error = error  # type: ignore[method-assign]  # CommandParser has no hook
         return parser
+
+    def check(self, *args: Any, **kwargs: Any) -> None:
+        """Django's system checks (chunkwise.E001...) run before the command: a project
+        they fault is a usage error, exit 64, which a DataMigration's Job does not retry
+        (SystemCheckError's own exit 1 would be retried in vain), and the operator is told
+        why."""
+        try:
+            super().check(*args, **kwargs)
+        except SystemCheckError as exc:
+            with_plugins(NullReporter()).finished(
+                Outcome(ExitCode.USAGE, "InvalidConfiguration", str(exc).strip()))
+            raise SystemCheckError(str(exc), returncode=ExitCode.USAGE) from None
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("app_label", nargs="?", default=_env(Env.APP),

@@ -1,0 +1,156 @@
+"""Django system checks (``manage.py check``; ``migrate`` and every other command run them
+first): mistakes that would otherwise stop a migration half-way, found before any row is
+touched. Each has an id, documented in docs/django-checks.md:
+
+- chunkwise.E001: a migration holding BatchedRunPython or EnsureBatchedComplete is atomic
+  (a squashed migration is, unless edited);
+- chunkwise.E002: CHUNKWISE_DEFER (setting or environment variable) is not a boolean;
+- chunkwise.E003: a database the batched migrations would run on is not PostgreSQL or
+  SQLite (MySQL and Oracle are refused);
+- chunkwise.E004: ``key=`` names a field that is neither the primary key nor unique, as
+  the model stands at that migration;
+- chunkwise.E005: an EnsureBatchedComplete names no migration with BatchedRunPython in it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, register
+from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
+from django.db import connections, router
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.migration import Migration
+from django.db.migrations.operations.base import Operation
+
+from chunkwise.contract import Env
+from chunkwise.engine import SettingsError
+
+from .backends import backend_problem
+from .config import defer_by_default
+from .ensure import EnsureBatchedComplete
+from .operations import BatchedRunPython
+
+__all__ = ["check_batched_migrations", "check_defer_setting"]
+
+_BATCHED = (BatchedRunPython, EnsureBatchedComplete)
+
+
+def _where(migration: Migration) -> str:
+    module = sys.modules.get(type(migration).__module__)
+    path = getattr(module, "__file__", None)
+    return os.path.relpath(path) if path else f"{migration.app_label}.{migration.name}"
+
+
+def _batched_migrations(app_configs: Sequence[AppConfig] | None,
+                        loader: MigrationLoader) -> Iterator[tuple[Migration, int, Operation]]:
+    labels = None if app_configs is None else {config.label for config in app_configs}
+    for (app_label, _name), migration in sorted(loader.disk_migrations.items()):
+        if labels is not None and app_label not in labels:
+            continue
+        for index, operation in enumerate(migration.operations):
+            if isinstance(operation, _BATCHED):
+                yield migration, index, operation
+
+
+@register()
+def check_batched_migrations(app_configs: Sequence[AppConfig] | None = None,
+                             **kwargs: Any) -> list[CheckMessage]:
+    """E001, E003, E004 and E005: every migration on disk that holds a batched operation."""
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    found = list(_batched_migrations(app_configs, loader))
+    errors: list[CheckMessage] = []
+    atomic_said: set[tuple[str, str]] = set()
+    for migration, index, operation in found:
+        key = (migration.app_label, migration.name)
+        if migration.atomic and key not in atomic_said:
+            atomic_said.add(key)
+            errors.append(Error(
+                f"operation {index} is {type(operation).__name__}, which commits batch by "
+                f"batch, but the migration is atomic (one transaction): migrate would stop "
+                f"at it and roll the migration back",
+                hint=f"add `atomic = False` to the Migration class in {_where(migration)} "
+                     f"(squashmigrations writes atomic migrations: edit the squashed one)",
+                obj=migration, id="chunkwise.E001"))
+        if isinstance(operation, BatchedRunPython) and operation.key != "pk":
+            problem = _key_problem(loader, migration, index, operation)
+            if problem:
+                errors.append(Error(problem, hint=f"use key='pk' or a unique field in "
+                                                  f"{_where(migration)}",
+                                    obj=migration, id="chunkwise.E004"))
+        if isinstance(operation, EnsureBatchedComplete):
+            try:
+                operation._targets(loader)
+            except ImproperlyConfigured as exc:
+                errors.append(Error(
+                    f"operation {index}: {exc}",
+                    hint=f"name the migration that holds the BatchedRunPython in "
+                         f"{_where(migration)} (its full name, if squashing added one "
+                         f"with the same prefix)",
+                    obj=migration, id="chunkwise.E005"))
+    errors += _backend_errors({(m.app_label, op.model if isinstance(op, BatchedRunPython)
+                                else None) for m, _, op in found})
+    return errors
+
+
+def _key_problem(loader: MigrationLoader, migration: Migration, index: int,
+                 operation: BatchedRunPython) -> str:
+    """What is wrong with ``operation.key`` in the model as it stands at ``index``."""
+    state = loader.project_state((migration.app_label, migration.name), at_end=False)
+    for earlier in migration.operations[:index]:
+        earlier.state_forwards(migration.app_label, state)
+    app_label, model_name = operation.model.split(".")
+    model = state.models.get((app_label, model_name.lower()))
+    if model is None:
+        return ""  # the run says so: an unknown model is not this check's to judge
+    where = f"operation {index}"
+    try:
+        field = model.get_field(operation.key)
+    except (KeyError, FieldDoesNotExist):
+        return (f"{where}: BatchedRunPython key: {operation.model} has no field "
+                f"{operation.key!r}")
+    if field.primary_key or field.unique:
+        return ""
+    return (f"{where}: BatchedRunPython key: {operation.model}.{operation.key} must be the "
+            f"primary key or a unique field (keyset batching needs one row per key; "
+            f"rows sharing a key would be skipped or done twice)")
+
+
+def _backend_errors(targets: set[tuple[str, str | None]]) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    for alias in connections:
+        problem = backend_problem(alias)
+        if not problem:
+            continue
+        apps = sorted({app_label for app_label, model in targets
+                       if router.allow_migrate(alias, app_label,
+                                               model_name=model.split(".")[1].lower()
+                                               if model else None)})
+        if apps:
+            errors.append(Error(
+                f"{problem}; the batched migrations of {', '.join(apps)} would run there",
+                hint="route those apps' migrations to a PostgreSQL database "
+                     "(DATABASE_ROUTERS, allow_migrate), or migrate that database without "
+                     "BatchedRunPython",
+                obj=alias, id="chunkwise.E003"))
+    return errors
+
+
+@register()
+def check_defer_setting(app_configs: Sequence[AppConfig] | None = None,
+                        **kwargs: Any) -> list[CheckMessage]:
+    """E002: CHUNKWISE_DEFER, the environment variable or the setting, is a boolean."""
+    try:
+        defer_by_default(os.environ, getattr(settings, "CHUNKWISE_DEFER", False))
+    except SettingsError as exc:
+        where = Env.DEFER if os.environ.get(Env.DEFER, "").strip() else \
+            "settings.CHUNKWISE_DEFER"
+        return [Error(str(exc), hint=f"set {where} to true or false (True or False in "
+                                     f"settings), or leave it unset (no deferring)",
+                      id="chunkwise.E002")]
+    return []
