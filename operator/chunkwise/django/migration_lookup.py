@@ -36,6 +36,9 @@ def find_migration(loader: MigrationLoader, app_label: str, name: str) -> Migrat
     problem = app_problem(app_label, loader)
     if problem:
         raise MigrationNotFound(problem)
+    exact = loader.disk_migrations.get((app_label, name))
+    if exact is not None:  # squashing adds "0002_x_squashed_0003_y": "0002_x" is still 0002_x
+        return exact
     try:
         return loader.get_migration_by_prefix(app_label, name)
     except (AmbiguityError, KeyError) as exc:  # Django's own words name both
