@@ -35,8 +35,7 @@ CASES = {  # name: (migration, direction, database, what the condition's message
                        "BatchedRunPython key: mistakes.Visit.email must be the primary key "
                        "or a unique field (keyset batching needs one row per key)"),
     "unknown-app": ("{app: nosuchapp, name: '0002'}", "forward", "default",
-                    "migration_name: \"There is no migration for 'nosuchapp' with the prefix "
-                    "'0002'\""),
+                    "app_label: no installed app is called 'nosuchapp'"),
     "unknown-migration": ("{app: shop, name: '0999'}", "forward", "default",
                           "There is no migration for 'shop' with the prefix '0999'"),
     "operation-out-of-range": ("{app: shop, name: '0002', operation: 5}", "forward", "default",
