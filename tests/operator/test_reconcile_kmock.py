@@ -285,6 +285,30 @@ async def test_a_job_made_before_a_crash_and_finished_since_is_read_on_restart(
     assert api.posted == [("Normal", "Succeeded")]
 
 
+@pytest.mark.asyncio
+async def test_a_job_that_ended_while_the_operator_was_down_keeps_its_completed_at(
+        api: Api, kmock: Any) -> None:
+    """The retried create handler finds the Job ended: completedAt is when the Job says it
+    ended, not None (no later Job event comes to fill it in); and a migration recorded
+    ended without completedAt gets it from the next Job event."""
+    await api.call(start_run, migration(), {}, run=1)  # the Job is made; the patch is lost
+    key = next(k for k in kmock.objects if k[0].plural == "jobs")
+    finished = _plain(kmock.objects[key])
+    finished["status"] = {"succeeded": 1, "completionTime": "2026-01-02T03:04:05Z",
+                          "conditions": [{"type": "Complete", "status": "True"}]}
+    kmock.objects[key] = finished
+    patch: dict[str, Any] = {}
+    await api.call(start_run, migration(), patch, run=1)  # kopf retries the create handler
+    assert patch["status"]["phase"] == "Succeeded"
+    assert patch["status"]["completedAt"] == "2026-01-02T03:04:05Z"
+
+    lost = migration({"phase": "Succeeded", "run": 1, "conditions": [], "completedAt": None})
+    await put_migration(api, kmock, lost)
+    await api.call(job_changed, finished)
+    status = stored(kmock, MIGRATIONS, "customer-status")["status"]
+    assert status["completedAt"] == "2026-01-02T03:04:05Z"
+
+
 @pytest.mark.parametrize(("phase", "recreated"), [("Running", True), ("Succeeded", False),
                                                   ("Halted", False)])
 @pytest.mark.asyncio

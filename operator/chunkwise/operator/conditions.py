@@ -21,8 +21,8 @@ from chunkwise.contract import (
 )
 
 __all__ = ["DRY_RUN_COMPLETED", "FAILED_CREATE", "OOM_KILLED", "STUCK", "Event", "RunState",
-           "find_condition", "job_problem", "oom_problem", "pod_problem", "run_state_of",
-           "set_condition", "stall_status", "status_for", "throttle_status",
+           "ended_at", "find_condition", "job_problem", "oom_problem", "pod_problem",
+           "run_state_of", "set_condition", "stall_status", "status_for", "throttle_status",
            "verification_of", "worker_of"]
 
 #: why a container waits that no amount of waiting fixes (the kubelet's reasons)
@@ -60,6 +60,18 @@ def _job_condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | Non
         if condition.get("type") == kind and condition.get("status") == "True":
             return condition  # type: ignore[no-any-return]
     return None
+
+
+def ended_at(job: Mapping[str, Any]) -> str | None:
+    """When the Job ended, as it says: ``completionTime`` once complete, else the time its
+    Complete or Failed condition became true; None while it runs. Written as Kubernetes
+    writes times (the client's models say ``+00:00`` where the API server says ``Z``)."""
+    completed = job.get("status", {}).get("completionTime")
+    for kind in ("Complete", "SuccessCriteriaMet", "Failed", "FailureTarget"):
+        condition = _job_condition(job, kind)
+        if not completed and condition is not None:
+            completed = condition.get("lastTransitionTime")
+    return format_utc(parse_utc(str(completed))) if completed else None
 
 
 def worker_of(status: Mapping[str, Any]) -> WorkerStatus | None:

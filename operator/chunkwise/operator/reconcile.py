@@ -25,6 +25,7 @@ from .conditions import (
     STUCK,
     Event,
     RunState,
+    ended_at,
     find_condition,
     job_problem,
     oom_problem,
@@ -70,9 +71,16 @@ def start_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
             state = found
     new_status, events = status_for(status, state, body["metadata"].get("generation"))
     migration = spec["migration"]
+    # status_for dates an ended run now; a Job found ended says when it really ended, and
+    # no later Job event comes to fill it in. A run not ended has no completedAt (a new
+    # run's status drops the last run's).
+    completed = new_status.get("completedAt")
+    if completed and existing is not None:
+        completed = ended_at(existing) or completed
     new_status.update(run=run, jobName=job["metadata"]["name"],
                       migrationRef=f"{migration['app']}.{migration['name']}",
-                      startedAt=status.get("startedAt") or utc_now_text(), completedAt=None)
+                      startedAt=status.get("startedAt") or utc_now_text(),
+                      completedAt=completed)
     if run > 1:  # the last run's outcome is history now
         new_status.update(worker=None, shards=None, verification=None, plan=None,
                           tuning=None)
@@ -229,11 +237,17 @@ def job_changed(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> No
         state = oom_problem(cluster.list_pods(
             namespace, f"{Label.MIGRATION}={name},{Label.RUN}={run}")) or state
     if state.phase == status.get("phase") and state.phase != "Halted":
+        if state.phase in _ENDED and not status.get("completedAt"):
+            # ended while no one recorded when (an operator before this fix lost it)
+            cluster.patch_status(namespace, name,
+                                 {"completedAt": ended_at(job) or utc_now_text()})
         return
     if state.phase == "Pending" and status.get("phase") == "Suspended" \
             and migration["spec"].get("suspend"):
         return  # the pod is gone because we suspended; nothing new
     new_status, events = status_for(status, state, migration["metadata"].get("generation"))
+    if "completedAt" in new_status:  # the Job's own time, not when we heard of it
+        new_status["completedAt"] = ended_at(job) or new_status["completedAt"]
     if state.phase == status.get("phase"):
         events = []  # Halted again with a fresher reason: update the text, no new Event
     cluster.patch_status(namespace, name, new_status)
