@@ -7,21 +7,30 @@ ARG BASE=python:3.11-slim-bookworm
 
 FROM ${BASE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE NOTICE ./
+COPY requirements/operator.txt requirements/
 COPY operator/ operator/
-# only the operator's dependencies: the [operator] extra, read from pyproject.toml (its one
-# source); chunkwise itself without its Django dependency, which the operator never imports
+# only the operator's dependencies: the [operator] extra, pinned with hashes in the lock
+# file (scripts/lock), so every build installs the same bytes; chunkwise itself without its
+# Django dependency, which the operator never imports
 RUN python3 -m venv /opt/chunkwise \
- && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['operator']))" > /tmp/operator-requirements.txt \
- && /opt/chunkwise/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/operator-requirements.txt \
+ && /opt/chunkwise/bin/pip install --no-cache-dir --disable-pip-version-check --require-hashes -r requirements/operator.txt \
  && /opt/chunkwise/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps . \
  && /opt/chunkwise/bin/pip uninstall --yes --disable-pip-version-check pip setuptools \
  && find /opt/chunkwise -name __pycache__ -type d -prune -exec rm -rf {} +
 
 FROM ${BASE}
+# chunkwise.__version__, the commit and its time: scripts/build-image passes them
+ARG VERSION=dev
+ARG REVISION=unknown
+ARG CREATED=1970-01-01T00:00:00Z
 LABEL org.opencontainers.image.title="chunkwise operator" \
       org.opencontainers.image.source="https://github.com/chunkwise/chunkwise" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}"
+COPY LICENSE NOTICE /licenses/
 COPY --from=build /opt/chunkwise /opt/chunkwise
 # a named account for the UID: kopf asks who it runs as (getpass); USER covers any other
 # UID a pod's securityContext picks

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+import chunkwise
 from tests.e2e.testenv.cluster import build_binaries
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +69,7 @@ def test_defaults_are_secure_and_cluster_wide(helm: Path) -> None:
                                             "readOnlyRootFilesystem": True,
                                             "capabilities": {"drop": ["ALL"]}}
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
-    assert container["image"] == "ghcr.io/chunkwise/chunkwise:0.1.0"
+    assert container["image"] == f"ghcr.io/chunkwise/chunkwise:{chunkwise.__version__}"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert deployment(docs)["spec"]["strategy"] == {"type": "Recreate"}
     assert [r["metadata"]["name"] for r in kinds(docs, "ClusterRole")] == [

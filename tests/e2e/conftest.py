@@ -94,34 +94,61 @@ def lab_image(shop_image: str) -> str:
 
 
 @dataclass(frozen=True)
-class Images:
-    operator_repository: str
-    operator_tag: str
+class Release:
+    """What scripts/release made and pushed to the node's registry."""
+
+    version: str
+    registry: str  # host:port/path, plain HTTP
+    output: str  # what scripts/release printed
+    dist: Path
+
+    @property
+    def chart(self) -> str:
+        return f"oci://{self.registry}/charts/chunkwise"
+
+    @property
+    def image_repository(self) -> str:
+        return f"{self.registry}/chunkwise"
+
+
+def make_release(registry: str, checkout: Path = REPO) -> Release:
+    """scripts/release of ``checkout``'s version against ``registry`` (plain HTTP)."""
+    version = subprocess.run([sys.executable, "-c", "import chunkwise; print("
+                              "chunkwise.__version__)"], capture_output=True, text=True,
+                             check=True, env={"PYTHONPATH": str(checkout / "operator")}
+                             ).stdout.strip()
+    made = subprocess.run([str(checkout / "scripts" / "release"), version, "--registry",
+                           registry, "--plain-http"], capture_output=True, text=True,
+                          timeout=1800)
+    assert made.returncode == 0, made.stderr[-4000:]
+    return Release(version, registry, made.stdout, checkout / "dist" / version)
 
 
 @pytest.fixture(scope="session")
-def images(node: Node) -> Images:
-    """Built from the Dockerfiles with buildah and pushed to the node's registry."""
-    operator = build_image()
+def release(node: Node) -> Release:
+    """The maintainer's release (scripts/release), with the node's registry as its
+    registry: the wheel and sdist in dist/, the operator image and the chart pushed."""
+    return make_release(f"{node.registry.address}/chunkwise")
+
+
+@pytest.fixture(scope="session")
+def app_images(node: Node) -> None:
+    """The application's images, built with buildah and pushed to the node's registry."""
     shop = build_image("examples/shop/Dockerfile", "shop")
-    tag = operator.rsplit(":", 1)[1]
-    node.registry.push(operator, "chunkwise-operator", tag)
     node.registry.push(shop, "shop", SHOP_IMAGE.rsplit(":", 1)[1])
     node.registry.push(lab_image(shop), "chunkwise-lab", LAB_IMAGE.rsplit(":", 1)[1])
-    return Images(f"{node.registry.address}/chunkwise-operator", tag)
 
 
 @pytest.fixture(scope="session")
-def k8s(control_plane: Cluster, node: Node, images: Images) -> Cluster:
-    """The user's install: the chart (CRD, ServiceAccount, RBAC, the operator's
-    Deployment) with its image from the registry, into a namespace that enforces the
-    restricted Pod Security Standard."""
+def k8s(control_plane: Cluster, node: Node, release: Release, app_images: None) -> Cluster:
+    """The user's install: the released chart from the registry (CRD, ServiceAccount,
+    RBAC, the operator's Deployment, its image from the same registry), into a namespace
+    that enforces the restricted Pod Security Standard."""
     control_plane.kubectl("create", "namespace", OPERATOR_NAMESPACE)
     control_plane.kubectl("label", "namespace", OPERATOR_NAMESPACE, RESTRICTED)
-    control_plane.helm("install", RELEASE, str(REPO / "charts" / "chunkwise"), "--namespace",
-                       OPERATOR_NAMESPACE,
-                       "--set", f"image.repository={images.operator_repository}",
-                       "--set", f"image.tag={images.operator_tag}",
+    control_plane.helm("install", RELEASE, release.chart, "--version", release.version,
+                       "--plain-http", "--namespace", OPERATOR_NAMESPACE,
+                       "--set", f"image.repository={release.image_repository}",
                        "--set", "operator.stallCheckInterval=2s")
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                           f"crd/{PLURAL}.{API_GROUP}")

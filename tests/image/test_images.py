@@ -25,6 +25,7 @@ def build(*args: str) -> str:
 
 class Container:
     def __init__(self, image: str) -> None:
+        self.image = image
         self.name = subprocess.run([*BUILDAH, "from", image], capture_output=True, text=True,
                                    check=True, timeout=600).stdout.strip()
 
@@ -59,6 +60,26 @@ def test_operator_image_runs_as_non_root_without_django(operator_image: Containe
     django = operator_image.run("python3", "-c", "import django")
     assert django.returncode != 0, "the operator image carries only the operator's dependencies"
     assert operator_image.run("sh", "-c", "command -v pip gcc").stdout.strip() == ""
+
+
+def test_operator_image_carries_the_licence_and_its_version_labels(
+        operator_image: Container) -> None:
+    import json
+
+    import chunkwise
+
+    for name in ("LICENSE", "NOTICE"):
+        shipped = operator_image.run("cat", f"/licenses/{name}").stdout
+        assert shipped == (REPO / name).read_text(), name
+    inspected = subprocess.run([*BUILDAH, "inspect", "--type", "image", operator_image.image],
+                               capture_output=True, text=True, check=True).stdout
+    labels = json.loads(inspected)["OCIv1"]["config"]["Labels"]
+    head = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%H %cI"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert labels["org.opencontainers.image.version"] == chunkwise.__version__
+    assert [labels["org.opencontainers.image.revision"],
+            labels["org.opencontainers.image.created"]] == head
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
 
 
 def test_application_image_runs_a_batched_migration(shop_image: Container) -> None:

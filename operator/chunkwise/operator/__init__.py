@@ -3,6 +3,13 @@
 Run it with ``python -m chunkwise.operator`` (see ``--help``).
 """
 
+try:  # the [operator] extra; a Django project that installs plain chunkwise has neither
+    import kopf  # noqa: F401
+    import kubernetes  # noqa: F401
+except ImportError as missing:
+    raise ImportError(f"chunkwise.operator needs {missing.name}, which is not installed: "
+                      "pip install 'chunkwise[operator]'") from None
+
 from .cluster import Cluster
 from .conditions import RunState, run_state_of, status_for
 from .jobs import build_job, job_name
