@@ -25,3 +25,24 @@ def test_only_a_change_of_tunables_is_offered_and_only_once() -> None:
     assert live.take() is None
     live.offer({"metadata": {}, "spec": None})  # not a resource: ignored
     assert live.take() is None
+
+
+def test_the_offered_tunables_are_all_the_pod_would_have_its_template_env_on_top() -> None:
+    """What a pod started from the spec has, complete: a tunable the spec no longer sets
+    is left out (the run goes back to the operation's own value or the default), and a
+    tunable the template's worker env overrides stays overridden, as at start."""
+    live = LiveSpec({"CHUNKWISE_BATCH_SIZE": "5000", "CHUNKWISE_HALT_FAILED_ROWS": "7",
+                     "CHUNKWISE_MAX_ROWS_PER_SECOND": "20000"})
+    override = {"spec": {"containers": [
+        {"name": "worker", "env": [{"name": "CHUNKWISE_HALT_FAILED_ROWS", "value": "7"},
+                                   {"name": "PGSSLMODE", "value": "require"}]},
+        {"name": "proxy", "env": [{"name": "CHUNKWISE_BATCH_SIZE", "value": "1"}]}]}}
+    started = resource(1, maxRowsPerSecond=20000)
+    started["spec"]["template"] = override  # type: ignore[index]
+    live.offer(started)
+    assert live.take() is None  # as the pod started: its template's override included
+    removed = resource(2)
+    removed["spec"]["template"] = override  # type: ignore[index]
+    live.offer(removed)
+    assert live.take() == (2, {"CHUNKWISE_BATCH_SIZE": "5000",
+                               "CHUNKWISE_HALT_FAILED_ROWS": "7"})

@@ -164,9 +164,12 @@ def execute(
     stream: TextIO | None = None,
     stop: threading.Event | None = None,
     metrics_port: int | None = None,
+    flags: Mapping[str, Any] | None = None,
 ) -> Outcome:
     """Run ``operation`` to the end (or a halt, or a signal). Settings, and the metrics port
-    unless ``metrics_port`` is given, come from ``env`` (default: the process's)."""
+    unless ``metrics_port`` is given, come from ``env`` (default: the process's) and the
+    command line's ``flags``; ``settings`` are those, when the caller resolved them already.
+    A live retune resolves the new tunables the same way, from the operation's own."""
     connection = schema_editor.connection
     stream = stream or sys.stderr
     env = os.environ if env is None else env
@@ -180,8 +183,8 @@ def execute(
     todo, key_field = rows_to_do(operation, ref, apps, connection.alias)
     forward_direction = ref.direction == "forward"
     target = target_for(operation, ref, apps, schema_editor, todo, key_field)
-    base = settings or operation.base_settings()
-    run_settings = resolve_settings(base, env)
+    base = operation.base_settings()
+    run_settings = settings or resolve_settings(base, env, flags)
     if connection.vendor == "postgresql":
         driver = "psycopg 3, binary fetch" if uses_psycopg3(connection.alias) \
             else "psycopg2, text fetch"
@@ -202,7 +205,8 @@ def execute(
     health = PostgresHealthProbe(connection.alias, todo.model._meta.db_table) \
         if connection.vendor == "postgresql" else None
     runner = BatchRunner(target, store, run_settings, reporter, stop,
-                         retune=_live_retune(base, ref, connection.vendor, reporter, stream),
+                         retune=_live_retune(base, flags, ref, connection.vendor, reporter,
+                                             stream),
                          health=health)
     with stop_on_signals(stop, stream), _startup_heap_frozen():
         try:
@@ -270,10 +274,12 @@ def _with_metrics(reporter: Reporter, ref: OperationRef, port: int, stream: Text
     return Tee([reporter, MetricsReporter(metrics, labels)])
 
 
-def _live_retune(base: RunSettings, ref: OperationRef, vendor: str, reporter: Reporter,
-                 stream: TextIO) -> Retune | None:
+def _live_retune(base: RunSettings, flags: Mapping[str, Any] | None, ref: OperationRef,
+                 vendor: str, reporter: Reporter, stream: TextIO) -> Retune | None:
     """New settings from the installed tuning sources (in a Job: the DataMigration's
-    spec), resolved as at start: the operation's own, then the spec's values."""
+    spec), resolved as at start: the operation's own, then the spec's values, then the
+    command line's. ``base`` must not hold the env the run started with: a tunable the
+    spec no longer sets goes back to the operation's own value or the default."""
     sources = tuning_sources()
     if not sources:
         return None
@@ -285,7 +291,7 @@ def _live_retune(base: RunSettings, ref: OperationRef, vendor: str, reporter: Re
                 continue
             generation, env = update
             try:
-                settings = resolve_settings(base, env)
+                settings = resolve_settings(base, env, flags)
             except SettingsError as exc:  # the API server checks these; say it, keep going
                 reporter.notice(f"spec generation {generation} not applied: {exc}")
                 continue

@@ -87,7 +87,7 @@ class _SharedBar:
 
 
 def run_shards_here(operation: BatchedWork, ref: OperationRef, apps: StateApps, alias: str,
-                    settings: RunSettings) -> int:
+                    settings: RunSettings, flags: Mapping[str, Any] | None = None) -> int:
     stop = threading.Event()
     title = f"{ref.app_label}.{ref.migration}[{ref.operation}] {ref.direction} " \
             f"({ref.shard_count} shards)"
@@ -100,7 +100,8 @@ def run_shards_here(operation: BatchedWork, ref: OperationRef, apps: StateApps, 
             with connections[alias].schema_editor(atomic=False) as editor:
                 outcome = execute(operation, mine, apps, editor, settings=settings, env={},
                                   stream=sys.stderr, reporter=shared, stop=stop,
-                                  metrics_port=0)  # one port cannot serve N runs
+                                  metrics_port=0,  # one port cannot serve N runs
+                                  flags=flags)
             outcomes[shard] = int(outcome.exit_code)
         except BaseException as exc:  # a thread's error must still reach the exit status
             sys.stderr.write(f"{mine}: {type(exc).__name__}: {exc}\n")

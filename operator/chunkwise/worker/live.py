@@ -11,11 +11,27 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from chunkwise.contract import WORKER_CONTAINER
 from chunkwise.engine import TUNABLES, spec_env
 
-__all__ = ["LiveSpec"]
+__all__ = ["LiveSpec", "pod_tunables"]
 
 _TUNABLE_ENV = frozenset(t.env for t in TUNABLES)
+
+
+def pod_tunables(spec: Mapping[str, Any]) -> dict[str, str]:
+    """The CHUNKWISE_* tunables a pod started from ``spec`` has: the spec's, then the
+    template's ``worker`` container env on top (the operator puts that env after its own,
+    so a user may override a tunable on purpose). Complete: a tunable missing here is
+    the operation's own or the default, which is what removing it from the spec means."""
+    env = spec_env(spec)
+    template = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+    for container in template:
+        if isinstance(container, Mapping) and container.get("name") == WORKER_CONTAINER:
+            env.update({e["name"]: str(e["value"]) for e in container.get("env") or []
+                        if isinstance(e, Mapping) and e.get("name") in _TUNABLE_ENV
+                        and e.get("value") is not None})
+    return env
 
 
 class LiveSpec:
@@ -31,13 +47,14 @@ class LiveSpec:
         generation = (resource.get("metadata") or {}).get("generation")
         if not isinstance(spec, Mapping) or not isinstance(generation, int):
             return
-        env = spec_env(spec)
+        env = pod_tunables(spec)
         with self._lock:
             if env != self._env:
                 self._pending = (generation, env)
 
     def take(self) -> tuple[int, dict[str, str]] | None:
-        """New tunables (spec generation, CHUNKWISE_* values) once; None when unchanged."""
+        """New tunables (spec generation, CHUNKWISE_* values) once; None when unchanged.
+        The values are all the tunables the spec sets now, not a change to merge."""
         with self._lock:
             pending, self._pending = self._pending, None
             if pending is not None:

@@ -176,13 +176,13 @@ class Command(BaseCommand):
                 return self._plan(operation, ref, state.apps, alias, settings,
                                   options["samples"])
             if shard is None and shards > 1:
-                return run_shards_here(operation, ref, state.apps, alias, settings)
+                return run_shards_here(operation, ref, state.apps, alias, settings, flags)
             reporter = with_plugins(ProgressBar(str(ref), sys.stderr,
                                                 lock_waits=has_row_locks(alias)))
             with connection.schema_editor(atomic=False) as schema_editor:
                 outcome = execute(operation, ref, state.apps, schema_editor, settings=settings,
                                   env={}, stream=sys.stderr, reporter=reporter,
-                                  metrics_port=metrics_port)
+                                  metrics_port=metrics_port, flags=flags)
         except (SettingsError, ImproperlyConfigured) as exc:  # retrying cannot fix either
             raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
         return int(outcome.exit_code)
