@@ -29,7 +29,7 @@ from tests.e2e.testenv.cluster import Cluster
 
 pytestmark = pytest.mark.e2e
 CRD = "customresourcedefinition/datamigrations.chunkwise.dev"
-NEXT = "0.1.1-e2e"  # the newer release's version, made from a copy of this checkout
+NEXT = "0.1.1"  # the newer release's version, made from a copy of this checkout
 
 
 def test_the_release_ships_the_licence_and_is_installed_from_the_registry(
