@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import random
 import signal
@@ -536,6 +537,31 @@ def test_status_command_lists_checkpoints_and_failed_rows(lab_db: LabDb) -> None
     assert status.returncode == 0, status.stderr
     assert "lab.0002_bump_items" in status.stdout and "done" in status.stdout
     assert "failed key 42: ValueError" in status.stdout
+
+
+def test_status_asks_the_runner_lock_whether_a_run_is_alive(lab_db: LabDb) -> None:
+    """A paced run commits nothing for long stretches: while its runner holds the lock,
+    chunkwise_status says running however old the heartbeat; once the runner is killed
+    (no chance to say so), stale at once, not 120 s later."""
+    seed_items(lab_db, 3000)
+    runner = lab_db.popen("chunkwise_run", "lab", "0002", "--batch-size", "100",
+                          "--max-rows-per-second", "1")  # 100 s between batches
+    try:
+        wait_for_batches(lab_db)
+        lab_db.execute("UPDATE chunkwise_checkpoint SET heartbeat_at = now() - interval "
+                       "'10 minutes'")  # as if paced for 10 minutes
+        status = lab_db.manage("chunkwise_status", "--json")
+        assert [r["state"] for r in json.loads(status.stdout)] == ["running"], status.stderr
+    finally:
+        runner.kill()
+        runner.communicate(timeout=60)
+    lab_db.execute("UPDATE chunkwise_checkpoint SET heartbeat_at = now()")
+
+    def states() -> list[str]:
+        return [r["state"] for r in json.loads(lab_db.manage("chunkwise_status",
+                                                             "--json").stdout)]
+    # the server ends the killed runner's session, and its lock, as soon as it sees it gone
+    wait_until(lambda: states() == ["stale"], "the killed run is stale", timeout=10)
 
 
 def test_rows_per_second_cap_is_honoured(lab_db: LabDb) -> None:

@@ -57,6 +57,7 @@ class Memory:
     failures: list[int] = field(default_factory=list)
     lock_limits: list[int] = field(default_factory=list)
     verification: Verification | None = None
+    heartbeats: int = 0
 
 
 class FakeTarget:
@@ -142,6 +143,9 @@ class FakeStore:
 
     def reconnected(self) -> None:
         pass
+
+    def heartbeat(self) -> None:
+        self.m.heartbeats += 1
 
     def stop(self) -> None:
         pass

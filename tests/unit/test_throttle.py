@@ -188,3 +188,27 @@ def test_raising_a_threshold_live_frees_a_throttled_run() -> None:
     assert outcome.exit_code is ExitCode.DONE and set(memory.rows.values()) == {1}
     assert watching.log[-1] == "clear @ 0 rows" and len(watching.log) == 4
     assert HaltThresholds().replication_lag == 0  # critical levels are off by default
+
+
+@pytest.mark.parametrize("waiting", ["throttled", "paced"])
+def test_a_waiting_run_writes_its_heartbeat_meanwhile(waiting: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between batches a run may wait far longer than a batch takes (throttled on the
+    database's health, or paced by maxRowsPerSecond), and commits nothing meanwhile: its
+    heartbeat goes on, so chunkwise_status does not take it for dead."""
+    from chunkwise.engine import runner
+
+    monkeypatch.setattr(runner, "HEARTBEAT_EVERY", 0.02, raising=False)
+    memory = Memory({key: 0 for key in range(1, 17)})
+    if waiting == "throttled":
+        lagging = HealthReading(replication_lag=12.0)
+        probe: Probe | None = Probe([lagging] * 30 + [HealthReading()])
+        run = with_health(replication_lag=5.0, check_interval=0.005)
+    else:  # two batches of 8 rows at 100 rows/s: 0.08 s between them
+        probe, run = None, settings()
+        run = dataclasses.replace(run, batch=dataclasses.replace(run.batch,
+                                                                 max_rows_per_second=100))
+    outcome = BatchRunner(FakeTarget(memory), FakeStore(memory), run, Recorder(),
+                          health=probe).run()
+    assert outcome.exit_code is ExitCode.DONE
+    assert memory.heartbeats >= 2

@@ -25,10 +25,35 @@ from .models import Checkpoint, FailedRow
 from .operation_ref import OperationRef, default_owner
 from .shards import keys_at, shard_ranges, split_positions
 
-__all__ = ["DjangoCheckpointStore"]
+__all__ = ["DjangoCheckpointStore", "runner_alive"]
 
 #: what _split says when the operation is done, split another way: nothing to run
 _DONE_WITH_ANOTHER_SPLIT = "done"
+
+
+def _advisory_key(ref: OperationRef, purpose: str = "") -> int:
+    """The PostgreSQL advisory lock key of ``ref``'s runner (or of its ``purpose``)."""
+    name = f"chunkwise:{ref}" if not purpose else \
+        f"chunkwise-{purpose}:{ref.app_label}.{ref.migration}[{ref.operation}] {ref.direction}"
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def runner_alive(alias: str, ref: OperationRef) -> bool | None:
+    """PostgreSQL: whether a live session holds ``ref``'s runner lock, which a runner holds
+    from start to finish and a dead one's session lets go of at once; a heartbeat's age
+    only guesses that. None where there is no such lock (SQLite)."""
+    if connections[alias].vendor != "postgresql":
+        return None
+    key = _advisory_key(ref)
+    with connections[alias].cursor() as cursor:
+        # a bigint advisory key shows in pg_locks as classid (high half), objid (low half)
+        cursor.execute("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                       "AND database = (SELECT oid FROM pg_database "
+                       "WHERE datname = current_database()) "
+                       "AND classid = %s AND objid = %s AND objsubid = 1",
+                       [(key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF])
+        return cursor.fetchone() is not None
 
 
 class DjangoCheckpointStore:
@@ -64,13 +89,6 @@ class DjangoCheckpointStore:
 
     # -- runner lock ------------------------------------------------------------------
 
-    def _advisory_key(self, purpose: str = "") -> int:
-        name = f"chunkwise:{self._ref}" if not purpose else \
-            f"chunkwise-{purpose}:{self._ref.app_label}.{self._ref.migration}" \
-            f"[{self._ref.operation}] {self._ref.direction}"
-        digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big", signed=True)
-
     def _take_runner_lock(self) -> None:
         """PostgreSQL: a session advisory lock keeps a second runner off this shard.
 
@@ -79,7 +97,7 @@ class DjangoCheckpointStore:
         if self._vendor != "postgresql":
             return
         with connections[self._alias].cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [self._advisory_key()])
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [_advisory_key(self._ref)])
             (acquired,) = cursor.fetchone()
         if not acquired:
             holder = (self._rows().filter(pk=self.checkpoint_id)
@@ -102,7 +120,7 @@ class DjangoCheckpointStore:
         if self._lock_held:
             try:
                 with connections[self._alias].cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s)", [self._advisory_key()])
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [_advisory_key(self._ref)])
             except Exception:  # the lock ends with the session anyway
                 pass
             self._lock_held = False
@@ -154,7 +172,7 @@ class DjangoCheckpointStore:
             if self._vendor == "postgresql":
                 with connections[self._alias].cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_xact_lock(%s)",
-                                   [self._advisory_key("split")])
+                                   [_advisory_key(self._ref, "split")])
             existing = list(self._operation_rows().select_for_update())
             todo = self._todo
             if ref.shard_count > 1 and len(existing) == 1 and existing[0].batches == 0 \
@@ -283,6 +301,13 @@ class DjangoCheckpointStore:
                 [self._codec.dump(last_key), tally.rows_processed, tally.failed_rows,
                  tally.consecutive_failed_batches, lock_wait, self._now(), self.checkpoint_id],
             )
+
+    def heartbeat(self) -> None:
+        connection = connections[self._alias]
+        table = connection.ops.quote_name(Checkpoint._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {table} SET heartbeat_at = %s WHERE id = %s",
+                           [self._now(), self.checkpoint_id])
 
     def _now(self) -> Any:
         return connections[self._alias].ops.adapt_datetimefield_value(timezone.now())

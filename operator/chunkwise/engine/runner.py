@@ -56,6 +56,11 @@ __all__ = [
 Key = Any  # int, str, UUID: whatever the key column holds; compared by the database only
 T = TypeVar("T")
 
+#: seconds between heartbeats while the run waits (paced or throttled) instead of
+#: committing batches, whose commits beat otherwise: well inside the 120 s after which
+#: chunkwise_status, where it has no runner lock to ask, takes a run for dead
+HEARTBEAT_EVERY = 30.0
+
 
 @dataclass
 class CheckpointState:
@@ -97,6 +102,9 @@ class CheckpointStore(Protocol):
 
     def reconnected(self) -> None:
         """After a lost connection: take the runner lock again on the new session."""
+
+    def heartbeat(self) -> None:
+        """Outside a transaction, while the run waits: say that its runner is alive."""
 
     def stop(self) -> None:
         """Release the runner lock."""
@@ -250,6 +258,7 @@ class BatchRunner:
         self._state: CheckpointState | None = None
         self._batch_had_failure = False
         self._unreported_lock_wait = 0.0  # seconds waited in lock steps that then failed
+        self._last_beat = time.monotonic()  # the waits are real time, whatever the clock
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -287,10 +296,11 @@ class BatchRunner:
                     return self._finish(Outcome(ExitCode.DONE, "Completed",
                                                 "all rows processed", self._state,
                                                 self._verify()))
+                self._last_beat = time.monotonic()  # the batch's commit beat
                 delay = limiter.delay_after(rows)
                 if delay > 0:
                     self._reporter.throttled(PACE, delay)
-                    self._stop.wait(delay)
+                    self._pause(delay)
         except Halted as halt:
             self._store.finish("halted", f"{halt.reason}: {halt.message}")
             return self._finish(Outcome(ExitCode.HALTED, halt.reason, halt.message, self._state))
@@ -311,6 +321,28 @@ class BatchRunner:
         self._say(self._cpu.apply(settings.batch.yield_cpu))
         self._reporter.retuned(generation, changes)
         return True
+
+    def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` between batches (less when stopped), with a heartbeat every
+        HEARTBEAT_EVERY s: a paced or throttled run commits nothing for as long as it
+        waits, and is alive all the same. Retry backoffs do not beat: their connection
+        may be the thing that is lost, and they are short."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            if now - self._last_beat >= HEARTBEAT_EVERY:
+                self._beat()
+            self._stop.wait(min(deadline, self._last_beat + HEARTBEAT_EVERY) - now)
+
+    def _beat(self) -> None:
+        self._last_beat = time.monotonic()
+        try:
+            self._store.heartbeat()
+        except Exception as exc:  # the next batch meets a sick database, and retries
+            self._reporter.notice(f"could not write the heartbeat: {type(exc).__name__}: "
+                                  f"{str(exc).strip()}")
 
     def _say(self, notice: str | None) -> None:
         if notice:
@@ -343,7 +375,7 @@ class BatchRunner:
                 raise Halted(throttle.condition_reason,
                              f"critical load: {throttle.message}; batches stopped, the "
                              "checkpoint is intact")
-            self._stop.wait(settings.throttle.check_interval)
+            self._pause(settings.throttle.check_interval)
             self._reporter.throttled(throttle.reason, self._clock() - now)
             if self._retune is not None:
                 self._retuned()  # a raised threshold frees a throttled run at once

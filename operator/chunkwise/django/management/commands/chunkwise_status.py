@@ -14,11 +14,14 @@ from django.utils import timezone
 
 from chunkwise.contract import json_key
 
+from ...checkpoints import runner_alive
 from ...models import Checkpoint, FailedRow
+from ...operation_ref import OperationRef
 
-#: seconds without a heartbeat after which a "running" checkpoint is shown as stale: its
-#: runner was killed (SIGKILL, OOM, lost node) without the chance to say so. Longer than
-#: a statement timeout plus the longest retry backoff at their defaults (30 s + 30 s).
+#: where there is no runner lock to ask (SQLite): seconds without a heartbeat after which
+#: a "running" checkpoint is shown as stale, its runner killed (SIGKILL, OOM, lost node)
+#: without the chance to say so. Longer than a statement timeout plus the longest retry
+#: backoff at their defaults (30 s + 30 s); a waiting runner beats every 30 s.
 STALE_AFTER = 120.0
 
 
@@ -73,7 +76,7 @@ class Command(BaseCommand):
         seconds = (timezone.now() - cp.heartbeat_at).total_seconds() if cp.heartbeat_at else None
         age = "-" if seconds is None else f"{seconds:.0f}s ago"
         state = cp.state
-        if state == Checkpoint.State.RUNNING and (seconds is None or seconds > STALE_AFTER):
+        if state == Checkpoint.State.RUNNING and not self._alive(cp, seconds, options):
             state = "stale"  # nobody says "running" for it: its runner is gone
         key = _key_reader(cp)
         record: dict[str, Any] = {
@@ -95,6 +98,19 @@ class Command(BaseCommand):
             ]
             record["failures_truncated"] = len(failures) < cp.failed_rows
         return record
+
+
+    @staticmethod
+    def _alive(cp: Checkpoint, seconds: float | None, options: dict[str, Any]) -> bool:
+        """PostgreSQL: whether a live session holds the runner lock, however long a
+        paced or throttled run has waited since its last batch; elsewhere the heartbeat's
+        age is all there is."""
+        ref = OperationRef(cp.app_label, cp.migration, cp.operation, cp.direction, cp.shard,
+                           cp.shard_count)
+        alive = runner_alive(options["database"], ref)
+        if alive is not None:
+            return alive
+        return seconds is not None and seconds <= STALE_AFTER
 
 
 def _key_reader(cp: Checkpoint) -> Any:
