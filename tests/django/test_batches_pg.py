@@ -574,6 +574,25 @@ def test_rows_per_second_cap_is_honoured(lab_db: LabDb) -> None:
     assert elapsed >= 1.2  # 3000 rows at 2000 rows/s: the last batch starts after >= 1.25 s
 
 
+def test_shards_share_the_limits_set_for_the_whole_run(lab_db: LabDb) -> None:
+    """batch.maxRowsPerSecond protects the database, which sees every shard: with 2
+    shards the migration as a whole stays under the cap (each runs at half of it), and
+    haltOn.failedRows is split so that the shards' budgets add up to it exactly."""
+    seed_items(lab_db, 2000)
+    started = time.monotonic()
+    result = lab_db.manage("chunkwise_run", "lab", "0003", "--shards", "2", "--batch-size",
+                           "250", "--max-locked-fraction", "0", "--max-rows-per-second",
+                           "500", "--halt-failed-rows", "5")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    # 2000 rows at 500 rows/s in all: each shard's 1000 rows at 250 rows/s take >= 4 s
+    # (capped per shard, they took 2 s and the process's start)
+    assert elapsed >= 3.8, f"2000 rows in {elapsed:.2f}s: the cap was per shard"
+    assert "haltOn.failedRows 5: this one halts past 3; batch.maxRowsPerSecond 500: " \
+        "this one runs at most 250 rows/s" in result.stderr
+    assert "haltOn.failedRows 5: this one halts past 2;" in result.stderr
+
+
 def test_deploy_time_migrate_fails_fast_naming_the_datamigration(lab_db: LabDb) -> None:
     """A DataMigration's worker holds the operation; the app's own `migrate` at deploy time
     must not run it at the same time: it stops at once and says who holds it."""

@@ -165,11 +165,14 @@ def execute(
     stop: threading.Event | None = None,
     metrics_port: int | None = None,
     flags: Mapping[str, Any] | None = None,
+    shards_one_at_a_time: bool = False,
 ) -> Outcome:
     """Run ``operation`` to the end (or a halt, or a signal). Settings, and the metrics port
     unless ``metrics_port`` is given, come from ``env`` (default: the process's) and the
     command line's ``flags``; ``settings`` are those, when the caller resolved them already.
-    A live retune resolves the new tunables the same way, from the operation's own."""
+    A live retune resolves the new tunables the same way, from the operation's own.
+    ``shards_one_at_a_time``: the caller runs ``ref``'s shards one after another, so this
+    one may take the whole rows/s cap."""
     connection = schema_editor.connection
     stream = stream or sys.stderr
     env = os.environ if env is None else env
@@ -193,7 +196,8 @@ def execute(
         stream.write(f"{ref}: note: {connection.vendor} has no lock_timeout, statement_timeout "
                      "or row locks, nor health figures to throttle on; those settings, "
                      "batch.maxLockedFraction and throttle do not apply\n")
-    run_settings = _for_this_run(run_settings, ref, connection.vendor, stream)
+    at_once = 1 if shards_one_at_a_time else ref.shard_count
+    run_settings = _for_this_run(run_settings, ref, connection.vendor, stream, at_once)
     store = DjangoCheckpointStore(ref, connection.alias, todo, key_field,
                                   has_todo=(operation.todo if forward_direction
                                             else operation.reverse_todo) is not None)
@@ -206,7 +210,7 @@ def execute(
         if connection.vendor == "postgresql" else None
     runner = BatchRunner(target, store, run_settings, reporter, stop,
                          retune=_live_retune(base, flags, ref, connection.vendor, reporter,
-                                             stream),
+                                             stream, at_once),
                          health=health)
     with stop_on_signals(stop, stream), _startup_heap_frozen():
         try:
@@ -275,7 +279,8 @@ def _with_metrics(reporter: Reporter, ref: OperationRef, port: int, stream: Text
 
 
 def _live_retune(base: RunSettings, flags: Mapping[str, Any] | None, ref: OperationRef,
-                 vendor: str, reporter: Reporter, stream: TextIO) -> Retune | None:
+                 vendor: str, reporter: Reporter, stream: TextIO,
+                 at_once: int) -> Retune | None:
     """New settings from the installed tuning sources (in a Job: the DataMigration's
     spec), resolved as at start: the operation's own, then the spec's values, then the
     command line's. ``base`` must not hold the env the run started with: a tunable the
@@ -295,37 +300,50 @@ def _live_retune(base: RunSettings, flags: Mapping[str, Any] | None, ref: Operat
             except SettingsError as exc:  # the API server checks these; say it, keep going
                 reporter.notice(f"spec generation {generation} not applied: {exc}")
                 continue
-            return generation, _for_this_run(settings, ref, vendor, stream)
+            return generation, _for_this_run(settings, ref, vendor, stream, at_once)
         return None
 
     return retune
 
 
-def _for_this_run(settings: RunSettings, ref: OperationRef, vendor: str,
-                  stream: TextIO) -> RunSettings:
+def _for_this_run(settings: RunSettings, ref: OperationRef, vendor: str, stream: TextIO,
+                  at_once: int) -> RunSettings:
     """Settings as this run uses them, at start and after a retune: SQLite locks the whole
     database in a batch, so the share of rows a batch locks means nothing there; shards
-    share the failed-rows budget."""
+    share the limits set for the whole run."""
     if vendor != "postgresql":
         settings = dataclasses.replace(settings, batch=dataclasses.replace(
             settings.batch, max_locked_fraction=0.0))
     if ref.shard_count > 1:
-        settings = _share_failed_rows(settings, ref, stream)
+        settings = _share_run_limits(settings, ref, stream, at_once)
     return settings
 
 
-def _share_failed_rows(run_settings: RunSettings, ref: OperationRef,
-                       stream: TextIO) -> RunSettings:
-    """With shards, each gets an equal share of ``haltOn.failedRows`` (rounded up), so
-    all of them together never pass the budget the user set. Rates are the same per
-    shard as overall, and a run of failed batches is a shard's own."""
-    halt_on = run_settings.halt_on
-    share = -(-halt_on.failed_rows // ref.shard_count)
-    if share != halt_on.failed_rows:
-        stream.write(f"{ref}: haltOn.failedRows {halt_on.failed_rows} is shared by "
-                     f"{ref.shard_count} shards: this one halts past {share}\n")
-    return dataclasses.replace(run_settings,
-                               halt_on=dataclasses.replace(halt_on, failed_rows=share))
+def _share_run_limits(run_settings: RunSettings, ref: OperationRef, stream: TextIO,
+                      at_once: int) -> RunSettings:
+    """With shards, the limits a user sets for the whole migration are split between
+    them, so that all of them together never pass it: ``haltOn.failedRows`` (shard i of
+    N gets failedRows // N, plus one for the first failedRows % N shards) and
+    ``batch.maxRowsPerSecond`` (the cap / the shards running at once: it protects the
+    database, which sees them all). Rates and a run of failed batches are a shard's own,
+    and the health thresholds judge the database, whoever reads it."""
+    halt_on, batch = run_settings.halt_on, run_settings.batch
+    failed_rows = halt_on.failed_rows // ref.shard_count + \
+        (1 if ref.shard < halt_on.failed_rows % ref.shard_count else 0)
+    rate = batch.max_rows_per_second / at_once
+    shared = []
+    if failed_rows != halt_on.failed_rows:
+        shared.append(f"haltOn.failedRows {halt_on.failed_rows}: this one halts past "
+                      f"{failed_rows}")
+    if rate != batch.max_rows_per_second:
+        shared.append(f"batch.maxRowsPerSecond {batch.max_rows_per_second:g}: this one "
+                      f"runs at most {rate:g} rows/s")
+    if shared:
+        stream.write(f"{ref}: the whole run's limits are shared by its {ref.shard_count} "
+                     f"shards: {'; '.join(shared)}\n")
+    return dataclasses.replace(
+        run_settings, halt_on=dataclasses.replace(halt_on, failed_rows=failed_rows),
+        batch=dataclasses.replace(batch, max_rows_per_second=rate))
 
 
 def _mark_stopped(store: DjangoCheckpointStore, message: str) -> None:

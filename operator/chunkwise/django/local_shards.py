@@ -94,6 +94,8 @@ def run_shards_here(operation: BatchedWork, ref: OperationRef, apps: StateApps, 
     shared = _SharedBar(ProgressBar(title, sys.stderr, lock_waits=has_row_locks(alias)), stop)
     outcomes: dict[int, int] = {}
 
+    one_at_a_time = connections[alias].vendor != "postgresql"
+
     def run(shard: int) -> None:
         mine = dataclasses.replace(ref, shard=shard)
         try:
@@ -101,7 +103,7 @@ def run_shards_here(operation: BatchedWork, ref: OperationRef, apps: StateApps, 
                 outcome = execute(operation, mine, apps, editor, settings=settings, env={},
                                   stream=sys.stderr, reporter=shared, stop=stop,
                                   metrics_port=0,  # one port cannot serve N runs
-                                  flags=flags)
+                                  flags=flags, shards_one_at_a_time=one_at_a_time)
             outcomes[shard] = int(outcome.exit_code)
         except BaseException as exc:  # a thread's error must still reach the exit status
             sys.stderr.write(f"{mine}: {type(exc).__name__}: {exc}\n")
@@ -111,7 +113,7 @@ def run_shards_here(operation: BatchedWork, ref: OperationRef, apps: StateApps, 
             if threading.current_thread() is not threading.main_thread():
                 connections[alias].close()
 
-    if connections[alias].vendor != "postgresql":
+    if one_at_a_time:
         # SQLite has one writer: threads would only take turns (or fail to upgrade
         # their read locks), so the shards run one after another, same split
         sys.stderr.write(f"{title}: note: {connections[alias].vendor} has one writer; the "
