@@ -349,3 +349,51 @@ async def test_a_spec_change_replaces_a_run_whose_pod_cannot_start(
     status = stored(kmock, MIGRATIONS, "customer-status")["status"]
     assert status["run"] == 2 and status["jobName"] == "customer-status-run2"
     assert api.posted[-2:] == [("Normal", "JobCreated"), ("Normal", "RunReplaced")]
+
+
+_FORBIDDEN = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden",
+              "code": 403, "message": 'jobs.batch is forbidden: User "system:serviceaccount:'
+              'chunkwise:chunkwise" cannot create resource "jobs" in API group "batch" in '
+              'the namespace "shop"'}
+
+
+@pytest.mark.asyncio
+async def test_a_refusal_retrying_cannot_fix_is_permanent_and_names_the_missing_rule(
+        api: Api, kmock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 403 (or a 422) comes back the same however often it is retried: kopf is told to
+    stop (PermanentError, not a retry every 5 s for ever), and the DataMigration says what
+    was refused, as Progressing=False and a Warning Event naming the verb, the resource
+    and the RBAC rule the operator lacks."""
+    import kopf
+
+    from chunkwise.operator import handlers
+
+    kmock["post /apis/batch/v1/namespaces/shop/jobs"] << 403 << _FORBIDDEN
+    monkeypatch.setattr(handlers._connection, "cluster", api.cluster)
+    said: list[Event] = []
+    monkeypatch.setattr(handlers, "post", lambda body, event: said.append(event))
+    patch: dict[str, Any] = {}
+    with pytest.raises(kopf.PermanentError) as raised:
+        await asyncio.to_thread(handlers.created, body=migration(), patch=patch)
+    rule = '{apiGroups: ["batch"], resources: ["jobs"], verbs: ["create"]}'
+    assert "the API server refused to create jobs.batch shop/customer-status-run1 (HTTP 403 " \
+        f"Forbidden): the operator's ServiceAccount lacks the RBAC rule {rule}; jobs.batch " \
+        "is forbidden: User" in str(raised.value)
+    progressing = {c["type"]: c for c in patch["status"]["conditions"]}["Progressing"]
+    assert (progressing["status"], progressing["reason"]) == ("False", "Forbidden")
+    assert progressing["message"] == str(raised.value)
+    assert said == [Event("Warning", "Forbidden", str(raised.value))]
+
+
+@pytest.mark.asyncio
+async def test_a_spec_change_after_a_refused_create_starts_the_run(api: Api,
+                                                                   kmock: Any) -> None:
+    """kopf does not retry a create handler that failed for good: once the RBAC is fixed,
+    changing the spec starts run 1."""
+    refused = {"conditions": [{"type": "Progressing", "status": "False", "reason": "Forbidden",
+                               "message": "the API server refused to create jobs.batch"}]}
+    patch: dict[str, Any] = {}
+    await api.call(spec_changed, migration(refused), {"image": "shop:1"}, {"image": "shop:2"},
+                   patch)
+    assert [k[2] for k in kmock.objects if k[0].plural == "jobs"] == ["customer-status-run1"]
+    assert patch["status"]["run"] == 1 and patch["status"]["phase"] == "Pending"

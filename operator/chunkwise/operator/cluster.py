@@ -3,13 +3,16 @@
 Made with the official ``kubernetes`` client, logged in by kopf
 (``kopf.login_via_client``), so RBAC is exactly the operator's ServiceAccount's and a
 rotated in-cluster token is re-read by the client. 429 and 5xx answers are retried by
-the client's urllib3 pool (backoff, Retry-After); anything else becomes a
-``kopf.TemporaryError`` so kopf retries the handler. Events go through ``kopf.event``
-and owner references through ``kopf.append_owner_reference``, not through here.
+the client's urllib3 pool (backoff, Retry-After). An answer that retrying cannot fix
+(403, 422, ...) becomes :class:`ApiRefused`, a ``kopf.PermanentError`` that names the
+refused verb and resource; anything else a ``kopf.TemporaryError``, so kopf retries the
+handler. Events go through ``kopf.event`` and owner references through
+``kopf.append_owner_reference``, not through here.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -20,9 +23,49 @@ from urllib3.util.retry import Retry
 
 from chunkwise.contract import API_GROUP, API_VERSION, PLURAL
 
-__all__ = ["Cluster"]
+__all__ = ["REFUSED", "ApiRefused", "Cluster"]
 
 _MERGE_PATCH = "application/merge-patch+json"
+
+
+#: answers that retrying cannot fix, and the API server's reason for each: the request
+#: is malformed (400), not allowed by the operator's RBAC (403), not a method of the
+#: resource (405), or invalid (422: a schema, a CEL rule, a field that cannot change)
+_PERMANENT = {400: "BadRequest", 403: "Forbidden", 405: "MethodNotAllowed", 422: "Invalid"}
+#: the Progressing reasons an ApiRefused leaves on a DataMigration
+REFUSED = frozenset(_PERMANENT.values())
+
+
+class ApiRefused(kopf.PermanentError):
+    """The API server refused a call for a reason retrying cannot fix: kopf stops
+    retrying the handler, and ``reason``/``message`` say what was refused, and for a 403,
+    the RBAC rule the operator's ServiceAccount lacks."""
+
+    def __init__(self, verb: str, plural: str, group: str, namespace: str, name: str,
+                 exc: ApiException) -> None:
+        self.reason = _PERMANENT[int(exc.status)]
+        resource = f"{plural}.{group}" if group else plural
+        target = f"{resource} {namespace}/{name}" if name else f"{resource} in {namespace}"
+        said = _api_message(exc)
+        if exc.status == 403:
+            rule = (f"{{apiGroups: [\"{group}\"], resources: [\"{plural}\"], "
+                    f"verbs: [\"{verb}\"]}}")
+            said = f"the operator's ServiceAccount lacks the RBAC rule {rule}; {said}"
+        self.message = (f"the API server refused to {verb} {target} (HTTP {exc.status} "
+                        f"{self.reason}): {said}. Retrying cannot fix this: the operator "
+                        "tries again when the DataMigration's spec changes")
+        super().__init__(self.message)
+
+
+def _api_message(exc: ApiException) -> str:
+    """The message of the API server's Status answer, else its first 500 characters."""
+    try:
+        body = json.loads(exc.body or "")
+    except (TypeError, ValueError):
+        body = None
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    return str(exc.body or exc.reason or "")[:500]
 
 
 class Cluster:
@@ -48,7 +91,8 @@ class Cluster:
         except ApiException as exc:
             if exc.status == 409:
                 return False
-            raise _temporary("create Job", exc) from None
+            raise _failed("create", "jobs", "batch", job["metadata"]["namespace"],
+                          job["metadata"].get("name", ""), exc) from None
         return True
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -57,14 +101,14 @@ class Cluster:
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise _temporary(f"get Job {namespace}/{name}", exc) from None
+            raise _failed("get", "jobs", "batch", namespace, name, exc) from None
         return cast(dict[str, Any], self._batch.api_client.sanitize_for_serialization(found))
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         try:
             found = self._core.list_namespaced_pod(namespace, label_selector=selector)
         except ApiException as exc:
-            raise _temporary(f"list pods in {namespace}", exc) from None
+            raise _failed("list", "pods", "", namespace, "", exc) from None
         return self._items(found)
 
     def list_events(self, namespace: str, selector: str) -> list[dict[str, Any]]:
@@ -72,7 +116,7 @@ class Cluster:
         try:
             found = self._core.list_namespaced_event(namespace, field_selector=selector)
         except ApiException as exc:
-            raise _temporary(f"list events in {namespace}", exc) from None
+            raise _failed("list", "events", "", namespace, "", exc) from None
         return self._items(found)
 
     def delete_job(self, namespace: str, name: str) -> None:
@@ -82,7 +126,7 @@ class Cluster:
                                               propagation_policy="Background")
         except ApiException as exc:
             if exc.status != 404:
-                raise _temporary(f"delete Job {namespace}/{name}", exc) from None
+                raise _failed("delete", "jobs", "batch", namespace, name, exc) from None
 
     def _items(self, found: Any) -> list[dict[str, Any]]:
         """A list answer's items as plain dicts, as the API sends them."""
@@ -94,7 +138,7 @@ class Cluster:
             self._batch.patch_namespaced_job(name, namespace, dict(patch),
                                              _content_type=_MERGE_PATCH)
         except ApiException as exc:
-            raise _temporary(f"patch Job {namespace}/{name}", exc) from None
+            raise _failed("patch", "jobs", "batch", namespace, name, exc) from None
 
     def get_migration(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -103,7 +147,7 @@ class Cluster:
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise _temporary(f"get {namespace}/{name}", exc) from None
+            raise _failed("get", PLURAL, API_GROUP, namespace, name, exc) from None
         return found
 
     def patch_migration(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
@@ -112,7 +156,7 @@ class Cluster:
                 API_GROUP, API_VERSION, namespace, PLURAL, name, dict(patch),
                 _content_type=_MERGE_PATCH)
         except ApiException as exc:
-            raise _temporary(f"patch {namespace}/{name}", exc) from None
+            raise _failed("patch", PLURAL, API_GROUP, namespace, name, exc) from None
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         try:
@@ -120,9 +164,14 @@ class Cluster:
                 API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status},
                 _content_type=_MERGE_PATCH)
         except ApiException as exc:
-            raise _temporary(f"patch status of {namespace}/{name}", exc) from None
+            raise _failed("patch", f"{PLURAL}/status", API_GROUP, namespace, name,
+                          exc) from None
 
 
-def _temporary(what: str, exc: ApiException) -> kopf.TemporaryError:
-    return kopf.TemporaryError(f"{what}: HTTP {exc.status} {exc.reason}: "
-                               f"{str(exc.body or '')[:500]}", delay=5)
+def _failed(verb: str, plural: str, group: str, namespace: str, name: str,
+            exc: ApiException) -> kopf.PermanentError | kopf.TemporaryError:
+    if exc.status in _PERMANENT:
+        return ApiRefused(verb, plural, group, namespace, name, exc)
+    what = f"{plural}.{group}" if group else plural
+    return kopf.TemporaryError(f"{verb} {what} {namespace}/{name}: HTTP {exc.status} "
+                               f"{exc.reason}: {_api_message(exc)}", delay=5)

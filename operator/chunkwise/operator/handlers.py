@@ -9,7 +9,8 @@ index it reads, so a scrape never sees an index halfway through a change.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from typing import Any, cast
 
 import kopf
@@ -29,7 +30,7 @@ from chunkwise.contract import (
 )
 from chunkwise.metrics import MigrationCollector, MigrationView
 
-from .cluster import Cluster
+from .cluster import ApiRefused, Cluster
 from .conditions import Event
 from .reconcile import (
     announce_retune,
@@ -38,6 +39,8 @@ from .reconcile import (
     check_stall,
     job_changed,
     job_deleted,
+    migration_of_job,
+    say_refused,
     spec_changed,
     start_run,
 )
@@ -63,6 +66,20 @@ def cluster() -> Cluster:
 def post(body: Mapping[str, Any], event: Event) -> None:
     kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason,
                message=event.message)
+
+
+@contextmanager
+def said_if_refused(body: Mapping[str, Any] | None,
+                    patch: MutableMapping[str, Any] | None = None) -> Iterator[None]:
+    """A call the API server refused for good (403, 422, ...) is said on the
+    DataMigration, then raised on as the kopf.PermanentError it is: kopf stops retrying
+    it, where a TemporaryError would retry it every 5 s for ever."""
+    try:
+        yield
+    except ApiRefused as refusal:
+        if body is not None:
+            say_refused(cluster(), post, body, refusal, patch)
+        raise
 
 
 @kopf.on.startup()
@@ -143,12 +160,14 @@ def login(logger: kopf.Logger, **kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.create(*_GVP)
 def created(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     run = int((body.get("status") or {}).get("run") or 1)
-    start_run(cluster(), post, body, patch, run)
+    with said_if_refused(body, patch):
+        start_run(cluster(), post, body, patch, run)
 
 
 @kopf.on.update(*_GVP, field="spec")
 def updated(body: kopf.Body, old: Any, new: Any, patch: kopf.Patch, **_: Any) -> None:
-    spec_changed(cluster(), post, body, old, new, patch)
+    with said_if_refused(body, patch):
+        spec_changed(cluster(), post, body, old, new, patch)
 
 
 @kopf.on.event(*_GVP)
@@ -157,25 +176,34 @@ def migration_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     the spec): a worker that applied new tunables, or that waits on the database's
     health, is announced here."""
     if type == "MODIFIED":
-        announce_retune(cluster(), post, body)
-        announce_throttle(cluster(), post, body)
+        with said_if_refused(body):
+            announce_retune(cluster(), post, body)
+            announce_throttle(cluster(), post, body)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={Label.MANAGED_BY: Label.MANAGER})
 def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:
-    if type == "DELETED":
-        job_deleted(cluster(), post, body)
-        return
-    job_changed(cluster(), post, body)
+    try:
+        if type == "DELETED":
+            job_deleted(cluster(), post, body)
+            return
+        job_changed(cluster(), post, body)
+    except ApiRefused as refusal:
+        migration = migration_of_job(cluster(), body)
+        if migration is not None:
+            say_refused(cluster(), post, migration, refusal)
+        raise
 
 
 @kopf.timer(*_GVP, interval=SETTINGS.stall_check_interval,
             when=lambda status, **_: status.get("phase") == "Running")
 def stall_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    check_stall(post, body, patch)
+    with said_if_refused(body, patch):
+        check_stall(post, body, patch)
 
 
 @kopf.timer(*_GVP, interval=SETTINGS.stall_check_interval,
             when=lambda status, **_: status.get("phase") in ("Pending", "Running"))
 def pods_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    check_pods(cluster(), post, body, patch)
+    with said_if_refused(body, patch):
+        check_pods(cluster(), post, body, patch)

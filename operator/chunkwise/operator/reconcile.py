@@ -16,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
+import kopf
+
 from chunkwise.contract import ANNOTATION_PREFIX, Label, utc_now_text
 from chunkwise.engine import TUNABLES, parse_duration, spec_env
 
-from .cluster import Cluster
+from .cluster import REFUSED, ApiRefused, Cluster
 from .conditions import (
     FAILED_CREATE,
     STUCK,
@@ -40,7 +42,8 @@ from .conditions import (
 from .jobs import build_job, job_name
 
 __all__ = ["PostEvent", "announce_retune", "announce_throttle", "check_pods", "check_stall",
-           "job_changed", "job_deleted", "spec_changed", "start_run"]
+           "job_changed", "job_deleted", "migration_of_job", "say_refused", "spec_changed",
+           "start_run"]
 
 _RESTARTABLE = ("Halted", "Failed")
 #: the last spec generation whose retuning was announced as an Event
@@ -102,7 +105,9 @@ def spec_changed(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
     run = int(status.get("run") or 0)
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     if not run:
-        return  # the create handler has not made a run yet; it will read the new spec
+        if _progressing(status).get("reason") in REFUSED:  # kopf gave the create up
+            start_run(cluster, post, body, patch, 1)
+        return  # else the create handler has not made a run yet; it will read the new spec
     if bool(old.get("suspend")) != bool(new.get("suspend")):
         if status.get("phase") not in _RESTARTABLE + ("Succeeded",):
             cluster.patch_job(namespace, job_name(name, run),
@@ -197,6 +202,41 @@ def announce_throttle(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]
     cluster.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], new_status)
     for event in events:
         post(body, event)
+
+
+def say_refused(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
+                refusal: ApiRefused, patch: MutableMapping[str, Any] | None = None) -> None:
+    """The API server refused the operator a call that retrying cannot fix: say it on the
+    DataMigration, once, as Progressing=False and a Warning Event, both naming the verb
+    and resource (and, for a 403, the missing RBAC rule). Into ``patch`` when the handler
+    has one (kopf applies it even though the handler fails), else patched directly, as
+    far as the API server lets the operator."""
+    status = body.get("status") or {}
+    current = _progressing(status)
+    if (current.get("status"), current.get("reason"), current.get("message")) == \
+            ("False", refusal.reason, refusal.message):
+        return  # said already (a timer meets the same refusal at every tick)
+    conditions = set_condition(status.get("conditions", []), "Progressing", "False",
+                               refusal.reason, refusal.message,
+                               body["metadata"].get("generation"), utc_now_text())
+    if patch is not None:
+        patch.setdefault("status", {})["conditions"] = conditions
+    else:
+        try:
+            cluster.patch_status(body["metadata"]["namespace"], body["metadata"]["name"],
+                                 {"conditions": conditions})
+        except (ApiRefused, kopf.TemporaryError):
+            pass  # the Event still says it
+    post(body, Event("Warning", refusal.reason, refusal.message))
+
+
+def migration_of_job(cluster: Cluster, job: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The DataMigration a Job of ours belongs to, or None when it cannot be read."""
+    name = job.get("metadata", {}).get("labels", {}).get(Label.MIGRATION)
+    try:
+        return cluster.get_migration(job["metadata"].get("namespace"), name) if name else None
+    except (ApiRefused, kopf.TemporaryError):
+        return None
 
 
 def _progressing(status: Mapping[str, Any]) -> Mapping[str, Any]:
