@@ -374,7 +374,8 @@ async def test_a_refusal_retrying_cannot_fix_is_permanent_and_names_the_missing_
     monkeypatch.setattr(handlers, "post", lambda body, event: said.append(event))
     patch: dict[str, Any] = {}
     with pytest.raises(kopf.PermanentError) as raised:
-        await asyncio.to_thread(handlers.created, body=migration(), patch=patch)
+        created: Any = handlers.created  # kopf's decorator types it for kopf's call
+        await asyncio.to_thread(created, body=migration(), patch=patch)
     rule = '{apiGroups: ["batch"], resources: ["jobs"], verbs: ["create"]}'
     assert "the API server refused to create jobs.batch shop/customer-status-run1 (HTTP 403 " \
         f"Forbidden): the operator's ServiceAccount lacks the RBAC rule {rule}; jobs.batch " \
