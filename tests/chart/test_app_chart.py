@@ -66,3 +66,21 @@ def test_the_migrate_hook_defers_and_runs_before_the_release(helm: Path) -> None
     assert container["image"] == "registry.example.com/shop:1.4.3"
     assert not [d for d in rendered(helm, "--set", "migrate.enabled=false")
                 if d["kind"] == "Job"]
+
+
+def test_values_schema_refuses_an_unknown_key_naming_it(helm: Path) -> None:
+    result = subprocess.run([str(helm), "template", "shop", str(CHART), "--set",
+                             "image.tga=1.4.3"], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "at '/image': additional properties 'tga' not allowed" in result.stderr
+
+
+def test_every_resource_carries_the_recommended_labels(helm: Path) -> None:
+    docs = rendered(helm, "--set-json", f"dataMigrations={json.dumps(ENTRIES[:1])}")
+    assert {d["kind"] for d in docs} == {"Job", "DataMigration"}
+    for doc in docs:
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "shop"
+        assert labels["app.kubernetes.io/instance"] == "shop"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["helm.sh/chart"] == "shop-0.1.0"

@@ -169,3 +169,21 @@ def test_the_admission_policy_is_on_by_default_and_can_be_turned_off(helm: Path)
     assert "resource('jobs')" in check["expression"] and "check('create')" in check["expression"]
     off = manifests(helm, "--set", "admissionPolicy.enabled=false")
     assert list(kinds(off, "ValidatingAdmissionPolicy")) == []
+
+
+def test_the_chart_readme_is_generated_from_values_yaml_and_fresh() -> None:
+    """`helm show readme` is charts/chunkwise/README.md: written by scripts/chart-readme.py
+    from values.yaml's `# --` comments, so a value added, renamed or described anew
+    without rerunning it fails here."""
+    import sys
+
+    script = REPO / "scripts" / "chart-readme.py"
+    fresh = subprocess.run([sys.executable, str(script), "--check"], capture_output=True,
+                           text=True, timeout=60)
+    assert fresh.returncode == 0, fresh.stderr
+    readme = (REPO / "charts" / "chunkwise" / "README.md").read_text()
+    values = yaml.safe_load((REPO / "charts" / "chunkwise" / "values.yaml").read_text())
+    for key in values:
+        assert f"| `{key}" in readme, key
+    assert "| `crds.keep` | bool | `true` | keep the CRD (and so every DataMigration) on " \
+        "`helm uninstall` |" in readme
