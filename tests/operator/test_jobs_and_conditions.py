@@ -355,3 +355,31 @@ def test_a_run_that_ends_is_no_longer_throttled() -> None:
     patch, _ = status_for(throttled, RunState("Succeeded", "Completed", "done"), 2)
     condition = next(c for c in patch["conditions"] if c["type"] == "Throttled")
     assert (condition["status"], condition["reason"]) == ("False", "NotRunning")
+
+
+def test_each_condition_says_why_it_has_its_own_status() -> None:
+    """Kubernetes convention: a condition's message explains that condition. A failed run's
+    worker error belongs to Succeeded and Progressing, not to Suspended=False and
+    Halted=False; a succeeded run's 'every row was processed' not to Suspended."""
+    from chunkwise.operator.conditions import RunState
+
+    failed = RunState("Failed", "InvalidConfiguration", "direction: backward runs reverse=")
+    done = RunState("Succeeded", "Completed", "every row was processed")
+    running = RunState("Running", "Running", "the worker is processing batches")
+    halted = RunState("Halted", "FailedRowsExceeded", "11 rows failed")
+    said = {}
+    for outcome in (failed, done, running, halted):
+        patch, _ = status_for({}, outcome, 1)
+        said[outcome.phase] = {c["type"]: (c["status"], c["reason"], c["message"])
+                               for c in patch["conditions"]}
+    for phase in ("Failed", "Succeeded", "Running"):
+        assert said[phase]["Halted"][:2] == ("False", "NotHalted")
+        assert "spec.haltOn" in said[phase]["Halted"][2]
+        assert said[phase]["Suspended"][:2] == ("False", "NotSuspended")
+        assert "suspend" in said[phase]["Suspended"][2]
+    assert said["Failed"]["Succeeded"] == ("False", "InvalidConfiguration",
+                                           "direction: backward runs reverse=")
+    assert said["Succeeded"]["Suspended"][2] == "the run has ended; nothing to suspend"
+    assert said["Running"]["Suspended"][2] == "spec.suspend is false: the run goes on"
+    assert said["Halted"]["Halted"] == ("True", "FailedRowsExceeded", "11 rows failed")
+    assert said["Halted"]["Suspended"][2] == "the run has ended; nothing to suspend"

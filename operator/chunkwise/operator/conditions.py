@@ -217,6 +217,16 @@ _TABLE = {
 }
 
 
+_ENDED = ("Succeeded", "Halted", "Failed")
+#: (while the run goes on, once it has ended): why Suspended or Halted is False
+_NOT = {
+    "Suspended": ("spec.suspend is false: the run goes on", "the run has ended; nothing to "
+                  "suspend"),
+    "Halted": ("no threshold of spec.haltOn has been passed",
+               "the run ended without passing a threshold of spec.haltOn"),
+}
+
+
 def status_for(status: Mapping[str, Any], outcome: RunState, generation: int | None,
                now: str | None = None) -> tuple[dict[str, Any], list[Event]]:
     """The status patch for ``outcome``, and the Events its transition calls for."""
@@ -226,9 +236,11 @@ def status_for(status: Mapping[str, Any], outcome: RunState, generation: int | N
     succeeded, progressing, suspended, halted = _TABLE[outcome.phase]
     for kind, value in (("Succeeded", succeeded), ("Progressing", progressing),
                         ("Suspended", suspended), ("Halted", halted)):
-        reason = outcome.reason if kind in ("Succeeded", "Progressing") or value == "True" \
-            else f"Not{kind}"
-        conditions = set_condition(conditions, kind, value, reason, outcome.message,
+        if kind in ("Succeeded", "Progressing") or value == "True":
+            reason, message = outcome.reason, outcome.message
+        else:  # says why this condition is False, never another condition's story
+            reason, message = f"Not{kind}", _NOT[kind][outcome.phase in _ENDED]
+        conditions = set_condition(conditions, kind, value, reason, message,
                                    generation, now)
     conditions = _verified(conditions, status, outcome, generation, now)
     if outcome.phase != "Running":  # a stall only means something while running
