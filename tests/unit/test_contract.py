@@ -136,3 +136,35 @@ def test_data_migration_names_are_stable_dns_labels_that_fit() -> None:
     assert len(long) <= 50 and not long.endswith("-")
     # one "-" per "_", as the example chart's `replace "_" "-"` does
     assert data_migration_name("My_App", "0001__odd") == "my-app-0001--odd"
+
+
+def _object_rules(schema: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any],
+                                                                  dict[str, Any]]]:
+    """(path, rule, the schema it sits on) of every CEL rule on an object: a rule there
+    judges one of its fields, or several."""
+    found = [(path, rule, schema) for rule in schema.get("x-kubernetes-validations", [])
+             if schema.get("type") == "object"]
+    for name, child in (schema.get("properties") or {}).items():
+        found += _object_rules(child, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        found += _object_rules(schema["items"], f"{path}[]")
+    return found
+
+
+def test_a_rule_above_the_field_it_judges_names_that_field() -> None:
+    """Without fieldPath the API server says '<nil>: Invalid value: "object": ...' for a
+    rule on an object; with it, 'spec.parallelism: Forbidden: ...'. Every rule on an
+    object names an existing field of it, and a rule that refuses a change or a field
+    that should not be there says Forbidden."""
+    (version,) = load_crd()["spec"]["versions"]
+    found = _object_rules(version["schema"]["openAPIV3Schema"], "")
+    assert len(found) >= 6
+    for path, rule, schema in found:
+        field_path = rule.get("fieldPath")
+        assert field_path, f"{path or '(root)'}: rule {rule['rule']!r} names no fieldPath"
+        target = schema
+        for name in field_path.lstrip(".").split("."):
+            assert name in (target.get("properties") or {}), f"{path}: no {field_path}"
+            target = target["properties"][name]
+        if "oldSelf" in rule["rule"] or re.fullmatch(r"!has\(self\.\w+\)", rule["rule"]):
+            assert rule.get("reason") == "FieldValueForbidden", (path, rule["rule"])
