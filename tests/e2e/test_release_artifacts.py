@@ -51,7 +51,7 @@ def test_the_release_ships_the_licence_and_is_installed_from_the_registry(
     assert shown["annotations"]["artifacthub.io/license"] == "Apache-2.0"
     readme = k8s.helm("show", "readme", release.chart, "--version", release.version,
                       "--plain-http").stdout
-    assert readme == (REPO / "charts" / "chunkwise" / "README.md").read_text()
+    assert readme.strip() == (REPO / "charts" / "chunkwise" / "README.md").read_text().strip()
     [installed] = json.loads(k8s.helm("list", "-n", OPERATOR_NAMESPACE, "-o", "json").stdout)
     assert installed["chart"] == f"chunkwise-{release.version}"
     pod = operator.pod()

@@ -40,7 +40,9 @@ CASES = [
     (with_spec(migration=_DELETE), "spec.migration: Required value"),
     (with_spec(migration__app="shop-app"), "spec.migration.app"),
     (with_spec(direction="sideways"), 'supported values: "forward", "backward"'),
-    (with_spec(batch__size=10, batch__minSize=100), "batch.size must lie between"),
+    (with_spec(batch__size=10, batch__minSize=100),
+     "spec.batch.size: Invalid value: must lie between spec.batch.minSize and "
+     "spec.batch.maxSize"),
     (with_spec(batch__size=0), "spec.batch.size: Invalid value: 0"),
     (with_spec(batch__targetDuration="soon"), "must be a duration above zero"),
     (with_spec(batch__targetDuration="0s"), "must be a duration above zero"),
@@ -61,12 +63,13 @@ CASES = [
      '"0s": must be a duration above zero such as 500ms or 1s'),
     (with_spec(haltOn__activeBackends=-5), "spec.haltOn.activeBackends: Invalid value: -5"),
     (with_spec(template={"spec": {"envFrom": [{"secretRef": {"name": "db"}}]}}),
-     "template.spec is a pod spec: put env, envFrom, resources and workingDir on the "
+     "spec.template.spec.envFrom: Forbidden: template.spec is a pod spec: put envFrom on the "
      "container named worker"),
     (with_spec(template={"spec": {"containers": [{"name": "worker", "image": "x:1"}]}}),
-     "the worker container's image comes from spec.image"),
+     "spec.template.spec.containers[0].image: Forbidden: the worker container's image comes "
+     "from spec.image"),
     (with_spec(template={"spec": {"restartPolicy": "OnFailure"}}),
-     "template.spec.restartPolicy must be Never"),
+     "spec.template.spec.restartPolicy: Invalid value: must be Never"),
     (with_spec(template={"spec": {"volumes": [{"secret": {"secretName": "ca"}}]}}),
      "spec.template.spec.volumes[0].name: Required value"),
     (with_spec(template={"spec": {"containers": [{"name": "Bad_Name"}]}}),
@@ -133,7 +136,8 @@ def test_running_migration_cannot_change_what_it_runs(k8s: Cluster, operator: An
     changed["spec"]["migration"]["name"] = "0003"
     result = apply(k8s, changed)
     assert result.returncode != 0
-    assert "cannot change while the migration is Running" in result.stderr
+    assert "spec.migration: Forbidden: cannot change while the migration is Running; set " \
+        "spec.suspend=true first" in result.stderr
     tuned = copy.deepcopy(body)
     tuned["spec"]["batch"] = {"size": 500}
     assert apply(k8s, tuned).returncode == 0  # tuning may change at any time

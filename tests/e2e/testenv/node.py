@@ -288,7 +288,9 @@ state = "{base / 'state'}"
 
     def delete_all_pods(self, timeout: float = 60) -> None:
         """Let the kubelet stop every pod, so the CNI plugins remove their links, addresses
-        and NAT rules (a killed containerd would leave them behind)."""
+        and NAT rules (a killed containerd would leave them behind). Cordoned first, so
+        no controller's replacement pod starts meanwhile."""
+        self.cluster.kubectl("cordon", NODE_NAME, check=False)
         self.cluster.kubectl("delete", "pods", "--all", "--all-namespaces", "--wait=false",
                              "--grace-period=1", check=False)
         deadline = time.monotonic() + timeout
