@@ -5,8 +5,10 @@ the worker pods over the pod network."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -72,24 +74,31 @@ def pg(control_plane: Cluster) -> Iterator[PgServer]:
 def build_image(*args: str) -> str:
     """scripts/build-image (cached by a hash of its inputs); the image's local name."""
     built = subprocess.run([str(REPO / "scripts" / "build-image"), *args],
-                           capture_output=True, text=True, check=True, timeout=1800)
+                           capture_output=True, text=True, timeout=1800)
+    assert built.returncode == 0, built.stderr[-4000:]
     return built.stdout.strip().splitlines()[-1]
+
+
+def _buildah(*args: str) -> str:
+    done = subprocess.run([*BUILDAH, *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"buildah {' '.join(args)}: {done.stderr[-2000:]}"
+    return done.stdout.strip()
 
 
 def lab_image(shop_image: str) -> str:
     """The test project on top of the shop's image (same Python and chunkwise), so the
     worker can run the lab's deliberately wrong operations."""
-    name = f"localhost/chunkwise-lab:{shop_image.rsplit(':', 1)[1]}"
+    lab = REPO / "tests" / "labproject"
+    sources = hashlib.sha256(shop_image.encode())
+    for path in sorted(p for p in lab.rglob("*.py") if "__pycache__" not in p.parts):
+        sources.update(str(path.relative_to(lab)).encode() + path.read_bytes())
+    name = f"localhost/chunkwise-lab:{sources.hexdigest()[:12]}"
     if subprocess.run([*BUILDAH, "inspect", "--type", "image", name],
                       capture_output=True).returncode != 0:
-        container = subprocess.run([*BUILDAH, "from", shop_image], capture_output=True,
-                                   text=True, check=True).stdout.strip()
-        subprocess.run([*BUILDAH, "copy", "--chown", "65532:65532", container,
-                        str(REPO / "tests" / "labproject"), "/lab"], check=True,
-                       capture_output=True)
-        subprocess.run([*BUILDAH, "config", "--workingdir", "/lab", container], check=True)
-        subprocess.run([*BUILDAH, "commit", "--rm", "--quiet", container, name], check=True,
-                       capture_output=True)
+        container = _buildah("from", shop_image)
+        _buildah("copy", "--chown", "65532:65532", container, str(lab), "/lab")
+        _buildah("config", "--workingdir", "/lab", container)
+        _buildah("commit", "--rm", "--quiet", container, name)
     return name
 
 
@@ -111,7 +120,8 @@ class Release:
         return f"{self.registry}/chunkwise"
 
 
-def make_release(registry: str, checkout: Path = REPO) -> Release:
+def make_release(registry: str, checkout: Path = REPO,
+                 env: dict[str, str] | None = None) -> Release:
     """scripts/release of ``checkout``'s version against ``registry`` (plain HTTP)."""
     version = subprocess.run([sys.executable, "-c", "import chunkwise; print("
                               "chunkwise.__version__)"], capture_output=True, text=True,
@@ -119,7 +129,7 @@ def make_release(registry: str, checkout: Path = REPO) -> Release:
                              ).stdout.strip()
     made = subprocess.run([str(checkout / "scripts" / "release"), version, "--registry",
                            registry, "--plain-http"], capture_output=True, text=True,
-                          timeout=1800)
+                          timeout=1800, env={**os.environ, **(env or {})})
     assert made.returncode == 0, made.stderr[-4000:]
     return Release(version, registry, made.stdout, checkout / "dist" / version)
 

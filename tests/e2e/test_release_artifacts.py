@@ -86,7 +86,7 @@ def newer_release(registry: str, tmp: Path) -> Release:
     subprocess.run(["git", "-C", str(checkout), "-c", "user.name=e2e", "-c",
                     "user.email=e2e@example.com", "commit", "-qam", f"release {NEXT}"],
                    check=True)
-    return make_release(registry, checkout)
+    return make_release(registry, checkout, {"CHUNKWISE_KEEP_IMAGES": "1"})
 
 
 def crd_fields(k8s: Cluster) -> set[str]:
@@ -121,13 +121,14 @@ def test_helm_upgrade_then_rollback_in_the_middle_of_a_run(
     k8s.helm("upgrade", RELEASE, newer.chart, "--version", NEXT, "--plain-http",
              "--namespace", OPERATOR_NAMESPACE, "--reuse-values",
              "--set", f"image.repository={newer.image_repository}")
-    upgraded = operator_at(k8s, operator, NEXT, first)
-    assert "upgradeNote" in crd_fields(k8s)  # the new schema is in place
-    assert shop.dmig("count-visit")["status"]["phase"] == "Running"
-    rows_at_upgrade = shop.dmig("count-visit")["status"]["progress"]["rowsProcessed"]
-    wait_rows(shop, "count-visit", rows_at_upgrade + 1000)  # and the run goes on
-
-    k8s.helm("rollback", RELEASE, "1", "--namespace", OPERATOR_NAMESPACE, "--wait=false")
+    try:
+        upgraded = operator_at(k8s, operator, NEXT, first)
+        assert "upgradeNote" in crd_fields(k8s)  # the new schema is in place
+        assert shop.dmig("count-visit")["status"]["phase"] == "Running"
+        rows_at_upgrade = shop.dmig("count-visit")["status"]["progress"]["rowsProcessed"]
+        wait_rows(shop, "count-visit", rows_at_upgrade + 1000)  # and the run goes on
+    finally:  # the later tests run on the session's release, whatever happened here
+        k8s.helm("rollback", RELEASE, "1", "--namespace", OPERATOR_NAMESPACE, "--wait=false")
     operator_at(k8s, operator, release.version, upgraded)
     assert "upgradeNote" not in crd_fields(k8s)
     shop.patch_spec("count-visit", {"batch": {"maxRowsPerSecond": 0}})  # finish now

@@ -263,7 +263,8 @@ def test_oom_problem_names_the_newest_killed_pod_its_limit_and_what_to_change() 
     older = pod("m-run1-a", "2026-01-01T00:00:01Z", "OOMKilled", "32Mi")
     newer = pod("m-run1-b", "2026-01-01T00:00:09Z", "OOMKilled", "48Mi")
     crashed = pod("m-run1-c", "2026-01-01T00:00:20Z", "Error", "48Mi")
-    problem = oom_problem([older, crashed, newer])
+    assert oom_problem([older, crashed, newer]) is None  # the newest pod crashed otherwise
+    problem = oom_problem([older, newer])
     assert problem is not None and (problem.phase, problem.reason) == ("Failed", "OOMKilled")
     assert problem.message == (
         "pod m-run1-b: the worker container was OOMKilled (exit code 137): it used more than "

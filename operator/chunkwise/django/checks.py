@@ -77,7 +77,9 @@ def check_batched_migrations(app_configs: Sequence[AppConfig] | None = None,
                 hint=f"add `atomic = False` to the Migration class in {_where(migration)} "
                      f"(squashmigrations writes atomic migrations: edit the squashed one)",
                 obj=migration, id="chunkwise.E001"))
-        if isinstance(operation, BatchedRunPython) and operation.key != "pk":
+        # a migration a squash replaced is not in the graph (the squashed one is checked)
+        in_graph = (migration.app_label, migration.name) in loader.graph.nodes
+        if isinstance(operation, BatchedRunPython) and operation.key != "pk" and in_graph:
             problem = _key_problem(loader, migration, index, operation)
             if problem:
                 errors.append(Error(problem, hint=f"use key='pk' or a unique field in "

@@ -168,9 +168,15 @@ class Cluster:
                           exc) from None
 
 
+#: 403s that are not RBAC's: a quota frees up, a terminating namespace goes away
+_PASSING_FORBIDDEN = ("exceeded quota", "is being terminated")
+
+
 def _failed(verb: str, plural: str, group: str, namespace: str, name: str,
             exc: ApiException) -> kopf.PermanentError | kopf.TemporaryError:
-    if exc.status in _PERMANENT:
+    passing = exc.status == 403 and any(text in _api_message(exc)
+                                        for text in _PASSING_FORBIDDEN)
+    if exc.status in _PERMANENT and not passing:
         return ApiRefused(verb, plural, group, namespace, name, exc)
     what = f"{plural}.{group}" if group else plural
     return kopf.TemporaryError(f"{verb} {what} {namespace}/{name}: HTTP {exc.status} "

@@ -139,12 +139,13 @@ def pod_problem(pods: Sequence[Mapping[str, Any]]) -> RunState | None:
 
 
 def oom_problem(pods: Sequence[Mapping[str, Any]]) -> RunState | None:
-    """The newest of a run's pods whose container was OOMKilled, said in the user's terms:
+    """The run's newest pod, if its container was OOMKilled, said in the user's terms:
     which limit it passed and what to change. A retry with the same limit and batch size
-    ends the same way, so "exit 137" alone would only send the user hunting."""
+    ends the same way, so "exit 137" alone would only send the user hunting. An older
+    pod's kill is history once a newer pod runs or failed otherwise."""
     newest_first = sorted(pods, key=lambda p: str(p["metadata"].get("creationTimestamp", "")),
                           reverse=True)
-    for pod in newest_first:
+    for pod in newest_first[:1]:
         for container in pod.get("status", {}).get("containerStatuses") or []:
             terminated = ((container.get("state") or {}).get("terminated")
                           or (container.get("lastState") or {}).get("terminated") or {})

@@ -24,6 +24,7 @@ from chunkwise.engine import TUNABLES, parse_duration, spec_env
 from .cluster import REFUSED, ApiRefused, Cluster
 from .conditions import (
     FAILED_CREATE,
+    OOM_KILLED,
     STUCK,
     Event,
     RunState,
@@ -329,7 +330,8 @@ def check_pods(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
     the run that cannot start (image pull, config), or a pod the API server refuses to
     create, puts the DataMigration back to Pending with Progressing=False and the
     kubelet's or the Job controller's reason, and a Warning Event, instead of a silent
-    Pending or a Running that runs nothing."""
+    Pending or a Running that runs nothing. A newest pod that was OOMKilled says so the
+    same way, the phase kept (the Job retries it), until a newer pod takes over."""
     status = body.get("status") or {}
     run = status.get("run")
     if status.get("phase") not in ("Pending", "Running") or not run:
@@ -349,6 +351,11 @@ def check_pods(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
             namespace, f"involvedObject.kind=Job,involvedObject.name={job},"
                        f"reason={FAILED_CREATE}"))
     if problem is None:
+        if _progressing(status).get("reason") == OOM_KILLED:  # a newer pod took over
+            patch.setdefault("status", {})["conditions"] = set_condition(
+                status.get("conditions", []), "Progressing", "True", "Running",
+                "a new worker pod took over from the OOMKilled one",
+                body["metadata"].get("generation"), utc_now_text())
         return
     current = _progressing(status)
     if (current.get("reason"), current.get("message")) == (problem.reason, problem.message):

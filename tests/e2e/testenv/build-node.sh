@@ -32,6 +32,10 @@ packages=()
 command -v iptables >/dev/null || packages+=(iptables)
 command -v conntrack >/dev/null || packages+=(conntrack)
 command -v buildah >/dev/null || packages+=(buildah)
+# the pause binary: gcc -static needs glibc's static libraries (libc6-dev), strip binutils
+command -v gcc >/dev/null || packages+=(gcc)
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || ls /usr/lib/*/libc.a >/dev/null 2>&1 || packages+=(libc6-dev)
+command -v strip >/dev/null || packages+=(binutils)
 if [ ${#packages[@]} -gt 0 ]; then
   log "installing ${packages[*]} from Debian packages"
   $SUDO apt-get update -qq
@@ -49,7 +53,7 @@ build_from_module() {  # module version package output [tags]
   local w="$DEST/work/$(basename "$module")"; mkdir -p "$w"; cd "$w"
   [ -f go.mod ] || printf 'module chunkwise.dev/testenv-%s\n\ngo 1.24\n' "$(basename "$module")" > go.mod
   log "building $output ($module $version)"
-  go get "$module@$version" >/dev/null 2>&1
+  go get "$module@$version" >/dev/null
   go build -trimpath -tags "$tags" -ldflags "-s -w" -o "$BIN/$output.tmp" "$package"
   mv "$BIN/$output.tmp" "$BIN/$output"
 }

@@ -8,7 +8,7 @@ the kubelet's root, the CNI IPAM store, the pods' network namespaces), and is st
 unmounted and removed afterwards: pods are deleted first so the CNI plugins undo their
 links and NAT rules, then kube-proxy removes its rules.
 
-Recipe and the two settings this machine needs are in ``shared/TESTENV.md``:
+The two settings this machine needs (the README's test environment section says more):
 containerd's ``restrict_oom_score_adj`` (runc's init may not lower oom_score_adj here)
 and the kubelet's ``failCgroupV1: false`` (the machine has cgroup v1 only).
 """
@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -40,9 +41,14 @@ RUNC = Path("/usr/bin/runc") if Path("/usr/bin/runc").exists() else Path("/usr/s
 #: mirror would serve them in a real cluster
 MIRRORED_HOSTS = ("registry.example.com",)
 BUILDAH = ["buildah", "--storage-driver", "vfs"]  # as scripts/build-image stores images
-#: host settings the node changes, put back when it stops (forwarding first: it is set)
-SYSCTLS = (Path("/proc/sys/net/ipv4/ip_forward"),
-           Path("/proc/sys/net/ipv4/conf/all/route_localnet"))
+#: host settings the node changes, put back when it stops: forwarding (set here, first),
+#: and what the kubelet sets for itself (protectKernelDefaults is off)
+SYSCTLS = tuple(Path("/proc/sys") / name for name in (
+    "net/ipv4/ip_forward", "net/ipv4/conf/all/route_localnet", "vm/overcommit_memory",
+    "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops", "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes"))
+#: the iptables tables the kubelet, kube-proxy and the CNI plugins write to
+IPTABLES_TABLES = ("filter", "nat", "mangle")
 
 
 def node_ip() -> str:
@@ -78,15 +84,16 @@ def _mounts_under(prefix: Path) -> list[str]:
     return mounts
 
 
-def unmount_all(prefix: Path) -> None:
+def unmount_all(prefix: Path) -> list[str]:
     """Unmount everything mounted under ``prefix``, deepest first (the kubelet bind-mounts
-    its pods' volumes, containerd its rootfs and network namespaces)."""
+    its pods' volumes, containerd its rootfs and network namespaces); what is left."""
     for _ in range(5):
         mounts = _mounts_under(prefix)
         if not mounts:
-            return
+            return []
         for target in sorted(mounts, key=len, reverse=True):
             subprocess.run(["umount", "-l", target], capture_output=True)
+    return _mounts_under(prefix)
 
 
 @dataclass
@@ -101,8 +108,11 @@ class Registry:
 
     def push(self, local_image: str, repository: str, tag: str) -> str:
         target = self.image(repository, tag)
-        subprocess.run([*BUILDAH, "push", "--quiet", "--tls-verify=false", local_image,
-                        f"docker://{target}"], check=True, capture_output=True, timeout=900)
+        pushed = subprocess.run([*BUILDAH, "push", "--quiet", "--tls-verify=false",
+                                 local_image, f"docker://{target}"], capture_output=True,
+                                text=True, timeout=900)
+        if pushed.returncode != 0:
+            raise RuntimeError(f"buildah push {local_image} to {target}: {pushed.stderr}")
         return target
 
 
@@ -120,9 +130,12 @@ class Node:
     # -- clients --------------------------------------------------------------------------
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(self.node_bin / "ctr"), "--address", str(self.socket),
+        done = subprocess.run([str(self.node_bin / "ctr"), "--address", str(self.socket),
                                "--namespace", "k8s.io", *args], capture_output=True, text=True,
-                              check=check, timeout=60)
+                              timeout=60)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"ctr {' '.join(args)}: {done.stderr}")
+        return done
 
     def kill_container(self, container_id: str, signal: str = "SIGKILL") -> None:
         """Kill a container's process the way a node loses it: its task, not the pod."""
@@ -294,11 +307,24 @@ state = "{base / 'state'}"
         self.cluster.kubectl("delete", "pods", "--all", "--all-namespaces", "--wait=false",
                              "--grace-period=1", check=False)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            tasks = self.ctr("tasks", "list", check=False).stdout.splitlines()[1:]
-            if not any("RUNNING" in task for task in tasks):
-                return
+        while time.monotonic() < deadline and self._running_tasks():
             time.sleep(0.5)
+
+    def _running_tasks(self) -> list[tuple[str, int]]:
+        """(container id, its init's host PID) of every running container."""
+        listed = self.ctr("tasks", "list", check=False)
+        if listed.returncode != 0:
+            raise RuntimeError(f"ctr tasks list failed: {listed.stderr}")
+        return [(fields[0], int(fields[1])) for fields in
+                (line.split() for line in listed.stdout.splitlines()[1:])
+                if len(fields) >= 3 and fields[2] == "RUNNING"]
+
+    def kill_leftover_containers(self) -> None:
+        """Whatever the kubelet did not stop: its init process is killed (the rest of its
+        PID namespace goes with it), so nothing outlives containerd and its shims."""
+        for _, pid in self._running_tasks():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def stop(self) -> None:
         """After the control plane's own processes are stopped: what is left on the host."""
@@ -307,15 +333,26 @@ state = "{base / 'state'}"
                            timeout=60)
         subprocess.run(["pkill", "-KILL", "-f", f"containerd-shim-runc-v2 .*{self.socket}"],
                        capture_output=True)
-        unmount_all(self.root)
+        left = unmount_all(self.root)
+        ports = subprocess.run(["ip", "-o", "link", "show", "master", BRIDGE],
+                               capture_output=True, text=True).stdout
+        for veth in re.findall(r"^\d+: ([^@:]+)", ports, re.MULTILINE):
+            subprocess.run(["ip", "link", "delete", veth], capture_output=True)
         subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
         for save in ("iptables-save", "ip6tables-save"):
             if save in self._saved:
-                subprocess.run([save.replace("-save", "-restore")], input=self._saved[save],
-                               text=True, capture_output=True)
+                # a table missing from the dump was empty: restoring it empty flushes the
+                # chains and rules the node added there
+                dump = self._saved[save] + "".join(
+                    f"*{table}\nCOMMIT\n" for table in IPTABLES_TABLES
+                    if f"*{table}\n" not in self._saved[save])
+                subprocess.run([save.replace("-save", "-restore")], input=dump, text=True,
+                               capture_output=True)
         for sysctl in SYSCTLS:
             if sysctl in self._saved:
                 sysctl.write_text(self._saved[sysctl])
+        if left:
+            raise RuntimeError(f"still mounted under {self.root} after the node stopped: {left}")
 
 
 @contextlib.contextmanager
@@ -328,5 +365,7 @@ def running_node(cluster: Cluster, bin_dir: Path, address: str) -> Iterator[Node
     finally:
         with contextlib.suppress(Exception):
             node.delete_all_pods()
+        with contextlib.suppress(Exception):
+            node.kill_leftover_containers()
         cluster.stop_processes(("kube-proxy", "kubelet", "containerd", "registry"))
         node.stop()
