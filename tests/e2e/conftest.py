@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
-from chunkwise.contract import API_GROUP, PLURAL
+from chunkwise.contract import API_GROUP, PLURAL, Ports
 from tests.e2e.testenv.cluster import Cluster, running_cluster
-from tests.e2e.testenv.node import BUILDAH, POD_CIDR, Node, node_ip, running_node
+from tests.e2e.testenv.node import POD_CIDR, Node, node_ip, running_node
+from tests.support.images import BUILDAH, build_image
 from tests.support.pgserver import PgServer, running_server
 from tests.support.shop import shop_env
 
@@ -69,14 +70,6 @@ def pg(control_plane: Cluster) -> Iterator[PgServer]:
     network (their source addresses are in POD_CIDR, let in by pg_hba)."""
     with running_server(address=control_plane.address, clients=[POD_CIDR]) as server:
         yield server
-
-
-def build_image(*args: str) -> str:
-    """scripts/build-image (cached by a hash of its inputs); the image's local name."""
-    built = subprocess.run([str(REPO / "scripts" / "build-image"), *args],
-                           capture_output=True, text=True, timeout=1800)
-    assert built.returncode == 0, built.stderr[-4000:]
-    return built.stdout.strip().splitlines()[-1]
 
 
 def _buildah(*args: str) -> str:
@@ -182,18 +175,28 @@ class OperatorDeployment:
             "GET", f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods?labelSelector="
                    + OPERATOR_SELECTOR.replace("=", "%3D").replace(",", "%2C"))["items"])
 
+    def live_pods(self) -> list[dict[str, Any]]:
+        """The Deployment's pods that are not being deleted."""
+        return [p for p in self.pods() if not p["metadata"].get("deletionTimestamp")]
+
     def pod(self) -> dict[str, Any]:
-        live = [p for p in self.pods() if not p["metadata"].get("deletionTimestamp")]
+        live = self.live_pods()
         assert len(live) == 1, [p["metadata"]["name"] for p in live]
         return live[0]
 
+    def url(self, port_name: str, path: str, pod: dict[str, Any] | None = None) -> str:
+        """``path`` on the pod's IP, at its container port named ``port_name``."""
+        pod = pod or self.pod()
+        [port] = [p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]
+                  if p["name"] == port_name]
+        return f"http://{pod['status']['podIP']}:{port}{path}"
+
     def _serving(self) -> bool:
-        live = [p for p in self.pods() if not p["metadata"].get("deletionTimestamp")]
+        live = self.live_pods()
         if len(live) != 1 or not _ready(live[0]):
             return False
         try:
-            with urllib.request.urlopen(f"http://{live[0]['status']['podIP']}:8080/healthz",
-                                        timeout=2):
+            with urllib.request.urlopen(self.url("health", "/healthz", live[0]), timeout=2):
                 return True
         except OSError:
             return False
@@ -235,8 +238,7 @@ class OperatorDeployment:
 
     def scrape(self) -> str:
         """The operator's /metrics, as Prometheus reads it: at the pod's IP."""
-        address = self.pod()["status"]["podIP"]
-        with urllib.request.urlopen(f"http://{address}:9101/metrics", timeout=10) as answer:
+        with urllib.request.urlopen(self.url(Ports.NAME, "/metrics"), timeout=10) as answer:
             return str(answer.read().decode())
 
     def logs(self) -> str:

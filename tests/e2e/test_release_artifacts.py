@@ -99,7 +99,7 @@ def operator_at(k8s: Cluster, operator: OperatorDeployment, version: str,
                 before: str) -> str:
     """Wait for the Deployment's pod to be a new one running ``version``; its uid."""
     def replaced() -> str | None:
-        live = [p for p in operator.pods() if not p["metadata"].get("deletionTimestamp")]
+        live = operator.live_pods()
         if len(live) == 1 and live[0]["metadata"]["uid"] != before and \
                 live[0]["spec"]["containers"][0]["image"].endswith(f":{version}"):
             return str(live[0]["metadata"]["uid"])

@@ -64,4 +64,7 @@ def test_the_operator_runs_in_a_restricted_namespace_with_in_cluster_config(
     [container] = pod["spec"]["containers"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["image"].startswith(f"{operator.node.registry.address}/")
-    assert "with in-cluster configuration (the pod's ServiceAccount token)" in operator.logs()
+    said = "with in-cluster configuration (the pod's ServiceAccount token)"
+    line = k8s.wait_for("the operator's login line", lambda: next(
+        (line for line in operator.logs().splitlines() if said in line), None), timeout=60)
+    assert f"logged in to https://10.0.0.1:443 {said}" in line  # the kubernetes Service

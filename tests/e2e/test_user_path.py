@@ -493,3 +493,26 @@ def test_a_throttled_run_waits_shows_why_and_goes_on_when_retuned(
     assert "Retuned" in events
     assert 'chunkwise_migration_throttled{migration="count-visit"' not in \
         operator.scrape()
+
+
+def test_the_data_work_goes_on_while_the_api_server_is_frozen(shop: Shop) -> None:
+    """kube-apiserver stopped (SIGSTOP) for 20 s in the middle of a run capped at 600
+    rows/s: the worker's batches keep the cap (its status patches wait in their own
+    thread, coalesced), and once the API server is back the status catches up."""
+    import os
+
+    freeze = 20.0  # s: the fault itself, not a wait for a condition
+    shop.apply(count_visit(rate=600))  # 20,000 rows: about 33 s
+    wait_rows(shop, "count-visit", 2000)
+    api_server = shop.k8s.processes["kube-apiserver"].pid
+    before = visits(shop).get(1, 0)
+    os.kill(api_server, signal.SIGSTOP)
+    try:
+        time.sleep(freeze)
+        during = visits(shop).get(1, 0) - before  # PostgreSQL needs no API server
+    finally:
+        os.kill(api_server, signal.SIGCONT)
+    assert during / freeze >= 0.8 * 600, f"{during} rows in {freeze:.0f}s of freeze"
+    body = shop.wait_phase("count-visit", "Succeeded", timeout=180)
+    assert body["status"]["progress"]["rowsProcessed"] == SEEDED  # caught up
+    assert visits(shop) == {1: SEEDED}

@@ -11,16 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.images import BUILDAH, build_image
+
 pytestmark = pytest.mark.image
 REPO = Path(__file__).resolve().parents[2]
-BUILDAH = ["buildah", "--storage-driver", "vfs"]
-
-
-def build(*args: str) -> str:
-    built = subprocess.run([str(REPO / "scripts" / "build-image"), *args], capture_output=True,
-                           text=True, timeout=1800)
-    assert built.returncode == 0, built.stderr
-    return built.stdout.strip().splitlines()[-1]
 
 
 class Container:
@@ -41,14 +35,14 @@ class Container:
 
 @pytest.fixture(scope="module")
 def operator_image() -> Iterator[Container]:
-    container = Container(build())
+    container = Container(build_image())
     yield container
     container.remove()
 
 
 @pytest.fixture(scope="module")
 def shop_image() -> Iterator[Container]:
-    container = Container(build("examples/shop/Dockerfile", "shop"))
+    container = Container(build_image("examples/shop/Dockerfile", "shop"))
     yield container
     container.remove()
 

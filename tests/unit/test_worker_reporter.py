@@ -38,6 +38,7 @@ def test_patches_at_most_once_per_interval_and_always_at_the_end() -> None:
     for step in range(1, 10):
         now[0] = step * 0.5
         reporter.batch_committed(report(step * 100))
+        reporter.flush()  # each patch sent before the next batch (see the coalescing test)
     assert len(client.patches) == 1 + 2  # start, then at t=2.0 and t=4.0
     reporter.finished(Outcome(ExitCode.HALTED, "FailedRowsExceeded", "too many", state(900)))
     last = client.patches[-1]
@@ -64,6 +65,7 @@ def test_a_shard_patches_its_own_entry_and_the_summed_progress() -> None:
     for step in range(1, 20):
         now[0] = step * 0.5
         reporter.batch_committed(BatchReport(100, 0, 0.01, 0.0, 100, mine))
+        reporter.flush()
     assert len(client.patches) == 1 + 1  # start, then at t=8.0
     assert set(client.patches[0]["shards"]) == {"2"} and "worker" not in client.patches[0]
     assert client.patches[0]["shards"]["2"]["worker"]["state"] == "running"
@@ -108,20 +110,25 @@ def test_a_throttle_is_written_when_it_starts_changes_or_ends_not_per_reading() 
     client = FakeClient()
     reporter = StatusReporter(client, interval=2.0, clock=lambda: now[0])  # type: ignore[arg-type]
     reporter.started(state(0))
+    reporter.flush()
     assert client.patches[0].get("throttle", "unset") is None  # a killed pod's throttle is over
     lag = Throttle("replication_lag", "replication lag 12.3s > 5s (throttle.replicationLag)")
     now[0] = 10.0
     reporter.throttle_changed(lag)
+    reporter.flush()
     first = client.patches[-1]["throttle"]
     assert first["reason"] == "ReplicationLag" and first["message"] == lag.message
     now[0] = 10.5  # a fresh reading of the same reason, within the interval: not written
     reporter.throttle_changed(Throttle("replication_lag", "replication lag 13.0s > 5s"))
+    reporter.flush()
     assert len(client.patches) == 2
     now[0] = 12.5  # past the interval: the fresh value, the same "since"
     reporter.throttle_changed(Throttle("replication_lag", "replication lag 14.0s > 5s"))
+    reporter.flush()
     assert client.patches[-1]["throttle"] == {**first, "message": "replication lag 14.0s > 5s"}
     now[0] = 12.6  # the end: at once
     reporter.throttle_changed(None)
+    reporter.flush()
     assert client.patches[-1] == {"throttle": None} and len(client.patches) == 4
 
 
@@ -132,5 +139,42 @@ def test_a_shards_throttle_goes_into_its_own_entry() -> None:
     reporter = StatusReporter(client, interval=2.0, clock=lambda: 0.0,  # type: ignore[arg-type]
                               shard=1, shards=2)
     reporter.throttle_changed(Throttle("autovacuum", "autovacuum on t for 3s (scanning heap)",))
+    reporter.flush()
     assert client.patches[-1]["shards"]["1"]["throttle"]["reason"] == "Autovacuum"
     assert "throttle" not in client.patches[-1]
+
+
+def test_a_slow_api_server_never_holds_a_batch_and_gets_the_newest_state_coalesced() -> None:
+    """While a patch hangs (the API server frozen), batches go on at once; what they
+    report meanwhile goes out as one patch, the newest values winning, and the final
+    report waits for it."""
+    import threading
+    import time
+
+    release, hanging = threading.Event(), threading.Event()
+
+    class HangingClient(FakeClient):
+        def patch_status(self, status: dict[str, Any], timeout: float = 5.0) -> None:
+            hanging.set()
+            release.wait(10)
+            super().patch_status(status)
+
+    now = [0.0]
+    client = HangingClient()
+    reporter = StatusReporter(client, interval=2.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    reporter.started(state(0))
+    assert hanging.wait(5)  # the sender took the first patch and hangs on it
+    started = time.monotonic()
+    for step in range(1, 9):
+        now[0] = step * 1.0
+        reporter.batch_committed(report(step * 100))
+    assert time.monotonic() - started < 1.0  # no batch waited on the hanging patch
+    assert client.patches == []
+    release.set()
+    reporter.finished(Outcome(ExitCode.DONE, "Completed", "ok", state(1000, done=True)))
+    assert len(client.patches) <= 3  # start, then everything after it merged (and the end)
+    assert client.patches[0]["worker"]["state"] == "running"
+    assert client.patches[-1]["worker"]["state"] == "done"
+    assert client.patches[-1]["progress"]["rowsProcessed"] == 1000
+    sent = [p["progress"]["rowsProcessed"] for p in client.patches[1:-1]]
+    assert sent in ([], [800])  # the newest batch's figures, never an older one's alone

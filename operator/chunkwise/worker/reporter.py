@@ -4,13 +4,17 @@
 the run goes on (:class:`RateWindow`), and over the whole run in the final report.
 
 A failed patch never fails the migration: the checkpoint in the database is the
-truth; the status is a view of it.
+truth; the status is a view of it. Nor does a slow one slow it: patches go out from a
+thread of their own (:class:`_Sender`), the newest state coalesced into one patch while
+the API server is slow or away, so the batches never wait on it; only the final report
+waits, a bounded time, for what is still to send.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -46,6 +50,54 @@ _OUTCOME_STATE: dict[int, WorkerState] = {
     ExitCode.DONE: "done", ExitCode.HALTED: "halted", ExitCode.INTERRUPTED: "interrupted"}
 
 
+def _merged(earlier: dict[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
+    """Two JSON merge patches as one (RFC 7386: the later one's keys win, maps merge)."""
+    merged = dict(earlier)
+    for key, value in later.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class _Sender:
+    """Sends status patches from its own thread: ``send`` only hands the patch over,
+    merged into any not yet sent, so a batch never waits on the API server."""
+
+    def __init__(self, deliver: Callable[[dict[str, Any]], None]) -> None:
+        self._deliver = deliver
+        self._pending: dict[str, Any] | None = None
+        self._busy = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="chunkwise-status",
+                                        daemon=True)
+        self._thread.start()
+
+    def send(self, patch: Mapping[str, Any]) -> None:
+        with self._changed:
+            self._pending = _merged(self._pending or {}, patch)
+            self._changed.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything handed over was sent (or tried); False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._pending is None and not self._busy,
+                                          timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._pending is not None)
+                patch, self._pending, self._busy = self._pending, None, True
+            try:
+                self._deliver(patch or {})
+            finally:
+                with self._changed:
+                    self._busy = False
+                    self._changed.notify_all()
+
+
 class StatusReporter:
     """One shard's view into the status: its own entry under ``shards.<index>`` (a JSON
     merge patch merges a map key by key, so the pods of an Indexed Job never overwrite
@@ -68,6 +120,14 @@ class StatusReporter:
         self._window = RateWindow()
         self._warned = False
         self._throttle: ThrottleStatus | None = None
+        self._sender = _Sender(self._deliver)
+
+    #: how long the final report waits for the patches before it (the API server away)
+    FINAL_WAIT = 15.0  # s
+
+    def flush(self, timeout: float = FINAL_WAIT) -> bool:
+        """Wait for every patch handed over so far to be sent (or to fail)."""
+        return self._sender.flush(timeout)
 
     def _progress(self, state: CheckpointState, checkpoint_at: str | None,
                   live: bool = True) -> ProgressStatus:
@@ -88,9 +148,13 @@ class StatusReporter:
         return progress
 
     def _patch(self, status: dict[str, Any]) -> None:
+        """Hand the patch to the sender; the interval counts from here."""
+        self._last_patch = self._clock()
+        self._sender.send(status)
+
+    def _deliver(self, status: dict[str, Any]) -> None:
         try:
             resource = self._client.patch_status(status)
-            self._last_patch = self._clock()
             if self._live is not None and resource:
                 self._live.offer(resource)
         except Exception as exc:  # a view; the checkpoint is the truth
@@ -192,3 +256,7 @@ class StatusReporter:
             else:
                 status["verification"] = verification
         self._patch(status)
+        if not self.flush():
+            sys.stderr.write(f"chunkwise: DataMigration {self._client.resource}: the final "
+                             f"status was not sent within {self.FINAL_WAIT:.0f}s; the "
+                             "checkpoint in the database has the outcome\n")

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.images import BUILDAH
 from tests.support.pgserver import free_port
 
 from .cluster import Cluster, write_kubeconfig
@@ -40,7 +41,6 @@ RUNC = Path("/usr/bin/runc") if Path("/usr/bin/runc").exists() else Path("/usr/s
 #: containerd's mirror configuration (certs.d/<host>/hosts.toml), as a pull-through
 #: mirror would serve them in a real cluster
 MIRRORED_HOSTS = ("registry.example.com",)
-BUILDAH = ["buildah", "--storage-driver", "vfs"]  # as scripts/build-image stores images
 #: host settings the node changes, put back when it stops: forwarding (set here, first),
 #: and what the kubelet sets for itself (protectKernelDefaults is off)
 SYSCTLS = tuple(Path("/proc/sys") / name for name in (
