@@ -20,8 +20,8 @@ from chunkwise.contract import (
     utc_now_text,
 )
 
-__all__ = ["DRY_RUN_COMPLETED", "FAILED_CREATE", "OOM_KILLED", "STUCK", "Event", "RunState",
-           "ended_at", "find_condition", "job_problem", "oom_problem", "pod_problem",
+__all__ = ["DRY_RUN_COMPLETED", "ENDED", "FAILED_CREATE", "OOM_KILLED", "STUCK", "Event",
+           "RunState", "ended_at", "find_condition", "job_problem", "oom_problem", "pod_problem",
            "run_state_of", "set_condition", "stall_status", "status_for", "throttle_status",
            "verification_of", "worker_of"]
 
@@ -218,7 +218,8 @@ _TABLE = {
 }
 
 
-_ENDED = ("Succeeded", "Halted", "Failed")
+#: the phases a run ends in
+ENDED = ("Succeeded", "Halted", "Failed")
 #: (while the run goes on, once it has ended): why Suspended or Halted is False
 _NOT = {
     "Suspended": ("spec.suspend is false: the run goes on", "the run has ended; nothing to "
@@ -240,7 +241,7 @@ def status_for(status: Mapping[str, Any], outcome: RunState, generation: int | N
         if kind in ("Succeeded", "Progressing") or value == "True":
             reason, message = outcome.reason, outcome.message
         else:  # says why this condition is False, never another condition's story
-            reason, message = f"Not{kind}", _NOT[kind][outcome.phase in _ENDED]
+            reason, message = f"Not{kind}", _NOT[kind][outcome.phase in ENDED]
         conditions = set_condition(conditions, kind, value, reason, message,
                                    generation, now)
     conditions = _verified(conditions, status, outcome, generation, now)

@@ -23,6 +23,7 @@ from chunkwise.engine import TUNABLES, parse_duration, spec_env
 
 from .cluster import REFUSED, ApiRefused, Cluster
 from .conditions import (
+    ENDED,
     FAILED_CREATE,
     OOM_KILLED,
     STUCK,
@@ -49,7 +50,6 @@ __all__ = ["PostEvent", "announce_retune", "announce_throttle", "check_pods", "c
 _RESTARTABLE = ("Halted", "Failed")
 #: the last spec generation whose retuning was announced as an Event
 RETUNED_ANNOTATION = f"{ANNOTATION_PREFIX}/retuned-generation"
-_ENDED = ("Succeeded", "Halted", "Failed")
 PostEvent = Callable[[Mapping[str, Any], Event], None]
 
 
@@ -240,6 +240,11 @@ def migration_of_job(cluster: Cluster, job: Mapping[str, Any]) -> dict[str, Any]
         return None
 
 
+def _run_pods(cluster: Cluster, namespace: str, name: str, run: object) -> list[dict[str, Any]]:
+    """The pods of run ``run`` of DataMigration ``name`` (the Job's labels on its pods)."""
+    return cluster.list_pods(namespace, f"{Label.MIGRATION}={name},{Label.RUN}={run}")
+
+
 def _progressing(status: Mapping[str, Any]) -> Mapping[str, Any]:
     return find_condition(status.get("conditions", []), "Progressing")
 
@@ -275,10 +280,9 @@ def job_changed(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> No
     if state.phase == "Failed" and not (worker or {}).get("reason"):
         # the worker could not say why (killed): the kubelet may know
         run = job["metadata"]["labels"][Label.RUN]
-        state = oom_problem(cluster.list_pods(
-            namespace, f"{Label.MIGRATION}={name},{Label.RUN}={run}")) or state
+        state = oom_problem(_run_pods(cluster, namespace, name, run)) or state
     if state.phase == status.get("phase") and state.phase != "Halted":
-        if state.phase in _ENDED and not status.get("completedAt"):
+        if state.phase in ENDED and not status.get("completedAt"):
             # ended while no one recorded when (an operator before this fix lost it)
             cluster.patch_status(namespace, name,
                                  {"completedAt": ended_at(job) or utc_now_text()})
@@ -303,7 +307,7 @@ def job_deleted(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> No
     migration = _current_run_of(cluster, job)
     status = (migration or {}).get("status") or {}
     phase = status.get("phase")
-    if migration is None or phase in _ENDED:
+    if migration is None or phase in ENDED:
         return
     name, run = migration["metadata"]["name"], int(status["run"])
     if cluster.create_job(build_job(migration, run)):
@@ -337,7 +341,7 @@ def check_pods(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
     if status.get("phase") not in ("Pending", "Running") or not run:
         return
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
-    pods = cluster.list_pods(namespace, f"{Label.MIGRATION}={name},{Label.RUN}={run}")
+    pods = _run_pods(cluster, namespace, name, run)
     problem = pod_problem(pods)
     phase = status["phase"]
     if problem is None:
