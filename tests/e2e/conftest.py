@@ -213,7 +213,7 @@ class OperatorDeployment:
         """Kill the container's process (as the node loses it); the kubelet restarts it."""
         pod = self.pod()
         [status] = pod["status"]["containerStatuses"]
-        self.node.kill_container(status["containerID"], signal.Signals(sig).name)
+        self.node.kill_container(status["containerID"], sig)
         restarts = status["restartCount"]
         self.cluster.wait_for("the operator's container restarted", lambda: any(
             s["restartCount"] > restarts for s in self.pod()["status"]["containerStatuses"]),
@@ -226,7 +226,7 @@ class OperatorDeployment:
         self.earlier_logs.append(self.logs())
         [status] = pod["status"]["containerStatuses"]
         if status.get("containerID") and "running" in status.get("state", {}):
-            self.node.kill_container(status["containerID"], signal.Signals(sig).name)
+            self.node.kill_container(status["containerID"], sig)
         self.cluster.kubectl("scale", self.deployment, "-n", OPERATOR_NAMESPACE,
                              "--replicas=0")
         self.cluster.wait_for("the operator's pod gone", lambda: not self.pods(), timeout=120)
@@ -358,7 +358,7 @@ class Shop:
         """Kill a worker container's process the way a node fails: its task, through
         containerd (the pod then fails, and the Job retries it)."""
         [status] = [s for s in pod["status"]["containerStatuses"] if s["name"] == "worker"]
-        self.node.kill_container(status["containerID"], signal.Signals(sig).name)
+        self.node.kill_container(status["containerID"], sig)
 
 
 @pytest.fixture

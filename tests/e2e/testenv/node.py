@@ -137,9 +137,10 @@ class Node:
             raise RuntimeError(f"ctr {' '.join(args)}: {done.stderr}")
         return done
 
-    def kill_container(self, container_id: str, signal: str = "SIGKILL") -> None:
+    def kill_container(self, container_id: str, sig: int = signal.SIGKILL) -> None:
         """Kill a container's process the way a node loses it: its task, not the pod."""
-        self.ctr("tasks", "kill", "--signal", signal, container_id.split("://")[-1])
+        self.ctr("tasks", "kill", "--signal", signal.Signals(sig).name,
+                 container_id.split("://")[-1])
 
     # -- start ----------------------------------------------------------------------------
 
