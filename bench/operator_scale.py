@@ -13,6 +13,7 @@ percentiles; these machines are noisy).
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import statistics
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.testenv.cluster import Cluster, running_cluster  # noqa: E402
+from tests.e2e.testenv.cluster import ApiError, Cluster, running_cluster  # noqa: E402
 from tests.support.pgserver import free_port  # noqa: E402
 
 from chunkwise.contract import API_GROUP, API_VERSION, PLURAL  # noqa: E402
@@ -44,6 +46,33 @@ def manifest(name: str, suspend: bool) -> dict[str, Any]:
             "metadata": {"name": name},
             "spec": {"image": "registry.example.com/shop:1.4.2", "suspend": suspend,
                      "migration": {"app": "shop", "name": "0002_customer_status"}}}
+
+
+def call(k8s: Cluster, method: str, path: str, body: Any = None,
+         content_type: str = "application/json") -> Any:
+    """``k8s.api`` retried as client-go retries: a dropped connection, a timeout, 429 and
+    5xx are tried again with backoff (0.2 s doubling to 5 s, for up to 2 minutes). A
+    create that raced its own lost reply (409 on a retry) counts as done."""
+    delay, deadline, attempt = 0.2, time.monotonic() + 120, 0
+    while True:
+        attempt += 1
+        try:
+            return k8s.api(method, path, body, content_type)
+        except ApiError as error:
+            if error.code == 409 and method == "POST" and attempt > 1:
+                return None
+            if not (error.code == 429 or error.code >= 500) or time.monotonic() > deadline:
+                raise
+            retry_because = f"HTTP {error.code}"
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
+                TimeoutError) as error:
+            if time.monotonic() > deadline:
+                raise
+            retry_because = f"{type(error).__name__}: {error}"
+        print(f"[scale] {method} {path}: {retry_because}; retrying in {delay:.1f}s",
+              file=sys.stderr, flush=True)
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -84,17 +113,22 @@ class JobWatch(threading.Thread):
         super().__init__(daemon=True)
         self.k8s, self.stopped = k8s, False
         self.seen: dict[str, float] = {}
+        self.restarts = 0
 
     def run(self) -> None:
         kubectl = [str(self.k8s.bin / "kubectl"), "--kubeconfig", str(self.k8s.kubeconfig),
                    "get", "jobs", "-n", NAMESPACE, "--watch", "-o",
                    "jsonpath={.metadata.name}{\"\\n\"}"]
-        with subprocess.Popen(kubectl, stdout=subprocess.PIPE, text=True) as watch:
-            assert watch.stdout is not None
-            for line in watch.stdout:
-                self.seen.setdefault(line.strip(), time.monotonic())
-                if self.stopped:
-                    watch.terminate()
+        # a watch ends when the API server closes it (its request timeout) or the
+        # connection drops; it is started again, listing every Job first, so none is missed
+        while not self.stopped:
+            with subprocess.Popen(kubectl, stdout=subprocess.PIPE, text=True) as watch:
+                assert watch.stdout is not None
+                for line in watch.stdout:
+                    self.seen.setdefault(line.strip(), time.monotonic())
+                    if self.stopped:
+                        watch.terminate()
+            self.restarts += 1
 
 
 def status_writes(k8s: Cluster, seconds: float) -> Counter[str]:
@@ -126,7 +160,7 @@ def fake_workers(k8s: Cluster, names: list[str], stop: threading.Event) -> None:
     while not stop.wait(2.0):
         for name in names:
             rows[name] += 5000
-            k8s.api("PATCH", f"{MIGRATIONS}/{name}/status", {"status": {
+            call(k8s, "PATCH", f"{MIGRATIONS}/{name}/status", {"status": {
                 "progress": {"rowsProcessed": rows[name], "rowsEstimated": 10**7,
                              "percent": rows[name] * 100 // 10**7},
                 "shards": {"0": {"index": 0, "rowsProcessed": rows[name]}}}}, MERGE)
@@ -156,7 +190,7 @@ def main() -> None:
         try:
             log(f"{finished} finished migrations (created suspended, then marked Succeeded)")
             for i in range(finished):
-                k8s.api("POST", MIGRATIONS, manifest(f"done-{i:04d}", suspend=True))
+                call(k8s, "POST", MIGRATIONS, manifest(f"done-{i:04d}", suspend=True))
             k8s.wait_for("every finished one's Job", lambda: sum(
                 1 for n in jobs.seen if n.startswith("done-")) >= finished, timeout=1800,
                 every=1.0)
@@ -165,14 +199,15 @@ def main() -> None:
                  "message": "every row was processed", "lastTransitionTime":
                  "2026-01-01T00:00:00Z"}]}
             for i in range(finished):
-                k8s.api("PATCH", f"{MIGRATIONS}/done-{i:04d}/status", {"status": done}, MERGE)
+                call(k8s, "PATCH", f"{MIGRATIONS}/done-{i:04d}/status", {"status": done},
+                     MERGE)
             # finished runs' Jobs are gone (a TTL, or cleaned up): none is left suspended
             # for the operator to read back as the migration's state
             k8s.kubectl("delete", "jobs", "--all", "-n", NAMESPACE, "--wait=false")
             log(f"{args.running} running migrations with fake workers")
             running = [f"run-{i:03d}" for i in range(args.running)]
             for name in running:
-                k8s.api("POST", MIGRATIONS, manifest(name, suspend=False))
+                call(k8s, "POST", MIGRATIONS, manifest(name, suspend=False))
             stop = threading.Event()
             workers = threading.Thread(target=fake_workers, args=(k8s, running, stop),
                                        daemon=True)
@@ -182,9 +217,15 @@ def main() -> None:
             for i in range(args.probe):
                 name = f"probe-{i:03d}"
                 applied = time.monotonic()
-                k8s.api("POST", MIGRATIONS, manifest(name, suspend=True))
-                k8s.wait_for(f"Job of {name}", lambda n=name: f"{n}-run1" in jobs.seen,
-                             timeout=120, every=0.01)
+                call(k8s, "POST", MIGRATIONS, manifest(name, suspend=True))
+                try:
+                    k8s.wait_for(f"Job of {name}", lambda n=name: f"{n}-run1" in jobs.seen,
+                                 timeout=120, every=0.01)
+                except AssertionError:
+                    operator.log.flush()
+                    print(k8s.log_tails(60), file=sys.stderr)
+                    print(f"Job watch restarts: {jobs.restarts}", file=sys.stderr)
+                    raise
                 latencies.append(jobs.seen[f"{name}-run1"] - applied)
             log(f"status writes over {args.watch_seconds:.0f}s")
             writes = status_writes(k8s, args.watch_seconds)

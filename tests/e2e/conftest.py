@@ -361,19 +361,26 @@ class Shop:
         self.node.kill_container(status["containerID"], sig)
 
 
-@pytest.fixture
-def shop(request: pytest.FixtureRequest, k8s: Cluster, node: Node,
-         operator: OperatorDeployment, pg: PgServer, shop_template: str) -> Iterator[Shop]:
+def new_shop(k8s: Cluster, node: Node, pg: PgServer, template: str) -> Shop:
+    """A namespace of its own (restricted, the worker's RBAC, the DB Secret) and a copy
+    of the seeded database ``template``."""
     n = next(_numbers)
     namespace, database = f"shop-{n}", f"shop_e2e_{n}"
-    pg.sql(f"CREATE DATABASE {database} TEMPLATE {shop_template}")
+    pg.sql(f"CREATE DATABASE {database} TEMPLATE {template}")
     k8s.kubectl("create", "namespace", namespace)
     k8s.kubectl("label", "namespace", namespace, RESTRICTED)
     k8s.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "k8s" /
                                                     "worker-rbac.yaml"))
     secret = [f"--from-literal={k}={v}" for k, v in pg.env(database).items()]
     k8s.kubectl("create", "secret", "generic", "shop-db", "-n", namespace, *secret)
-    value = Shop(k8s, node, pg, namespace, database)
+    return Shop(k8s, node, pg, namespace, database)
+
+
+@pytest.fixture
+def shop(request: pytest.FixtureRequest, k8s: Cluster, node: Node,
+         operator: OperatorDeployment, pg: PgServer, shop_template: str) -> Iterator[Shop]:
+    value = new_shop(k8s, node, pg, shop_template)
+    namespace = value.namespace
     yield value
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:

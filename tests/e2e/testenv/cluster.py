@@ -18,6 +18,7 @@ import signal
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -73,6 +74,14 @@ def write_kubeconfig(path: Path, server: str, ca: Path, user: dict[str, str]) ->
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "user"}}],
         "current-context": "test",
     }, indent=1))
+
+
+class ApiError(RuntimeError):
+    """An HTTP error from the API server other than 404; ``code`` is its status."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -131,18 +140,23 @@ class Cluster:
         except urllib.error.HTTPError as error:
             if error.code == 404:
                 return None
-            raise RuntimeError(f"{method} {path}: {error.code} {error.read()[:500]!r}") from None
+            raise ApiError(f"{method} {path}: {error.code} {error.read()[:500]!r}",
+                           error.code) from None
         return json.loads(text) if text else None
 
-    def watch(self, path: str, timeout: float = 120) -> Iterator[dict[str, Any]]:
+    def watch(self, path: str, timeout: float = 120,
+              opened: threading.Event | None = None) -> Iterator[dict[str, Any]]:
         """The API server's watch events on ``path`` (a list URL), one dict per line,
-        until the caller stops or ``timeout`` seconds pass."""
+        until the caller stops or ``timeout`` seconds pass. ``opened`` is set once the
+        API server has answered: from then on no event is missed."""
         separator = "&" if "?" in path else "?"
         request = urllib.request.Request(
             f"{self.server}{path}{separator}watch=1&timeoutSeconds={int(timeout)}",
             headers={"Accept": "application/json"})
         with urllib.request.urlopen(request, context=self._context(),
                                     timeout=timeout + 10) as stream:
+            if opened is not None:
+                opened.set()
             for line in stream:
                 if line.strip():
                     yield json.loads(line)
