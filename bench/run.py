@@ -144,8 +144,9 @@ def single_update(server: PgServer, db: str, rows: int) -> tuple[int, float, flo
 def keyset_loop(server: PgServer, db: str, rows: int, checkpoint: bool = False
                 ) -> tuple[int, float, float | None]:
     """The hand-written loop. With ``checkpoint``, each batch also does by hand what makes
-    chunkwise's batches resumable and bounded: the timeouts for this transaction, the
-    progress row locked and read, and advanced in the same transaction as the work."""
+    chunkwise's batches resumable and bounded: the timeouts for this transaction, set in
+    the statement that locks and reads the progress row (as chunkwise does), and the row
+    advanced in the same transaction as the work."""
     done, last = 0, 0
     with psycopg.connect(server.dsn(db)) as conn:
         if checkpoint:
@@ -156,10 +157,10 @@ def keyset_loop(server: PgServer, db: str, rows: int, checkpoint: bool = False
         started = time.perf_counter()
         while True:
             if checkpoint:
-                conn.execute("SELECT set_config('lock_timeout', '5000ms', true), "
-                             "set_config('statement_timeout', '600000ms', true)")
-                last = conn.execute("SELECT last_id FROM bench_progress WHERE id = 1 "
-                                    "FOR UPDATE").fetchone()[0]  # type: ignore[index]
+                last = conn.execute("SELECT set_config('lock_timeout', '5000ms', true), "
+                                    "set_config('statement_timeout', '600000ms', true), "
+                                    "last_id FROM bench_progress WHERE id = 1 FOR UPDATE"
+                                    ).fetchone()[2]  # type: ignore[index]
             upper = conn.execute(f"SELECT id FROM {TABLE} WHERE id > %s ORDER BY id "
                                  f"OFFSET {BATCH - 1} LIMIT 1", (last,)).fetchone()
             if upper is None:

@@ -77,8 +77,8 @@ class FakeTarget:
             self.m.rows, self.m.checkpoint, self.m.failures = rows, checkpoint, failures
             raise
 
-    def set_timeouts(self, timeouts: Timeouts) -> None:
-        pass
+    def timeout_settings(self, timeouts: Timeouts) -> dict[str, str]:
+        return {}
 
     @property
     def locks_first(self) -> bool:
@@ -127,7 +127,7 @@ class FakeStore:
     def start(self) -> CheckpointState:
         return self._state()
 
-    def lock(self) -> CheckpointState:
+    def lock(self, settings: Mapping[str, str] | None = None) -> CheckpointState:
         return self._state()
 
     def advance(self, last_key: Any, rows: int, lock_wait: float, tally: Tally) -> None:

@@ -5,6 +5,7 @@ a batch and its checkpoint commit in one transaction. Also the runner lock."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 from django.db import connections, transaction
@@ -276,18 +277,30 @@ class DjangoCheckpointStore:
                       "failed_rows", "consecutive_failed_batches", "batches",
                       "lock_wait_seconds", "state")
 
-    def lock(self) -> CheckpointState:
+    def lock(self, settings: Mapping[str, str] | None = None) -> CheckpointState:
         connection = connections[self._alias]
         table = connection.ops.quote_name(Checkpoint._meta.db_table)
-        select = f"SELECT {', '.join(self._STATE_COLUMNS)} FROM {table} WHERE id = %s"
+        columns = ", ".join(self._STATE_COLUMNS)
         with connection.cursor() as cursor:
             if self._vendor == "postgresql":
-                cursor.execute(select + " FOR UPDATE", [self.checkpoint_id])
+                # the settings (SET LOCAL: set_config(..., true)) are computed with the row,
+                # below the plan's LockRows step: lock_timeout holds while this very
+                # statement waits for the row's lock, and for the rest of the transaction
+                given = list((settings or {}).items())
+                cursor.execute(
+                    "SELECT " + "".join("set_config(%s, %s, true), " for _ in given)
+                    + f"{columns} FROM {table} WHERE id = %s FOR UPDATE",
+                    [*(part for item in given for part in item), self.checkpoint_id])
+                found = cursor.fetchone()[len(given):]
             else:  # take SQLite's write lock first, so the batch cannot deadlock on upgrade
+                if settings:
+                    raise ValueError(f"SQLite has no session settings to set: {settings}")
                 cursor.execute(f"UPDATE {table} SET heartbeat_at = %s WHERE id = %s",
                                [self._now(), self.checkpoint_id])
-                cursor.execute(select, [self.checkpoint_id])
-            values = dict(zip(self._STATE_COLUMNS, cursor.fetchone(), strict=True))
+                cursor.execute(f"SELECT {columns} FROM {table} WHERE id = %s",
+                               [self.checkpoint_id])
+                found = cursor.fetchone()
+            values = dict(zip(self._STATE_COLUMNS, found, strict=True))
         return self._with_totals(self._state_of(Checkpoint(**values)))
 
     def advance(self, last_key: Key, rows: int, lock_wait: float, tally: Tally) -> None:

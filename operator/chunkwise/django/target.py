@@ -125,17 +125,24 @@ class DjangoBatchTarget:
         # the engine times the lock step as lock wait: only a step that locks rows is one
         return self._vendor == "postgresql" and self._reads_first
 
-    def set_timeouts(self, timeouts: Timeouts) -> None:
+    def timeout_settings(self, timeouts: Timeouts) -> dict[str, str]:
+        """The batch's lock_timeout and statement_timeout, for the checkpoint store to set
+        (SET LOCAL) in the statement that locks the checkpoint row."""
         if self._vendor != "postgresql":
-            return  # SQLite has no lock_timeout: it is said once at start, not faked
+            return {}  # SQLite has no lock_timeout: it is said once at start, not faked
         lock = timeouts.lock if self.locks_first else \
             min(timeouts.lock, OPTIMISTIC_LOCK_TIMEOUT)
+        return {"lock_timeout": f"{max(1, int(lock * 1000))}ms",
+                "statement_timeout": f"{int(timeouts.statement * 1000)}ms"}
+
+    def set_timeouts(self, timeouts: Timeouts) -> None:
+        """Set the timeouts for the current transaction on their own (a plan's samples)."""
+        settings = self.timeout_settings(timeouts)
+        if not settings:
+            return
         with connections[self._alias].cursor() as cursor:
-            cursor.execute(
-                "SELECT set_config('lock_timeout', %s, true), "
-                "set_config('statement_timeout', %s, true)",
-                [f"{max(1, int(lock * 1000))}ms", f"{int(timeouts.statement * 1000)}ms"],
-            )
+            cursor.execute("SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(settings)),
+                           [part for item in settings.items() for part in item])
 
     def _range(self, after: Key | None, upto: Key) -> QuerySet[Any]:
         name = self._key.name
