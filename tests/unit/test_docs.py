@@ -57,3 +57,15 @@ def test_the_tutorial_shows_files_the_tests_use() -> None:
         assert Path(path).stem in tests or Path(path).name in tests, \
             f"{path} is shown in the tutorial but no test uses it"
 
+
+
+def test_the_package_and_the_chart_link_to_the_docs_site() -> None:
+    """PyPI's Documentation link, Artifact Hub's and the chart README's all lead to the
+    site mkdocs.yml publishes (its site_url), not to the old long README."""
+    site = re.search(r"^site_url: (\S+)", (REPO / "mkdocs.yml").read_text(), re.M)
+    assert site is not None
+    url = site.group(1)
+    assert f'Documentation = "{url}"' in (REPO / "pyproject.toml").read_text()
+    chart = REPO / "charts" / "chunkwise"
+    assert f"- name: Documentation\n      url: {url}\n" in (chart / "Chart.yaml").read_text()
+    assert url in (chart / "README.md").read_text()
