@@ -34,28 +34,55 @@ def test_benchmark_runs_every_contender_and_prints_ratios(tmp_path: Path) -> Non
                  "chunkwise transform (auto-tuned)", "Django bulk_update (1k) [sample]",
                  "Django save() per row [sample]", "idle (no migration)"):
         assert name in table, name
-    assert "targets" in table and "transform >= 15x bulk_update" in table
+    # the topology users deploy, by default: the runner on a CPU of its own, PostgreSQL and
+    # the traffic on the other, as the kernel reports a new backend's CPUs
+    assert data["topology"]["name"] == "pinned" and data["other_topologies"] == []
+    assert set(data["topology"]["runner_cpus"]).isdisjoint(data["topology"]["server_cpus"])
+    assert "topology: pinned, as deployed - the migration runner" in table
+    assert f"PostgreSQL (a new backend: CPU {data['topology']['server_cpus'][0]}" in table
+    assert "targets (pinned topology, this run)" in table
+    for target in ("set-based (5k fixed) >= 0.9x bare keyset loop",
+                   "writers' p99, set-based 5k <= 1.2x the bare loop's",
+                   "transform >= 0.5x single UPDATE", "transform >= 15x bulk_update",
+                   "set-based (2 shards) >= 1.0x single UPDATE",
+                   "runner's peak RSS flat from 10,000 to 20,000 rows"):
+        assert re.search(rf"^  (met   |MISSED)  {re.escape(target)}", table, re.M), target
+        assert any(t["target"].startswith(target) for t in data["targets"]), target
     # every traffic run counts its writers' lock waits from the server's log
     assert "lock waits >1ms" in table
     assert all(0 <= i["lock_waits"] <= i["writes"] for i in data["impact"])
-    # with one run each, the figures pooled over every run are that run's own
-    assert "all runs: p99" in table
-    pooled = [i for i in data["impact"] if i["pooled_write_p99_ms"] is not None]
-    assert len(pooled) == len(data["impact"]) - 1  # all but the idle baseline
-    assert all(i["pooled_writes"] == i["writes"] and i["pooled_lock_waits"] == i["lock_waits"]
-               and (i["writes"] == 0 or i["pooled_write_p99_ms"] == i["write_p99_ms"])
-               for i in pooled)
+    # the writers' figures pool every run's writes, and show the spread between runs; with
+    # one run each, that run's own
+    assert "runs p99 min-max" in table
+    assert all(i["runs"] == 1 and i["run_write_p99_ms"] == [i["write_p99_ms"]]
+               for i in data["impact"] if i["writes"])
     assert "metrics: the reporter costs" in table and "metrics cost <= 2%" in table
     assert "chunkwise set-based (5k, 2 shards)" in table
-    assert "set-based (2 shards) >= 1.0x single UPDATE" in table
     assert "with 2 shards the transform runs at" in table
     assert "keyset loop + checkpoint row (SQL, 5k)" in table and "what resuming costs" in table
     assert "chunkwise set-based (5k, yield CPU)" in table
-    assert "writers' p99, set-based 5k, yield CPU <= 1.2x the keyset loop's" in table
+    assert "writers' p99, set-based 5k, yield CPU <= 1.2x the bare loop's" in table
     assert len(data["results"]) == 13 and all(r["rows"] > 0 for r in data["results"])
     assert {m["rows"] for m in data["memory"]} == {10000, 20000}
     rates = {r["name"]: r["rows_per_second"] for r in data["results"]}
     assert rates["chunkwise transform (5k fixed)"] > rates["Django save() per row"]
+
+
+def test_the_unpinned_topology_is_measured_beside_the_pinned_one(tmp_path: Path) -> None:
+    out, png = tmp_path / "results.json", tmp_path / "latest.png"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--rows", "10000", "--sample", "500",
+         "--repeat", "1", "--memory-rows", "0", "--idle-seconds", "1", "--topology", "both",
+         "--out", str(out), "--plot", str(png)],
+        capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["topology"]["name"] == "pinned"
+    assert [t["topology"]["name"] for t in data["other_topologies"]] == ["shared"]
+    assert "topology: shared (unpinned)" in result.stdout
+    assert "targets side by side: pinned | shared" in result.stdout
+    # a plot per topology: the writers' latency per contender as a CDF
+    assert png.stat().st_size > 10_000 and (tmp_path / "latest-shared.png").exists()
 
 
 def test_the_throttle_cost_benchmark_runs_every_variant() -> None:
