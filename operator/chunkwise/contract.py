@@ -4,9 +4,11 @@ The CRD, the operator, the worker, the Django commands and the tests all name th
 values from here: the API's group/version/kind, the labels and annotations on what the
 operator creates, the ``CHUNKWISE_*`` environment of a worker pod, the worker's exit
 codes (the Job's podFailurePolicy keys on them), the status fields the worker and the
-operator write, and how timestamps are written. Standard library only, so every layer
-may import it. The tunables (``batch``, ``timeouts``, ``retries``, ``haltOn``) have
-their own table next to the settings they build: :data:`chunkwise.engine.TUNABLES`.
+operator write, the states written in them and in a checkpoint (phases, conditions,
+directions, shard and worker states, each an enum), and how timestamps are written.
+Standard library only, so every layer may import it. The tunables (``batch``,
+``timeouts``, ``retries``, ``haltOn``) have their own table next to the settings they
+build: :data:`chunkwise.engine.TUNABLES`.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypedDict
+from typing import Any, ClassVar, Final, TypedDict
 
 __all__ = [
-    "API_GROUP", "API_VERSION", "ANNOTATION_PREFIX", "Env", "ExitCode", "KIND", "Label",
-    "PHASES", "PLURAL", "Ports", "ProgressStatus", "ResourceRef", "SHORT_NAME", "ShardStatus",
+    "API_GROUP", "API_VERSION", "ANNOTATION_PREFIX", "Condition", "Direction", "Env", "ExitCode",
+    "JobCondition", "KIND", "Label", "OperationName", "PLURAL", "Phase", "Ports",
+    "ProgressStatus", "ResourceRef", "SHORT_NAME", "ShardState", "ShardStatus",
     "ThrottleStatus", "WORKER_CONTAINER", "WorkerState", "WorkerStatus", "format_utc",
     "json_key", "parse_utc", "throttle_of", "utc_now_text",
 ]
@@ -42,9 +45,90 @@ ANNOTATION_PREFIX: Final = API_GROUP
 WORKER_CONTAINER: Final = "worker"
 
 
-#: ``status.phase`` values, in the order a run goes through them (the CRD's printer column
-#: shows them; the operator's metrics count migrations by them)
-PHASES: Final = ("Pending", "Running", "Suspended", "Halted", "Succeeded", "Failed")
+# -- states: each spelled here once --------------------------------------------------
+#
+# Their values are stored (checkpoint rows, CR status) and shown (kubectl, chunkwise_status),
+# so a value never changes. Members are ``str``: they go into JSON and the database as
+# their value, and compare equal to what comes back out.
+
+class Phase(enum.StrEnum):
+    """``status.phase``, in the order a run goes through them: the CRD's enum and printer
+    column, and what the operator's metrics count migrations by. For display; the
+    conditions say the details."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    HALTED = "Halted"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    # groups, filled in below the class (an enum's body cannot name its own members);
+    # each is a frozenset, so ``status.get("phase") in Phase.ENDED`` also takes None
+    #: the run is over: its Job runs no pod again, and a deleted Job is not made again
+    ENDED: ClassVar[frozenset[Phase]]
+    #: ended without succeeding: a change to the spec starts a new run, from the checkpoint
+    RESTARTABLE: ClassVar[frozenset[Phase]]
+    #: not ended: a tunable changed in the spec reaches the running worker
+    GOING_ON: ClassVar[frozenset[Phase]]
+    #: the Job is meant to have a pod running: one that cannot start is looked for
+    ACTIVE: ClassVar[frozenset[Phase]]
+
+
+Phase.ENDED = frozenset({Phase.SUCCEEDED, Phase.HALTED, Phase.FAILED})
+Phase.RESTARTABLE = frozenset({Phase.HALTED, Phase.FAILED})
+Phase.GOING_ON = frozenset(Phase) - Phase.ENDED
+Phase.ACTIVE = frozenset({Phase.PENDING, Phase.RUNNING})
+
+
+class Condition(enum.StrEnum):
+    """The types of ``status.conditions``, in the order they are listed. Succeeded is the
+    top-level one (as on a Job); Suspended and Halted share their names with phases."""
+
+    SUCCEEDED = "Succeeded"
+    PROGRESSING = "Progressing"
+    SUSPENDED = "Suspended"
+    HALTED = "Halted"
+    STALLED = "Stalled"
+    THROTTLED = "Throttled"
+    VERIFIED = "Verified"
+
+
+class JobCondition(enum.StrEnum):
+    """The Job controller's condition types (batch/v1) the operator reads a run from."""
+
+    COMPLETE = "Complete"
+    #: the Job succeeded; Complete follows once its pods are gone
+    SUCCESS_CRITERIA_MET = "SuccessCriteriaMet"
+    FAILED = "Failed"
+    #: the Job failed; Failed follows once its pods are gone
+    FAILURE_TARGET = "FailureTarget"
+    SUSPENDED = "Suspended"
+
+
+class Direction(enum.StrEnum):
+    """Which code a run runs: ``spec.direction``, ``--direction``, ``CHUNKWISE_DIRECTION``,
+    and a checkpoint's (each direction has its own)."""
+
+    FORWARD = "forward"  #: forward= or transform=, over the rows todo= matches
+    BACKWARD = "backward"  #: reverse=, over the rows reverse_todo= matches
+
+    @property
+    def opposite(self) -> Direction:
+        return Direction.BACKWARD if self is Direction.FORWARD else Direction.FORWARD
+
+
+class ShardState(enum.StrEnum):
+    """A checkpoint row's ``state``: how the run of one operation, in one direction, on
+    one shard stands (``chunkwise_status`` shows it)."""
+
+    DEFERRED = "deferred"  #: planned by a ``migrate`` that deferred it; no batch has run
+    #: a runner holds it, or held it until it was killed without a word (then
+    #: ``chunkwise_status`` shows it as stale)
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"  #: stopped after a committed batch (a signal, a lost database)
+    HALTED = "halted"  #: the error budget was exceeded
+    DONE = "done"  #: every row of its range was processed
 
 
 class Ports:
@@ -118,6 +202,28 @@ class ResourceRef:
         return cls(namespace, name)
 
 
+@dataclass(frozen=True)
+class OperationName:
+    """Which operation: ``app_label.migration[index]``, as logs, errors and a local run's
+    metrics name it (``shop.0002_customer_status[0]``)."""
+
+    app_label: str
+    migration: str
+    operation: int  #: its index in the migration's operations
+
+    _PATTERN: ClassVar = re.compile(r"([A-Za-z_]\w*)\.(\w+)\[(\d+)\]", re.ASCII)
+
+    def __str__(self) -> str:
+        return f"{self.app_label}.{self.migration}[{self.operation}]"
+
+    @classmethod
+    def parse(cls, text: str) -> OperationName:
+        found = cls._PATTERN.fullmatch(text)
+        if found is None:
+            raise ValueError(f"expected an operation as app_label.migration[index], got {text!r}")
+        return cls(found[1], found[2], int(found[3]))
+
+
 # -- exit codes ------------------------------------------------------------------------
 
 class ExitCode(enum.IntEnum):
@@ -138,7 +244,24 @@ class ExitCode(enum.IntEnum):
 
 # -- status written by the worker and the operator -------------------------------------
 
-WorkerState = Literal["running", "done", "halted", "interrupted", "failed"]
+class WorkerState(enum.StrEnum):
+    """``status.worker.state``: the worker's own word on its run."""
+
+    RUNNING = "running"
+    DONE = "done"
+    HALTED = "halted"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"  #: any other exit: the Job retries it, or gives up (USAGE)
+
+    @classmethod
+    def of(cls, exit_code: int) -> WorkerState:
+        """How a run that exited with ``exit_code`` ended."""
+        return _ENDED_AS.get(exit_code, cls.FAILED)
+
+
+_ENDED_AS: Final[Mapping[int, WorkerState]] = {
+    ExitCode.DONE: WorkerState.DONE, ExitCode.HALTED: WorkerState.HALTED,
+    ExitCode.INTERRUPTED: WorkerState.INTERRUPTED}
 
 
 class WorkerStatus(TypedDict, total=False):

@@ -35,7 +35,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from chunkwise.contract import PHASES, parse_utc, throttle_of
+from chunkwise.contract import Phase, parse_utc, throttle_of
 from chunkwise.engine import (
     THROTTLE_REASONS,
     BatchReport,
@@ -287,13 +287,13 @@ class MigrationCollector(Collector):
             labels=[*labels, "reason"])
         counts: dict[str, dict[str, int]] = {}
         for namespace, name, status in self._migrations():
-            current = str(status.get("phase") or "Pending")
-            per_namespace = counts.setdefault(namespace, dict.fromkeys(PHASES, 0))
+            current = str(status.get("phase") or Phase.PENDING)
+            per_namespace = counts.setdefault(namespace, dict.fromkeys(Phase, 0))
             per_namespace[current] = per_namespace.get(current, 0) + 1
-            for known in PHASES:
+            for known in Phase:
                 phase.add_metric([namespace, name, known], 1.0 if known == current else 0.0)
             throttle = throttle_of(status)
-            if throttle is not None and current == "Running":
+            if throttle is not None and current == Phase.RUNNING:
                 throttled.add_metric([namespace, name, throttle["reason"]], 1.0)
             progress: Mapping[str, Any] = status.get("progress") or {}
             if not progress:
@@ -301,12 +301,12 @@ class MigrationCollector(Collector):
             values = [namespace, name]
             done = float(progress.get("rowsProcessed") or 0)
             total = max(float(progress.get("rowsEstimated") or 0), done)
-            ratio.add_metric(values, 1.0 if current == "Succeeded" else
+            ratio.add_metric(values, 1.0 if current == Phase.SUCCEEDED else
                              (done / total if total else 0.0))
             rows.add_metric(values, done)
             estimated.add_metric(values, total)
             rate.add_metric(values, float(progress.get("rowsPerSecond") or 0))
-            if progress.get("etaSeconds") is not None and current == "Running":
+            if progress.get("etaSeconds") is not None and current == Phase.RUNNING:
                 eta.add_metric(values, float(progress["etaSeconds"]))
             failed.add_metric(values, float(progress.get("failedRows") or 0))
             lock_wait.add_metric(values, float(progress.get("lockWaitSeconds") or 0))
@@ -314,7 +314,7 @@ class MigrationCollector(Collector):
             if progress.get("lastCheckpointAt"):
                 checkpoint.add_metric(values, parse_utc(progress["lastCheckpointAt"]).timestamp())
         for namespace, per_phase in counts.items():
-            for known, count in per_phase.items():
-                by_phase.add_metric([namespace, known], float(count))
+            for counted, count in per_phase.items():
+                by_phase.add_metric([namespace, counted], float(count))
         yield from (by_phase, phase, ratio, rows, estimated, rate, eta, failed, lock_wait,
                     batches, checkpoint, throttled)

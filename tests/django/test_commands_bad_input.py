@@ -53,10 +53,27 @@ def test_bad_input_is_one_line_exit_64_and_writes_nothing(db: Path, args: list[s
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+    assert_nothing_written(db)
+
+
+def assert_nothing_written(db: Path) -> None:
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM chunkwise_checkpoint").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM shop_customer WHERE status IS NOT NULL"
                             ).fetchone() == (0,)
+
+
+def test_a_direction_from_the_environment_is_checked_as_the_flags_is(db: Path) -> None:
+    """argparse checks --direction's choices, not the default it takes from
+    CHUNKWISE_DIRECTION: a word that is no direction must not run as one."""
+    result = subprocess.run([sys.executable, str(SHOP / "manage.py"), "chunkwise_run", "shop",
+                             "0002"], env={**sqlite_env(db), "CHUNKWISE_DIRECTION": "sideways"},
+                            cwd=SHOP, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 64, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "CommandError: --direction (CHUNKWISE_DIRECTION): expected forward or backward, got "
+        "'sideways'"], result.stderr
+    assert_nothing_written(db)
 
 
 def lab_on_sqlite(db: Path, **extra: str) -> Callable[..., subprocess.CompletedProcess[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from chunkwise.contract import Condition, Phase, WorkerState
 from chunkwise.operator import build_job, job_name, run_state_of, status_for
 from chunkwise.operator.conditions import set_condition, stall_status
 
@@ -167,19 +168,19 @@ POLICY_FAILURE = {"type": "Failed", "status": "True", "reason": "PodFailurePolic
 
 def test_a_halt_is_read_from_the_workers_report_not_the_job_message() -> None:
     halted = run_state_of(job([POLICY_FAILURE]), {
-        "state": "halted", "exitCode": 65, "reason": "FailedRowsExceeded",
+        "state": WorkerState.HALTED, "exitCode": 65, "reason": "FailedRowsExceeded",
         "message": "11 rows failed"})
     assert (halted.phase, halted.reason, halted.message) == (
         "Halted", "FailedRowsExceeded", "11 rows failed")
     usage = run_state_of(job([POLICY_FAILURE]), {
-        "state": "failed", "exitCode": 64, "reason": "InvalidSettings",
+        "state": WorkerState.FAILED, "exitCode": 64, "reason": "InvalidSettings",
         "message": "batch.size (CHUNKWISE_BATCH_SIZE): expected an integer, got 'x'"})
     assert (usage.phase, usage.reason) == ("Failed", "InvalidSettings")
 
 
 def test_without_a_worker_report_the_jobs_own_reason_is_shown() -> None:
     """The text says exit code 65, but no worker said it halted: no halt reason is made up."""
-    unreported = run_state_of(job([POLICY_FAILURE]), {"state": "running", "reason": ""})
+    unreported = run_state_of(job([POLICY_FAILURE]), {"state": WorkerState.RUNNING, "reason": ""})
     assert (unreported.phase, unreported.reason) == ("Failed", "PodFailurePolicy")
     assert unreported.message == POLICY_FAILURE["message"]
 
@@ -211,10 +212,10 @@ def test_status_for_sets_conditions_and_one_event_per_transition() -> None:
 
 
 def test_set_condition_keeps_transition_time_when_status_unchanged() -> None:
-    first = set_condition([], "Stalled", "False", "A", "a", 1, "t1")
-    second = set_condition(first, "Stalled", "False", "B", "b", 2, "t2")
+    first = set_condition([], Condition.STALLED, "False", "A", "a", 1, "t1")
+    second = set_condition(first, Condition.STALLED, "False", "B", "b", 2, "t2")
     assert second[0]["lastTransitionTime"] == "t1" and second[0]["reason"] == "B"
-    third = set_condition(second, "Stalled", "True", "C", "c", 2, "t3")
+    third = set_condition(second, Condition.STALLED, "True", "C", "c", 2, "t3")
     assert third[0]["lastTransitionTime"] == "t3"
 
 
@@ -298,7 +299,7 @@ def test_job_problem_is_the_newest_failed_create_of_the_runs_job() -> None:
 def test_verified_follows_the_workers_check_once_the_run_succeeded() -> None:
     from chunkwise.operator.conditions import RunState
 
-    done = RunState("Succeeded", "Completed", "every row was processed")
+    done = RunState(Phase.SUCCEEDED, "Completed", "every row was processed")
     check = {"rowsRemaining": 3, "failedRows": 2, "missedRows": 1, "upToKey": 9,
              "checkedAt": "2026-01-01T00:00:00Z"}
     patch, _ = status_for({"verification": check}, done, 1)
@@ -314,7 +315,7 @@ def test_verified_follows_the_workers_check_once_the_run_succeeded() -> None:
     assert "the 2 rows still matching todo are the recorded failed rows" in verified["message"]
     patch, _ = status_for({}, done, 1)  # no todo filter: nothing checked, no condition
     assert "Verified" not in {c["type"] for c in patch["conditions"]}
-    running = RunState("Running", "Running", "")
+    running = RunState(Phase.RUNNING, "Running", "")
     patch, _ = status_for({"conditions": [verified]}, running, 2)  # a new run
     again = {c["type"]: c for c in patch["conditions"]}["Verified"]
     assert (again["status"], again["reason"]) == ("Unknown", "NotVerified")
@@ -353,7 +354,7 @@ def test_a_run_that_ends_is_no_longer_throttled() -> None:
 
     throttled = {"phase": "Running", "conditions": [
         {"type": "Throttled", "status": "True", "reason": "ReplicationLag", "message": "x"}]}
-    patch, _ = status_for(throttled, RunState("Succeeded", "Completed", "done"), 2)
+    patch, _ = status_for(throttled, RunState(Phase.SUCCEEDED, "Completed", "done"), 2)
     condition = next(c for c in patch["conditions"] if c["type"] == "Throttled")
     assert (condition["status"], condition["reason"]) == ("False", "NotRunning")
 
@@ -364,23 +365,23 @@ def test_each_condition_says_why_it_has_its_own_status() -> None:
     Halted=False; a succeeded run's 'every row was processed' not to Suspended."""
     from chunkwise.operator.conditions import RunState
 
-    failed = RunState("Failed", "InvalidConfiguration", "direction: backward runs reverse=")
-    done = RunState("Succeeded", "Completed", "every row was processed")
-    running = RunState("Running", "Running", "the worker is processing batches")
-    halted = RunState("Halted", "FailedRowsExceeded", "11 rows failed")
+    failed = RunState(Phase.FAILED, "InvalidConfiguration", "direction: backward runs reverse=")
+    done = RunState(Phase.SUCCEEDED, "Completed", "every row was processed")
+    running = RunState(Phase.RUNNING, "Running", "the worker is processing batches")
+    halted = RunState(Phase.HALTED, "FailedRowsExceeded", "11 rows failed")
     said = {}
     for outcome in (failed, done, running, halted):
         patch, _ = status_for({}, outcome, 1)
         said[outcome.phase] = {c["type"]: (c["status"], c["reason"], c["message"])
                                for c in patch["conditions"]}
-    for phase in ("Failed", "Succeeded", "Running"):
+    for phase in (Phase.FAILED, Phase.SUCCEEDED, Phase.RUNNING):
         assert said[phase]["Halted"][:2] == ("False", "NotHalted")
         assert "spec.haltOn" in said[phase]["Halted"][2]
         assert said[phase]["Suspended"][:2] == ("False", "NotSuspended")
         assert "suspend" in said[phase]["Suspended"][2]
-    assert said["Failed"]["Succeeded"] == ("False", "InvalidConfiguration",
-                                           "direction: backward runs reverse=")
-    assert said["Succeeded"]["Suspended"][2] == "the run has ended; nothing to suspend"
-    assert said["Running"]["Suspended"][2] == "spec.suspend is false: the run goes on"
-    assert said["Halted"]["Halted"] == ("True", "FailedRowsExceeded", "11 rows failed")
-    assert said["Halted"]["Suspended"][2] == "the run has ended; nothing to suspend"
+    assert said[Phase.FAILED]["Succeeded"] == ("False", "InvalidConfiguration",
+                                                 "direction: backward runs reverse=")
+    assert said[Phase.SUCCEEDED]["Suspended"][2] == "the run has ended; nothing to suspend"
+    assert said[Phase.RUNNING]["Suspended"][2] == "spec.suspend is false: the run goes on"
+    assert said[Phase.HALTED]["Halted"] == ("True", "FailedRowsExceeded", "11 rows failed")
+    assert said[Phase.HALTED]["Suspended"][2] == "the run has ended; nothing to suspend"

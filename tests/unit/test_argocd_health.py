@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from chunkwise.contract import Phase
 from chunkwise.operator.conditions import RunState, stall_status, status_for
 from tests.support.argocd import argo_health
 
@@ -28,19 +29,19 @@ def after(*states: RunState) -> dict[str, Any]:
     return status
 
 
-RUNNING = RunState("Running", "Running", "the worker is processing batches")
+RUNNING = RunState(Phase.RUNNING, "Running", "the worker is processing batches")
 
 
 @pytest.mark.parametrize(("states", "expected", "said"), [
-    ((RunState("Pending", "JobCreated", "Job m-run1 created"),), "Progressing", "Pending"),
+    ((RunState(Phase.PENDING, "JobCreated", "Job m-run1 created"),), "Progressing", "Pending"),
     ((RUNNING,), "Progressing", "Running"),
-    ((RUNNING, RunState("Succeeded", "Completed", "every row was processed")), "Healthy",
+    ((RUNNING, RunState(Phase.SUCCEEDED, "Completed", "every row was processed")), "Healthy",
      "Completed: every row was processed"),
-    ((RUNNING, RunState("Halted", "FailedRowsExceeded", "11 rows failed")), "Degraded",
+    ((RUNNING, RunState(Phase.HALTED, "FailedRowsExceeded", "11 rows failed")), "Degraded",
      "Halted: FailedRowsExceeded: 11 rows failed"),
-    ((RunState("Failed", "InvalidConfiguration", "unknown app"),), "Degraded",
+    ((RunState(Phase.FAILED, "InvalidConfiguration", "unknown app"),), "Degraded",
      "Failed: InvalidConfiguration: unknown app"),
-    ((RUNNING, RunState("Suspended", "SuspendRequested", "spec.suspend is true")), "Suspended",
+    ((RUNNING, RunState(Phase.SUSPENDED, "SuspendRequested", "spec.suspend is true")), "Suspended",
      "SuspendRequested"),
 ], ids=["pending", "running", "succeeded", "halted", "failed", "suspended"])
 def test_each_phase_maps_to_an_argo_health(states: tuple[RunState, ...], expected: str,
@@ -63,7 +64,7 @@ def test_a_stall_and_a_pod_that_cannot_start_are_degraded() -> None:
     assert patch is not None
     status, message = argo_health(resource({**running, **patch}))
     assert status == "Degraded" and message.startswith("Stalled: CheckpointTooOld")
-    stuck = after(RunState("Pending", "JobCreated", ""))
+    stuck = after(RunState(Phase.PENDING, "JobCreated", ""))
     for condition in stuck["conditions"]:
         if condition["type"] == "Progressing":
             condition.update(status="False", reason="ImagePullBackOff", message="Back-off")
@@ -72,6 +73,6 @@ def test_a_stall_and_a_pod_that_cannot_start_are_degraded() -> None:
 
 def test_no_status_yet_or_a_newer_spec_is_progressing() -> None:
     assert argo_health(resource(None))[0] == "Progressing"
-    succeeded = after(RUNNING, RunState("Succeeded", "Completed", "done"))
+    succeeded = after(RUNNING, RunState(Phase.SUCCEEDED, "Completed", "done"))
     assert argo_health(resource(succeeded, generation=2)) == (
         "Progressing", "the operator has not acted on the latest spec yet")

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from chunkwise.contract import PHASES, Env, Ports
+from chunkwise.contract import Env, Ports
 from chunkwise.engine import (
     BatchReport,
     CheckpointState,
@@ -172,12 +171,6 @@ def test_the_metrics_reference_lists_every_metric() -> None:
     """docs/reference/generated/metrics.md (written by scripts/docs-reference.py)."""
     table = (REPO / "docs" / "reference" / "generated" / "metrics.md").read_text()
     assert set(re.findall(r"`(chunkwise_[a-z_]+)`", table)) == exported_names()
-
-
-def test_crd_phases_are_the_contract_phases() -> None:
-    crd = yaml.safe_load((REPO / "crds" / "datamigration.yaml").read_text())
-    status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
-    assert tuple(status["properties"]["phase"]["enum"]) == PHASES
 
 
 def test_worker_job_declares_the_metrics_port_it_serves() -> None:

@@ -13,6 +13,7 @@ from django.db.models import Count, Field, Q, QuerySet, Sum
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from chunkwise.contract import ShardState
 from chunkwise.engine import (
     AnotherRunnerActive,
     CheckpointState,
@@ -28,14 +29,11 @@ from .shards import keys_at, shard_ranges, split_positions
 
 __all__ = ["DjangoCheckpointStore", "runner_alive"]
 
-#: what _split says when the operation is done, split another way: nothing to run
-_DONE_WITH_ANOTHER_SPLIT = "done"
-
 
 def _advisory_key(ref: OperationRef, purpose: str = "") -> int:
     """The PostgreSQL advisory lock key of ``ref``'s runner (or of its ``purpose``)."""
     name = f"chunkwise:{ref}" if not purpose else \
-        f"chunkwise-{purpose}:{ref.app_label}.{ref.migration}[{ref.operation}] {ref.direction}"
+        f"chunkwise-{purpose}:{ref.operation_name} {ref.direction}"
     digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
@@ -130,7 +128,7 @@ class DjangoCheckpointStore:
 
     def start(self) -> CheckpointState:
         ref = self._ref
-        if self._split() == _DONE_WITH_ANOTHER_SPLIT:
+        if self._split() == ShardState.DONE:  # done, split another way: nothing to run
             return CheckpointState(None, None, 0, Tally(), 0, 0.0, done=True)
         with transaction.atomic(using=self._alias):
             row, _ = self._rows().get_or_create(
@@ -148,8 +146,8 @@ class DjangoCheckpointStore:
             row = self._rows().select_for_update().get(pk=self.checkpoint_id)
             if not row.planned:
                 self._plan(row)
-            if row.state != Checkpoint.State.DONE:
-                row.state = Checkpoint.State.RUNNING
+            if row.state != ShardState.DONE:
+                row.state = ShardState.RUNNING
                 row.message = ""
             row.owner = self._owner[:255]
             row.heartbeat_at = timezone.now()
@@ -163,7 +161,7 @@ class DjangoCheckpointStore:
         return self._rows().filter(app_label=ref.app_label, migration=ref.migration,
                                    operation=ref.operation, direction=ref.direction)
 
-    def _split(self) -> str:
+    def _split(self) -> ShardState | None:
         """Make every shard's checkpoint row, balanced by row count, exactly once: the
         first shard to start does it, under a transaction-scoped advisory lock, and the
         others find the rows. A split is fixed until the operation is done: a run with
@@ -177,7 +175,7 @@ class DjangoCheckpointStore:
             existing = list(self._operation_rows().select_for_update())
             todo = self._todo
             if ref.shard_count > 1 and len(existing) == 1 and existing[0].batches == 0 \
-                    and existing[0].state == Checkpoint.State.DEFERRED:
+                    and existing[0].state == ShardState.DEFERRED:
                 # planned by a deferring migrate, never run: split it now, within the
                 # high-water mark that migrate fixed
                 planned_top = existing[0].high_water_key
@@ -190,16 +188,16 @@ class DjangoCheckpointStore:
                                           self._codec.load(planned_top)})
             counts = {row.shard_count for row in existing}
             if existing and counts != {ref.shard_count}:
-                if all(row.state == Checkpoint.State.DONE for row in existing):
-                    return _DONE_WITH_ANOTHER_SPLIT
+                if all(row.state == ShardState.DONE for row in existing):
+                    return ShardState.DONE
                 planned = max(counts)
                 raise SettingsError(
-                    f"parallelism: {ref.app_label}.{ref.migration}[{ref.operation}] "
-                    f"{ref.direction} was split into {planned} shard(s) when its run was "
-                    f"planned and is not done; run it with {planned} (spec.parallelism, "
-                    f"--shards), not {ref.shard_count}: a split cannot change mid-run")
+                    f"parallelism: {ref.operation_name} {ref.direction} was split into "
+                    f"{planned} shard(s) when its run was planned and is not done; run it "
+                    f"with {planned} (spec.parallelism, --shards), not {ref.shard_count}: a "
+                    "split cannot change mid-run")
             if existing or ref.shard_count == 1:
-                return ""
+                return None
             for attempt in range(3):  # rows deleted between the count and the pass: again
                 count = todo.count()
                 ends = split_positions(count, ref.shard_count)
@@ -220,8 +218,8 @@ class DjangoCheckpointStore:
                     lower_key=lower, last_key=lower,
                     high_water_key=None if bounds is None else self._codec.dump(bounds[1]),
                     rows_estimated=sizes[index], planned=True,
-                    state=Checkpoint.State.DONE if bounds is None else Checkpoint.State.RUNNING)
-        return ""
+                    state=ShardState.DONE if bounds is None else ShardState.RUNNING)
+        return None
 
     def _with_totals(self, state: CheckpointState) -> CheckpointState:
         """``state`` with every shard's checkpoint summed, when the run is sharded."""
@@ -230,7 +228,7 @@ class DjangoCheckpointStore:
         totals = self._operation_rows().aggregate(
             rows=Sum("rows_processed"), estimated=Sum("rows_estimated"),
             failed=Sum("failed_rows"), batches=Sum("batches"), wait=Sum("lock_wait_seconds"),
-            left=Count("pk", filter=~Q(state=Checkpoint.State.DONE)))
+            left=Count("pk", filter=~Q(state=ShardState.DONE)))
         state.run_totals = CheckpointState(
             None, None, int(totals["estimated"] or 0),
             Tally(int(totals["rows"] or 0), int(totals["failed"] or 0)),
@@ -248,7 +246,7 @@ class DjangoCheckpointStore:
                 app_label=ref.app_label, migration=ref.migration, operation=ref.operation,
                 direction=ref.direction, shard=ref.shard,
                 defaults={"shard_count": ref.shard_count, "model": self._todo.model._meta.label,
-                          "key_field": self._key.name, "state": Checkpoint.State.DEFERRED})
+                          "key_field": self._key.name, "state": ShardState.DEFERRED})
             if not row.planned:
                 self._plan(row)
                 row.save()
@@ -270,7 +268,7 @@ class DjangoCheckpointStore:
         row.last_key = row.lower_key
         row.planned = True
         if row.high_water_key is None:
-            row.state = Checkpoint.State.DONE
+            row.state = ShardState.DONE
 
     # lock() and advance() run once per batch: plain SQL, no queryset compilation
     _STATE_COLUMNS = ("last_key", "high_water_key", "rows_estimated", "rows_processed",
@@ -339,11 +337,11 @@ class DjangoCheckpointStore:
             heartbeat_at=Now(),
         )
 
-    def finish(self, state: str, message: str = "") -> None:
+    def finish(self, state: ShardState, message: str = "") -> None:
         with transaction.atomic(using=self._alias):
             self._rows().filter(pk=self.checkpoint_id).update(
                 state=state, message=message[:4000], heartbeat_at=Now(),
-                completed_at=Now() if state == Checkpoint.State.DONE else None,
+                completed_at=Now() if state == ShardState.DONE else None,
             )
 
     def verify(self) -> Verification | None:
@@ -378,5 +376,5 @@ class DjangoCheckpointStore:
             tally=Tally(row.rows_processed, row.failed_rows, row.consecutive_failed_batches),
             batches=row.batches,
             lock_wait_seconds=row.lock_wait_seconds,
-            done=row.state == Checkpoint.State.DONE,
+            done=row.state == ShardState.DONE,
         )

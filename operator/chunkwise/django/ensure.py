@@ -20,7 +20,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations.base import Operation, OperationCategory
 from django.db.migrations.state import ProjectState, StateApps
 
-from chunkwise.contract import ExitCode
+from chunkwise.contract import ExitCode, ShardState
 
 from .migration_lookup import MigrationNotFound, find_migration
 from .operation_ref import OperationRef, owner_resource
@@ -127,11 +127,10 @@ class EnsureBatchedComplete(Operation):
     def _ensure(self, operation: BatchedRunPython, ref: OperationRef, apps: StateApps,
                 schema_editor: BaseDatabaseSchemaEditor) -> None:
         from .execute import recorded
-        from .models import Checkpoint
 
         alias = schema_editor.connection.alias
         state, _owner, shards = recorded(ref, alias)
-        if state == Checkpoint.State.DONE:
+        if state == ShardState.DONE:
             sys.stdout.write(f"\n  {ref} is complete\n")
             return
         deadline = time.monotonic() + self.wait

@@ -21,7 +21,7 @@ from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.state import StateApps
 from django.db.models import Field, Q, QuerySet
 
-from chunkwise.contract import Env, ResourceRef
+from chunkwise.contract import Direction, Env, ResourceRef, ShardState
 from chunkwise.engine import (
     AnotherRunnerActive,
     BatchRunner,
@@ -121,7 +121,7 @@ def rows_to_do(operation: BatchedWork, ref: OperationRef, apps: StateApps,
             f"BatchedRunPython key: {operation.model}.{operation.key} must be the primary key or "
             "a unique field (keyset batching needs one row per key)"
         )
-    todo_q = operation.todo if ref.direction == "forward" else operation.reverse_todo
+    todo_q = operation.todo if ref.direction == Direction.FORWARD else operation.reverse_todo
     rows = model._base_manager.db_manager(alias).all()
     return one_per_key(rows, todo_q, key_field), key_field
 
@@ -131,10 +131,10 @@ def target_for(operation: BatchedWork, ref: OperationRef, apps: StateApps,
                key_field: Field[Any, Any], lock_first: bool = False) -> DjangoBatchTarget:
     """The batch target for ``ref``'s direction: the transform, or the set-based code."""
     alias = schema_editor.connection.alias
-    if ref.direction == "forward" and operation.forward is None:
+    if ref.direction == Direction.FORWARD and operation.forward is None:
         return DjangoBatchTarget(alias, todo, key_field, transform=operation.transform,
                                  fields=operation.fields, lock_first=lock_first)
-    code = operation.forward if ref.direction == "forward" else operation.reverse
+    code = operation.forward if ref.direction == Direction.FORWARD else operation.reverse
     if code is None:
         raise ImproperlyConfigured(
             f"direction: backward runs the operation's reverse= code, and {ref.app_label}."
@@ -184,7 +184,7 @@ def execute(
             "`atomic = False` (it is running inside a transaction)"
         )
     todo, key_field = rows_to_do(operation, ref, apps, connection.alias)
-    forward_direction = ref.direction == "forward"
+    forward_direction = ref.direction == Direction.FORWARD
     target = target_for(operation, ref, apps, schema_editor, todo, key_field)
     base = operation.base_settings()
     run_settings = settings or resolve_settings(base, env, flags)
@@ -254,9 +254,9 @@ def recorded(ref: OperationRef, alias: str) -> tuple[str, str, int]:
         direction=ref.direction).values_list("state", "owner", "shard_count"))
     if not rows:
         return "", "", 1
-    left = [(state, owner) for state, owner, _ in rows if state != Checkpoint.State.DONE]
+    left = [(state, owner) for state, owner, _ in rows if state != ShardState.DONE]
     if not left:
-        return Checkpoint.State.DONE, rows[0][1], rows[0][2]
+        return ShardState.DONE, rows[0][1], rows[0][2]
     owner = next((owner for _, owner in left if owner), "")
     return left[0][0], owner, rows[0][2]
 
@@ -273,7 +273,7 @@ def _with_metrics(reporter: Reporter, ref: OperationRef, port: int, stream: Text
         return reporter
     resource = ResourceRef.parse(os.environ.get(Env.RESOURCE))
     labels = (RunLabels(resource.namespace, resource.name, ref.shard) if resource else
-              RunLabels("", f"{ref.app_label}.{ref.migration}[{ref.operation}]", ref.shard))
+              RunLabels("", str(ref.operation_name), ref.shard))
     stream.write(f"{ref}: metrics at http://{address or '0.0.0.0'}:{port}/metrics\n")
     return Tee([reporter, MetricsReporter(metrics, labels)])
 
@@ -350,14 +350,13 @@ def _mark_stopped(store: DjangoCheckpointStore, message: str) -> None:
     """A run that gave up is not "running" any more; say so if the database lets us
     (it may be the very thing that is down: then the heartbeat's age tells)."""
     try:
-        store.finish(Checkpoint.State.INTERRUPTED, message)
+        store.finish(ShardState.INTERRUPTED, message)
     except Exception:  # best effort; the checkpoint itself is intact
         pass
 
 
 def _forget_other_direction(ref: OperationRef, alias: str) -> None:
     """After a complete run one way, the other way starts from scratch next time."""
-    other = "backward" if ref.direction == "forward" else "forward"
     Checkpoint.objects.using(alias).filter(
-        app_label=ref.app_label, migration=ref.migration, operation=ref.operation, direction=other
-    ).delete()
+        app_label=ref.app_label, migration=ref.migration, operation=ref.operation,
+        direction=ref.direction.opposite).delete()

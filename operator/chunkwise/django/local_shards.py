@@ -89,8 +89,7 @@ class _SharedBar:
 def run_shards_here(operation: BatchedWork, ref: OperationRef, apps: StateApps, alias: str,
                     settings: RunSettings, flags: Mapping[str, Any] | None = None) -> int:
     stop = threading.Event()
-    title = f"{ref.app_label}.{ref.migration}[{ref.operation}] {ref.direction} " \
-            f"({ref.shard_count} shards)"
+    title = f"{ref.operation_name} {ref.direction} ({ref.shard_count} shards)"
     shared = _SharedBar(ProgressBar(title, sys.stderr, lock_waits=has_row_locks(alias)), stop)
     outcomes: dict[int, int] = {}
 

@@ -5,22 +5,16 @@ from __future__ import annotations
 
 from django.db import models
 
+from chunkwise.contract import Direction, OperationName, ShardState
+
 
 class Checkpoint(models.Model):
     """Where one operation, in one direction, on one shard, has got to."""
 
-    class State(models.TextChoices):
-        #: planned by a ``migrate`` that deferred it; no batch has run
-        DEFERRED = "deferred"
-        RUNNING = "running"
-        INTERRUPTED = "interrupted"
-        HALTED = "halted"
-        DONE = "done"
-
     app_label = models.CharField(max_length=100)
     migration = models.CharField(max_length=255)
     operation = models.PositiveIntegerField(help_text="index in the migration's operations")
-    direction = models.CharField(max_length=8, default="forward")
+    direction = models.CharField(max_length=8, default=Direction.FORWARD)
     shard = models.PositiveIntegerField(default=0)
     shard_count = models.PositiveIntegerField(default=1)
     model = models.CharField(max_length=200, help_text="app_label.Model")
@@ -35,7 +29,8 @@ class Checkpoint(models.Model):
     batches = models.BigIntegerField(default=0)
     consecutive_failed_batches = models.IntegerField(default=0)
     lock_wait_seconds = models.FloatField(default=0.0)
-    state = models.CharField(max_length=12, choices=State.choices, default=State.RUNNING)
+    state = models.CharField(max_length=12, default=ShardState.RUNNING,
+                             choices=[(state.value, state.name.title()) for state in ShardState])
     message = models.TextField(blank=True, default="")
     owner = models.CharField(max_length=255, blank=True, default="")
     planned = models.BooleanField(default=False)
@@ -57,8 +52,8 @@ class Checkpoint(models.Model):
         ]
 
     def __str__(self) -> str:
-        return (f"{self.app_label}.{self.migration}[{self.operation}] {self.direction}"
-                f" shard {self.shard}/{self.shard_count}")
+        return (f"{OperationName(self.app_label, self.migration, self.operation)} "
+                f"{self.direction} shard {self.shard}/{self.shard_count}")
 
 
 class FailedRow(models.Model):

@@ -9,7 +9,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from chunkwise.contract import Env, ResourceRef
+from chunkwise.contract import Direction, Env, OperationName, ResourceRef
 
 
 @dataclass(frozen=True)
@@ -19,12 +19,17 @@ class OperationRef:
     app_label: str
     migration: str
     operation: int
-    direction: str = "forward"
+    direction: Direction = Direction.FORWARD
     shard: int = 0
     shard_count: int = 1
 
+    @property
+    def operation_name(self) -> OperationName:
+        """``app_label.migration[operation]``, without the direction and shard."""
+        return OperationName(self.app_label, self.migration, self.operation)
+
     def __str__(self) -> str:
-        text = f"{self.app_label}.{self.migration}[{self.operation}] {self.direction}"
+        text = f"{self.operation_name} {self.direction}"
         return text if self.shard_count == 1 else f"{text} shard {self.shard}/{self.shard_count}"
 
 

@@ -18,7 +18,7 @@ from django.db.migrations.operations.base import Operation, OperationCategory
 from django.db.migrations.state import ProjectState, StateApps
 from django.db.models import Q
 
-from chunkwise.contract import ExitCode
+from chunkwise.contract import Direction, ExitCode
 from chunkwise.engine import RunSettings, SettingsError, Timeouts
 
 from .operation_ref import OperationRef
@@ -105,7 +105,7 @@ class BatchedRunPython(Operation):
         if (forward is None) == (transform is None):
             raise ValueError("BatchedRunPython: give exactly one of forward= (set-based, gets a "
                              "queryset per batch) or transform= (per row, with fields=)")
-        for name, value in (("forward", forward), ("transform", transform), ("reverse", reverse)):
+        for name, value in dict(forward=forward, transform=transform, reverse=reverse).items():
             _check_callable(value, name)
         if transform is not None and not fields:
             raise ValueError("BatchedRunPython fields: transform= needs the names of the fields "
@@ -194,16 +194,16 @@ class BatchedRunPython(Operation):
             if self.deferred():
                 self._plan_inside_migrate(app_label, schema_editor, from_state)
                 return
-            self._run_inside_migrate(app_label, schema_editor, from_state, "forward")
+            self._run_inside_migrate(app_label, schema_editor, from_state, Direction.FORWARD)
 
     def database_backwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
                            from_state: ProjectState, to_state: ProjectState) -> None:
         to_state.clear_delayed_apps_cache()
         with said_as_usage():
-            self._run_inside_migrate(app_label, schema_editor, to_state, "backward")
+            self._run_inside_migrate(app_label, schema_editor, to_state, Direction.BACKWARD)
 
     def _run_inside_migrate(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
-                            state: ProjectState, direction: str) -> None:
+                            state: ProjectState, direction: Direction) -> None:
         from .execute import execute
 
         alias = schema_editor.connection.alias
@@ -240,7 +240,7 @@ class BatchedRunPython(Operation):
         else:
             what = f"{planned.rows_estimated:,} rows to do, up to key {planned.high_water_key}"
         sys.stdout.write(
-            f"\n  deferred {ref.app_label}.{ref.migration}[{ref.operation}] ({what}): run it "
+            f"\n  deferred {ref.operation_name} ({what}): run it "
             f"with a DataMigration (manage.py chunkwise_manifest --image IMAGE | kubectl "
             f"apply -f -) or manage.py chunkwise_run {ref.app_label} {ref.migration}; "
             f"EnsureBatchedComplete in a later migration finishes it if nobody did\n")

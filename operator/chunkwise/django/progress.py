@@ -7,11 +7,11 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from chunkwise.contract import WorkerState
 from chunkwise.engine import (
     BatchReport,
     CheckpointState,
     ErrorKind,
-    ExitCode,
     Outcome,
     Throttle,
     format_duration,
@@ -103,8 +103,8 @@ class ProgressBar:
         if outcome.state is not None and outcome.reason != "AlreadyDone":
             self._write(("\r" if self._tty else "") + self.line(outcome.state)
                         + ("\x1b[K" if self._tty else "") + "\n")
-        verdict = {ExitCode.DONE: "done", ExitCode.HALTED: "HALTED",
-                   ExitCode.INTERRUPTED: "interrupted"}.get(outcome.exit_code, "stopped")
+        state = WorkerState.of(outcome.exit_code)  # a halt needs a person: said loudly
+        verdict = {WorkerState.HALTED: "HALTED", WorkerState.FAILED: "stopped"}.get(state, state)
         self._write(f"{self._title}: {verdict} ({outcome.reason}): {outcome.message}\n")
         if outcome.verification is not None:
             self._write(f"{self._title}: verified: {outcome.verification.describe()}\n")

@@ -26,6 +26,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from chunkwise.contract import ShardState
+
 from .budget import Tally, check_budget
 from .errors import (
     DatabaseUnreachable,
@@ -95,7 +97,7 @@ class CheckpointStore(Protocol):
     def record_failure(self, key: Key, error: BaseException, tally: Tally) -> None:
         """Inside a transaction: record one failed row and move the checkpoint past it."""
 
-    def finish(self, state: str, message: str = "") -> None:
+    def finish(self, state: ShardState, message: str = "") -> None:
         """Mark the checkpoint done, halted or interrupted (own transaction)."""
 
     def verify(self) -> Verification | None:
@@ -297,7 +299,7 @@ class BatchRunner:
                     break
                 rows = self._top_level_batch()
                 if rows is None:
-                    self._store.finish("done")
+                    self._store.finish(ShardState.DONE)
                     assert self._state is not None
                     self._state.done = True
                     return self._finish(Outcome(ExitCode.DONE, "Completed",
@@ -309,9 +311,9 @@ class BatchRunner:
                     self._reporter.throttled(PACE, delay)
                     self._pause(delay)
         except Halted as halt:
-            self._store.finish("halted", f"{halt.reason}: {halt.message}")
+            self._store.finish(ShardState.HALTED, f"{halt.reason}: {halt.message}")
             return self._finish(Outcome(ExitCode.HALTED, halt.reason, halt.message, self._state))
-        self._store.finish("interrupted", "stopped by signal after a committed batch")
+        self._store.finish(ShardState.INTERRUPTED, "stopped by signal after a committed batch")
         return self._finish(Outcome(ExitCode.INTERRUPTED, "Interrupted",
                                     "stopped after the current batch committed", self._state))
 

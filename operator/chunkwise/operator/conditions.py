@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from chunkwise.contract import (
+    Condition,
     ExitCode,
+    JobCondition,
+    Phase,
     WorkerStatus,
     format_utc,
     parse_utc,
@@ -20,7 +23,7 @@ from chunkwise.contract import (
     utc_now_text,
 )
 
-__all__ = ["DRY_RUN_COMPLETED", "ENDED", "FAILED_CREATE", "OOM_KILLED", "STUCK", "Event",
+__all__ = ["DRY_RUN_COMPLETED", "FAILED_CREATE", "OOM_KILLED", "STUCK", "Event",
            "RunState", "ended_at", "find_condition", "job_problem", "oom_problem", "pod_problem",
            "run_state_of", "set_condition", "stall_status", "status_for", "throttle_status",
            "verification_of", "worker_of"]
@@ -43,7 +46,7 @@ STUCK = (*_CONTAINER_STUCK, FAILED_CREATE)
 class RunState:
     """Where a run stands, as read from its Job and the worker's own report."""
 
-    phase: str  # Pending | Running | Suspended | Halted | Succeeded | Failed
+    phase: Phase
     reason: str
     message: str
 
@@ -55,7 +58,7 @@ class Event:
     message: str
 
 
-def _job_condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+def _job_condition(job: Mapping[str, Any], kind: JobCondition) -> Mapping[str, Any] | None:
     for condition in job.get("status", {}).get("conditions", []) or []:
         if condition.get("type") == kind and condition.get("status") == "True":
             return condition  # type: ignore[no-any-return]
@@ -67,7 +70,8 @@ def ended_at(job: Mapping[str, Any]) -> str | None:
     Complete or Failed condition became true; None while it runs. Written as Kubernetes
     writes times (the client's models say ``+00:00`` where the API server says ``Z``)."""
     completed = job.get("status", {}).get("completionTime")
-    for kind in ("Complete", "SuccessCriteriaMet", "Failed", "FailureTarget"):
+    for kind in (JobCondition.COMPLETE, JobCondition.SUCCESS_CRITERIA_MET, JobCondition.FAILED,
+                 JobCondition.FAILURE_TARGET):
         condition = _job_condition(job, kind)
         if not completed and condition is not None:
             completed = condition.get("lastTransitionTime")
@@ -102,25 +106,27 @@ def run_state_of(job: Mapping[str, Any], worker: WorkerStatus | None = None) -> 
     the engine's reason and message), never from the Job controller's message text. When
     the worker could not report (killed, no network), the Job's own reason is shown."""
     worker = worker or {}
-    if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
+    if _job_condition(job, JobCondition.COMPLETE) or \
+            _job_condition(job, JobCondition.SUCCESS_CRITERIA_MET):
         if worker.get("reason") == DRY_RUN_COMPLETED:
-            return RunState("Succeeded", DRY_RUN_COMPLETED, worker.get("message", ""))
-        return RunState("Succeeded", "Completed", "every row was processed")
-    failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
+            return RunState(Phase.SUCCEEDED, DRY_RUN_COMPLETED, worker.get("message", ""))
+        return RunState(Phase.SUCCEEDED, "Completed", "every row was processed")
+    failed = _job_condition(job, JobCondition.FAILED) or \
+        _job_condition(job, JobCondition.FAILURE_TARGET)
     if failed:
         reported = worker.get("exitCode")
         if reported == ExitCode.HALTED and worker.get("reason"):
-            return RunState("Halted", worker["reason"], worker.get("message", ""))
+            return RunState(Phase.HALTED, worker["reason"], worker.get("message", ""))
         if reported is not None and reported != ExitCode.DONE and worker.get("reason"):
-            return RunState("Failed", worker["reason"], worker.get("message", ""))
-        return RunState("Failed", str(failed.get("reason") or "JobFailed"),
+            return RunState(Phase.FAILED, worker["reason"], worker.get("message", ""))
+        return RunState(Phase.FAILED, str(failed.get("reason") or "JobFailed"),
                         str(failed.get("message", "")))
-    if _job_condition(job, "Suspended"):
-        return RunState("Suspended", "SuspendRequested",
+    if _job_condition(job, JobCondition.SUSPENDED):
+        return RunState(Phase.SUSPENDED, "SuspendRequested",
                         "spec.suspend is true; the worker stopped after a committed batch")
     if job.get("status", {}).get("active"):
-        return RunState("Running", "Running", "the worker is processing batches")
-    return RunState("Pending", "JobCreated", "waiting for the worker pod to start")
+        return RunState(Phase.RUNNING, Phase.RUNNING, "the worker is processing batches")
+    return RunState(Phase.PENDING, "JobCreated", "waiting for the worker pod to start")
 
 
 def pod_problem(pods: Sequence[Mapping[str, Any]]) -> RunState | None:
@@ -131,7 +137,7 @@ def pod_problem(pods: Sequence[Mapping[str, Any]]) -> RunState | None:
         for container in statuses:
             waiting = (container.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in _CONTAINER_STUCK:
-                return RunState("Pending", str(waiting["reason"]),
+                return RunState(Phase.PENDING, str(waiting["reason"]),
                                  f"pod {pod['metadata']['name']} cannot start its "
                                  f"{container.get('name')} container: "
                                  f"{waiting.get('message') or waiting['reason']}")
@@ -158,7 +164,7 @@ def oom_problem(pods: Sequence[Mapping[str, Any]]) -> RunState | None:
             where = f"spec.template.spec.containers[{name}].resources.limits.memory"
             cause = (f"it used more than its memory limit of {limit}; raise {where}" if limit
                      else f"the node ran out of memory (it has no memory limit: set {where})")
-            return RunState("Failed", OOM_KILLED,
+            return RunState(Phase.FAILED, OOM_KILLED,
                             f"pod {pod['metadata']['name']}: the {name} container was "
                             f"OOMKilled (exit code {terminated.get('exitCode', 137)}): "
                             f"{cause}, or lower spec.batch.size and spec.batch.maxSize so a "
@@ -175,17 +181,19 @@ def job_problem(job_name: str, events: Sequence[Mapping[str, Any]]) -> RunState 
         return None
     newest = max(refused, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime")
                                            or e["metadata"].get("creationTimestamp") or ""))
-    return RunState("Pending", FAILED_CREATE,
+    return RunState(Phase.PENDING, FAILED_CREATE,
                     f"Job {job_name} cannot create its pod: {newest.get('message', '')}")
 
 
-def find_condition(conditions: Sequence[Mapping[str, Any]], kind: str) -> Mapping[str, Any]:
+def find_condition(conditions: Sequence[Mapping[str, Any]],
+                   kind: Condition) -> Mapping[str, Any]:
     """The condition of type ``kind``, or {} when there is none yet."""
     return next((c for c in conditions if c.get("type") == kind), {})
 
 
-def set_condition(conditions: Sequence[Mapping[str, Any]], kind: str, status: str, reason: str,
-                  message: str, generation: int | None, now: str) -> list[dict[str, Any]]:
+def set_condition(conditions: Sequence[Mapping[str, Any]], kind: Condition, status: str,
+                  reason: str, message: str, generation: int | None,
+                  now: str) -> list[dict[str, Any]]:
     """Replace one condition; lastTransitionTime moves only when its status changes."""
     result: list[dict[str, Any]] = []
     previous = None
@@ -204,28 +212,27 @@ def set_condition(conditions: Sequence[Mapping[str, Any]], kind: str, status: st
     return sorted(result, key=lambda c: _ORDER.get(str(c["type"]), 99))
 
 
-_ORDER = {"Succeeded": 0, "Progressing": 1, "Suspended": 2, "Halted": 3, "Stalled": 4,
-          "Throttled": 5, "Verified": 6}
+_ORDER = {kind.value: index for index, kind in enumerate(Condition)}
 
+#: the conditions every status has, set from its phase
+_BY_PHASE = (Condition.SUCCEEDED, Condition.PROGRESSING, Condition.SUSPENDED, Condition.HALTED)
 # phase -> (Succeeded, Progressing, Suspended, Halted) condition statuses
 _TABLE = {
-    "Pending": ("Unknown", "True", "False", "False"),
-    "Running": ("Unknown", "True", "False", "False"),
-    "Suspended": ("Unknown", "False", "True", "False"),
-    "Halted": ("False", "False", "False", "True"),
-    "Succeeded": ("True", "False", "False", "False"),
-    "Failed": ("False", "False", "False", "False"),
+    Phase.PENDING: ("Unknown", "True", "False", "False"),
+    Phase.RUNNING: ("Unknown", "True", "False", "False"),
+    Phase.SUSPENDED: ("Unknown", "False", "True", "False"),
+    Phase.HALTED: ("False", "False", "False", "True"),
+    Phase.SUCCEEDED: ("True", "False", "False", "False"),
+    Phase.FAILED: ("False", "False", "False", "False"),
 }
 
 
-#: the phases a run ends in
-ENDED = ("Succeeded", "Halted", "Failed")
 #: (while the run goes on, once it has ended): why Suspended or Halted is False
 _NOT = {
-    "Suspended": ("spec.suspend is false: the run goes on", "the run has ended; nothing to "
-                  "suspend"),
-    "Halted": ("no threshold of spec.haltOn has been passed",
-               "the run ended without passing a threshold of spec.haltOn"),
+    Condition.SUSPENDED: ("spec.suspend is false: the run goes on",
+                          "the run has ended; nothing to suspend"),
+    Condition.HALTED: ("no threshold of spec.haltOn has been passed",
+                       "the run ended without passing a threshold of spec.haltOn"),
 }
 
 
@@ -235,25 +242,23 @@ def status_for(status: Mapping[str, Any], outcome: RunState, generation: int | N
     now = now or utc_now_text()
     previous = status.get("phase")
     conditions: list[dict[str, Any]] = [dict(c) for c in status.get("conditions", [])]
-    succeeded, progressing, suspended, halted = _TABLE[outcome.phase]
-    for kind, value in (("Succeeded", succeeded), ("Progressing", progressing),
-                        ("Suspended", suspended), ("Halted", halted)):
-        if kind in ("Succeeded", "Progressing") or value == "True":
+    for kind, value in zip(_BY_PHASE, _TABLE[outcome.phase], strict=True):
+        if kind in (Condition.SUCCEEDED, Condition.PROGRESSING) or value == "True":
             reason, message = outcome.reason, outcome.message
         else:  # says why this condition is False, never another condition's story
-            reason, message = f"Not{kind}", _NOT[kind][outcome.phase in ENDED]
+            reason, message = f"Not{kind}", _NOT[kind][outcome.phase in Phase.ENDED]
         conditions = set_condition(conditions, kind, value, reason, message,
                                    generation, now)
     conditions = _verified(conditions, status, outcome, generation, now)
-    if outcome.phase != "Running":  # a stall only means something while running
-        conditions = set_condition(conditions, "Stalled", "False", "NotRunning",
+    if outcome.phase != Phase.RUNNING:  # a stall only means something while running
+        conditions = set_condition(conditions, Condition.STALLED, "False", "NotRunning",
                                    "the worker is not running", generation, now)
-        if find_condition(conditions, "Throttled").get("status") == "True":
-            conditions = set_condition(conditions, "Throttled", "False", "NotRunning",
+        if find_condition(conditions, Condition.THROTTLED).get("status") == "True":
+            conditions = set_condition(conditions, Condition.THROTTLED, "False", "NotRunning",
                                        "the worker is not running", generation, now)
     patch: dict[str, Any] = {"phase": outcome.phase, "conditions": conditions,
                              "observedGeneration": generation}
-    if outcome.phase in ("Succeeded", "Failed", "Halted"):
+    if outcome.phase in Phase.ENDED:
         patch["completedAt"] = now
     events: list[Event] = []
     if previous != outcome.phase:
@@ -279,23 +284,23 @@ def verification_of(status: Mapping[str, Any]) -> tuple[int, int, int] | None:
 def _verified(conditions: list[dict[str, Any]], status: Mapping[str, Any], outcome: RunState,
               generation: int | None, now: str) -> list[dict[str, Any]]:
     """``Verified`` once a run succeeded and its worker checked the todo filter."""
-    known = any(c.get("type") == "Verified" for c in conditions)
-    check = verification_of(status) if outcome.phase == "Succeeded" else None
+    known = any(c.get("type") == Condition.VERIFIED for c in conditions)
+    check = verification_of(status) if outcome.phase == Phase.SUCCEEDED else None
     if check is None:
         if not known:
             return conditions
-        return set_condition(conditions, "Verified", "Unknown", "NotVerified",
+        return set_condition(conditions, Condition.VERIFIED, "Unknown", "NotVerified",
                              "checked when a run completes", generation, now)
     remaining, failed, missed = check
     if missed:
-        return set_condition(conditions, "Verified", "False", "RowsMissed",
+        return set_condition(conditions, Condition.VERIFIED, "False", "RowsMissed",
                              f"{missed} rows up to the high-water mark still match todo and "
                              f"were not recorded as failed ({failed} failed rows recorded)",
                              generation, now)
     message = "no row up to the high-water mark still matches todo" if not remaining else \
         f"the {remaining} rows still matching todo are the recorded failed rows"
-    return set_condition(conditions, "Verified", "True", "NoRowsMissed", message, generation,
-                         now)
+    return set_condition(conditions, Condition.VERIFIED, "True", "NoRowsMissed", message,
+                         generation, now)
 
 
 def throttle_status(status: Mapping[str, Any], generation: int | None,
@@ -303,10 +308,10 @@ def throttle_status(status: Mapping[str, Any], generation: int | None,
     """While Running: the Throttled condition from what the worker said (``status.throttle``).
     Written when it starts, ends or changes its reason; a fresh reading of the same reason
     stays in ``status.throttle``, so this adds no write per reading."""
-    if status.get("phase") != "Running":
+    if status.get("phase") != Phase.RUNNING:
         return None, []
     throttle = throttle_of(status)
-    current = find_condition(status.get("conditions", []), "Throttled")
+    current = find_condition(status.get("conditions", []), Condition.THROTTLED)
     if throttle is None:
         if current.get("status") != "True":
             return None, []
@@ -317,22 +322,23 @@ def throttle_status(status: Mapping[str, Any], generation: int | None,
         if (current.get("status"), current.get("reason")) == ("True", reason):
             return None, []
         wanted = ("True", reason, f"{message}: the worker waits before its next batch")
-        event = Event("Warning", "Throttled", wanted[2])
-    conditions = set_condition(status.get("conditions", []), "Throttled", *wanted,
+        event = Event("Warning", Condition.THROTTLED, wanted[2])  # named as it turns True
+    conditions = set_condition(status.get("conditions", []), Condition.THROTTLED, *wanted,
                                generation, now or utc_now_text())
     return {"conditions": conditions}, [event]
 
 
 def _event_for(previous: str | None, outcome: RunState) -> Event:
-    if outcome.phase == "Running" and previous == "Suspended":
+    if outcome.phase == Phase.RUNNING and previous == Phase.SUSPENDED:
         return Event("Normal", "Resumed", "resumed from the checkpoint")
-    reasons = {"Pending": "Pending", "Running": "Started", "Suspended": "Suspended",
-               "Halted": "Halted", "Succeeded": "Succeeded", "Failed": "Failed"}
-    kind = "Warning" if outcome.phase in ("Halted", "Failed") else "Normal"
+    # the Event's reason is the new phase, but for a run that starts
+    reason = "Started" if outcome.phase == Phase.RUNNING else str(outcome.phase)
+    # ended without succeeding: a person has to look
+    kind = "Warning" if outcome.phase in Phase.RESTARTABLE else "Normal"
     text = outcome.message
-    if outcome.phase == "Halted":
+    if outcome.phase == Phase.HALTED:
         text = f"{outcome.reason}: {outcome.message}"
-    return Event(kind, reasons[outcome.phase], text)
+    return Event(kind, reason, text)
 
 
 def stall_status(status: Mapping[str, Any], stall_after: float, generation: int | None,
@@ -340,7 +346,7 @@ def stall_status(status: Mapping[str, Any], stall_after: float, generation: int 
                                                                  list[Event]]:
     """While Running: Stalled=True once the checkpoint is older than ``stall_after`` s,
     unless the worker says it is throttled (then Throttled=True tells why it waits)."""
-    if status.get("phase") != "Running":
+    if status.get("phase") != Phase.RUNNING:
         return None, []
     now = now or datetime.datetime.now(datetime.UTC)
     stamp = (status.get("progress") or {}).get("lastCheckpointAt") or status.get("startedAt")
@@ -349,16 +355,16 @@ def stall_status(status: Mapping[str, Any], stall_after: float, generation: int 
     age = (now - parse_utc(str(stamp))).total_seconds()
     # a throttled worker holds its checkpoint still on purpose, and says why
     stalled = age > stall_after and throttle_of(status) is None
-    current = find_condition(status.get("conditions", []), "Stalled")
+    current = find_condition(status.get("conditions", []), Condition.STALLED)
     if (current.get("status") == "True") == stalled:
         return None, []
     now_text = format_utc(now)
     if stalled:
         message = f"no checkpoint for {age:.0f}s (spec.stallAfter is {stall_after:.0f}s)"
-        conditions = set_condition(status.get("conditions", []), "Stalled", "True",
+        conditions = set_condition(status.get("conditions", []), Condition.STALLED, "True",
                                    "CheckpointTooOld", message, generation, now_text)
-        return {"conditions": conditions}, [Event("Warning", "Stalled", message)]
-    conditions = set_condition(status.get("conditions", []), "Stalled", "False",
+        return {"conditions": conditions}, [Event("Warning", Condition.STALLED, message)]
+    conditions = set_condition(status.get("conditions", []), Condition.STALLED, "False",
                                "CheckpointAdvancing", "checkpoints are advancing again",
                                generation, now_text)
     return {"conditions": conditions}, [Event("Normal", "Unstalled",

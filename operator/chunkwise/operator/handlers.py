@@ -26,6 +26,7 @@ from chunkwise.contract import (
     API_VERSION,
     PLURAL,
     Label,
+    Phase,
     throttle_of,
 )
 from chunkwise.metrics import MigrationCollector, MigrationView
@@ -196,14 +197,14 @@ def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:
 
 
 @kopf.timer(*_GVP, interval=SETTINGS.stall_check_interval,
-            when=lambda status, **_: status.get("phase") == "Running")
+            when=lambda status, **_: status.get("phase") == Phase.RUNNING)
 def stall_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     with said_if_refused(body, patch):
         check_stall(post, body, patch)
 
 
 @kopf.timer(*_GVP, interval=SETTINGS.stall_check_interval,
-            when=lambda status, **_: status.get("phase") in ("Pending", "Running"))
+            when=lambda status, **_: status.get("phase") in Phase.ACTIVE)
 def pods_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     with said_if_refused(body, patch):
         check_pods(cluster(), post, body, patch)

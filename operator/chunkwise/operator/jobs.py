@@ -16,6 +16,7 @@ from chunkwise.contract import (
     GROUP_VERSION,
     KIND,
     WORKER_CONTAINER,
+    Direction,
     Env,
     ExitCode,
     Label,
@@ -37,7 +38,7 @@ def worker_env(spec: Mapping[str, Any], namespace: str, name: str) -> list[dict[
     env = {
         Env.APP: migration["app"],
         Env.MIGRATION: migration["name"],
-        Env.DIRECTION: spec.get("direction", "forward"),
+        Env.DIRECTION: spec.get("direction", Direction.FORWARD),
         Env.DATABASE: spec.get("database", "default"),
         Env.RESOURCE: f"{namespace}/{name}",
         Env.METRICS_PORT: str(Ports.WORKER_METRICS),  # declared as the pod's "metrics" port

@@ -18,12 +18,11 @@ from typing import Any
 
 import kopf
 
-from chunkwise.contract import ANNOTATION_PREFIX, Label, utc_now_text
+from chunkwise.contract import ANNOTATION_PREFIX, Condition, Label, Phase, utc_now_text
 from chunkwise.engine import TUNABLES, parse_duration, spec_env
 
 from .cluster import REFUSED, ApiRefused, Cluster
 from .conditions import (
-    ENDED,
     FAILED_CREATE,
     OOM_KILLED,
     STUCK,
@@ -47,7 +46,6 @@ __all__ = ["PostEvent", "announce_retune", "announce_throttle", "check_pods", "c
            "job_changed", "job_deleted", "migration_of_job", "say_refused", "spec_changed",
            "start_run"]
 
-_RESTARTABLE = ("Halted", "Failed")
 #: the last spec generation whose retuning was announced as an Event
 RETUNED_ANNOTATION = f"{ANNOTATION_PREFIX}/retuned-generation"
 PostEvent = Callable[[Mapping[str, Any], Event], None]
@@ -64,14 +62,14 @@ def start_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
     spec = body["spec"]
     job = build_job(body, run)
     created = cluster.create_job(job)
-    state = RunState("Suspended", "SuspendRequested", "created suspended (spec.suspend)") \
-        if spec.get("suspend") else RunState("Pending", "JobCreated",
+    state = RunState(Phase.SUSPENDED, "SuspendRequested", "created suspended (spec.suspend)") \
+        if spec.get("suspend") else RunState(Phase.PENDING, "JobCreated",
                                              f"Job {job['metadata']['name']} created")
     existing = None if created else cluster.get_job(job["metadata"]["namespace"],
                                                     job["metadata"]["name"])
     if existing is not None:
         found = run_state_of(existing, worker_of(status))
-        if found.phase != "Pending" or not spec.get("suspend"):
+        if found.phase != Phase.PENDING or not spec.get("suspend"):
             state = found
     new_status, events = status_for(status, state, body["metadata"].get("generation"))
     migration = spec["migration"]
@@ -93,7 +91,7 @@ def start_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
         verb = "resumes from the checkpoint" if run > 1 else "starts"
         post(body, Event("Normal", "JobCreated",
                          f"created Job {job['metadata']['name']}: run {run} {verb}"))
-    elif state.phase not in ("Pending", "Suspended"):
+    elif state.phase not in (Phase.PENDING, Phase.SUSPENDED):
         for event in events:  # what the found Job did while nobody recorded it
             post(body, event)
 
@@ -110,11 +108,11 @@ def spec_changed(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
             start_run(cluster, post, body, patch, 1)
         return  # else the create handler has not made a run yet; it will read the new spec
     if bool(old.get("suspend")) != bool(new.get("suspend")):
-        if status.get("phase") not in _RESTARTABLE + ("Succeeded",):
+        if status.get("phase") not in Phase.ENDED:
             cluster.patch_job(namespace, job_name(name, run),
                               {"spec": {"suspend": bool(new.get("suspend"))}})
             if new.get("suspend"):
-                state = RunState("Suspended", "SuspendRequested",
+                state = RunState(Phase.SUSPENDED, "SuspendRequested",
                                  "spec.suspend is true; the worker stops after its batch")
                 new_status, events = status_for(status, state,
                                                 body["metadata"].get("generation"))
@@ -128,9 +126,9 @@ def spec_changed(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
         {k: v for k, v in new.items() if k != "suspend"}
     if not others_changed:
         return
-    dry_run_over = status.get("phase") == "Succeeded" and bool(old.get("dryRun")) \
+    dry_run_over = status.get("phase") == Phase.SUCCEEDED and bool(old.get("dryRun")) \
         and not new.get("dryRun")
-    if (status.get("phase") in _RESTARTABLE or dry_run_over) and not new.get("suspend"):
+    if (status.get("phase") in Phase.RESTARTABLE or dry_run_over) and not new.get("suspend"):
         start_run(cluster, post, body, patch, run + 1)  # a dry run done: now the real one
     elif _cannot_start(status):
         # its pod cannot run a batch (refused, or its image or config is wrong): the fix
@@ -144,7 +142,7 @@ def spec_changed(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
                          f"the spec changed while run {run}'s pod could not start "
                          f"({_progressing(status).get('reason')}); its Job is replaced by "
                          f"run {run + 1}'s"))
-    elif status.get("phase") in ("Running", "Pending", "Suspended"):
+    elif status.get("phase") in Phase.GOING_ON:
         tuned = _tunables_changed(old, new)
         if tuned:
             post(body, Event("Normal", "Retuning",
@@ -217,7 +215,7 @@ def say_refused(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
     if (current.get("status"), current.get("reason"), current.get("message")) == \
             ("False", refusal.reason, refusal.message):
         return  # said already (a timer meets the same refusal at every tick)
-    conditions = set_condition(status.get("conditions", []), "Progressing", "False",
+    conditions = set_condition(status.get("conditions", []), Condition.PROGRESSING, "False",
                                refusal.reason, refusal.message,
                                body["metadata"].get("generation"), utc_now_text())
     if patch is not None:
@@ -246,12 +244,12 @@ def _run_pods(cluster: Cluster, namespace: str, name: str, run: object) -> list[
 
 
 def _progressing(status: Mapping[str, Any]) -> Mapping[str, Any]:
-    return find_condition(status.get("conditions", []), "Progressing")
+    return find_condition(status.get("conditions", []), Condition.PROGRESSING)
 
 
 def _cannot_start(status: Mapping[str, Any]) -> bool:
     progressing = _progressing(status)
-    return status.get("phase") == "Pending" and progressing.get("status") == "False" \
+    return status.get("phase") == Phase.PENDING and progressing.get("status") == "False" \
         and progressing.get("reason") in STUCK
 
 
@@ -277,17 +275,17 @@ def job_changed(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> No
     namespace, name = migration["metadata"]["namespace"], migration["metadata"]["name"]
     worker = worker_of(status)
     state = run_state_of(job, worker)
-    if state.phase == "Failed" and not (worker or {}).get("reason"):
+    if state.phase == Phase.FAILED and not (worker or {}).get("reason"):
         # the worker could not say why (killed): the kubelet may know
         run = job["metadata"]["labels"][Label.RUN]
         state = oom_problem(_run_pods(cluster, namespace, name, run)) or state
-    if state.phase == status.get("phase") and state.phase != "Halted":
-        if state.phase in ENDED and not status.get("completedAt"):
+    if state.phase == status.get("phase") and state.phase != Phase.HALTED:
+        if state.phase in Phase.ENDED and not status.get("completedAt"):
             # ended while no one recorded when (an operator before this fix lost it)
             cluster.patch_status(namespace, name,
                                  {"completedAt": ended_at(job) or utc_now_text()})
         return
-    if state.phase == "Pending" and status.get("phase") == "Suspended" \
+    if state.phase == Phase.PENDING and status.get("phase") == Phase.SUSPENDED \
             and migration["spec"].get("suspend"):
         return  # the pod is gone because we suspended; nothing new
     new_status, events = status_for(status, state, migration["metadata"].get("generation"))
@@ -307,7 +305,7 @@ def job_deleted(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> No
     migration = _current_run_of(cluster, job)
     status = (migration or {}).get("status") or {}
     phase = status.get("phase")
-    if migration is None or phase in ENDED:
+    if migration is None or phase in Phase.ENDED:
         return
     name, run = migration["metadata"]["name"], int(status["run"])
     if cluster.create_job(build_job(migration, run)):
@@ -338,12 +336,12 @@ def check_pods(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
     same way, the phase kept (the Job retries it), until a newer pod takes over."""
     status = body.get("status") or {}
     run = status.get("run")
-    if status.get("phase") not in ("Pending", "Running") or not run:
+    if status.get("phase") not in Phase.ACTIVE or not run:
         return
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
     pods = _run_pods(cluster, namespace, name, run)
     problem = pod_problem(pods)
-    phase = status["phase"]
+    phase = Phase(status["phase"])
     if problem is None:
         killed = oom_problem(pods)
         if killed is not None:  # the Job retries it; the run is not back to Pending
@@ -357,7 +355,7 @@ def check_pods(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
     if problem is None:
         if _progressing(status).get("reason") == OOM_KILLED:  # a newer pod took over
             patch.setdefault("status", {})["conditions"] = set_condition(
-                status.get("conditions", []), "Progressing", "True", "Running",
+                status.get("conditions", []), Condition.PROGRESSING, "True", Phase.RUNNING,
                 "a new worker pod took over from the OOMKilled one",
                 body["metadata"].get("generation"), utc_now_text())
         return
@@ -365,6 +363,7 @@ def check_pods(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
     if (current.get("reason"), current.get("message")) == (problem.reason, problem.message):
         return
     patch.setdefault("status", {}).update(phase=problem.phase, conditions=set_condition(
-        status.get("conditions", []), "Progressing", "False", problem.reason, problem.message,
+        status.get("conditions", []), Condition.PROGRESSING, "False", problem.reason,
+        problem.message,
         body["metadata"].get("generation"), utc_now_text()))
     post(body, Event("Warning", problem.reason, problem.message))

@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from chunkwise.contract import (
-    ExitCode,
     ProgressStatus,
     ShardStatus,
     ThrottleStatus,
@@ -46,8 +45,6 @@ from .status_client import StatusClient
 
 __all__ = ["StatusReporter"]
 
-_OUTCOME_STATE: dict[int, WorkerState] = {
-    ExitCode.DONE: "done", ExitCode.HALTED: "halted", ExitCode.INTERRUPTED: "interrupted"}
 
 
 def _merged(earlier: dict[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
@@ -165,9 +162,9 @@ class StatusReporter:
 
     def _shards(self, state: CheckpointState,
                 worker: WorkerStatus | None = None) -> dict[str, ShardStatus]:
-        entry: ShardStatus = {"index": self._shard, "lastKey": json_key(state.last_key),
-                              "rowsProcessed": state.tally.rows_processed,
-                              "rowsEstimated": state.rows_estimated, "done": state.done}
+        entry = ShardStatus(index=self._shard, lastKey=json_key(state.last_key),
+                            rowsProcessed=state.tally.rows_processed,
+                            rowsEstimated=state.rows_estimated, done=state.done)
         if worker is not None and self._sharded:
             entry["worker"] = worker
         return {str(self._shard): entry}
@@ -186,8 +183,8 @@ class StatusReporter:
         self._started = self._clock()
         self._rows_at_start = (state.run_totals or state).tally.rows_processed
         self._window.add(self._started, self._rows_at_start)
-        worker: WorkerStatus = {"state": "running", "pod": os.environ.get("HOSTNAME", ""),
-                                "reason": "", "message": ""}
+        worker: WorkerStatus = {"state": WorkerState.RUNNING,
+                                "pod": os.environ.get("HOSTNAME", ""), "reason": "", "message": ""}
         status = self._with_worker({"progress": self._progress(state, utc_now_text())},
                                    state, worker)
         # a killed pod may have left its throttle behind: it is over
@@ -237,7 +234,7 @@ class StatusReporter:
 
     def finished(self, outcome: Outcome) -> None:
         worker: WorkerStatus = {
-            "state": _OUTCOME_STATE.get(outcome.exit_code, "failed"), "reason": outcome.reason,
+            "state": WorkerState.of(outcome.exit_code), "reason": outcome.reason,
             "message": outcome.message, "exitCode": int(outcome.exit_code)}
         status: dict[str, Any] = {}
         if outcome.state is not None:

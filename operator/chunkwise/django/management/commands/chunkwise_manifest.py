@@ -22,12 +22,12 @@ from chunkwise.contract import (
     KIND,
     WORKER_CONTAINER,
     ExitCode,
+    ShardState,
     data_migration_name,
 )
 
 from ...execute import recorded
 from ...migration_lookup import app_problems
-from ...models import Checkpoint
 from ...operation_ref import OperationRef
 from ...operations import BatchedRunPython
 
@@ -85,7 +85,7 @@ class Command(BaseCommand):
                        if isinstance(op, BatchedRunPython)]
             pending += [(key[0], key[1], i, len(batched) > 1) for i in batched
                         if recorded(OperationRef(key[0], key[1], i), alias)[0]
-                        != Checkpoint.State.DONE]  # done: every shard's checkpoint is
+                        != ShardState.DONE]  # done: every shard's checkpoint is
         return pending
 
     def _manifest(self, app: str, migration: str, index: int, several: bool,

@@ -23,7 +23,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.migration import Migration
 
-from chunkwise.contract import Env, ExitCode
+from chunkwise.contract import Direction, Env, ExitCode
 from chunkwise.engine import Outcome, SettingsError, parse_boolean
 
 from ...config import add_arguments, parse_port, resolve_settings
@@ -62,6 +62,15 @@ def _shards(raw_count: Any, raw_index: Any) -> tuple[int, int | None]:
                            f"an integer from 0 to {count - 1} (--shards is {count}), got "
                            f"{raw_index!r}", returncode=ExitCode.USAGE)
     return count, index
+
+
+def _direction(raw: str) -> Direction:
+    """The flag's (argparse checked it) or the environment's (nobody did)."""
+    try:
+        return Direction(raw)
+    except ValueError:
+        raise CommandError(f"--direction ({Env.DIRECTION}): expected {' or '.join(Direction)}, "
+                           f"got {raw!r}", returncode=ExitCode.USAGE) from None
 
 
 class Command(BaseCommand):
@@ -103,8 +112,8 @@ class Command(BaseCommand):
                             default=_env(Env.OPERATION),
                             help="index of the operation in the migration; default: the only "
                                  f"BatchedRunPython in it [env {Env.OPERATION}]")
-        parser.add_argument("--direction", choices=["forward", "backward"],
-                            default=_env(Env.DIRECTION, "forward"),
+        parser.add_argument("--direction", choices=[d.value for d in Direction],
+                            default=_env(Env.DIRECTION, Direction.FORWARD),
                             help="forward runs forward/transform, backward runs reverse "
                                  f"[env {Env.DIRECTION}]")
         parser.add_argument("--database", default=_env(Env.DATABASE, DEFAULT_DB_ALIAS),
@@ -162,7 +171,8 @@ class Command(BaseCommand):
         for earlier in migration.operations[:index]:
             earlier.state_forwards(migration.app_label, state)
         shards, shard = _shards(options["shards"], options["shard"])
-        ref = OperationRef(migration.app_label, migration.name, index, options["direction"],
+        ref = OperationRef(migration.app_label, migration.name, index,
+                           _direction(options["direction"]),
                            shard=shard or 0, shard_count=shards)
         flags = {k: v for k, v in options.items() if v is not None}
         try:

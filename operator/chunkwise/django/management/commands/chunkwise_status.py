@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand
 from django.db import DEFAULT_DB_ALIAS
 from django.utils import timezone
 
-from chunkwise.contract import json_key
+from chunkwise.contract import Direction, OperationName, ShardState, json_key
 
 from ...checkpoints import runner_alive
 from ...models import Checkpoint, FailedRow
@@ -60,8 +60,9 @@ class Command(BaseCommand):
             self.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
         for record in records:
             if record["message"]:
-                self.stdout.write(f"\n{record['app_label']}.{record['migration']} "
-                                  f"[{record['operation']}]: {record['message']}")
+                name = OperationName(record["app_label"], record["migration"],
+                                     record["operation"])
+                self.stdout.write(f"\n{name}: {record['message']}")
             for failure in record.get("failures", []):
                 self.stdout.write(f"  failed key {failure['key']}: {failure['error_class']}: "
                                   f"{failure['message']}")
@@ -71,12 +72,12 @@ class Command(BaseCommand):
                                   f"(showing {shown}; --limit N shows more)")
 
     def _record(self, cp: Checkpoint, options: dict[str, Any]) -> dict[str, Any]:
-        percent = 100.0 if cp.state == Checkpoint.State.DONE else (
+        percent = 100.0 if cp.state == ShardState.DONE else (
             100.0 * cp.rows_processed / cp.rows_estimated if cp.rows_estimated else 0.0)
         seconds = (timezone.now() - cp.heartbeat_at).total_seconds() if cp.heartbeat_at else None
         age = "-" if seconds is None else f"{seconds:.0f}s ago"
         state = cp.state
-        if state == Checkpoint.State.RUNNING and not self._alive(cp, seconds, options):
+        if state == ShardState.RUNNING and not self._alive(cp, seconds, options):
             state = "stale"  # nobody says "running" for it: its runner is gone
         key = _key_reader(cp)
         record: dict[str, Any] = {
@@ -105,8 +106,8 @@ class Command(BaseCommand):
         """PostgreSQL: whether a live session holds the runner lock, however long a
         paced or throttled run has waited since its last batch; elsewhere the heartbeat's
         age is all there is."""
-        ref = OperationRef(cp.app_label, cp.migration, cp.operation, cp.direction, cp.shard,
-                           cp.shard_count)
+        ref = OperationRef(cp.app_label, cp.migration, cp.operation, Direction(cp.direction),
+                           cp.shard, cp.shard_count)
         alive = runner_alive(options["database"], ref)
         if alive is not None:
             return alive
