@@ -14,7 +14,9 @@ REPO = Path(__file__).resolve().parents[2]
 def test_quickstart_seeds_the_shop_and_migrate_runs_both_batched_migrations(
         tmp_path: Path) -> None:
     db = tmp_path / "shop.sqlite3"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHUNKWISE_")}
+    # a reader's shell: none of the settings the other tests' fixtures export
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CHUNKWISE_", "PG", "DJANGO_"))}
     env["SHOP_SQLITE_PATH"] = str(db)
     run = subprocess.run([str(REPO / "scripts" / "quickstart"), "3000"], env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=600)
