@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Draw the dashboard's panels from a real run's Prometheus data, for the README.
+"""Draw the dashboard's panels from a real run's Prometheus data, for the README and the docs.
 
     CHUNKWISE_DASHBOARD_DUMP=/tmp/dashboard.json .venv/bin/python -m pytest \\
         tests/e2e/test_metrics.py -k every_panel          # the e2e run saves its queries' data

@@ -12,8 +12,8 @@ never keys or batch ids):
   visible after its pod is gone, and a deleted DataMigration's series disappear.
 
 These names are the contract with the dashboard (``scripts/dashboard.py``) and the
-alerts (the chart's PrometheusRule); the README's metrics table is checked against
-this module by a test.
+alerts (the chart's PrometheusRule); the docs' metrics reference is generated from
+this module (scripts/docs-reference.py) and checked fresh by a test.
 """
 
 from __future__ import annotations

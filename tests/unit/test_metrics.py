@@ -1,5 +1,5 @@
 """The metrics module: what a worker counts from the engine's hooks, what the operator
-computes from the status, and that the names are the ones the README documents."""
+computes from the status, and that the names are the ones the docs document."""
 
 from __future__ import annotations
 

@@ -340,7 +340,7 @@ def _t(option: str, spec: str, field_path: str, kind: Kind, help: str, **bounds:
     return Tunable(option, spec, group, name, kind, help, **bounds)
 
 
-#: Every tunable, once. Order is the order of ``--help`` and of the README's table.
+#: Every tunable, once. Order is the order of ``--help`` and of the settings reference (docs/).
 TUNABLES: tuple[Tunable, ...] = (
     _t("batch-size", "batch.size", "batch.size", "integer", "rows in the first batch",
        minimum=1),

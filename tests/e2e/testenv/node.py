@@ -8,7 +8,7 @@ the kubelet's root, the CNI IPAM store, the pods' network namespaces), and is st
 unmounted and removed afterwards: pods are deleted first so the CNI plugins undo their
 links and NAT rules, then kube-proxy removes its rules.
 
-The two settings this machine needs (the README's test environment section says more):
+The two settings this machine needs (CONTRIBUTING.md's test environment section says more):
 containerd's ``restrict_oom_score_adj`` (runc's init may not lower oom_score_adj here)
 and the kubelet's ``failCgroupV1: false`` (the machine has cgroup v1 only).
 """
