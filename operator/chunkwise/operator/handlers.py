@@ -154,7 +154,8 @@ def login(logger: kopf.Logger, **kwargs: Any) -> kopf.ConnectionInfo | None:
         logger.info(f"logged in to {info.server} "
                     + ("with in-cluster configuration (the pod's ServiceAccount token)"
                        if in_cluster else "with a kubeconfig file"))
-    _connection.cluster = Cluster.from_configuration(configuration, SETTINGS.api_attempts)
+    _connection.cluster = Cluster.from_configuration(configuration, SETTINGS.api_attempts,
+                                                     SETTINGS.api_timeout)
     return info
 
 

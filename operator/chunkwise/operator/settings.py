@@ -21,6 +21,10 @@ class ControllerSettings:
     #: attempts of one API call on 429 and 5xx answers (with backoff, honouring
     #: Retry-After) before the handler gives up and kopf retries it later.
     api_attempts: int = 5
+    #: seconds one API call may wait for the API server's answer (and 5 s to connect):
+    #: a call on a connection that went silent fails and is retried, rather than holding
+    #: one of kopf's few handler threads, and with it every other DataMigration, for ever.
+    api_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ControllerSettings:

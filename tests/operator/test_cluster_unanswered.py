@@ -1,0 +1,79 @@
+"""The operator's API client when the API server does not answer: a dropped connection
+or a silent one fails the call within its timeout as a kopf.TemporaryError with a short
+delay, never hangs a handler thread and never waits out kopf's 60 s default backoff."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import kopf
+import kubernetes.client
+import pytest
+
+from chunkwise.operator.cluster import Cluster
+
+JOB = {"apiVersion": "batch/v1", "kind": "Job",
+       "metadata": {"name": "customer-status-run1", "namespace": "shop"}}
+
+
+def _server(answer: bool) -> Iterator[str]:
+    """A TCP server that reads each request, then closes the connection without a
+    response (``answer=False`` keeps it open and silent instead)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.recv(65536)
+            if answer:
+                conn.close()
+            else:
+                held.append(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+@pytest.fixture
+def dropping() -> Iterator[str]:
+    yield from _server(answer=True)
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    yield from _server(answer=False)
+
+
+def test_a_dropped_connection_is_retried_then_a_temporary_error(dropping: str) -> None:
+    cluster = Cluster.from_configuration(kubernetes.client.Configuration(host=dropping),
+                                         attempts=2, timeout=5)
+    with pytest.raises(kopf.TemporaryError) as raised:
+        cluster.create_job(JOB)
+    assert raised.value.delay == 5
+    assert "create jobs.batch shop/customer-status-run1: the API server did not answer" \
+        in str(raised.value)
+
+
+def test_a_silent_api_server_fails_the_call_within_its_timeout(silent: str) -> None:
+    cluster = Cluster.from_configuration(kubernetes.client.Configuration(host=silent),
+                                         attempts=1, timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(kopf.TemporaryError) as raised:
+        cluster.patch_status("shop", "customer-status", {"phase": "Running"})
+    assert time.monotonic() - started < 5  # the read timeout, not for ever
+    assert "patch datamigrations/status.chunkwise.dev shop/customer-status" in str(raised.value)
