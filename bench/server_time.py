@@ -37,6 +37,7 @@ from tests.support.statement_log import SETTINGS, statement_times, transactions 
 from run import (  # noqa: E402
     TABLE,
     Copies,
+    Topology,
     chunkwise,
     keyset_loop,
     project_env,
@@ -65,13 +66,19 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="table size (default 1M)")
     parser.add_argument("--top", type=int, default=6, help="statements shown per contender")
+    parser.add_argument("--topology", choices=("pinned", "shared"), default="pinned",
+                        help="as bench/run.py: the runner on a CPU of its own, PostgreSQL on "
+                             "the others (pinned, the default), or unpinned (shared)")
     args = parser.parse_args()
     sent: dict[str, int] = {}
     with running_server(SETTINGS) as server:
         seed(server, "seed", args.rows)
         copies = Copies(server, "seed")
         log = server.datadir.parent / "postgres.log"
-        print(f"where the time goes: {args.rows:,} rows, PostgreSQL's statement log\n")
+        topology = Topology.of(args.topology)
+        topology.apply(server)
+        print(f"where the time goes: {args.rows:,} rows, PostgreSQL's statement log")
+        print(topology.describe(server) + "\n")
         for name, run in CONTENDERS.items():
             database = copies.make()
             done, seconds, _ = run(server, database, args.rows)

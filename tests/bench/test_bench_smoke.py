@@ -107,6 +107,12 @@ def test_the_server_time_benchmark_reads_the_statement_log() -> None:
     # the log was read: each batched contender's own UPDATE, once per 5k-row batch
     assert "4 x" in out and 'UPDATE "benchapp_customer" SET "status" = v."status"' in out
     assert "per 5k-row batch" in out
+    assert "topology: pinned, as deployed" in out
+    # the statements of one batch, from BEGIN to COMMIT: the bare loop's four, chunkwise's
+    # set-based batch at most one more than a loop with a checkpoint row
+    assert "a batch sends 4 statements" in out and "a batch sends 6 statements" in out
+    assert re.search(r"statements per 5k-row batch: chunkwise set-based 6, the bare keyset "
+                     r"loop 4, .* met \(6 <= 6\)", out), out[-800:]
     # and Django's share of a set-based batch, from the migration's own function
     orm = re.search(r"batch.update\(\.\.\.\) into SQL in ([0-9.]+) ms per batch", out)
     assert orm is not None and 0 < float(orm[1]) < 100, out[-500:]
