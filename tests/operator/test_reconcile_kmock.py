@@ -351,6 +351,38 @@ async def test_a_spec_change_replaces_a_run_whose_pod_cannot_start(
     assert api.posted[-2:] == [("Normal", "JobCreated"), ("Normal", "RunReplaced")]
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("change,replaced", [
+    ({"image": "shop:2"}, True),  # the upgrade guide's way to move a run to a new image
+    ({"batch": {"size": 2000}}, False),  # a tunable: the resumed worker reads it live
+])
+async def test_resuming_after_a_change_beyond_tuning_runs_the_new_spec(
+        api: Api, kmock: Any, change: dict[str, Any], replaced: bool) -> None:
+    """Suspend, change the spec, resume: a Job's pod template cannot change, so an image
+    or template change needs run 2 (from the checkpoint); a tunable does not."""
+    await api.call(start_run, migration(), {}, run=1)
+    suspended = migration({"phase": "Suspended", "run": 1, "conditions": []}, suspend=True)
+    old_spec = dict(suspended["spec"])
+    resumed = migration(suspended["status"], **change)  # suspend: False
+    await put_migration(api, kmock, resumed)
+    await api.call(spec_changed, resumed, old_spec, dict(resumed["spec"]), {})
+    jobs = sorted(k[2] for k in kmock.objects
+                  if k[0].plural == "jobs" and not kmock.objects[k].deleted)
+    if not replaced:
+        assert jobs == ["customer-status-run1"]
+        assert stored(kmock, JOBS, "customer-status-run1")["spec"]["suspend"] is False
+        assert ("Normal", "Resumed") in api.posted
+        return
+    assert jobs == ["customer-status-run2"]
+    job = stored(kmock, JOBS, "customer-status-run2")
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "shop:2"
+    assert job["spec"]["suspend"] is False
+    status = stored(kmock, MIGRATIONS, "customer-status")["status"]
+    assert status["run"] == 2 and status["jobName"] == "customer-status-run2"
+    assert api.posted[-2:] == [("Normal", "JobCreated"), ("Normal", "RunReplaced")]
+    assert ("Normal", "Resumed") not in api.posted
+
+
 _FORBIDDEN = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden",
               "code": 403, "message": 'jobs.batch is forbidden: User "system:serviceaccount:'
               'chunkwise:chunkwise" cannot create resource "jobs" in API group "batch" in '

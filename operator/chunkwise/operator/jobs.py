@@ -7,12 +7,15 @@ template's own ``env``/``envFrom``/volumes, which are copied as they are.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
 
 from chunkwise.contract import (
+    ANNOTATION_PREFIX,
     GROUP_VERSION,
     KIND,
     WORKER_CONTAINER,
@@ -22,9 +25,26 @@ from chunkwise.contract import (
     Label,
     Ports,
 )
-from chunkwise.engine import spec_env
+from chunkwise.engine import TUNABLES, spec_env
 
-__all__ = ["build_job", "job_name", "worker_env", "worker_pod_spec"]
+__all__ = ["SPEC_DIGEST", "beyond_tuning", "build_job", "job_name", "spec_digest",
+           "worker_env", "worker_pod_spec"]
+
+#: the Job's annotation: a digest of the spec it was made from, beyond tuning, so a run
+#: resumed after such a change is seen to need a Job of the new spec
+SPEC_DIGEST = f"{ANNOTATION_PREFIX}/spec-digest"
+
+
+def beyond_tuning(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec without what a running worker takes live (the tunables), ``suspend`` and
+    ``stallAfter`` (the operator's own): what only a new Job can change."""
+    live = {t.spec_path[0] for t in TUNABLES} | {"suspend", "stallAfter"}
+    return {k: v for k, v in spec.items() if k not in live}
+
+
+def spec_digest(spec: Mapping[str, Any]) -> str:
+    text = json.dumps(beyond_tuning(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def job_name(migration: str, run: int) -> str:
@@ -115,6 +135,7 @@ def build_job(body: Mapping[str, Any], run: int) -> dict[str, Any]:
             "name": job_name(name, run),
             "namespace": namespace,
             "labels": labels,
+            "annotations": {SPEC_DIGEST: spec_digest(spec)},
         },
         "spec": {
             "suspend": bool(spec.get("suspend", False)),

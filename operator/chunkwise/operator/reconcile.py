@@ -40,7 +40,7 @@ from .conditions import (
     throttle_status,
     worker_of,
 )
-from .jobs import build_job, job_name
+from .jobs import SPEC_DIGEST, beyond_tuning, build_job, job_name, spec_digest
 
 __all__ = ["PostEvent", "announce_retune", "announce_throttle", "check_pods", "check_stall",
            "job_changed", "job_deleted", "migration_of_job", "say_refused", "spec_changed",
@@ -109,6 +109,13 @@ def spec_changed(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
         return  # else the create handler has not made a run yet; it will read the new spec
     if bool(old.get("suspend")) != bool(new.get("suspend")):
         if status.get("phase") not in Phase.ENDED:
+            if not new.get("suspend") and _made_from_another_spec(cluster, body, run):
+                # resumed after a change only a new Job takes (image, template, ...):
+                # run N+1 resumes from the checkpoint with it; run N's pod template cannot
+                # change, and unsuspending it would run the old image
+                _replace_run(cluster, post, body, run, "the spec changed beyond tuning "
+                             f"while run {run} was suspended")
+                return
             cluster.patch_job(namespace, job_name(name, run),
                               {"spec": {"suspend": bool(new.get("suspend"))}})
             if new.get("suspend"):
@@ -132,26 +139,45 @@ def spec_changed(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
         start_run(cluster, post, body, patch, run + 1)  # a dry run done: now the real one
     elif _cannot_start(status):
         # its pod cannot run a batch (refused, or its image or config is wrong): the fix
-        # in the new spec needs a new Job. The new run is recorded before the old Job is
-        # deleted, so the deletion is not taken for a Job lost by hand and made again.
-        replaced: dict[str, Any] = {}
-        start_run(cluster, post, body, replaced, run + 1)
-        cluster.patch_status(namespace, name, replaced["status"])
-        cluster.delete_job(namespace, job_name(name, run))
-        post(body, Event("Normal", "RunReplaced",
-                         f"the spec changed while run {run}'s pod could not start "
-                         f"({_progressing(status).get('reason')}); its Job is replaced by "
-                         f"run {run + 1}'s"))
+        # in the new spec needs a new Job
+        _replace_run(cluster, post, body, run, f"the spec changed while run {run}'s pod "
+                     f"could not start ({_progressing(status).get('reason')})")
     elif status.get("phase") in Phase.GOING_ON:
         tuned = _tunables_changed(old, new)
         if tuned:
             post(body, Event("Normal", "Retuning",
                              f"{tuned}: the running worker takes it between two batches, "
                              "within seconds (Event Retuned when it has)"))
-        if _others_changed(old, new):
+        if beyond_tuning(old) != beyond_tuning(new):
+            when = "when it is resumed (a new run, from the checkpoint)" \
+                if new.get("suspend") else "at the next run (suspend and resume to " \
+                "start one now, from the checkpoint)"
             post(body, Event("Normal", "SpecChangeDeferred",
-                             "the spec changed beyond tuning (template, command, "
-                             "backoffLimit, ...); that takes effect at the next run"))
+                             "the spec changed beyond tuning (image, template, command, "
+                             f"backoffLimit, ...); that takes effect {when}"))
+
+
+def _made_from_another_spec(cluster: Cluster, body: Mapping[str, Any], run: int) -> bool:
+    """Whether run ``run``'s Job was made from a spec that differs from today's beyond
+    tuning (a Job made before the digest annotation existed counts as today's)."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    job = cluster.get_job(namespace, job_name(name, run))
+    made_from = ((job or {}).get("metadata", {}).get("annotations") or {}).get(SPEC_DIGEST)
+    return made_from is not None and made_from != spec_digest(body["spec"])
+
+
+def _replace_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any], run: int,
+                 why: str) -> None:
+    """Run ``run + 1`` of today's spec in place of run ``run``, from the checkpoint. The
+    new run is recorded before the old Job is deleted, so the deletion is not taken for a
+    Job lost by hand and made again."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    replaced: dict[str, Any] = {}
+    start_run(cluster, post, body, replaced, run + 1)
+    cluster.patch_status(namespace, name, replaced["status"])
+    cluster.delete_job(namespace, job_name(name, run))
+    post(body, Event("Normal", "RunReplaced",
+                     f"{why}; its Job is replaced by run {run + 1}'s"))
 
 
 def _tunables_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
@@ -161,17 +187,6 @@ def _tunables_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     return ", ".join(f"{names[env]} {before.get(env, 'default')} -> {after.get(env, 'default')}"
                      for env in sorted(set(before) | set(after))
                      if before.get(env) != after.get(env))
-
-
-def _others_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Whether anything but tunables, suspend and stallAfter changed (that waits for the
-    next run)."""
-    # stallAfter is the operator's own, read from the spec at every check
-    groups = {t.spec_path[0] for t in TUNABLES} | {"suspend", "stallAfter"}
-
-    def rest(spec: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in spec.items() if k not in groups}
-    return rest(old) != rest(new)
 
 
 def announce_retune(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) -> None:
