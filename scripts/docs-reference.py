@@ -88,7 +88,24 @@ def settings() -> str:
 
 # -- the DataMigration's fields -----------------------------------------------------------
 
-def schema_rows(schema: dict[str, Any], path: str) -> Iterator[list[str]]:
+def targeted_rules(schema: dict[str, Any], path: str) -> Iterator[tuple[str, str]]:
+    """(the field a rule judges, its message) for every CEL rule that names its field
+    (fieldPath): the rule sits on an ancestor (the root, for rules that read the status)
+    but belongs on the field's row."""
+    for rule in schema.get("x-kubernetes-validations") or []:
+        if "fieldPath" in rule:
+            yield (path + rule["fieldPath"]).lstrip("."), str(rule["message"])
+    for name, child in (schema.get("properties") or {}).items():
+        yield from targeted_rules(child, f"{path}.{name}")
+    item = schema.get("items")
+    if isinstance(item, dict):
+        yield from targeted_rules(item, f"{path}[]")
+
+
+def schema_rows(schema: dict[str, Any], path: str,
+                targeted: dict[str, list[str]]) -> Iterator[list[str]]:
+    """The field's row and its children's; ``targeted`` holds the rules that name a
+    field (see targeted_rules), and loses each one as its row takes it."""
     kind = schema.get("type") or ("int or string" if schema.get("x-kubernetes-int-or-string")
                                   else "any")
     if kind == "array":
@@ -105,18 +122,19 @@ def schema_rows(schema: dict[str, Any], path: str) -> Iterator[list[str]]:
     if "pattern" in schema:
         limits.append(f"matches `{schema['pattern']}`")
     for rule in schema.get("x-kubernetes-validations") or []:
-        if "fieldPath" not in rule:
+        if "fieldPath" not in rule:  # a rule that names a field is on that field's row
             limits.append(str(rule["message"]))
+    limits += targeted.pop(path, [])
     default = schema.get("default")
     shown = "" if default is None else "`" + yaml.safe_dump(
         default, default_flow_style=True, width=10_000).strip().removesuffix("...").strip() + "`"
     yield [f"`{path}`", kind, shown, "; ".join(limits), str(schema.get("description", ""))]
     for name, child in (schema.get("properties") or {}).items():
-        yield from schema_rows(child, f"{path}.{name}")
+        yield from schema_rows(child, f"{path}.{name}", targeted)
     item = schema.get("items")
     if isinstance(item, dict) and item.get("properties"):
         for name, child in item["properties"].items():
-            yield from schema_rows(child, f"{path}[].{name}")
+            yield from schema_rows(child, f"{path}[].{name}", targeted)
     values = schema.get("additionalProperties")
     if isinstance(values, dict) and values.get("description") and path.startswith("status"):
         yield [f"`{path}.<key>`", str(values.get("type", "any")), "", "",
@@ -127,14 +145,19 @@ def datamigration() -> str:
     crd = yaml.safe_load(CRD.read_text())
     (version,) = crd["spec"]["versions"]
     root = version["schema"]["openAPIV3Schema"]
+    targeted: dict[str, list[str]] = {}
+    for field, message in targeted_rules(root, ""):
+        targeted.setdefault(field, []).append(message)
     lines = [BANNER.format(source="crds/datamigration.yaml"), ""]
     for part in ("spec", "status"):
         lines += ["", f"## `{part}`", "", str(root["properties"][part]["description"]), ""]
-        rows = list(schema_rows(root["properties"][part], part))[1:]
+        rows = list(schema_rows(root["properties"][part], part, targeted))[1:]
         lines += table(["field", "type", "default", "checked by the API server",
                         "description"], rows)
     columns = [[c["name"], f"`{c['jsonPath']}`", "`-o wide`" if c.get("priority") else ""]
                for c in version["additionalPrinterColumns"]]
+    if targeted:
+        raise SystemExit(f"CEL rules name fields the schema has no row for: {sorted(targeted)}")
     lines += ["", "## `kubectl get dmig` columns", ""]
     lines += table(["column", "from", "shown with"], columns)
     return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
@@ -201,7 +224,10 @@ def _actions(parser: argparse.ArgumentParser, skip: set[str]) -> list[list[str]]
         else:
             name = f"`{action.metavar or action.dest.upper()}`"
         default = action.default
-        shown = "" if default in (None, False, [], argparse.SUPPRESS) else f"`{default}`"
+        # by identity and type, not ==: a default of 0 equals False but is shown
+        hidden = (default is None or default is False or default == argparse.SUPPRESS
+                  or (isinstance(default, list) and not default))
+        shown = "" if hidden else f"`{default}`"
         rows.append([name, shown, formatter._expand_help(action) if action.help else ""])
     return rows
 
