@@ -76,6 +76,27 @@ def test_a_direction_from_the_environment_is_checked_as_the_flags_is(db: Path) -
     assert_nothing_written(db)
 
 
+def test_status_reads_a_checkpoint_of_a_direction_no_longer_accepted(tmp_path: Path) -> None:
+    """An older chunkwise wrote 'sideways' checkpoint rows (see the test above):
+    chunkwise_status lists such a row, judged by its heartbeat, without a traceback."""
+    db = tmp_path / "shop.sqlite3"
+    for args in (["migrate", "chunkwise"], ["migrate", "shop", "0001"]):
+        assert shop(db, *args).returncode == 0
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO chunkwise_checkpoint (app_label, migration, operation, direction, "
+            "shard, shard_count, model, key_field, rows_estimated, rows_processed, "
+            "failed_rows, batches, consecutive_failed_batches, lock_wait_seconds, state, "
+            "message, owner, planned, started_at, heartbeat_at) VALUES ('shop', "
+            "'0002_customer_status', 0, 'sideways', 0, 1, 'shop.Customer', 'id', 0, 0, 0, "
+            "0, 0, 0, 'running', '', '', 0, datetime('now'), datetime('now', '-1 hour'))")
+    result = shop(db, "chunkwise_status")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    [row] = [line.split() for line in result.stdout.splitlines() if "sideways" in line]
+    assert "stale" in row, result.stdout
+
+
 def lab_on_sqlite(db: Path, **extra: str) -> Callable[..., subprocess.CompletedProcess[str]]:
     """manage.py of the lab project, its "lite" database at ``db``, with the `mistakes` app."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "labsite.settings", "LAB_MISTAKES": "1",

@@ -45,7 +45,7 @@ CASES = {  # name: (migration, direction, database, what the condition's message
                     "--operation: shop.0001_initial has 0 BatchedRunPython operations"),
     "irreversible": ("{app: shop, name: '0003'}", "backward", "default",
                      "direction: backward runs the operation's reverse= code, and "
-                     "shop.0003_count_visit operation 0 has none (it is irreversible)"),
+                     "shop.0003_count_visit[0] has none (it is irreversible)"),
     "unknown-database": ("{app: shop, name: '0002'}", "forward", "replica",
                          "--database: no database alias 'replica' in settings.DATABASES"),
 }

@@ -137,8 +137,8 @@ def target_for(operation: BatchedWork, ref: OperationRef, apps: StateApps,
     code = operation.forward if ref.direction == Direction.FORWARD else operation.reverse
     if code is None:
         raise ImproperlyConfigured(
-            f"direction: backward runs the operation's reverse= code, and {ref.app_label}."
-            f"{ref.migration} operation {ref.operation} has none (it is irreversible)")
+            f"direction: backward runs the operation's reverse= code, and "
+            f"{ref.operation_name} has none (it is irreversible)")
     return DjangoBatchTarget(alias, todo, key_field,
                              forward=lambda batch: code(apps, schema_editor, batch),
                              lock_first=lock_first)

@@ -5,8 +5,9 @@ transaction (``pg_stat_activity``), the worst replica's replay lag
 (``pg_stat_replication`` on the primary), autovacuum working on the migrated table
 (``pg_stat_progress_vacuum``). Other sessions' rows in those views are visible in full
 only to roles with ``pg_monitor`` (or ``pg_read_all_stats``); without it they read as
-nothing to wait for, which docs/how-to/throttling.md says. The user's throttle query runs after it, in a
-read-only transaction under ``timeouts.statement``, so it can neither write nor hang a run.
+nothing to wait for, which docs/how-to/throttling.md says. The user's throttle query runs
+after it, in a read-only transaction under ``timeouts.statement``, so it can neither write
+nor hang a run.
 """
 
 from __future__ import annotations

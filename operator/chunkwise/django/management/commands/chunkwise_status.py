@@ -106,6 +106,10 @@ class Command(BaseCommand):
         """PostgreSQL: whether a live session holds the runner lock, however long a
         paced or throttled run has waited since its last batch; elsewhere the heartbeat's
         age is all there is."""
+        if cp.direction not in set(Direction):
+            # a row an older chunkwise wrote for a direction it should have refused: no
+            # runner can hold its lock, and the heartbeat is all there is
+            return seconds is not None and seconds <= STALE_AFTER
         ref = OperationRef(cp.app_label, cp.migration, cp.operation, Direction(cp.direction),
                            cp.shard, cp.shard_count)
         alive = runner_alive(options["database"], ref)
