@@ -128,7 +128,11 @@ class JobWatch(threading.Thread):
                     self.seen.setdefault(line.strip(), time.monotonic())
                     if self.stopped:
                         watch.terminate()
-            self.restarts += 1
+            if not self.stopped:
+                self.restarts += 1
+                print(f"[scale] the Job watch ended (kubectl exit {watch.returncode}); "
+                      "watching again in 0.5 s", file=sys.stderr, flush=True)
+                time.sleep(0.5)
 
 
 def status_writes(k8s: Cluster, seconds: float) -> Counter[str]:

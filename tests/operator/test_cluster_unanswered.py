@@ -19,10 +19,17 @@ JOB = {"apiVersion": "batch/v1", "kind": "Job",
        "metadata": {"name": "customer-status-run1", "namespace": "shop"}}
 
 
-def _server(answer: bool) -> Iterator[str]:
+class Server(str):
+    """The server's URL; ``accepted`` counts the connections it took."""
+
+    accepted = 0
+
+
+def _server(answer: bool) -> Iterator[Server]:
     """A TCP server that reads each request, then closes the connection without a
     response (``answer=False`` keeps it open and silent instead)."""
     listener = socket.create_server(("127.0.0.1", 0))
+    url = Server(f"http://127.0.0.1:{listener.getsockname()[1]}")
     held: list[socket.socket] = []
     stop = threading.Event()
 
@@ -33,6 +40,7 @@ def _server(answer: bool) -> Iterator[str]:
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
+            url.accepted += 1
             conn.recv(65536)
             if answer:
                 conn.close()
@@ -41,7 +49,7 @@ def _server(answer: bool) -> Iterator[str]:
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    yield url
     stop.set()
     thread.join()
     for conn in held:
@@ -50,26 +58,27 @@ def _server(answer: bool) -> Iterator[str]:
 
 
 @pytest.fixture
-def dropping() -> Iterator[str]:
+def dropping() -> Iterator[Server]:
     yield from _server(answer=True)
 
 
 @pytest.fixture
-def silent() -> Iterator[str]:
+def silent() -> Iterator[Server]:
     yield from _server(answer=False)
 
 
-def test_a_dropped_connection_is_retried_then_a_temporary_error(dropping: str) -> None:
+def test_a_dropped_connection_is_retried_then_a_temporary_error(dropping: Server) -> None:
     cluster = Cluster.from_configuration(kubernetes.client.Configuration(host=dropping),
                                          attempts=2, timeout=5)
     with pytest.raises(kopf.TemporaryError) as raised:
         cluster.create_job(JOB)
     assert raised.value.delay == 5
+    assert dropping.accepted == 2  # the first attempt and its one retry
     assert "create jobs.batch shop/customer-status-run1: the API server did not answer" \
         in str(raised.value)
 
 
-def test_a_silent_api_server_fails_the_call_within_its_timeout(silent: str) -> None:
+def test_a_silent_api_server_fails_the_call_within_its_timeout(silent: Server) -> None:
     cluster = Cluster.from_configuration(kubernetes.client.Configuration(host=silent),
                                          attempts=1, timeout=0.5)
     started = time.monotonic()
