@@ -5,6 +5,7 @@ includes.)"""
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -46,17 +47,67 @@ def test_every_page_is_in_the_navigation() -> None:
     assert pages == nav
 
 
+def _path_of(node: ast.expr, constants: dict[str, str | None]) -> str | None:
+    """The repository path a Path expression spells: ``REPO / "scripts" / "quickstart"``,
+    or a constant that is one, then more parts (``EXAMPLES / "customer-status.yaml"``)."""
+    if isinstance(node, ast.Name):
+        return constants.get(node.id)
+    if (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
+            and isinstance(node.right, ast.Constant) and isinstance(node.right.value, str)):
+        base = _path_of(node.left, constants)
+        return None if base is None else f"{base}/{node.right.value}".lstrip("/")
+    return None
+
+
+def _module_constants(tree: ast.Module, known: dict[str, str | None]) -> dict[str, str | None]:
+    """``known`` (REPO, and other modules' path constants it may import), shadowed by this
+    module's own top-level assignments (REPO stays the root: each module computes it)."""
+    own = dict(known)
+    for statement in tree.body:
+        if isinstance(statement, ast.Assign):
+            for target in statement.targets:
+                if isinstance(target, ast.Name) and target.id != "REPO":
+                    own[target.id] = _path_of(statement.value, own)
+    return own
+
+
 def test_the_tutorial_shows_files_the_tests_use() -> None:
-    """Every file the tutorial includes is one a test runs or applies."""
-    tests = "".join(p.read_text() for p in (REPO / "tests").rglob("*.py"))
+    """Every file the tutorial includes is one a test runs or applies, named by its full
+    path in a string or a Path expression (this file, which names them all, does not
+    count). A Django migration counts when one test module names its project's directory
+    and the migration's full name."""
+    modules = [ast.parse(path.read_text()) for path in (REPO / "tests").rglob("*.py")
+               if path != Path(__file__).resolve()]
+    known: dict[str, str | None] = {"REPO": ""}
+    for _ in range(2):  # a constant built from an imported one: SHOP = REPO / "examples" / ...
+        for tree in modules:
+            for name, value in _module_constants(tree, known).items():
+                if value is not None:
+                    known.setdefault(name, value)
+    named: list[set[str]] = []
+    for tree in modules:
+        constants = _module_constants(tree, known)
+        named.append({text for node in ast.walk(tree) for text in (
+            [node.value] if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            else [_path_of(node, constants) or ""] if isinstance(node, ast.BinOp) else [])
+            if text})
     included = [path for page in (DOCS / "tutorial").glob("*.md")
                 for path in re.findall(r'--8<-- "([^"]+)"', page.read_text())]
     assert len(included) >= 5
     for path in included:
         assert (REPO / path).is_file(), path
-        assert Path(path).stem in tests or Path(path).name in tests, \
-            f"{path} is shown in the tutorial but no test uses it"
+        migration = re.fullmatch(r"(.+)/\w+/migrations/(\w+)\.py", path)
 
+        def names_it(texts: set[str], path: str = path,
+                     migration: re.Match[str] | None = migration) -> bool:
+            if any(path in text for text in texts):
+                return True
+            return migration is not None and \
+                any(t == migration[1] or t.startswith(migration[1] + "/") for t in texts) and \
+                any(migration[2] in t for t in texts)
+
+        assert any(names_it(texts) for texts in named), \
+            f"{path} is shown in the tutorial but no test names it"
 
 
 def test_the_package_and_the_chart_link_to_the_docs_site() -> None:
@@ -69,3 +120,57 @@ def test_the_package_and_the_chart_link_to_the_docs_site() -> None:
     chart = REPO / "charts" / "chunkwise"
     assert f"- name: Documentation\n      url: {url}\n" in (chart / "Chart.yaml").read_text()
     assert url in (chart / "README.md").read_text()
+
+
+def _markdown_pages() -> list[Path]:
+    return sorted(DOCS.rglob("*.md")) + [REPO / "README.md", REPO / "CONTRIBUTING.md"]
+
+
+def test_no_page_has_an_empty_fenced_block() -> None:
+    """A doubled fence (``` then ``` again) renders as an empty code block, and the code
+    meant for it as a paragraph."""
+    for page in _markdown_pages():
+        opened: tuple[int, str] | None = None  # the opening fence's line and its marker
+        body: list[str] = []
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            fence = re.match(r"\s*(`{3,}|~{3,})(.*)$", line)
+            if opened is None:
+                if fence:
+                    opened, body = (number, fence[1]), []
+            elif fence and fence[1].startswith(opened[1]) and not fence[2].strip():
+                assert any(text.strip() for text in body), \
+                    f"{page.relative_to(REPO)}:{opened[0]}: an empty fenced block"
+                opened = None
+            else:
+                body.append(line)
+        assert opened is None, f"{page.relative_to(REPO)}:{opened[0]}: a fence never closed"
+
+
+def test_the_counts_of_a_tests_cases_the_docs_give_are_that_tests() -> None:
+    """"40 cases in `tests/e2e/test_validation.py`": the length of that module's CASES."""
+    found = 0
+    for page in _markdown_pages():
+        for count, path in re.findall(r"(\d+) cases in\s+`(tests/[\w/]+\.py)`",
+                                      page.read_text()):
+            tree = ast.parse((REPO / path).read_text())
+            (cases,) = [s.value for s in tree.body if isinstance(s, ast.Assign)
+                        and any(isinstance(t, ast.Name) and t.id == "CASES" for t in s.targets)]
+            assert isinstance(cases, ast.List), path
+            assert int(count) == len(cases.elts), \
+                f"{page.relative_to(REPO)} says {count} cases in {path}; CASES has " \
+                f"{len(cases.elts)}"
+            found += 1
+    assert found >= 2
+
+
+def test_the_tests_the_docs_name_exist() -> None:
+    """A test named in the docs (`test_kill_9_at_50_random_moments...`, whose name says
+    what it does) is a test module or function of the suite: renamed, the doc goes stale."""
+    names = {path.stem for path in (REPO / "tests").rglob("test_*.py")}
+    for path in (REPO / "tests").rglob("*.py"):
+        names |= {node.name for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+    for page in _markdown_pages():
+        for name, cut in re.findall(r"\b(test_\w+?)(\.\.\.)?(?![\w.])", page.read_text()):
+            assert (any(n.startswith(name) for n in names) if cut else name in names), \
+                f"{page.relative_to(REPO)} names {name}{cut}, which no test is"
