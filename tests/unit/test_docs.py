@@ -174,3 +174,19 @@ def test_the_tests_the_docs_name_exist() -> None:
         for name, cut in re.findall(r"\b(test_\w+?)(\.\.\.)?(?![\w.])", page.read_text()):
             assert (any(n.startswith(name) for n in names) if cut else name in names), \
                 f"{page.relative_to(REPO)} names {name}{cut}, which no test is"
+
+
+def test_the_readmes_links_work_on_pypi() -> None:
+    """README.md is also PyPI's long description (pyproject.toml's readme), where a
+    relative link 404s: every link and image is absolute, and one into this repository
+    names a file that exists."""
+    readme = (REPO / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)\s]+)\)", readme)
+    assert len(targets) >= 10
+    ours = re.compile(r"https://(?:github\.com/chunkwise/chunkwise/(?:blob|tree)/main|"
+                      r"raw\.githubusercontent\.com/chunkwise/chunkwise/main)/([^#]+)")
+    for target in targets:
+        assert target.startswith("https://"), f"README.md links to {target}: relative"
+        found = ours.match(target)
+        if found:
+            assert (REPO / found[1]).exists(), f"README.md links to {target}: no such path"
