@@ -190,3 +190,21 @@ def test_the_readmes_links_work_on_pypi() -> None:
         found = ours.match(target)
         if found:
             assert (REPO / found[1]).exists(), f"README.md links to {target}: no such path"
+
+
+def test_a_table_included_by_line_number_is_still_there() -> None:
+    """install-chart.md includes the chart README's values table (scripts/chart-readme.py
+    writes it) from its header line to the end: a line more above it in that README would
+    cut the header off or pull prose in."""
+    found = 0
+    for page in _markdown_pages():
+        for path, first in re.findall(r'--8<-- "([^":]+):(\d+):"', page.read_text()):
+            lines = (REPO / path).read_text().splitlines()
+            table = lines[int(first) - 1:]
+            where = f"{page.relative_to(REPO)} includes {path} from line {first}"
+            assert table[0].startswith("| ") and not lines[int(first) - 2].strip(), \
+                f"{where}, which does not start a table"
+            assert len(table) > 2 and all(line.startswith("|") for line in table), \
+                f"{where}, which is not a table to the end of the file"
+            found += 1
+    assert found >= 1
