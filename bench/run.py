@@ -724,9 +724,10 @@ def report_one(args: argparse.Namespace, m: Measured, memory: list[dict[str, Any
     return found
 
 
-#: a style per contender: 11 colours that differ, and a line style on top
+#: a style per contender: colours that differ from one another and from the black and grey
+#: of the references (idle, the bare loop), and a line style on top
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-            "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939"]
+            "#17becf", "#bcbd22", "#000080", "#e6ab02", "#637939"]
 _LINES = ["-", "--", "-.", ":"]
 
 
