@@ -180,6 +180,9 @@ def test_a_sidecar_and_a_volume_reach_the_job(k8s: Cluster, operator: Any) -> No
 
 def test_kubectl_explain_teaches_what_each_field_does(k8s: Cluster) -> None:
     """The CRD's descriptions reach `kubectl explain` (OpenAPI v3 from the API server)."""
+    # a CRD just Established may not be in the API server's published OpenAPI yet
+    k8s.wait_for("kubectl explain to know the DataMigration", lambda: k8s.kubectl(
+        "explain", "datamigration.spec", check=False).returncode == 0, timeout=60)
     explained = k8s.kubectl("explain", "datamigration.spec.throttle").stdout
     text = " ".join(explained.split())  # kubectl wraps descriptions at its own width
     assert "Database health, read before a batch at most every checkInterval" in text, \
