@@ -271,7 +271,19 @@ def test_lock_contention_waits_retries_and_reports_lock_wait(lab_db: LabDb,
     seed_items(lab_db, 1000)
     holder = psycopg.connect(lab_db.server.dsn(lab_db.name))
     holder.execute("SELECT id FROM lab_item WHERE id BETWEEN 400 AND 600 FOR UPDATE")
-    release = threading.Timer(2.0, holder.rollback)
+
+    def release_after_a_timed_out_wait() -> None:
+        """Hold the rows for 1 s (a few 300 ms lock timeouts) from the moment the runner
+        first waits for them, however long Django takes to start; then let it through."""
+        deadline = time.monotonic() + 120
+        with psycopg.connect(lab_db.server.dsn(lab_db.name), autocommit=True) as watcher:
+            while time.monotonic() < deadline and watcher.execute(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone() == (0,):
+                time.sleep(0.01)
+        time.sleep(1.0)  # the contention this test is about, not a wait for a condition
+        holder.rollback()
+
+    release = threading.Thread(target=release_after_a_timed_out_wait)
     release.start()
     try:
         result = lab_db.manage("chunkwise_run", "lab", migration[:4], "--batch-size", "100",
@@ -283,7 +295,7 @@ def test_lock_contention_waits_retries_and_reports_lock_wait(lab_db: LabDb,
     assert result.returncode == 0, result.stderr
     assert "lock_timeout, retry" in result.stderr
     assert counters(lab_db) == {1: 1000}
-    assert float(checkpoint(lab_db, migration)["lock_wait_seconds"]) >= 0.3  # type: ignore[arg-type]
+    assert float(checkpoint(lab_db, migration)["lock_wait_seconds"]) >= 0.3, result.stderr  # type: ignore[arg-type]
 
 
 def test_a_lock_held_past_the_retry_budget_stops_naming_the_holder(lab_db: LabDb) -> None:
