@@ -41,6 +41,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.operator_scale import percentile  # noqa: E402
 from tests.e2e.conftest import OperatorDeployment, Shop, new_shop  # noqa: E402
 from tests.e2e.testenv.cluster import Cluster  # noqa: E402
 from tests.e2e.testenv.node import Node  # noqa: E402
@@ -125,11 +126,6 @@ def measure(k8s: Cluster, node: Node, pg: PgServer, template: str,
         timelines.append(apply_once(shop, jobs, pods))
         k8s.kubectl("delete", "namespace", shop.namespace, "--wait=false")
     return timelines[0], timelines[1:]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def report(first: Timeline, timed: list[Timeline]) -> str:

@@ -170,6 +170,10 @@ def fake_workers(k8s: Cluster, names: list[str], stop: threading.Event) -> None:
                 "shards": {"0": {"index": 0, "rowsProcessed": rows[name]}}}}, MERGE)
 
 
+def log(text: str) -> None:
+    print(f"[scale {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,8 +184,6 @@ def main() -> None:
     parser.add_argument("--watch-seconds", type=float, default=60.0)
     args = parser.parse_args()
     finished = args.total - args.running - args.probe
-    log = lambda text: print(f"[scale {time.strftime('%H:%M:%S')}] {text}",  # noqa: E731
-                             file=sys.stderr, flush=True)
     with running_cluster() as k8s:
         k8s.helm("install", RELEASE, str(REPO / "charts" / "chunkwise"), "--namespace",
                  OPERATOR_NAMESPACE, "--create-namespace")
