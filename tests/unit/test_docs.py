@@ -11,6 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
+import chunkwise
+
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 
@@ -208,3 +212,34 @@ def test_a_table_included_by_line_number_is_still_there() -> None:
                 f"{where}, which is not a table to the end of the file"
             found += 1
     assert found >= 1
+
+
+def test_the_install_lines_name_this_version_and_this_repository() -> None:
+    """Beside `pip install 'chunkwise[postgres]'`, a page gives the route that works before
+    the release is on PyPI: its git tag (a PEP 508 URL requirement pip accepts, into the
+    repository pyproject.toml calls Source) and its wheel where scripts/release writes it.
+    Each names chunkwise.__version__, as the chart's --version does: a release that bumps
+    the version and not these lines fails here."""
+    version = chunkwise.__version__
+    source = re.search(r'^Source = "(\S+)"$', (REPO / "pyproject.toml").read_text(), re.M)
+    assert source is not None
+    assert "DIST=dist/$VERSION\n" in (REPO / "scripts" / "release").read_text()
+    wheel = f"chunkwise-{version}-py3-none-any.whl"  # pure Python: no platform tag
+    given = 0
+    for page in _markdown_pages():
+        text, where = page.read_text(), page.relative_to(REPO)
+        for line in re.findall(r"pip install '(chunkwise[^']* @ [^']+)'", text):
+            requirement = Requirement(line)
+            assert requirement.name == "chunkwise" and requirement.url is not None, line
+            assert requirement.url == f"git+{source[1]}@v{version}", f"{where}: {line}"
+            given += 1
+        for named in re.findall(r"chunkwise-(\d[^-\s]*)-py3-none-any\.whl", text):
+            assert named == version, f"{where} names the wheel of {named}, not {wheel}"
+        for named in re.findall(r"\bdist/(\d[^/\s`]*)/", text):
+            assert named == version, f"{where} names dist/{named}/, not dist/{version}/"
+        for named in re.findall(r"oci://\S+/charts/chunkwise --version (\d\S*)", text):
+            assert named == version, f"{where} installs chart {named}, not {version}"
+        if "pip install 'chunkwise[postgres]'" in text:
+            assert f"@v{version}'" in text and wheel in text, \
+                f"{where} gives no install route without an index (git tag, wheel)"
+    assert given >= 3
