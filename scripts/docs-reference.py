@@ -9,7 +9,9 @@ cannot leave the docs describing the old one (tests/unit/test_docs.py runs --che
 
 - settings.md: ``chunkwise.engine.TUNABLES`` (flag, environment variable, spec field);
 - datamigration.md: the CRD's openAPIV3Schema (crds/datamigration.yaml), descriptions
-  included;
+  included, laid out as the Kubernetes API reference is: a heading per object (spec,
+  spec.batch, status.verification, an array's items), its fields beneath as a list, so
+  it reads at the page's width (a five-column table did not);
 - metrics.md: every family the worker and the operator export, named by
   ``chunkwise.metrics.Name``;
 - commands.md: the argparse parsers of the Django management commands and of
@@ -102,15 +104,33 @@ def targeted_rules(schema: dict[str, Any], path: str) -> Iterator[tuple[str, str
         yield from targeted_rules(item, f"{path}[]")
 
 
-def schema_rows(schema: dict[str, Any], path: str,
-                targeted: dict[str, list[str]]) -> Iterator[list[str]]:
-    """The field's row and its children's; ``targeted`` holds the rules that name a
-    field (see targeted_rules), and loses each one as its row takes it."""
+def anchor(path: str) -> str:
+    """An object's heading id: spec.template.spec.containers[] -> spec-template-spec-containers."""
+    return path.replace("[]", "").replace(".", "-")
+
+
+def has_block(schema: dict[str, Any]) -> bool:
+    """An object that declares its fields gets a heading of its own; an array of such
+    objects has one for its items."""
+    item = schema.get("items")
+    return bool(schema.get("properties")) or (isinstance(item, dict)
+                                              and bool(item.get("properties")))
+
+
+def type_text(schema: dict[str, Any]) -> str:
     kind = schema.get("type") or ("int or string" if schema.get("x-kubernetes-int-or-string")
                                   else "any")
     if kind == "array":
-        item = schema.get("items") or {}
-        kind = f"array of {item.get('type', 'any')}"
+        kind = f"array of {(schema.get('items') or {}).get('type', 'any')}"
+    values = schema.get("additionalProperties")
+    if kind == "object" and isinstance(values, dict):
+        kind = f"map of {values.get('type', 'any')}"
+    return kind
+
+
+def checks(schema: dict[str, Any], path: str, targeted: dict[str, list[str]]) -> list[str]:
+    """What the API server checks of this field: its bounds, enum, pattern, its own CEL
+    rules and those an ancestor's rules aim at it (``targeted``, which loses them)."""
     limits = []
     for key, word in (("minimum", ">="), ("maximum", "<="), ("minLength", "length >="),
                       ("maxLength", "length <="), ("minItems", "items >="),
@@ -122,23 +142,83 @@ def schema_rows(schema: dict[str, Any], path: str,
     if "pattern" in schema:
         limits.append(f"matches `{schema['pattern']}`")
     for rule in schema.get("x-kubernetes-validations") or []:
-        if "fieldPath" not in rule:  # a rule that names a field is on that field's row
+        if "fieldPath" not in rule:  # a rule that names a field is listed on that field
             limits.append(str(rule["message"]))
-    limits += targeted.pop(path, [])
-    default = schema.get("default")
-    shown = "" if default is None else "`" + yaml.safe_dump(
-        default, default_flow_style=True, width=10_000).strip().removesuffix("...").strip() + "`"
-    yield [f"`{path}`", kind, shown, "; ".join(limits), str(schema.get("description", ""))]
-    for name, child in (schema.get("properties") or {}).items():
-        yield from schema_rows(child, f"{path}.{name}", targeted)
-    item = schema.get("items")
-    if isinstance(item, dict) and item.get("properties"):
-        for name, child in item["properties"].items():
-            yield from schema_rows(child, f"{path}[].{name}", targeted)
+    return limits + targeted.pop(path, [])
+
+
+def schema_default(schema: dict[str, Any]) -> str:
+    """The default as YAML in a flow style, in backquotes ("" for none)."""
+    if "default" not in schema:
+        return ""
+    return "`" + yaml.safe_dump(schema["default"], default_flow_style=True, width=10_000) \
+        .strip().removesuffix("...").strip() + "`"
+
+
+def restates_its_fields(schema: dict[str, Any]) -> bool:
+    """An object's default that only restates some of its fields' defaults ({} or all of
+    them): each field shows its own, so the block says so in words."""
+    default, fields = schema.get("default"), schema.get("properties") or {}
+    return isinstance(default, dict) and all(
+        name in fields and fields[name].get("default") == value
+        for name, value in default.items())
+
+
+def field_item(name: str, schema: dict[str, Any], path: str, required: bool,
+               targeted: dict[str, list[str]]) -> list[str]:
+    """One field in its object's list: name (type, required, default), then its
+    description and checks, indented under it. An object with fields of its own points to
+    its block, which says the rest."""
+    facts = [type_text(schema)]
+    if required:
+        facts.append("required")
+    if has_block(schema) and schema.get("type") != "array":
+        return [f"- **`{name}`** ({', '.join(facts)}): see [`{path}`](#{anchor(path)})", ""]
+    default = schema_default(schema)
+    if default:
+        facts.append(f"default {default}")
+    lines = [f"- **`{name}`** ({', '.join(facts)})", ""]
+    text = " ".join(str(schema.get("description", "")).split())
     values = schema.get("additionalProperties")
-    if isinstance(values, dict) and values.get("description") and path.startswith("status"):
-        yield [f"`{path}.<key>`", str(values.get("type", "any")), "", "",
-               str(values["description"])]
+    if isinstance(values, dict) and values.get("type") == "object" and values.get("description"):
+        text += " Each value: " + " ".join(str(values["description"]).split())
+    if text:
+        lines += [f"    {text}", ""]
+    limits = checks(schema, path, targeted)
+    if limits:
+        lines += ["    Checked by the API server: " + " ".join("; ".join(limits).split()), ""]
+    if has_block(schema):
+        lines += [f"    Each item: see [`{path}[]`](#{anchor(path + '[]')}).", ""]
+    return lines
+
+
+def object_blocks(schema: dict[str, Any], path: str, level: int,
+                  targeted: dict[str, list[str]]) -> list[str]:
+    """The object's heading, description, default and checks, its fields as a list; then
+    the blocks of its fields that are objects (or arrays of them), in the same order."""
+    lines = ["#" * level + f" `{path}` {{#{anchor(path)}}}", ""]
+    description = " ".join(str(schema.get("description", "")).split())
+    if description:
+        lines += [description, ""]
+    if restates_its_fields(schema):
+        lines += ["Left out, each field below takes its default.", ""]
+    elif "default" in schema:
+        lines += [f"Default: {schema_default(schema)}.", ""]
+    limits = checks(schema, path, targeted)
+    if limits:
+        lines += ["Checked by the API server: " + " ".join("; ".join(limits).split()), ""]
+    fields = schema.get("properties") or {}
+    required = set(schema.get("required") or [])
+    for name, child in fields.items():
+        lines += field_item(name, child, f"{path}.{name}", name in required, targeted)
+    for name, child in fields.items():
+        if not has_block(child):
+            continue
+        if child.get("properties"):
+            lines += object_blocks(child, f"{path}.{name}", 3, targeted)
+        else:
+            lines += object_blocks(child["items"], f"{path}.{name}[]", 3, targeted)
+    return lines
 
 
 def datamigration() -> str:
@@ -150,17 +230,14 @@ def datamigration() -> str:
         targeted.setdefault(field, []).append(message)
     lines = [BANNER.format(source="crds/datamigration.yaml"), ""]
     for part in ("spec", "status"):
-        lines += ["", f"## `{part}`", "", str(root["properties"][part]["description"]), ""]
-        rows = list(schema_rows(root["properties"][part], part, targeted))[1:]
-        lines += table(["field", "type", "default", "checked by the API server",
-                        "description"], rows)
+        lines += object_blocks(root["properties"][part], part, 2, targeted)
     columns = [[c["name"], f"`{c['jsonPath']}`", "`-o wide`" if c.get("priority") else ""]
                for c in version["additionalPrinterColumns"]]
     if targeted:
-        raise SystemExit(f"CEL rules name fields the schema has no row for: {sorted(targeted)}")
-    lines += ["", "## `kubectl get dmig` columns", ""]
+        raise SystemExit(f"CEL rules name fields the schema has no entry for: {sorted(targeted)}")
+    lines += ["## `kubectl get dmig` columns", ""]
     lines += table(["column", "from", "shown with"], columns)
-    return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
+    return "\n".join(lines) + "\n"
 
 
 # -- metrics ------------------------------------------------------------------------------

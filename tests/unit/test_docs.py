@@ -9,8 +9,11 @@ import ast
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import yaml
 from packaging.requirements import Requirement
 
 import chunkwise
@@ -243,3 +246,76 @@ def test_the_install_lines_name_this_version_and_this_repository() -> None:
             assert f"@v{version}'" in text and wheel in text, \
                 f"{where} gives no install route without an index (git tag, wheel)"
     assert given >= 3
+
+
+def _crd_objects(schema: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, schema) of every object of the DataMigration that declares its fields, an
+    array's items as ``path[]``, parents first."""
+    if schema.get("properties"):
+        yield path, schema
+        for name, child in schema["properties"].items():
+            yield from _crd_objects(child, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        yield from _crd_objects(schema["items"], f"{path}[]")
+
+
+def _datamigration_sections() -> dict[str, str]:
+    """The generated fields reference, by the path each part describes: a heading's text
+    up to its first field (``spec.batch``), a field's item (``spec.batch.size``)."""
+    page = (DOCS / "reference" / "generated" / "datamigration.md").read_text()
+    sections: dict[str, str] = {}
+    block = path = ""
+    for line in page.split("\n## `kubectl get dmig` columns")[0].splitlines():
+        heading = re.match(r"#{2,3} `([^`]+)`", line)
+        item = re.match(r"- \*\*`([^`]+)`\*\*", line)
+        if heading:
+            block = path = heading[1]
+        elif item:
+            path = f"{block}.{item[1]}"
+        if path:
+            sections[path] = sections.get(path, "") + line + "\n"
+    return sections
+
+
+def test_the_datamigration_reference_has_a_block_per_object() -> None:
+    """As the Kubernetes API reference: each object of the DataMigration (spec, spec.batch,
+    status.verification, an array's items) under its own heading, its fields beneath it
+    as a list, so the page reads at a normal width. A five-column table was wider than
+    the page (field names broke mid-word, descriptions scrolled off)."""
+    crd = yaml.safe_load((REPO / "crds" / "datamigration.yaml").read_text())
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    sections = _datamigration_sections()
+    page = (DOCS / "reference" / "generated" / "datamigration.md").read_text()
+    fields_part = page.split("\n## `kubectl get dmig` columns")[0]
+    assert not [line for line in fields_part.splitlines() if line.startswith("|")], \
+        "the DataMigration's fields are laid out as a table"
+    objects = [o for part in ("spec", "status")
+               for o in _crd_objects(root["properties"][part], part)]
+    assert len(objects) >= 15
+    for path, schema in objects:
+        assert path in sections, f"{path} has no heading of its own"
+        for name in schema["properties"]:
+            assert f"{path}.{name}" in sections, f"{path}.{name} is not listed under {path}"
+
+
+def test_a_cel_rule_that_names_its_field_is_listed_on_that_field() -> None:
+    """A rule on an ancestor with a fieldPath (spec.image cannot change while Running,
+    template.spec's env belongs on the worker container) is told where the field is."""
+    crd = yaml.safe_load((REPO / "crds" / "datamigration.yaml").read_text())
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    sections = _datamigration_sections()
+
+    def rules(schema: dict[str, Any], path: str) -> Iterator[tuple[str, str]]:
+        for rule in schema.get("x-kubernetes-validations") or []:
+            if "fieldPath" in rule:
+                yield (path + rule["fieldPath"]).lstrip("."), " ".join(rule["message"].split())
+        for name, child in (schema.get("properties") or {}).items():
+            yield from rules(child, f"{path}.{name}")
+        if isinstance(schema.get("items"), dict):
+            yield from rules(schema["items"], f"{path}[]")
+
+    found = list(rules(root, ""))
+    assert len(found) >= 10
+    for path, message in found:
+        assert message in " ".join(sections.get(path, "").split()), \
+            f"{path}: its rule '{message}' is not listed on it"
