@@ -118,8 +118,9 @@ def test_replication_lag_on_a_real_replica_throttles_counts_and_then_halts(
         replica.sql("SELECT pg_wal_replay_resume()")
     assert code == ExitCode.HALTED, output
     assert re.search(r"HALTED \(CriticalReplicationLag\): critical load: replication lag "
-                     r"\d+\.\d+s > 2s \(haltOn\.replicationLag\); batches stopped, the "
-                     r"checkpoint is intact", output), output
+                     r"\d+\.\d+s > 2s \(--halt-replication-lag\); batches stopped, the "
+                     r"checkpoint is intact; once the load is down, or with that threshold "
+                     r"raised, run chunkwise_run again", output), output
     state = checkpoint(db, "0003_setbased_items")
     assert state["state"] == "halted" and 0 < int(str(state["rows_processed"])) < 6000
     done = int(str(state["rows_processed"]))

@@ -3,6 +3,7 @@ import pytest
 from chunkwise.engine import (
     BatchSettings,
     BatchSizer,
+    Caller,
     ErrorKind,
     Halted,
     HaltThresholds,
@@ -126,3 +127,26 @@ def test_plan_caps_batches_at_the_locked_fraction_of_the_rows_to_do() -> None:
     uncapped = BatchSizer(BatchSettings(size=1000, max_locked_fraction=0))
     uncapped.plan(1000)
     assert uncapped.size == 1000
+
+
+@pytest.mark.parametrize(("caller", "knob", "go_on"), [
+    (Caller.MIGRATE, "CHUNKWISE_HALT_FAILED_ROWS", "then run migrate again"),
+    (Caller.COMMAND, "--halt-failed-rows", "then run chunkwise_run again"),
+    (Caller.POD, "spec.haltOn.failedRows", "a changed spec starts a new run from the checkpoint"),
+])
+def test_a_halt_names_the_threshold_as_its_caller_sets_it(caller: Caller, knob: str,
+                                                          go_on: str) -> None:
+    """A halt halts again at once if run again as it is: its message names the knob the
+    caller's user turns and what to change."""
+    with pytest.raises(Halted) as raised:
+        check_budget(Tally(100, 6, 0), HaltThresholds(failed_rows=5), caller)
+    assert raised.value.message == (
+        f"6 rows failed, more than {knob}=5; fix the code or the data that make rows fail, "
+        f"or raise {knob}; {go_on}" + ("" if caller is Caller.POD else
+                                       ": it resumes from the checkpoint"))
+
+
+def test_a_run_in_a_datamigration_pod_is_told_in_the_specs_terms() -> None:
+    assert Caller.of({"CHUNKWISE_RESOURCE": "shop/count-visit"}, command=True) is Caller.POD
+    assert Caller.of({}, command=True) is Caller.COMMAND
+    assert Caller.of({}, command=False) is Caller.MIGRATE

@@ -134,8 +134,9 @@ def test_past_a_critical_level_the_run_halts_before_its_next_batch() -> None:
     assert outcome.exit_code is ExitCode.HALTED
     assert outcome.reason == "CriticalTransactionAge"
     assert outcome.message == ("critical load: oldest transaction 700.0s > 600s "
-                               "(haltOn.transactionAge); batches stopped, the checkpoint is "
-                               "intact")
+                               "(spec.haltOn.transactionAge); batches stopped, the checkpoint "
+                               "is intact; once the load is down, or with that threshold "
+                               "raised, a changed spec starts a new run from the checkpoint")
     assert sum(memory.rows.values()) == 8 and memory.checkpoint["state"] == "halted"
 
 

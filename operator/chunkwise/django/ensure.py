@@ -153,12 +153,10 @@ class EnsureBatchedComplete(Operation):
             if outcome.exit_code == ExitCode.BUSY and left > 0:
                 time.sleep(min(POLL_SECONDS, left))
                 continue
-            hint = "The checkpoint is kept; run migrate again to continue."
+            hint = ""
             if outcome.exit_code == ExitCode.BUSY:
                 hint = _busy_hint(recorded(ref, schema_editor.connection.alias)[1], self.wait)
-            raise BatchedMigrationStopped(
-                f"EnsureBatchedComplete: {ref}: {outcome.reason}: {outcome.message}. {hint}",
-                int(outcome.exit_code))
+            raise BatchedMigrationStopped.of(f"EnsureBatchedComplete: {ref}", outcome, hint)
 
 
 def _busy_hint(owner: str, waited: float) -> str:

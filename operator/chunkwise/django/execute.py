@@ -25,6 +25,7 @@ from chunkwise.contract import Direction, Env, ResourceRef, ShardState
 from chunkwise.engine import (
     AnotherRunnerActive,
     BatchRunner,
+    Caller,
     CheckpointState,
     DatabaseUnreachable,
     Outcome,
@@ -166,16 +167,19 @@ def execute(
     metrics_port: int | None = None,
     flags: Mapping[str, Any] | None = None,
     shards_one_at_a_time: bool = False,
+    caller: Caller | None = None,
 ) -> Outcome:
     """Run ``operation`` to the end (or a halt, or a signal). Settings, and the metrics port
     unless ``metrics_port`` is given, come from ``env`` (default: the process's) and the
     command line's ``flags``; ``settings`` are those, when the caller resolved them already.
     A live retune resolves the new tunables the same way, from the operation's own.
     ``shards_one_at_a_time``: the caller runs ``ref``'s shards one after another, so this
-    one may take the whole rows/s cap."""
+    one may take the whole rows/s cap. ``caller``: who runs it (default: ``migrate``, or
+    a DataMigration's pod), which decides how messages name a tunable."""
     connection = schema_editor.connection
     stream = stream or sys.stderr
     env = os.environ if env is None else env
+    caller = caller or Caller.of(os.environ, command=False)
     if metrics_port is None:
         metrics_port = parse_port(env.get(Env.METRICS_PORT), Env.METRICS_PORT)
     if connection.in_atomic_block:
@@ -211,7 +215,7 @@ def execute(
     runner = BatchRunner(target, store, run_settings, reporter, stop,
                          retune=_live_retune(base, flags, ref, connection.vendor, reporter,
                                              stream, at_once),
-                         health=health)
+                         health=health, caller=caller)
     with stop_on_signals(stop, stream), _startup_heap_frozen():
         try:
             outcome = runner.run()

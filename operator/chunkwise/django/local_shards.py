@@ -21,6 +21,7 @@ from django.db.migrations.state import StateApps
 from chunkwise.contract import ExitCode
 from chunkwise.engine import (
     BatchReport,
+    Caller,
     CheckpointState,
     ErrorKind,
     Outcome,
@@ -87,7 +88,8 @@ class _SharedBar:
 
 
 def run_shards_here(operation: BatchedWork, ref: OperationRef, apps: StateApps, alias: str,
-                    settings: RunSettings, flags: Mapping[str, Any] | None = None) -> int:
+                    settings: RunSettings, flags: Mapping[str, Any] | None = None,
+                    caller: Caller = Caller.COMMAND) -> int:
     stop = threading.Event()
     title = f"{ref.operation_name} {ref.direction} ({ref.shard_count} shards)"
     shared = _SharedBar(ProgressBar(title, sys.stderr, lock_waits=has_row_locks(alias)), stop)
@@ -102,7 +104,8 @@ def run_shards_here(operation: BatchedWork, ref: OperationRef, apps: StateApps, 
                 outcome = execute(operation, mine, apps, editor, settings=settings, env={},
                                   stream=sys.stderr, reporter=shared, stop=stop,
                                   metrics_port=0,  # one port cannot serve N runs
-                                  flags=flags, shards_one_at_a_time=one_at_a_time)
+                                  flags=flags, shards_one_at_a_time=one_at_a_time,
+                                  caller=caller)
             outcomes[shard] = int(outcome.exit_code)
         except BaseException as exc:  # a thread's error must still reach the exit status
             sys.stderr.write(f"{mine}: {type(exc).__name__}: {exc}\n")

@@ -19,7 +19,7 @@ from django.db.migrations.state import ProjectState, StateApps
 from django.db.models import Q
 
 from chunkwise.contract import Direction, ExitCode
-from chunkwise.engine import RunSettings, SettingsError, Timeouts
+from chunkwise.engine import Outcome, RunSettings, SettingsError, Timeouts
 
 from .operation_ref import OperationRef
 
@@ -37,6 +37,17 @@ class BatchedMigrationStopped(CommandError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message, returncode=exit_code)
         self.exit_code = exit_code
+
+    @classmethod
+    def of(cls, what: str, outcome: Outcome, hint: str = "") -> BatchedMigrationStopped:
+        """``what`` stopped with ``outcome``. A halt's message says what to change (running
+        again as it is halts again at once); any other stop ends when migrate runs again,
+        unless ``hint`` says otherwise."""
+        if outcome.exit_code != ExitCode.HALTED:
+            hint = hint or "The checkpoint is kept; run migrate again to continue."
+        return cls(f"{what}: {outcome.reason}: {outcome.message}." + (f" {hint}" if hint
+                                                                      else ""),
+                   int(outcome.exit_code))
 
 
 class BatchedMigrationMisconfigured(CommandError):
@@ -216,9 +227,7 @@ class BatchedRunPython(Operation):
         sys.stdout.flush()
         outcome = execute(self, ref, state.apps, schema_editor)
         if outcome.exit_code != 0:
-            raise BatchedMigrationStopped(
-                f"{ref}: {outcome.reason}: {outcome.message}. The checkpoint is kept; "
-                f"run migrate again to continue.", int(outcome.exit_code))
+            raise BatchedMigrationStopped.of(str(ref), outcome)
 
     def _plan_inside_migrate(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
                              state: ProjectState) -> None:

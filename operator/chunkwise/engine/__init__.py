@@ -43,6 +43,7 @@ from .runner import (
 from .settings import (
     TUNABLES,
     BatchSettings,
+    Caller,
     HaltThresholds,
     RetrySettings,
     RunSettings,
@@ -59,7 +60,7 @@ from .tee import Tee
 
 __all__ = [
     "THROTTLE_REASONS", "TUNABLES", "AnotherRunnerActive", "DatabaseUnreachable", "BatchReport",
-    "BatchRunner", "BatchSettings", "BatchSizer", "BatchTarget", "CheckpointState",
+    "BatchRunner", "BatchSettings", "BatchSizer", "BatchTarget", "Caller", "CheckpointState",
     "CheckpointStore", "ErrorKind", "ExitCode", "HaltThresholds", "Halted", "LockWaitsExhausted",
     "Outcome", "Progress", "RateLimiter", "RateWindow", "Reporter", "RetriesExhausted",
     "RetrySettings", "RowFailure", "RunSettings", "SettingsError", "Tally", "Tee", "Timeouts",

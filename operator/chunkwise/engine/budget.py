@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import Halted
-from .settings import HaltThresholds
+from .settings import Caller, HaltThresholds, tunable
 
 __all__ = ["Tally", "check_budget"]
 
@@ -23,25 +23,30 @@ class Tally:
         return self.rows_processed + self.failed_rows
 
 
-def check_budget(tally: Tally, thresholds: HaltThresholds) -> None:
-    """Raise :class:`Halted` with a reason when any threshold is passed."""
+def check_budget(tally: Tally, thresholds: HaltThresholds,
+                 caller: Caller = Caller.POD) -> None:
+    """Raise :class:`Halted` with a reason when any threshold is passed; its message names
+    the threshold as ``caller``'s user sets it, and what to change."""
     if tally.failed_rows > thresholds.failed_rows:
-        raise Halted(
-            "FailedRowsExceeded",
-            f"{tally.failed_rows} rows failed, more than haltOn.failedRows="
-            f"{thresholds.failed_rows}",
-        )
+        knob = caller.knob(tunable("haltOn.failedRows"))
+        raise _halted("FailedRowsExceeded",
+                      f"{tally.failed_rows} rows failed, more than {knob}="
+                      f"{thresholds.failed_rows}", knob, caller)
     if tally.attempted >= max(thresholds.min_sample, 1) and tally.failed_rows:
         rate = tally.failed_rows / tally.attempted
         if rate > thresholds.failure_rate:
-            raise Halted(
-                "FailureRateExceeded",
-                f"failure rate {rate:.4f} ({tally.failed_rows}/{tally.attempted} rows) is above "
-                f"haltOn.failureRate={thresholds.failure_rate}",
-            )
+            knob = caller.knob(tunable("haltOn.failureRate"))
+            raise _halted("FailureRateExceeded",
+                          f"failure rate {rate:.4f} ({tally.failed_rows}/{tally.attempted} "
+                          f"rows) is above {knob}={thresholds.failure_rate}", knob, caller)
     if tally.consecutive_failed_batches >= thresholds.consecutive_failed_batches:
-        raise Halted(
-            "ConsecutiveFailedBatchesExceeded",
-            f"{tally.consecutive_failed_batches} batches in a row had failed rows "
-            f"(haltOn.consecutiveFailedBatches={thresholds.consecutive_failed_batches})",
-        )
+        knob = caller.knob(tunable("haltOn.consecutiveFailedBatches"))
+        raise _halted("ConsecutiveFailedBatchesExceeded",
+                      f"{tally.consecutive_failed_batches} batches in a row had failed rows "
+                      f"({knob}={thresholds.consecutive_failed_batches})", knob, caller)
+
+
+def _halted(reason: str, what: str, knob: str, caller: Caller) -> Halted:
+    """Running again as it is halts again at once: say what to change."""
+    return Halted(reason, f"{what}; fix the code or the data that make rows fail, or raise "
+                          f"{knob}; {caller.go_on()}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from .settings import RunSettings, critical_pairs
+from .settings import Caller, RunSettings, critical_pairs
 
 __all__ = ["HEALTH_REASONS", "HealthProbe", "HealthReading", "Throttle", "judge",
            "wanted_figures", "watched"]
@@ -62,9 +62,9 @@ class Throttle:
 _GAUGES: Final = (("replication_lag", "replication lag", True),
                   ("transaction_age", "oldest transaction", True),
                   ("active_backends", "active backends", False))
-#: (figure, critical) -> the spec field that sets its level, for the messages
-_SPECS: Final = {(halt.field, critical): tunable.spec for halt, throttle in critical_pairs()
-                 for tunable, critical in ((halt, True), (throttle, False))}
+#: (figure, critical) -> the tunable that sets its level, for the messages
+_LEVELS: Final = {(halt.field, critical): tunable for halt, throttle in critical_pairs()
+                  for tunable, critical in ((halt, True), (throttle, False))}
 #: every reason a health check can give, for the metric's label values
 HEALTH_REASONS: Final = (*(name for name, _, _ in _GAUGES), "autovacuum", "throttle_query")
 
@@ -93,17 +93,21 @@ def _show(value: float, limit: float, seconds: bool) -> tuple[str, str]:
     return f"{shown}s", f"{limit:g}s"
 
 
-def judge(reading: HealthReading, settings: RunSettings) -> Throttle | None:
+def judge(reading: HealthReading, settings: RunSettings,
+          caller: Caller | None = None) -> Throttle | None:
     """The first critical threshold passed, else the first throttle threshold passed,
-    else None (healthy). Critical first: a halt must not wait behind a throttle."""
+    else None (healthy). Critical first: a halt must not wait behind a throttle. A
+    throttle names its spec field, as the Throttled condition shows it; a critical level,
+    which halts the run, the knob ``caller``'s user turns (the spec field without one)."""
     for critical, limits in ((True, settings.halt_on), (False, settings.throttle)):
         for name, label, seconds in _GAUGES:
             limit = getattr(limits, name)
             value = getattr(reading, name)
             if limit and value is not None and value > limit:
                 shown, bound = _show(value, limit, seconds)
-                return Throttle(name, f"{label} {shown} > {bound} "
-                                f"({_SPECS[name, critical]})", critical)
+                level = _LEVELS[name, critical]
+                knob = caller.knob(level) if critical and caller else level.spec
+                return Throttle(name, f"{label} {shown} > {bound} ({knob})", critical)
     if settings.throttle.autovacuum and reading.autovacuum:
         return Throttle("autovacuum", f"{reading.autovacuum} (throttle.autovacuum)")
     if settings.throttle.query.strip() and (reading.query_value or 0) > 0:

@@ -40,7 +40,7 @@ from .errors import (
 )
 from .health import HealthProbe, Throttle, judge, watched
 from .pacing import PACE, BatchSizer, CpuPriority, RateLimiter, backoff_seconds
-from .settings import RunSettings, Timeouts, changed_tunables
+from .settings import Caller, RunSettings, Timeouts, changed_tunables
 
 __all__ = [
     "BatchReport",
@@ -251,8 +251,12 @@ class BatchRunner:
         clock: Callable[[], float] = time.monotonic,
         retune: Retune | None = None,
         health: HealthProbe | None = None,
+        caller: Caller = Caller.POD,
     ) -> None:
+        """``caller``: who runs it, which decides how messages name a tunable and how to go
+        on after a halt."""
         self._target = target
+        self._caller = caller
         self._health = health
         self._throttle: Throttle | None = None
         self._next_health_read = float("-inf")
@@ -290,7 +294,7 @@ class BatchRunner:
         if capped:
             self._reporter.notice(capped)
         try:
-            check_budget(state.tally, self._settings.halt_on)
+            check_budget(state.tally, self._settings.halt_on, self._caller)
             while not self._stop.is_set():
                 if self._retune is not None and self._retuned():
                     limiter = RateLimiter(self._settings.batch, self._clock)
@@ -383,7 +387,8 @@ class BatchRunner:
             if throttle.critical:
                 raise Halted(throttle.condition_reason,
                              f"critical load: {throttle.message}; batches stopped, the "
-                             "checkpoint is intact")
+                             "checkpoint is intact; once the load is down, or with that "
+                             f"threshold raised, {self._caller.go_on().removeprefix('then ')}")
             self._pause(settings.throttle.check_interval)
             self._reporter.throttled(throttle.reason, self._clock() - now)
             if self._retune is not None:
@@ -392,7 +397,7 @@ class BatchRunner:
     def _read_health(self, settings: RunSettings) -> Throttle | None:
         assert self._health is not None
         try:
-            return judge(self._health.read(settings), settings)
+            return judge(self._health.read(settings), settings, self._caller)
         except Halted:
             raise
         except Exception as exc:
@@ -445,7 +450,7 @@ class BatchRunner:
             rows=batch.rows - failed, failed_rows=failed, seconds=seconds,
             lock_wait_seconds=batch.lock_wait, batch_size=self._sizer.size, state=self._state,
         ))
-        check_budget(self._state.tally, self._settings.halt_on)
+        check_budget(self._state.tally, self._settings.halt_on, self._caller)
         return batch.rows
 
     # -- one transaction ----------------------------------------------------------------
@@ -522,7 +527,8 @@ class BatchRunner:
             self._with_retries(lambda: self._record_failure(keys[0], error))
             assert self._state is not None
             rows_only = Tally(self._state.tally.rows_processed, self._state.tally.failed_rows)
-            check_budget(rows_only, self._settings.halt_on)  # stop now, not after the batch
+            # stop now, not after the batch
+            check_budget(rows_only, self._settings.halt_on, self._caller)
             return
         middle = len(keys) // 2
         for part in (keys[:middle], keys[middle:]):

@@ -8,6 +8,7 @@ spec fails before any row is touched.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from chunkwise.contract import Env
 __all__ = [
     "TUNABLES",
     "BatchSettings",
+    "Caller",
     "HaltThresholds",
     "RetrySettings",
     "RunSettings",
@@ -331,6 +333,42 @@ class Tunable:
         _require(ok, self.spec, self.expected(), value)
 
 
+class Caller(enum.Enum):
+    """Who runs an operation, and so the names its user knows each tunable by and how a
+    stopped run goes on: the one place a message that names a tunable or says how to go on
+    takes them from. A message in another caller's words sends people looking for a knob
+    they do not have (``haltOn.failedRows`` means nothing to ``migrate``)."""
+
+    #: ``manage.py migrate`` (and ``EnsureBatchedComplete``): the CHUNKWISE_* environment
+    MIGRATE = "migrate"
+    #: ``manage.py chunkwise_run`` (or ``chunkwise_plan``) by hand: its flags
+    COMMAND = "chunkwise_run"
+    #: ``chunkwise_run`` in a DataMigration's Job (``CHUNKWISE_RESOURCE`` set): the spec
+    POD = "DataMigration"
+
+    @classmethod
+    def of(cls, env: Mapping[str, str], command: bool) -> Caller:
+        """The caller of a run in a process whose environment is ``env``; ``command``:
+        run by a management command rather than by ``migrate``."""
+        if env.get(Env.RESOURCE):
+            return cls.POD
+        return cls.COMMAND if command else cls.MIGRATE
+
+    def knob(self, tunable: Tunable) -> str:
+        """The name this caller's user sets ``tunable`` by."""
+        if self is Caller.MIGRATE:
+            return tunable.env
+        if self is Caller.COMMAND:
+            return f"--{tunable.option}"
+        return f"spec.{tunable.spec}"
+
+    def go_on(self) -> str:
+        """How a stopped run goes on once what stopped it is changed."""
+        return {Caller.MIGRATE: "then run migrate again: it resumes from the checkpoint",
+                Caller.COMMAND: "then run chunkwise_run again: it resumes from the checkpoint",
+                Caller.POD: "a changed spec starts a new run from the checkpoint"}[self]
+
+
 def _num(value: float | None) -> str:
     return str(int(value)) if value is not None and value == int(value) else str(value)
 
@@ -400,6 +438,11 @@ TUNABLES: tuple[Tunable, ...] = (
     _t("throttle-check-interval", "throttle.checkInterval", "throttle.check_interval",
        "duration", "how often database health is read", minimum=0, exclusive_minimum=True),
 )
+
+
+def tunable(spec: str) -> Tunable:
+    """The tunable whose spec path is ``spec`` (``haltOn.failedRows``)."""
+    return next(t for t in TUNABLES if t.spec == spec)
 
 
 def critical_pairs() -> list[tuple[Tunable, Tunable]]:

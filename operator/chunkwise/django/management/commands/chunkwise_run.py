@@ -24,7 +24,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.migration import Migration
 
 from chunkwise.contract import Direction, Env, ExitCode
-from chunkwise.engine import Outcome, SettingsError, parse_boolean
+from chunkwise.engine import Caller, Outcome, SettingsError, parse_boolean
 
 from ...config import add_arguments, parse_port, resolve_settings
 from ...execute import execute
@@ -185,14 +185,16 @@ class Command(BaseCommand):
             if dry_run:
                 return self._plan(operation, ref, state.apps, alias, settings,
                                   options["samples"])
+            caller = Caller.of(os.environ, command=True)
             if shard is None and shards > 1:
-                return run_shards_here(operation, ref, state.apps, alias, settings, flags)
+                return run_shards_here(operation, ref, state.apps, alias, settings, flags,
+                                       caller)
             reporter = with_plugins(ProgressBar(str(ref), sys.stderr,
                                                 lock_waits=has_row_locks(alias)))
             with connection.schema_editor(atomic=False) as schema_editor:
                 outcome = execute(operation, ref, state.apps, schema_editor, settings=settings,
                                   env={}, stream=sys.stderr, reporter=reporter,
-                                  metrics_port=metrics_port, flags=flags)
+                                  metrics_port=metrics_port, flags=flags, caller=caller)
         except (SettingsError, ImproperlyConfigured) as exc:  # retrying cannot fix either
             raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
         return int(outcome.exit_code)
