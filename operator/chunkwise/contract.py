@@ -167,6 +167,9 @@ class Env:
     JOB_COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"
     #: "namespace/name" of the DataMigration that runs this worker; unset outside a Job
     RESOURCE: Final = "CHUNKWISE_RESOURCE"
+    #: the worker container's terminationMessagePath: the worker writes its final report
+    #: there, and the kubelet keeps it in the pod's status; unset outside a Job
+    TERMINATION_LOG: Final = "CHUNKWISE_TERMINATION_LOG"
     #: serve the run's live metrics at ``http://ADDRESS:PORT/metrics`` while it runs
     METRICS_PORT: Final = "CHUNKWISE_METRICS_PORT"
     #: the address to bind the metrics port to; default: every interface
@@ -179,6 +182,20 @@ class Env:
     DEFER: Final = "CHUNKWISE_DEFER"
     #: prefix of the operator's own settings (``CHUNKWISE_OPERATOR_STALL_CHECK_INTERVAL``)
     OPERATOR_PREFIX: Final = "CHUNKWISE_OPERATOR_"
+    #: read by chunkwise's own scripts, tests and benchmarks (caches, kept test servers),
+    #: never by a run: the check for misspelled names (chunkwise.E007) lets them be
+    TOOLING: Final = frozenset({
+        "CHUNKWISE_TESTENV_CACHE", "CHUNKWISE_KEEP_TESTENV", "CHUNKWISE_IMAGE_CACHE",
+        "CHUNKWISE_KEEP_IMAGES", "CHUNKWISE_DASHBOARD_DUMP", "CHUNKWISE_PG_BINDIR",
+        "CHUNKWISE_BENCH_APPLIES"})
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        """Every ``CHUNKWISE_*`` variable a run reads, except the tunables' (their table
+        names those) and the operator's own (``OPERATOR_PREFIX``)."""
+        return frozenset(value for name, value in vars(cls).items()
+                         if name.isupper() and isinstance(value, str)
+                         and value.startswith(cls.PREFIX) and not value.endswith("_"))
 
 
 @dataclass(frozen=True)

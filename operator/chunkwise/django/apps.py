@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import pre_migrate
 
 
 class ChunkwiseConfig(AppConfig):
@@ -9,3 +10,8 @@ class ChunkwiseConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  # registers the system checks (chunkwise.E001...)
+        from .migrate_guard import refuse_unsafe_plans
+
+        # sent once per app with models; chunkwise's own is enough to see the whole plan
+        pre_migrate.connect(refuse_unsafe_plans, sender=self,
+                            dispatch_uid="chunkwise.refuse_unsafe_plans")

@@ -260,7 +260,10 @@ class DjangoCheckpointStore:
             todo = todo.filter(**{f"{self._key.name}__gt": self._codec.load(row.lower_key)})
         if row.high_water_key is None:  # a shard has its upper bound set by whoever split it
             # ORDER BY key DESC LIMIT 1, not MAX(): PostgreSQL has no max(uuid)
-            top = todo.order_by(f"-{self._key.name}").values_list(self._key.name, flat=True).first()
+            # never NULL: PostgreSQL sorts NULL above every key (the rows whose key is NULL
+            # cannot be reached by a range; verify() counts them)
+            top = (todo.filter(**{f"{self._key.name}__isnull": False})
+                   .order_by(f"-{self._key.name}").values_list(self._key.name, flat=True).first())
             row.high_water_key = self._codec.dump(top)
         else:
             todo = todo.filter(**{f"{self._key.name}__lte": self._codec.load(row.high_water_key)})
@@ -350,20 +353,28 @@ class DjangoCheckpointStore:
         if not self._has_todo:
             return None
         row = self._rows().get(pk=self.checkpoint_id)
-        if row.high_water_key is None:
-            return Verification(0, 0, None)
         name = self._key.name
+        # rows whose key is NULL match no range, so no batch reached them: counted by the
+        # first shard (whose range has no lower bound), so that a run is never reported
+        # verified while rows still match todo
+        null_keys = (self._todo.filter(**{f"{name}__isnull": True}).count()
+                     if row.lower_key is None else 0)
+        if row.high_water_key is None:
+            result = Verification(null_keys, 0, None, null_keys)
+            self._rows().filter(pk=row.pk).update(rows_remaining=null_keys,
+                                                  rows_missed=null_keys, verified_at=Now())
+            return result
         remaining = self._todo.filter(**{f"{name}__lte": self._codec.load(row.high_water_key)})
         if row.lower_key is not None:
             remaining = remaining.filter(**{f"{name}__gt": self._codec.load(row.lower_key)})
-        count = remaining.count()
+        count = remaining.count() + null_keys
         failed = 0
         if count:
             keys = [self._codec.load(key) for key in FailedRow.objects.using(self._alias)
                     .filter(checkpoint_id=row.pk).values_list("key", flat=True)]
             for start in range(0, len(keys), 1000):  # bounded IN lists
                 failed += remaining.filter(**{f"{name}__in": keys[start:start + 1000]}).count()
-        result = Verification(count, failed, self._codec.load(row.high_water_key))
+        result = Verification(count, failed, self._codec.load(row.high_water_key), null_keys)
         self._rows().filter(pk=row.pk).update(rows_remaining=count, rows_missed=result.missed,
                                               verified_at=Now())
         return result

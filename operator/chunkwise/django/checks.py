@@ -9,19 +9,25 @@ touched. Each has an id, documented in docs/django-checks.md:
   SQLite (MySQL and Oracle are refused);
 - chunkwise.E004: ``key=`` names a field that is neither the primary key nor unique, as
   the model stands at that migration;
-- chunkwise.E005: an EnsureBatchedComplete names no migration with BatchedRunPython in it.
+- chunkwise.E005: an EnsureBatchedComplete names no migration with BatchedRunPython in it;
+- chunkwise.E006: a migration holding a batched operation does not depend on chunkwise's
+  migrations, so ``migrate`` may run it before the checkpoint tables exist;
+- chunkwise.E007: a ``CHUNKWISE_*`` environment variable or Django setting that chunkwise
+  does not read (a misspelling would be ignored without a word);
+- chunkwise.W001: a migration mixes a BatchedRunPython with other operations, which re-run
+  when ``migrate`` is run again after the batched one stopped.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, register
+from django.core.checks import CheckMessage, Error, Warning, register
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import connections, router
 from django.db.migrations.loader import MigrationLoader
@@ -32,11 +38,13 @@ from chunkwise.contract import Env
 from chunkwise.engine import SettingsError
 
 from .backends import backend_problem
-from .config import defer_by_default
+from .config import SETTINGS, defer_by_default, known_env_names, misspelled
 from .ensure import EnsureBatchedComplete
+from .keys import key_problem
 from .operations import BatchedRunPython
 
-__all__ = ["check_batched_migrations", "check_defer_setting"]
+__all__ = ["check_batched_migrations", "check_defer_setting", "check_names",
+           "chunkwise_leaf"]
 
 _BATCHED = (BatchedRunPython, EnsureBatchedComplete)
 
@@ -79,11 +87,14 @@ def check_batched_migrations(app_configs: Sequence[AppConfig] | None = None,
                 obj=migration, id="chunkwise.E001"))
         # a migration a squash replaced is not in the graph (the squashed one is checked)
         in_graph = (migration.app_label, migration.name) in loader.graph.nodes
+        # a primary key is unique and NOT NULL by itself: only key= needs the model's state
+        # (replaying the migration graph per operation), so only key= pays for it
         if isinstance(operation, BatchedRunPython) and operation.key != "pk" and in_graph:
             problem = _key_problem(loader, migration, index, operation)
             if problem:
-                errors.append(Error(problem, hint=f"use key='pk' or a unique field in "
-                                                  f"{_where(migration)}",
+                errors.append(Error(problem, hint=f"change key= in {_where(migration)} (see "
+                                                  f"'What a key must be' in the operation "
+                                                  f"reference)",
                                     obj=migration, id="chunkwise.E004"))
         if isinstance(operation, EnsureBatchedComplete):
             try:
@@ -97,7 +108,72 @@ def check_batched_migrations(app_configs: Sequence[AppConfig] | None = None,
                     obj=migration, id="chunkwise.E005"))
     errors += _backend_errors({(m.app_label, op.model if isinstance(op, BatchedRunPython)
                                 else None) for m, _, op in found})
+    errors += _dependency_errors(loader, {m for m, _, _ in found})
+    errors += _mixed_warnings(m for m, _, op in found if isinstance(op, BatchedRunPython))
     return errors
+
+
+def chunkwise_leaf(loader: MigrationLoader) -> tuple[str, str]:
+    """chunkwise's own latest migration: what a batched migration depends on."""
+    from .apps import ChunkwiseConfig
+
+    [(app_label, name)] = loader.graph.leaf_nodes(ChunkwiseConfig.label)
+    return str(app_label), str(name)
+
+
+def _dependency_errors(loader: MigrationLoader,
+                       migrations: Iterable[Migration]) -> list[CheckMessage]:
+    """E006: a batched migration with no chunkwise migration among its ancestors: Django
+    orders apps' migrations by name where nothing says otherwise, so an app that sorts
+    before "chunkwise" (billing) has its batched migration run before the checkpoint
+    tables exist, and what ran before it in that non-atomic migration ran again on the
+    next migrate."""
+    from .apps import ChunkwiseConfig
+
+    errors: list[CheckMessage] = []
+    for migration in sorted({(m.app_label, m.name): m for m in migrations}.items()):
+        node, found = migration
+        if node not in loader.graph.nodes:
+            continue  # replaced by a squash: the squashed one is checked
+        ancestors = loader.graph.forwards_plan(node)
+        if any(app == ChunkwiseConfig.label for app, _ in ancestors):
+            continue
+        leaf = chunkwise_leaf(loader)
+        errors.append(Error(
+            "its batched operations keep their checkpoints in chunkwise's tables, but it does "
+            "not depend on chunkwise's migrations: migrate may run it before those tables "
+            "exist",
+            hint=f"add {leaf!r} to `dependencies` in {_where(found)}",
+            obj=found, id="chunkwise.E006"))
+    return errors
+
+
+#: operations that may share a migration with a BatchedRunPython: they are batched too,
+#: each resuming from its own checkpoint
+_ALONE_TOGETHER = _BATCHED
+
+
+def _mixed_warnings(migrations: Iterable[Migration]) -> list[CheckMessage]:
+    """W001: other operations beside a BatchedRunPython in one (non-atomic) migration. Each
+    commits on its own, and Django records the migration only at its end: after a halt or
+    a crash in the batched operation, the next migrate runs the others again."""
+    warnings: list[CheckMessage] = []
+    for (_app, _name), migration in sorted({(m.app_label, m.name): m
+                                            for m in migrations}.items()):
+        others = [f"{index} ({type(op).__name__})"
+                  for index, op in enumerate(migration.operations)
+                  if not isinstance(op, _ALONE_TOGETHER)]
+        if not others or migration.atomic:
+            continue  # an atomic one is E001's
+        warnings.append(Warning(
+            f"operations {', '.join(others)} share this migration with a BatchedRunPython: "
+            f"if the batched operation stops before the end (a halt, a crash, Ctrl-C), "
+            f"migrate runs them again next time (a RunPython applies twice, a schema change "
+            f"fails with 'already exists')",
+            hint=f"keep the BatchedRunPython alone in its migration: move the others of "
+                 f"{_where(migration)} into a migration before it or after it",
+            obj=migration, id="chunkwise.W001"))
+    return warnings
 
 
 def _key_problem(loader: MigrationLoader, migration: Migration, index: int,
@@ -111,16 +187,16 @@ def _key_problem(loader: MigrationLoader, migration: Migration, index: int,
     if model is None:
         return ""  # the run says so: an unknown model is not this check's to judge
     where = f"operation {index}"
+    name = operation.key
     try:
-        field = model.get_field(operation.key)
+        field = model.get_field(name).clone()  # unbound, as a migration state's are
     except (KeyError, FieldDoesNotExist):
         return (f"{where}: BatchedRunPython key: {operation.model} has no field "
                 f"{operation.key!r}")
-    if field.primary_key or field.unique:
-        return ""
-    return (f"{where}: BatchedRunPython key: {operation.model}.{operation.key} must be the "
-            f"primary key or a unique field (keyset batching needs one row per key; "
-            f"rows sharing a key would be skipped or done twice)")
+    field.set_attributes_from_name(name)
+    problem = key_problem(operation.model, field, model.options.get("unique_together", ()),
+                          model.options.get("constraints", ()))
+    return f"{where}: {problem}" if problem else ""
 
 
 def _backend_errors(targets: set[tuple[str, str | None]]) -> list[CheckMessage]:
@@ -156,3 +232,23 @@ def check_defer_setting(app_configs: Sequence[AppConfig] | None = None,
                                      f"settings), or leave it unset (no deferring)",
                       id="chunkwise.E002")]
     return []
+
+
+@register()
+def check_names(app_configs: Sequence[AppConfig] | None = None,
+                **kwargs: Any) -> list[CheckMessage]:
+    """E007: ``CHUNKWISE_*`` environment variables and Django settings that chunkwise does
+    not read, each with the closest name it does."""
+    errors: list[CheckMessage] = []
+    for source, names, known in (
+            ("environment variable", os.environ, known_env_names()),
+            ("setting", [name for name in dir(settings) if name.isupper()], SETTINGS)):
+        for name, closest in misspelled(names, known):
+            shown = name if source.startswith("env") else f"settings.{name}"
+            errors.append(Error(
+                f"{source} {shown}: chunkwise has no such {source.split()[-1]}, so it would "
+                f"be ignored" + (f"; did you mean {closest}?" if closest else ""),
+                hint=(f"rename it to {closest}" if closest else "remove it") +
+                     " (every name: docs/reference/settings.md)",
+                id="chunkwise.E007"))
+    return errors

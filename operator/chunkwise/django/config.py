@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from chunkwise.contract import Env
 from chunkwise.engine import TUNABLES, RunSettings, SettingsError, parse_boolean
 
-__all__ = ["add_arguments", "defer_by_default", "parse_port", "resolve_settings"]
+__all__ = ["SETTINGS", "add_arguments", "defer_by_default", "known_env_names", "misspelled",
+           "parse_port",
+           "resolve_settings"]
+
+#: the Django settings chunkwise reads
+SETTINGS = frozenset({Env.DEFER})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,3 +78,25 @@ def defer_by_default(env: Mapping[str, str], setting: object) -> bool:
         raise SettingsError(f"settings.CHUNKWISE_DEFER: expected True or False, got "
                             f"{setting!r}")
     return setting
+
+
+def misspelled(names: Iterable[str], known: Iterable[str]) -> list[tuple[str, str]]:
+    """Each ``CHUNKWISE_*`` name of ``names`` that chunkwise does not read, with the
+    closest one it does ("" when none is close): a misspelled name would be ignored
+    without a word, and a misspelled ``CHUNKWISE_DEFER`` runs a whole migration inline."""
+    # compared without the prefix that every name shares, or any name is "close"
+    by_rest = {name.removeprefix(Env.PREFIX): name for name in known}
+
+    def closest(name: str) -> str:
+        found = difflib.get_close_matches(name.removeprefix(Env.PREFIX), sorted(by_rest),
+                                          n=1, cutoff=0.6)
+        return by_rest[found[0]] if found else ""
+
+    return [(name, closest(name)) for name in sorted(names)
+            if name.startswith(Env.PREFIX) and name not in by_rest.values()
+            and not name.startswith(Env.OPERATOR_PREFIX)]
+
+
+def known_env_names() -> frozenset[str]:
+    """Every ``CHUNKWISE_*`` environment variable chunkwise reads."""
+    return Env.names() | {tunable.env for tunable in TUNABLES} | Env.TOOLING

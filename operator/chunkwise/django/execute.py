@@ -42,6 +42,7 @@ from .backends import backend_problem
 from .checkpoints import DjangoCheckpointStore
 from .config import parse_port, resolve_settings
 from .health import PostgresHealthProbe
+from .keys import key_problem
 from .models import Checkpoint
 from .operation_ref import OperationRef
 from .progress import ProgressBar
@@ -117,11 +118,10 @@ def rows_to_do(operation: BatchedWork, ref: OperationRef, apps: StateApps,
         key_field = model._meta.pk
     else:
         key_field = model._meta.get_field(operation.key)
-    if not (key_field.primary_key or key_field.unique):
-        raise ImproperlyConfigured(
-            f"BatchedRunPython key: {operation.model}.{operation.key} must be the primary key or "
-            "a unique field (keyset batching needs one row per key)"
-        )
+    problem = key_problem(operation.model, key_field, model._meta.unique_together,
+                          model._meta.constraints)
+    if problem:  # chunkwise.E004 says it first, unless the checks were skipped
+        raise ImproperlyConfigured(problem)
     todo_q = operation.todo if ref.direction == Direction.FORWARD else operation.reverse_todo
     rows = model._base_manager.db_manager(alias).all()
     return one_per_key(rows, todo_q, key_field), key_field

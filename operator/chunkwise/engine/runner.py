@@ -210,6 +210,9 @@ class Verification:
     rows_remaining: int
     failed_remaining: int
     up_to_key: Key | None
+    #: of ``rows_remaining``, rows whose key is NULL: no key range holds them, so no batch
+    #: can reach them (a key must be NOT NULL; the database let these in all the same)
+    null_keys: int = 0
 
     @property
     def missed(self) -> int:
@@ -218,8 +221,10 @@ class Verification:
     def describe(self) -> str:
         if not self.rows_remaining:
             return f"no row up to key {self.up_to_key} still matches todo"
+        nulls = (f" ({self.null_keys:,} of them with a NULL key, which no batch can reach)"
+                 if self.null_keys else "")
         return (f"{self.rows_remaining:,} rows up to key {self.up_to_key} still match todo: "
-                f"{self.failed_remaining:,} recorded as failed, {self.missed:,} missed")
+                f"{self.failed_remaining:,} recorded as failed, {self.missed:,} missed{nulls}")
 
 
 @dataclass

@@ -31,6 +31,14 @@ class CodedItem(models.Model):
     counter = models.IntegerField(default=0)
 
 
+class Book(models.Model):
+    """A unique key that admits NULL (lab 0009 batches by it): refused, since NULL keys
+    have no place in key order."""
+
+    code = models.CharField(max_length=20, unique=True, null=True)
+    counter = models.IntegerField(default=0)
+
+
 class Stamped(models.Model):
     """Every field type the binary fetch handles, to compare it with Django's own values."""
 

@@ -7,6 +7,10 @@ USE_TZ = True
 INSTALLED_APPS = ["chunkwise.django", "lab", "later"]
 if os.environ.get("LAB_MISTAKES"):  # operations that only the worker can tell are wrong
     INSTALLED_APPS.append("mistakes")
+if os.environ.get("LAB_BILLING"):  # a batched migration without chunkwise's (E006)
+    INSTALLED_APPS.append("billing")
+if os.environ.get("LAB_SETTING_TYPO"):  # a misspelled setting (chunkwise.E007)
+    CHUNKWISE_DEFFER = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # the lab keeps mistakes on purpose (lab 0005 is atomic, mistakes 0002 batches by a key
 # that is not unique, mistakes 0003 ensures a migration that does not exist) to test how a

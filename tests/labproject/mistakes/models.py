@@ -9,3 +9,13 @@ class Visit(models.Model):
     #: not unique: many visits share an email, so it cannot be a keyset key
     email = models.CharField(max_length=100)
     counter = models.IntegerField(default=0)
+
+
+class Shelf(models.Model):
+    #: unique only together with ``row``: a keyset over ``room`` alone would repeat rows
+    room = models.CharField(max_length=10)
+    row = models.IntegerField()
+    counter = models.IntegerField(default=0)
+
+    class Meta:
+        unique_together = [("room", "row")]

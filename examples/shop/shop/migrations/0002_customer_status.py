@@ -22,7 +22,7 @@ def clear_status(apps, schema_editor, batch):
 
 class Migration(migrations.Migration):
     atomic = False  # every batch commits on its own
-    dependencies = [("shop", "0001_initial"), ("chunkwise", "0001_initial")]
+    dependencies = [("shop", "0001_initial"), ("chunkwise", "0003_checkpoint_verification")]
 
     operations = [
         BatchedRunPython(

@@ -56,6 +56,14 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.CreateModel(
+            name='Book',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('code', models.CharField(max_length=20, null=True, unique=True)),
+                ('counter', models.IntegerField(default=0)),
+            ],
+        ),
+        migrations.CreateModel(
             name='Stamped',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),

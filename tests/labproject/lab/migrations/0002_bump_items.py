@@ -16,5 +16,5 @@ def bump(item):
 
 class Migration(migrations.Migration):
     atomic = False
-    dependencies = [("lab", "0001_initial"), ("chunkwise", "0001_initial")]
+    dependencies = [("lab", "0001_initial"), ("chunkwise", "0003_checkpoint_verification")]
     operations = [BatchedRunPython("lab.Item", transform=bump, fields=["counter"], batch_size=500)]

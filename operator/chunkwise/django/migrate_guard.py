@@ -1,0 +1,77 @@
+"""What ``migrate`` checks about its plan before it runs anything (Django's pre_migrate
+signal: after the system checks, before the first migration), where the system checks,
+which see no database, cannot judge: the order of the plan against what is applied, and
+a dry run asked of ``migrate``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from django.core.management.base import CommandError
+from django.db import connections
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.migration import Migration
+from django.db.migrations.recorder import MigrationRecorder
+
+from chunkwise.contract import Env, ExitCode
+from chunkwise.engine import SettingsError, parse_boolean
+
+from .ensure import EnsureBatchedComplete
+from .operations import BatchedRunPython
+
+__all__ = ["refuse_unsafe_plans"]
+
+Plan = Sequence[tuple[Migration, bool]]
+
+
+def refuse_unsafe_plans(sender: Any, using: str, plan: Plan | None = None,
+                        **kwargs: Any) -> None:
+    """The pre_migrate receiver: one line and exit 64, before any migration runs."""
+    batched = [(migration, backwards) for migration, backwards in plan or ()
+               if any(isinstance(op, (BatchedRunPython, EnsureBatchedComplete))
+                      for op in migration.operations)]
+    if not batched:
+        return
+    _refuse_dry_run(batched[0][0])
+    _refuse_before_checkpoint_tables(sender.label, using, plan or (), batched)
+
+
+def _refuse_dry_run(first: Migration) -> None:
+    """``CHUNKWISE_DRY_RUN`` is the worker's (``spec.dryRun``): ``migrate`` cannot plan
+    without doing, since it records every migration it runs as applied."""
+    raw = os.environ.get(Env.DRY_RUN, "")
+    try:
+        dry = bool(raw.strip()) and parse_boolean(raw, Env.DRY_RUN)
+    except SettingsError as exc:
+        raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
+    if dry:
+        raise CommandError(
+            f"{Env.DRY_RUN} is set, but migrate cannot dry-run a batched migration (it would "
+            f"record {first.app_label}.{first.name} as applied): unset it, and plan with "
+            f"manage.py chunkwise_plan {first.app_label} {first.name} (or chunkwise_run "
+            f"--dry-run)", returncode=ExitCode.USAGE)
+
+
+def _refuse_before_checkpoint_tables(label: str, using: str, plan: Plan,
+                                     batched: Plan) -> None:
+    """A batched migration planned before all of chunkwise's own migrations are applied
+    would find no checkpoint table (or an old one): refused, whichever dependency is
+    missing or stale, rather than failing half-way through a non-atomic migration."""
+    connection = connections[using]
+    applied = MigrationRecorder(connection).applied_migrations()
+    graph = MigrationLoader(connection, ignore_no_migrations=True).graph
+    ours = [node for node in graph.nodes if node[0] == label]
+    position = {(m.app_label, m.name): i for i, (m, _) in enumerate(plan)}
+    for migration, _backwards in batched:
+        at = position[(migration.app_label, migration.name)]
+        missing = sorted(node for node in ours
+                         if node not in applied and position.get(node, len(plan)) > at)
+        if missing:
+            leaf = max(graph.leaf_nodes(label))
+            raise CommandError(
+                f"{migration.app_label}.{migration.name} would run before chunkwise's "
+                f"migration {missing[0][1]} is applied, and it needs the checkpoint tables "
+                f"that makes: add {leaf!r} to its dependencies, or run `manage.py migrate "
+                f"{label}` first", returncode=ExitCode.USAGE)
