@@ -385,3 +385,17 @@ def test_each_condition_says_why_it_has_its_own_status() -> None:
     assert said[Phase.RUNNING]["Suspended"][2] == "spec.suspend is false: the run goes on"
     assert said[Phase.HALTED]["Halted"] == ("True", "FailedRowsExceeded", "11 rows failed")
     assert said[Phase.HALTED]["Suspended"][2] == "the run has ended; nothing to suspend"
+
+
+def test_the_worker_writes_its_final_report_where_the_kubelet_reads_it() -> None:
+    """The container's terminationMessagePath, Kubernetes' default unless the template
+    sets one, and the same path in the worker's env."""
+    worker = build_job(migration(), run=1)["spec"]["template"]["spec"]["containers"][0]
+    assert worker["terminationMessagePath"] == "/dev/termination-log"
+    assert env_of(build_job(migration(), run=1))["CHUNKWISE_TERMINATION_LOG"] == \
+        "/dev/termination-log"
+    own = build_job(migration(template={"spec": {"containers": [
+        {"name": "worker", "terminationMessagePath": "/tmp/verdict"}]}}), run=1)
+    assert own["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] == \
+        "/tmp/verdict"
+    assert env_of(own)["CHUNKWISE_TERMINATION_LOG"] == "/tmp/verdict"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -220,6 +221,79 @@ async def test_a_run_whose_pods_were_oom_killed_fails_saying_which_limit(api: Ap
     assert (status["phase"], succeeded["reason"]) == ("Failed", "OOMKilled")
     assert "memory limit of 32Mi" in succeeded["message"]
     assert ("Warning", "Failed") in api.posted
+
+
+async def put_pod(kmock: Any, name: str, container_status: dict[str, Any], run: str = "1",
+                  shard: str | None = None, created: str = "2026-01-01T00:00:00Z") -> None:
+    """A pod of the run as the kubelet reports it: its worker container's status."""
+    labels = {"chunkwise.dev/datamigration": "customer-status", "chunkwise.dev/run": run}
+    annotations = {} if shard is None else {"batch.kubernetes.io/job-completion-index": shard}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{kmock.url}/api/v1/namespaces/shop/pods", json={
+                "metadata": {"name": name, "namespace": "shop", "labels": labels,
+                             "annotations": annotations, "creationTimestamp": created},
+                "spec": {"containers": [{"name": "worker", "image": "shop:1"}]},
+                "status": {"containerStatuses": [{
+                    "name": "worker", "image": "shop:1", "imageID": "", "ready": False,
+                    "restartCount": 0, **container_status}]}}) as response:
+            assert response.status < 300
+
+
+def failed_job(reason: str = "PodFailurePolicy", **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "customer-status-run1", "namespace": "shop", "labels": {
+        "chunkwise.dev/datamigration": "customer-status", "chunkwise.dev/run": "1"}},
+        "spec": spec, "status": {"conditions": [{"type": "Failed", "status": "True",
+                                                 "reason": reason, "message": "..."}]}}
+
+
+@pytest.mark.asyncio
+async def test_a_halt_whose_final_patch_was_lost_is_halted_from_the_termination_message(
+        api: Api, kmock: Any) -> None:
+    """The API server was away when the worker halted: its last status patch never
+    arrived (the status still says running, at 15%), but the kubelet kept its final
+    report from the termination message. Halted, with exit code 65 and the final figures
+    in the status, not Failed (PodFailurePolicy)."""
+    body = migration({"phase": "Running", "run": 1, "conditions": [],
+                      "worker": {"state": "running", "pod": "customer-status-run1-x",
+                                 "reason": "", "message": ""},
+                      "progress": {"rowsProcessed": 3100, "rowsEstimated": 20000}})
+    await put_migration(api, kmock, body)
+    report = {"state": "halted", "exitCode": 65, "reason": "FailedRowsExceeded",
+              "message": "11 rows failed, more than haltOn.failedRows=10",
+              "rowsProcessed": 19800, "rowsEstimated": 20000}
+    await put_pod(kmock, "customer-status-run1-x", {"state": {"terminated": {
+        "exitCode": 65, "reason": "Error", "message": json.dumps(report)}}})
+    await api.call(job_changed, failed_job())
+    status = stored(kmock, MIGRATIONS, "customer-status")["status"]
+    halted = {c["type"]: c for c in status["conditions"]}["Halted"]
+    assert (status["phase"], halted["status"], halted["reason"]) == (
+        "Halted", "True", "FailedRowsExceeded")
+    assert status["worker"]["exitCode"] == 65
+    assert status["worker"]["pod"] == "customer-status-run1-x"
+    assert (status["progress"]["rowsProcessed"], status["progress"]["percent"]) == (19800, 99)
+    assert api.posted == [("Warning", "Halted")]
+
+
+@pytest.mark.asyncio
+async def test_a_shard_whose_final_patch_was_lost_speaks_from_its_termination_message(
+        api: Api, kmock: Any) -> None:
+    body = migration({"phase": "Running", "run": 1, "conditions": [], "shards": {
+        "0": {"index": 0, "worker": {"state": "done", "exitCode": 0, "reason": "Completed",
+                                     "message": "ok"}},
+        "1": {"index": 1, "worker": {"state": "running"}}}}, parallelism=2)
+    await put_migration(api, kmock, body)
+    report = {"state": "halted", "exitCode": 65, "reason": "FailedRowsExceeded",
+              "message": "11 > 10", "shard": 1}
+    await put_pod(kmock, "customer-status-run1-1-b", {"state": {"terminated": {
+        "exitCode": 65, "message": json.dumps(report)}}}, shard="1")
+    await put_pod(kmock, "customer-status-run1-0-a", {"state": {"terminated": {
+        "exitCode": 0, "message": "not JSON: a log's tail"}}}, shard="0")
+    await api.call(job_changed, failed_job(completionMode="Indexed", completions=2))
+    status = stored(kmock, MIGRATIONS, "customer-status")["status"]
+    halted = {c["type"]: c for c in status["conditions"]}["Halted"]
+    assert (status["phase"], halted["message"]) == ("Halted", "shard 1: 11 > 10")
+    assert status["shards"]["1"]["worker"]["exitCode"] == 65
+    assert status["shards"]["0"]["worker"]["reason"] == "Completed"  # its own, kept
 
 
 @pytest.mark.asyncio

@@ -77,10 +77,19 @@ def test_a_shard_patches_its_own_entry_and_the_summed_progress() -> None:
 
 
 def test_unreachable_api_does_not_fail_the_run(capsys: Any) -> None:
-    reporter = StatusReporter(FakeClient(fail=True))  # type: ignore[arg-type]
+    """The final report is retried for FINAL_WAIT, then the run ends all the same."""
+    import time
+
+    reporter = StatusReporter(FakeClient(fail=True),  # type: ignore[arg-type]
+                              retry_backoff=(0.01, 0.05))
+    reporter.FINAL_WAIT = 0.3
     reporter.started(state(0))
+    started = time.monotonic()
     reporter.finished(Outcome(ExitCode.DONE, "Completed", "ok", state(1000, done=True)))
-    assert capsys.readouterr().err.count("cannot update DataMigration") == 1
+    assert 0.3 <= time.monotonic() - started < 5
+    err = capsys.readouterr().err
+    assert err.count("cannot update DataMigration") == 1
+    assert "the final status was not taken within 0s" in err
 
 
 def test_format_duration_for_columns_and_clocks() -> None:
@@ -178,3 +187,108 @@ def test_a_slow_api_server_never_holds_a_batch_and_gets_the_newest_state_coalesc
     assert client.patches[-1]["progress"]["rowsProcessed"] == 1000
     sent = [p["progress"]["rowsProcessed"] for p in client.patches[1:-1]]
     assert sent in ([], [800])  # the newest batch's figures, never an older one's alone
+
+
+class FlakyClient(FakeClient):
+    """Refuses the next ``failures`` patches (the API server away), then takes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+        self.refused = 0
+
+    def patch_status(self, status: dict[str, Any], timeout: float = 5.0) -> None:
+        if self.failures:
+            self.failures -= 1
+            self.refused += 1
+            raise OSError("connection refused")
+        super().patch_status(status)
+
+
+def applied(patches: list[dict[str, Any]]) -> dict[str, Any]:
+    """The status the API server holds after the merge patches it took, in order."""
+    def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+        result = dict(target)
+        for key, value in patch.items():
+            if value is None:
+                result.pop(key, None)
+            elif isinstance(value, dict):
+                result[key] = merge(result.get(key) or {}, value)
+            else:
+                result[key] = value
+        return result
+
+    status: dict[str, Any] = {}
+    for patch in patches:
+        status = merge(status, patch)
+    return status
+
+
+def test_a_refused_patch_is_kept_and_sent_with_the_next_so_no_one_time_update_is_lost() -> None:
+    """The end of a throttle and the final report are said once: a patch the API server
+    refused (three times here) is retried, merged under what came since, until taken."""
+    from chunkwise.engine import Throttle
+
+    client = FlakyClient()
+    reporter = StatusReporter(client, interval=2.0, clock=lambda: 0.0,  # type: ignore[arg-type]
+                              retry_backoff=(0.01, 0.05))
+    reporter.started(state(0))
+    reporter.throttle_changed(Throttle("replication_lag", "replication lag 12.3s > 5s"))
+    assert reporter.flush(5)
+    assert applied(client.patches)["throttle"]["reason"] == "ReplicationLag"
+    client.failures = 3
+    reporter.throttle_changed(None)  # said once, and refused
+    reporter.finished(Outcome(ExitCode.HALTED, "FailedRowsExceeded", "11 > 10", state(900)))
+    status = applied(client.patches)
+    assert "throttle" not in status  # the end of the throttle was not lost
+    assert status["worker"] == {"state": "halted", "reason": "FailedRowsExceeded",
+                                "message": "11 > 10", "exitCode": 65,
+                                "pod": ""}  # "pod" from the start: a merge patch keeps it
+    assert status["progress"]["rowsProcessed"] == 900
+    assert client.refused == 3
+
+
+def test_a_patch_the_api_server_will_never_take_is_dropped_not_retried_for_ever() -> None:
+    import urllib.error
+
+    class InvalidFirst(FakeClient):
+        def patch_status(self, status: dict[str, Any], timeout: float = 5.0) -> None:
+            if not self.fail:
+                self.fail = True
+                raise urllib.error.HTTPError("https://api/x", 422, "Unprocessable Entity",
+                                             None, None)  # type: ignore[arg-type]
+            self.patches.append(status)
+
+    client = InvalidFirst()
+    reporter = StatusReporter(client, clock=lambda: 0.0,  # type: ignore[arg-type]
+                              retry_backoff=(0.01, 0.05))
+    reporter.started(state(0))
+    assert reporter.flush(5)
+    assert client.patches == []  # the invalid one is not sent again
+    reporter.finished(Outcome(ExitCode.DONE, "Completed", "ok", state(1000, done=True)))
+    assert [p["worker"]["state"] for p in client.patches] == ["done"]
+
+
+def test_the_final_report_goes_to_the_termination_message(tmp_path: Any) -> None:
+    """The kubelet keeps it in the pod's status: the operator reads the verdict there
+    when the last patch was lost. Cut to the kubelet's 4096 bytes, still JSON."""
+    import json
+
+    from chunkwise.worker import TerminationMessage
+
+    path = tmp_path / "termination-log"
+    found = TerminationMessage.from_environment({
+        "CHUNKWISE_TERMINATION_LOG": str(path), "CHUNKWISE_SHARDS": "4",
+        "JOB_COMPLETION_INDEX": "2"})
+    assert found is not None
+    found.finished(Outcome(ExitCode.HALTED, "FailedRowsExceeded", "11 rows failed, more "
+                           "than haltOn.failedRows=10", state(900)))
+    assert json.loads(path.read_text()) == {
+        "state": "halted", "exitCode": 65, "reason": "FailedRowsExceeded",
+        "message": "11 rows failed, more than haltOn.failedRows=10", "shard": 2,
+        "rowsProcessed": 900, "rowsEstimated": 1000}
+    TerminationMessage(path).finished(Outcome(ExitCode.ERROR, "Unexpected", "é\n" * 5000))
+    report = json.loads(path.read_text())
+    assert len(path.read_bytes()) <= 4096 and report["message"].startswith("é\n")
+    assert report["exitCode"] == 1 and "shard" not in report
+    assert TerminationMessage.from_environment({}) is None  # outside a Job: nothing written

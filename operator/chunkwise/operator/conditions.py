@@ -7,11 +7,13 @@ and the Events to post. The handlers only fetch, call these, and write.
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from chunkwise.contract import (
+    WORKER_CONTAINER,
     Condition,
     ExitCode,
     JobCondition,
@@ -23,10 +25,10 @@ from chunkwise.contract import (
     utc_now_text,
 )
 
-__all__ = ["DRY_RUN_COMPLETED", "FAILED_CREATE", "OOM_KILLED", "STUCK", "Event",
-           "RunState", "ended_at", "find_condition", "job_problem", "oom_problem", "pod_problem",
-           "run_state_of", "set_condition", "stall_status", "status_for", "throttle_status",
-           "verification_of", "worker_of"]
+__all__ = ["COMPLETION_INDEX", "DRY_RUN_COMPLETED", "FAILED_CREATE", "OOM_KILLED", "STUCK",
+           "Event", "RunState", "ended_at", "final_reports", "find_condition", "job_problem",
+           "oom_problem", "pod_problem", "run_state_of", "set_condition", "shard_of",
+           "stall_status", "status_for", "throttle_status", "verification_of", "worker_of"]
 
 #: why a container waits that no amount of waiting fixes (the kubelet's reasons)
 _CONTAINER_STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
@@ -40,6 +42,8 @@ DRY_RUN_COMPLETED = "DryRunCompleted"
 OOM_KILLED = "OOMKilled"
 #: the reasons a run's pod cannot start: a spec change replaces such a run at once
 STUCK = (*_CONTAINER_STUCK, FAILED_CREATE)
+#: the Job controller's annotation (and label) on each pod of an Indexed Job: its shard
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,45 @@ def pod_problem(pods: Sequence[Mapping[str, Any]]) -> RunState | None:
                                  f"{container.get('name')} container: "
                                  f"{waiting.get('message') or waiting['reason']}")
     return None
+
+
+def final_reports(pods: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The worker's final report from each shard's newest pod, as its container's
+    termination message holds it (the kubelet keeps it in the pod's status): by shard
+    index, "0" for a run of one shard. Each has the fields of ``status.worker`` (state,
+    reason, message, exitCode, and the pod) and the run's figures when it ended
+    (rowsProcessed, rowsEstimated). A pod killed before it could write one has none."""
+    reports: dict[str, dict[str, Any]] = {}
+    for shard, pod in _newest_per_shard(pods).items():
+        for container in pod.get("status", {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if container.get("name") != WORKER_CONTAINER or not terminated.get("message"):
+                continue
+            try:
+                report = json.loads(terminated["message"])
+            except ValueError:  # a template's FallbackToLogsOnError: the log's tail
+                continue
+            if isinstance(report, dict) and isinstance(report.get("exitCode"), int):
+                reports[shard] = {**report, "pod": pod["metadata"].get("name", "")}
+    return reports
+
+
+def shard_of(pod: Mapping[str, Any]) -> str:
+    """A pod's shard: its completion index in an Indexed Job, "0" in a Job of one pod."""
+    meta = pod.get("metadata", {})
+    index = (meta.get("annotations") or {}).get(COMPLETION_INDEX) \
+        or (meta.get("labels") or {}).get(COMPLETION_INDEX)
+    return str(index) if index is not None else "0"
+
+
+def _newest_per_shard(pods: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """Each shard's newest pod: the one the Job retried last. Pods of different shards
+    start in the same second, so newest is only meaningful within a shard."""
+    newest: dict[str, Mapping[str, Any]] = {}
+    for pod in sorted(pods, key=lambda p: (str(p["metadata"].get("creationTimestamp", "")),
+                                           str(p["metadata"].get("name", "")))):
+        newest[shard_of(pod)] = pod  # a later one replaces an earlier one
+    return newest
 
 
 def oom_problem(pods: Sequence[Mapping[str, Any]]) -> RunState | None:

@@ -83,6 +83,9 @@ CONTAINER_SECURITY: Mapping[str, Any] = {
     "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
     "capabilities": {"drop": ["ALL"]},
 }
+#: Kubernetes' default terminationMessagePath; the kubelet mounts it writable even on a
+#: read-only root filesystem
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 #: a writable /tmp on the read-only root (Python, Django's file uploads, the user's code)
 TMP_VOLUME = "chunkwise-tmp"
 
@@ -99,9 +102,14 @@ def worker_pod_spec(spec: Mapping[str, Any], namespace: str, name: str) -> dict[
     containers = list(pod.get("containers", []))
     given: dict[str, Any] = next(
         (c for c in containers if c.get("name") == WORKER_CONTAINER), {})
+    # the worker writes its final report there too, so the verdict survives a lost patch
+    message_path = given.get("terminationMessagePath") or TERMINATION_MESSAGE_PATH
     worker = {**given, "name": WORKER_CONTAINER, "image": spec["image"],
               "command": list(spec.get("command", ["python", "manage.py", "chunkwise_run"])),
-              "env": worker_env(spec, namespace, name) + list(given.get("env", []))}
+              "terminationMessagePath": message_path,
+              "env": worker_env(spec, namespace, name)
+              + [{"name": Env.TERMINATION_LOG, "value": message_path}]
+              + list(given.get("env", []))}
     worker["securityContext"] = {**CONTAINER_SECURITY, **given.get("securityContext", {})}
     mounts = list(given.get("volumeMounts", []))
     if not any(m.get("mountPath") == "/tmp" for m in mounts):

@@ -29,6 +29,7 @@ from .conditions import (
     Event,
     RunState,
     ended_at,
+    final_reports,
     find_condition,
     job_problem,
     oom_problem,
@@ -67,8 +68,12 @@ def start_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
                                              f"Job {job['metadata']['name']} created")
     existing = None if created else cluster.get_job(job["metadata"]["namespace"],
                                                     job["metadata"]["name"])
+    reported: dict[str, Any] = {}
     if existing is not None:
-        found = run_state_of(existing, worker_of(status))
+        # a report in the status is this run's only if the status already records it
+        own = status if str(status.get("run")) == str(run) else {
+            k: v for k, v in status.items() if k not in ("worker", "shards", "verification")}
+        found, reported = _judged(cluster, existing, own)
         if found.phase != Phase.PENDING or not spec.get("suspend"):
             state = found
     new_status, events = status_for(status, state, body["metadata"].get("generation"))
@@ -86,6 +91,7 @@ def start_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
     if run > 1:  # the last run's outcome is history now
         new_status.update(worker=None, shards=None, verification=None, plan=None,
                           tuning=None)
+    new_status.update(reported)
     patch.setdefault("status", {}).update(new_status)
     if created:
         verb = "resumes from the checkpoint" if run > 1 else "starts"
@@ -282,33 +288,107 @@ def _current_run_of(cluster: Cluster, job: Mapping[str, Any]) -> dict[str, Any] 
     return migration if str(run) == labels.get(Label.RUN) else None
 
 
+def _judged(cluster: Cluster, job: Mapping[str, Any],
+            status: Mapping[str, Any]) -> tuple[RunState, dict[str, Any]]:
+    """The run's state from its Job, and why it stopped from the worker's final report:
+    the status's, else (the last patch lost to an API server that was away) the one the
+    kubelet kept from the worker's termination message. Also what of those reports the
+    status lacks, for the caller to record: the worker's report and, when higher, the
+    run's final figures (progress never goes down)."""
+    worker = worker_of(status)
+    state = run_state_of(job, worker)
+    if state.phase not in Phase.ENDED:
+        return state, {}
+    sharded = (job.get("spec") or {}).get("completionMode") == "Indexed"
+    shards = int((job.get("spec") or {}).get("completions") or 1) if sharded else 1
+    unexplained = state.phase == Phase.FAILED and not (worker or {}).get("reason")
+    if not unexplained and not _reports_missing(status, shards, sharded):
+        return state, {}
+    namespace = job["metadata"]["namespace"]
+    labels = job["metadata"]["labels"]
+    pods = _run_pods(cluster, namespace, labels[Label.MIGRATION], labels[Label.RUN])
+    recorded = _missing_reports(status, final_reports(pods), sharded)
+    if recorded:
+        worker = worker_of(_merged(status, recorded))
+        state = run_state_of(job, worker)
+    if state.phase == Phase.FAILED and not (worker or {}).get("reason"):
+        # the worker could not say why (killed): the kubelet may know
+        state = oom_problem(pods) or state
+    return state, recorded
+
+
+def _reports_missing(status: Mapping[str, Any], shards: int, sharded: bool) -> bool:
+    """Whether a final report (one with an exit code) is missing from the status."""
+    if not sharded:
+        return "exitCode" not in (status.get("worker") or {})
+    entries: Mapping[str, Any] = status["shards"] \
+        if isinstance(status.get("shards"), Mapping) else {}
+    return any("exitCode" not in ((entries.get(str(index)) or {}).get("worker") or {})
+               for index in range(shards))
+
+
+def _missing_reports(status: Mapping[str, Any], reports: Mapping[str, Mapping[str, Any]],
+                     sharded: bool) -> dict[str, Any]:
+    """The status fields the pods' final reports add: each report the worker's own
+    patch did not deliver, and the final figures when above the status's."""
+    added: dict[str, Any] = {}
+    shards: Mapping[str, Any] = status["shards"] \
+        if isinstance(status.get("shards"), Mapping) else {}
+    for shard, report in sorted(reports.items()):
+        worker = {k: report[k] for k in ("state", "reason", "message", "exitCode", "pod")
+                  if k in report}
+        if sharded:
+            if "exitCode" not in ((shards.get(shard) or {}).get("worker") or {}):
+                added.setdefault("shards", {})[shard] = {"worker": worker}
+        elif "exitCode" not in (status.get("worker") or {}):
+            added["worker"] = worker
+    progress = status.get("progress") or {}
+    done = max((int(r.get("rowsProcessed") or 0) for r in reports.values()), default=0)
+    if done > int(progress.get("rowsProcessed") or 0):
+        total = max(int(r.get("rowsEstimated") or 0) for r in reports.values()) or None
+        percent = min(100, int(100 * done / total)) if total else 0
+        added["progress"] = {"rowsProcessed": done, "percent": percent,
+                             "percentText": f"{percent}%"}
+        if total:
+            added["progress"]["rowsEstimated"] = total
+    return added
+
+
+def _merged(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
+    """``later`` merged into ``earlier`` as a JSON merge patch merges (maps key by key)."""
+    merged = dict(earlier)
+    for key, value in later.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def job_changed(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> None:
     migration = _current_run_of(cluster, job)
     if migration is None:
         return
-    status = migration.get("status") or {}
     namespace, name = migration["metadata"]["namespace"], migration["metadata"]["name"]
-    worker = worker_of(status)
-    state = run_state_of(job, worker)
-    if state.phase == Phase.FAILED and not (worker or {}).get("reason"):
-        # the worker could not say why (killed): the kubelet may know
-        run = job["metadata"]["labels"][Label.RUN]
-        state = oom_problem(_run_pods(cluster, namespace, name, run)) or state
+    state, new_status = _judged(cluster, job, migration.get("status") or {})
+    status = _merged(migration.get("status") or {}, new_status)
+    events: list[Event] = []
     if state.phase == status.get("phase") and state.phase != Phase.HALTED:
         if state.phase in Phase.ENDED and not status.get("completedAt"):
             # ended while no one recorded when (an operator before this fix lost it)
-            cluster.patch_status(namespace, name,
-                                 {"completedAt": ended_at(job) or utc_now_text()})
-        return
-    if state.phase == Phase.PENDING and status.get("phase") == Phase.SUSPENDED \
+            new_status["completedAt"] = ended_at(job) or utc_now_text()
+    elif state.phase == Phase.PENDING and status.get("phase") == Phase.SUSPENDED \
             and migration["spec"].get("suspend"):
-        return  # the pod is gone because we suspended; nothing new
-    new_status, events = status_for(status, state, migration["metadata"].get("generation"))
-    if "completedAt" in new_status:  # the Job's own time, not when we heard of it
-        new_status["completedAt"] = ended_at(job) or new_status["completedAt"]
-    if state.phase == status.get("phase"):
-        events = []  # Halted again with a fresher reason: update the text, no new Event
-    cluster.patch_status(namespace, name, new_status)
+        pass  # the pod is gone because we suspended; nothing new
+    else:
+        changed, events = status_for(status, state, migration["metadata"].get("generation"))
+        if "completedAt" in changed:  # the Job's own time, not when we heard of it
+            changed["completedAt"] = ended_at(job) or changed["completedAt"]
+        if state.phase == status.get("phase"):
+            events = []  # Halted again with a fresher reason: update the text, no new Event
+        new_status.update(changed)
+    if new_status:
+        cluster.patch_status(namespace, name, new_status)
     for event in events:
         post(migration, event)
 

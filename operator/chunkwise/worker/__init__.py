@@ -13,8 +13,10 @@ from chunkwise.engine import Reporter, Tee
 from .live import LiveSpec
 from .reporter import StatusReporter
 from .status_client import StatusClient
+from .termination import TerminationMessage
 
-__all__ = ["LiveSpec", "StatusClient", "StatusReporter", "live_tuning", "worker_reporter"]
+__all__ = ["LiveSpec", "StatusClient", "StatusReporter", "TerminationMessage", "live_tuning",
+           "worker_reporter"]
 
 #: what a tuning source gives: (spec generation, CHUNKWISE_* tunables) when they changed
 TuningSource = Callable[[], "tuple[int, dict[str, str]] | None"]
@@ -22,15 +24,21 @@ TuningSource = Callable[[], "tuple[int, dict[str, str]] | None"]
 
 def worker_reporter(progress: Reporter) -> Reporter:
     """``progress``, plus the status mirror when the operator started this run (in an
-    Indexed Job, as the shard Kubernetes numbered this pod)."""
+    Indexed Job, as the shard Kubernetes numbered this pod), and the final report in the
+    container's termination message (before the status patch, which may wait on the API
+    server)."""
+    reporters = [progress]
+    terminated = TerminationMessage.from_environment()
+    if terminated is not None:
+        reporters.append(terminated)
     client = StatusClient.from_environment()
-    if client is None:
-        return progress
-    shard = os.environ.get(Env.SHARD) or os.environ.get(Env.JOB_COMPLETION_INDEX) or "0"
-    shards = os.environ.get(Env.SHARDS) or "1"
-    _live.spec = LiveSpec(os.environ)
-    return Tee([progress, StatusReporter(client, shard=int(shard), shards=int(shards),
-                                         live=_live.spec)])
+    if client is not None:
+        shard = os.environ.get(Env.SHARD) or os.environ.get(Env.JOB_COMPLETION_INDEX) or "0"
+        shards = os.environ.get(Env.SHARDS) or "1"
+        _live.spec = LiveSpec(os.environ)
+        reporters.append(StatusReporter(client, shard=int(shard), shards=int(shards),
+                                        live=_live.spec))
+    return progress if len(reporters) == 1 else Tee(reporters)
 
 
 class _Live:

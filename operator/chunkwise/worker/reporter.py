@@ -4,10 +4,13 @@
 the run goes on (:class:`RateWindow`), and over the whole run in the final report.
 
 A failed patch never fails the migration: the checkpoint in the database is the
-truth; the status is a view of it. Nor does a slow one slow it: patches go out from a
-thread of their own (:class:`_Sender`), the newest state coalesced into one patch while
-the API server is slow or away, so the batches never wait on it; only the final report
-waits, a bounded time, for what is still to send.
+truth; the status is a view of it. Nor is it lost: it is kept and tried again, with
+what came since merged on top (:class:`_Sender`). Nor does a slow one slow it: patches
+go out from a thread of their own, the newest state coalesced into one patch while the
+API server is slow or away, so the batches never wait on it; only the final report
+waits, a bounded time, until the API server has taken it. The final report also goes
+to the pod's termination message (:mod:`.termination`), which the kubelet keeps in the
+pod's status, so the operator's verdict never depends on that last patch.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import sys
 import threading
 import time
+import urllib.error
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,6 +49,10 @@ from .status_client import StatusClient
 
 __all__ = ["StatusReporter"]
 
+#: HTTP answers to a status patch that the same patch will never get past: malformed,
+#: invalid for the CRD's schema, the DataMigration gone. Any other (429, 5xx, 403 while
+#: RBAC propagates) is retried.
+_NEVER_TAKEN = frozenset({400, 404, 415, 422})
 
 
 def _merged(earlier: dict[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,10 +68,19 @@ def _merged(earlier: dict[str, Any], later: Mapping[str, Any]) -> dict[str, Any]
 
 class _Sender:
     """Sends status patches from its own thread: ``send`` only hands the patch over,
-    merged into any not yet sent, so a batch never waits on the API server."""
+    merged into any not yet sent, so a batch never waits on the API server.
 
-    def __init__(self, deliver: Callable[[dict[str, Any]], None]) -> None:
+    A patch the API server did not take stays pending, with what was handed over since
+    merged on top of it, and is tried again after a short backoff: an update said once
+    (a throttle's end, a retune, the final report) is never lost to one 429, 503 or
+    refused connection; while the API server is away, the newest state goes out as one
+    patch once it is back. ``deliver`` says whether it is done with the patch: taken, or
+    dropped as one the API server will never take; False: try it again."""
+
+    def __init__(self, deliver: Callable[[dict[str, Any]], bool],
+                 backoff: tuple[float, float] = (0.5, 2.0)) -> None:
         self._deliver = deliver
+        self._first_delay, self._max_delay = backoff
         self._pending: dict[str, Any] | None = None
         self._busy = False
         self._changed = threading.Condition()
@@ -77,22 +94,32 @@ class _Sender:
             self._changed.notify_all()
 
     def flush(self, timeout: float) -> bool:
-        """Wait until everything handed over was sent (or tried); False on timeout."""
+        """Wait until everything handed over was taken by the API server (or dropped as
+        one it will never take); False on timeout."""
         with self._changed:
             return self._changed.wait_for(lambda: self._pending is None and not self._busy,
                                           timeout)
 
     def _run(self) -> None:
+        delay = self._first_delay
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._pending is not None)
                 patch, self._pending, self._busy = self._pending, None, True
+            taken = True  # an unexpected error drops the patch, as one never taken
             try:
-                self._deliver(patch or {})
+                taken = self._deliver(patch or {})
             finally:
                 with self._changed:
+                    if not taken:  # under what came since: the newer values win
+                        self._pending = _merged(patch or {}, self._pending or {})
                     self._busy = False
                     self._changed.notify_all()
+            if taken:
+                delay = self._first_delay
+            else:
+                time.sleep(delay)
+                delay = min(2 * delay, self._max_delay)
 
 
 class StatusReporter:
@@ -105,7 +132,8 @@ class StatusReporter:
 
     def __init__(self, client: StatusClient, interval: float = 2.0,
                  clock: Callable[[], float] = time.monotonic, shard: int = 0,
-                 shards: int = 1, live: LiveSpec | None = None) -> None:
+                 shards: int = 1, live: LiveSpec | None = None,
+                 retry_backoff: tuple[float, float] = (0.5, 2.0)) -> None:
         self._client = client
         self._live = live
         self._interval = interval * shards
@@ -117,13 +145,15 @@ class StatusReporter:
         self._window = RateWindow()
         self._warned = False
         self._throttle: ThrottleStatus | None = None
-        self._sender = _Sender(self._deliver)
+        self._sender = _Sender(self._deliver, retry_backoff)
 
-    #: how long the final report waits for the patches before it (the API server away)
+    #: how long the final report is retried, with what is still to send, while the API
+    #: server does not take it: within a pod's default 30 s termination grace period
+    #: (the operator reads the verdict from the pod's termination message all the same)
     FINAL_WAIT = 15.0  # s
 
     def flush(self, timeout: float = FINAL_WAIT) -> bool:
-        """Wait for every patch handed over so far to be sent (or to fail)."""
+        """Wait until every patch handed over so far was taken; False on timeout."""
         return self._sender.flush(timeout)
 
     def _progress(self, state: CheckpointState, checkpoint_at: str | None,
@@ -149,16 +179,28 @@ class StatusReporter:
         self._last_patch = self._clock()
         self._sender.send(status)
 
-    def _deliver(self, status: dict[str, Any]) -> None:
+    def _deliver(self, status: dict[str, Any]) -> bool:
+        """Whether the patch is done with: taken by the API server, or dropped as one it
+        will never take (malformed, invalid, the DataMigration gone). False: the sender
+        tries it again."""
         try:
             resource = self._client.patch_status(status)
-            if self._live is not None and resource:
-                self._live.offer(resource)
-        except Exception as exc:  # a view; the checkpoint is the truth
-            if not self._warned:
-                sys.stderr.write(f"chunkwise: cannot update DataMigration {self._client.resource}"
-                                 f" status ({exc}); progress is still checkpointed\n")
-                self._warned = True
+        except urllib.error.HTTPError as exc:  # an answer: retry only what may change
+            self._warn(exc)
+            return exc.code in _NEVER_TAKEN  # dropped: sent again, it would fail again
+        except Exception as exc:  # refused, reset, timed out: the API server is away
+            self._warn(exc)
+            return False
+        if self._live is not None and resource:
+            self._live.offer(resource)
+        return True
+
+    def _warn(self, exc: Exception) -> None:
+        """Said once: the status is a view, and the checkpoint is the truth."""
+        if not self._warned:
+            sys.stderr.write(f"chunkwise: cannot update DataMigration {self._client.resource}"
+                             f" status ({exc}); progress is still checkpointed\n")
+            self._warned = True
 
     def _shards(self, state: CheckpointState,
                 worker: WorkerStatus | None = None) -> dict[str, ShardStatus]:
@@ -253,7 +295,8 @@ class StatusReporter:
             else:
                 status["verification"] = verification
         self._patch(status)
-        if not self.flush():
+        if not self.flush(self.FINAL_WAIT):
             sys.stderr.write(f"chunkwise: DataMigration {self._client.resource}: the final "
-                             f"status was not sent within {self.FINAL_WAIT:.0f}s; the "
-                             "checkpoint in the database has the outcome\n")
+                             f"status was not taken within {self.FINAL_WAIT:.0f}s; the "
+                             "pod's termination message and the checkpoint in the database "
+                             "have the outcome\n")
