@@ -25,9 +25,9 @@ class Server(str):
     accepted = 0
 
 
-def _server(answer: bool) -> Iterator[Server]:
-    """A TCP server that reads each request, then closes the connection without a
-    response (``answer=False`` keeps it open and silent instead)."""
+def _server(answer: bool, response: bytes = b"") -> Iterator[Server]:
+    """A TCP server that reads each request, then closes the connection, after sending
+    ``response`` if any (``answer=False`` keeps it open and silent instead)."""
     listener = socket.create_server(("127.0.0.1", 0))
     url = Server(f"http://127.0.0.1:{listener.getsockname()[1]}")
     held: list[socket.socket] = []
@@ -43,6 +43,7 @@ def _server(answer: bool) -> Iterator[Server]:
             url.accepted += 1
             conn.recv(65536)
             if answer:
+                conn.sendall(response)
                 conn.close()
             else:
                 held.append(conn)
@@ -86,3 +87,32 @@ def test_a_silent_api_server_fails_the_call_within_its_timeout(silent: Server) -
         cluster.patch_status("shop", "customer-status", {"phase": "Running"})
     assert time.monotonic() - started < 5  # the read timeout, not for ever
     assert "patch datamigrations/status.chunkwise.dev shop/customer-status" in str(raised.value)
+
+
+def test_a_call_to_a_silent_api_server_ends_within_its_timeout_retries_included(
+        silent: Server) -> None:
+    """The timeout is the whole call's: an unanswered attempt is not tried again with a
+    fresh timeout and a backoff (urllib3's Retry(total=4) made the 30 s of the docs
+    about 157 s)."""
+    cluster = Cluster.from_configuration(kubernetes.client.Configuration(host=silent),
+                                         attempts=5, timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(kopf.TemporaryError):
+        cluster.get_job("shop", "customer-status-run1")
+    assert time.monotonic() - started < 1.5
+    assert silent.accepted == 1
+
+
+def test_a_retry_after_beyond_the_timeout_ends_the_call_at_once() -> None:
+    """A 429 whose Retry-After the call's time cannot hold is not waited out: the call
+    fails now, and kopf retries the handler after that delay."""
+    answer = (b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 60\r\n"
+              b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+    for server in _server(answer=True, response=answer):
+        cluster = Cluster.from_configuration(kubernetes.client.Configuration(host=server),
+                                             attempts=5, timeout=2.0)
+        started = time.monotonic()
+        with pytest.raises(kopf.TemporaryError) as raised:
+            cluster.get_job("shop", "customer-status-run1")
+        assert time.monotonic() - started < 1.0
+        assert server.accepted == 1 and raised.value.delay == 60

@@ -18,12 +18,14 @@ class ControllerSettings:
     #: seconds between stall checks of each running migration; a stall is noticed at most
     #: this long after ``spec.stallAfter`` has passed.
     stall_check_interval: float = 30.0
-    #: attempts of one API call on 429 and 5xx answers (with backoff, honouring
-    #: Retry-After) before the handler gives up and kopf retries it later.
+    #: attempts of one API call on 429 and 5xx answers and dropped or refused connections
+    #: (with backoff, honouring Retry-After), within ``api_timeout``, before the handler
+    #: gives up and kopf retries it later.
     api_attempts: int = 5
-    #: seconds one API call may wait for the API server's answer (and 5 s to connect):
-    #: a call on a connection that went silent fails and is retried, rather than holding
-    #: one of kopf's few handler threads, and with it every other DataMigration, for ever.
+    #: seconds one API call may take, its retries included (an attempt waits at most 5 s
+    #: to connect): a call on a connection that went silent fails and the handler is
+    #: retried 5 s later, rather than holding one of kopf's few handler threads, and with
+    #: it every other DataMigration, for minutes.
     api_timeout: float = 30.0
 
     @classmethod
