@@ -14,20 +14,23 @@ touched. Each has an id, documented in docs/django-checks.md:
   migrations, so ``migrate`` may run it before the checkpoint tables exist;
 - chunkwise.E007: a ``CHUNKWISE_*`` environment variable or Django setting that chunkwise
   does not read (a misspelling would be ignored without a word);
-- chunkwise.W001: a migration mixes a BatchedRunPython with other operations, which re-run
-  when ``migrate`` is run again after the batched one stopped.
+- chunkwise.E008: a schema operation in the same migration as a BatchedRunPython;
+- chunkwise.E009: a migration that changes the fields of a deferrable BatchedRunPython's
+  model before an EnsureBatchedComplete of it;
+- chunkwise.W001: a migration mixes a BatchedRunPython with a RunPython or RunSQL, which
+  re-run when ``migrate`` is run again after the batched one stopped.
+The layout ones (E006, E008, E009, W001) live in :mod:`.layout_checks`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Warning, register
+from django.core.checks import CheckMessage, Error, register
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import connections, router
 from django.db.migrations.loader import MigrationLoader
@@ -41,18 +44,12 @@ from .backends import backend_problem
 from .config import SETTINGS, defer_by_default, known_env_names, misspelled
 from .ensure import EnsureBatchedComplete
 from .keys import key_problem
+from .layout_checks import layout_problems, where
 from .operations import BatchedRunPython
 
-__all__ = ["check_batched_migrations", "check_defer_setting", "check_names",
-           "chunkwise_leaf"]
+__all__ = ["check_batched_migrations", "check_defer_setting", "check_names"]
 
 _BATCHED = (BatchedRunPython, EnsureBatchedComplete)
-
-
-def _where(migration: Migration) -> str:
-    module = sys.modules.get(type(migration).__module__)
-    path = getattr(module, "__file__", None)
-    return os.path.relpath(path) if path else f"{migration.app_label}.{migration.name}"
 
 
 def _batched_migrations(app_configs: Sequence[AppConfig] | None,
@@ -69,7 +66,8 @@ def _batched_migrations(app_configs: Sequence[AppConfig] | None,
 @register()
 def check_batched_migrations(app_configs: Sequence[AppConfig] | None = None,
                              **kwargs: Any) -> list[CheckMessage]:
-    """E001, E003, E004 and E005: every migration on disk that holds a batched operation."""
+    """E001, E003-E006, E008, E009, W001: every migration on disk that holds a batched
+    operation."""
     loader = MigrationLoader(None, ignore_no_migrations=True)
     found = list(_batched_migrations(app_configs, loader))
     errors: list[CheckMessage] = []
@@ -82,7 +80,7 @@ def check_batched_migrations(app_configs: Sequence[AppConfig] | None = None,
                 f"operation {index} is {type(operation).__name__}, which commits batch by "
                 f"batch, but the migration is atomic (one transaction): migrate would stop "
                 f"at it and roll the migration back",
-                hint=f"add `atomic = False` to the Migration class in {_where(migration)} "
+                hint=f"add `atomic = False` to the Migration class in {where(migration)} "
                      f"(squashmigrations writes atomic migrations: edit the squashed one)",
                 obj=migration, id="chunkwise.E001"))
         # a migration a squash replaced is not in the graph (the squashed one is checked)
@@ -92,7 +90,7 @@ def check_batched_migrations(app_configs: Sequence[AppConfig] | None = None,
         if isinstance(operation, BatchedRunPython) and operation.key != "pk" and in_graph:
             problem = _key_problem(loader, migration, index, operation)
             if problem:
-                errors.append(Error(problem, hint=f"change key= in {_where(migration)} (see "
+                errors.append(Error(problem, hint=f"change key= in {where(migration)} (see "
                                                   f"'What a key must be' in the operation "
                                                   f"reference)",
                                     obj=migration, id="chunkwise.E004"))
@@ -103,77 +101,13 @@ def check_batched_migrations(app_configs: Sequence[AppConfig] | None = None,
                 errors.append(Error(
                     f"operation {index}: {exc}",
                     hint=f"name the migration that holds the BatchedRunPython in "
-                         f"{_where(migration)} (its full name, if squashing added one "
+                         f"{where(migration)} (its full name, if squashing added one "
                          f"with the same prefix)",
                     obj=migration, id="chunkwise.E005"))
     errors += _backend_errors({(m.app_label, op.model if isinstance(op, BatchedRunPython)
                                 else None) for m, _, op in found})
-    errors += _dependency_errors(loader, {m for m, _, _ in found})
-    errors += _mixed_warnings(m for m, _, op in found if isinstance(op, BatchedRunPython))
+    errors += layout_problems(loader, found)
     return errors
-
-
-def chunkwise_leaf(loader: MigrationLoader) -> tuple[str, str]:
-    """chunkwise's own latest migration: what a batched migration depends on."""
-    from .apps import ChunkwiseConfig
-
-    [(app_label, name)] = loader.graph.leaf_nodes(ChunkwiseConfig.label)
-    return str(app_label), str(name)
-
-
-def _dependency_errors(loader: MigrationLoader,
-                       migrations: Iterable[Migration]) -> list[CheckMessage]:
-    """E006: a batched migration with no chunkwise migration among its ancestors: Django
-    orders apps' migrations by name where nothing says otherwise, so an app that sorts
-    before "chunkwise" (billing) has its batched migration run before the checkpoint
-    tables exist, and what ran before it in that non-atomic migration ran again on the
-    next migrate."""
-    from .apps import ChunkwiseConfig
-
-    errors: list[CheckMessage] = []
-    for migration in sorted({(m.app_label, m.name): m for m in migrations}.items()):
-        node, found = migration
-        if node not in loader.graph.nodes:
-            continue  # replaced by a squash: the squashed one is checked
-        ancestors = loader.graph.forwards_plan(node)
-        if any(app == ChunkwiseConfig.label for app, _ in ancestors):
-            continue
-        leaf = chunkwise_leaf(loader)
-        errors.append(Error(
-            "its batched operations keep their checkpoints in chunkwise's tables, but it does "
-            "not depend on chunkwise's migrations: migrate may run it before those tables "
-            "exist",
-            hint=f"add {leaf!r} to `dependencies` in {_where(found)}",
-            obj=found, id="chunkwise.E006"))
-    return errors
-
-
-#: operations that may share a migration with a BatchedRunPython: they are batched too,
-#: each resuming from its own checkpoint
-_ALONE_TOGETHER = _BATCHED
-
-
-def _mixed_warnings(migrations: Iterable[Migration]) -> list[CheckMessage]:
-    """W001: other operations beside a BatchedRunPython in one (non-atomic) migration. Each
-    commits on its own, and Django records the migration only at its end: after a halt or
-    a crash in the batched operation, the next migrate runs the others again."""
-    warnings: list[CheckMessage] = []
-    for (_app, _name), migration in sorted({(m.app_label, m.name): m
-                                            for m in migrations}.items()):
-        others = [f"{index} ({type(op).__name__})"
-                  for index, op in enumerate(migration.operations)
-                  if not isinstance(op, _ALONE_TOGETHER)]
-        if not others or migration.atomic:
-            continue  # an atomic one is E001's
-        warnings.append(Warning(
-            f"operations {', '.join(others)} share this migration with a BatchedRunPython: "
-            f"if the batched operation stops before the end (a halt, a crash, Ctrl-C), "
-            f"migrate runs them again next time (a RunPython applies twice, a schema change "
-            f"fails with 'already exists')",
-            hint=f"keep the BatchedRunPython alone in its migration: move the others of "
-                 f"{_where(migration)} into a migration before it or after it",
-            obj=migration, id="chunkwise.W001"))
-    return warnings
 
 
 def _key_problem(loader: MigrationLoader, migration: Migration, index: int,

@@ -9,6 +9,8 @@ if os.environ.get("LAB_MISTAKES"):  # operations that only the worker can tell a
     INSTALLED_APPS.append("mistakes")
 if os.environ.get("LAB_BILLING"):  # a batched migration without chunkwise's (E006)
     INSTALLED_APPS.append("billing")
+if os.environ.get("LAB_LAYOUT"):  # migration layouts: "bad" (E008, E009) or "good"
+    INSTALLED_APPS.append({"bad": "network", "good": "inventory"}[os.environ["LAB_LAYOUT"]])
 if os.environ.get("LAB_SETTING_TYPO"):  # a misspelled setting (chunkwise.E007)
     CHUNKWISE_DEFFER = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -1,0 +1,66 @@
+"""Where a batched operation sits among migrations (issue 37, items 1 and 2): a layout that
+would lose or repeat data is refused by the system checks, before migrate runs anything;
+the layout the docs give keeps every value, deferred or not."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from tests.django.test_checks import errors_of
+from tests.django.test_commands_bad_input import lab_on_sqlite
+
+
+def seed_ports(db: Path, table: str, count: int) -> dict[int, str]:
+    macs = {i: f"aa:bb:cc:dd:{i // 256:02x}:{i % 256:02x}" for i in range(1, count + 1)}
+    with sqlite3.connect(db) as conn:
+        conn.executemany(f"INSERT INTO {table} (id, mac_address) VALUES (?, ?)", macs.items())
+    return macs
+
+
+def test_layouts_that_lose_data_are_refused_before_migrate_runs_anything(
+        tmp_path: Path) -> None:
+    """AddField, BatchedRunPython and RemoveField in one migration (E008), and a RemoveField
+    of the column a deferred step reads, with no EnsureBatchedComplete before it (E009).
+    Deferred, the second ran ` OK`, exit 0, and every value was lost."""
+    db = tmp_path / "lab.sqlite3"
+    lab = lab_on_sqlite(db, LAB_LAYOUT="bad", CHUNKWISE_DEFER="1")
+    result = lab("migrate", "--database", "lite")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    found = errors_of(result.stderr)
+    assert set(found) == {"chunkwise.E008", "chunkwise.E009"}, result.stderr
+    assert found["chunkwise.E008"][0] == (
+        "network.0002_device_mac_in_one: (chunkwise.E008) operations 0 (AddField), 2 "
+        "(RemoveField) change the schema in the same migration as a BatchedRunPython: after "
+        "a crash or a halt, migrate runs them again and fails ('already exists'), and a "
+        "deferred data step runs only after all of them")
+    assert found["chunkwise.E008"][1].startswith(
+        "HINT: split network/migrations/0002_device_mac_in_one.py into three migrations")
+    assert found["chunkwise.E009"] == [
+        "network.0005_drop_port_mac_address: (chunkwise.E009) operation 0 (RemoveField) "
+        "changes network.Port, whose data network.0004_fill_port_mac_upper[0] migrates, and "
+        "nothing ensures that data step is complete before it: when migrate defers the step "
+        "(CHUNKWISE_DEFER), this runs first and the step finds its data gone or changed",
+        "HINT: put EnsureBatchedComplete('network', '0004_fill_port_mac_upper') before it in "
+        "network/migrations/0005_drop_port_mac_address.py (or in a migration it depends on), "
+        "or give the BatchedRunPython defer=False"]
+    assert "Applying" not in result.stdout
+    assert not db.exists() or db.stat().st_size == 0
+
+
+def test_the_three_migration_layout_keeps_every_value_when_deferred(tmp_path: Path) -> None:
+    """inventory: AddField; the BatchedRunPython alone; EnsureBatchedComplete, then the
+    RemoveField. With CHUNKWISE_DEFER=1 migrate plans the data step and goes on, and the
+    ensure finishes it inline before the column it reads is dropped."""
+    db = tmp_path / "lab.sqlite3"
+    lab = lab_on_sqlite(db, LAB_LAYOUT="good", CHUNKWISE_DEFER="1")
+    assert lab("migrate", "--database", "lite", "inventory", "0001", "-v0").returncode == 0
+    macs = seed_ports(db, "inventory_port", 700)
+    result = lab("migrate", "--database", "lite", "inventory")
+    assert result.returncode == 0, result.stderr
+    assert "deferred inventory.0003_fill_port_mac_upper[0] (700 rows to do" in result.stdout
+    with sqlite3.connect(db) as conn:
+        assert dict(conn.execute("SELECT id, mac_upper FROM inventory_port")) == \
+            {key: mac.upper() for key, mac in macs.items()}
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(inventory_port)")]
+    assert columns == ["id", "mac_upper"]
