@@ -233,7 +233,23 @@ def execute(
                 _mark_stopped(store, outcome.message)
     if outcome.exit_code == 0:
         _forget_other_direction(ref, connection.alias)
+    failed = outcome.state.tally.failed_rows if outcome.state else 0
+    if failed and caller is not Caller.POD and outcome.reason != "AlreadyDone":
+        stream.write(f"{ref}: {failed_rows_hint(ref, failed)}\n")
     return outcome
+
+
+#: where the docs say how to retry recorded failed rows
+OPERATE_DOCS = "https://chunkwise.github.io/chunkwise/how-to/operate/"
+
+
+def failed_rows_hint(ref: OperationRef, failed: int) -> str:
+    """What a local user can do about the rows a run recorded as failed."""
+    backward = " --direction backward" if ref.direction == Direction.BACKWARD else ""
+    return (f"{failed:,} failed rows are recorded: manage.py chunkwise_status "
+            f"{ref.app_label} --failed lists them; once the code or the data is fixed, "
+            f"manage.py chunkwise_run {ref.app_label} {ref.migration}{backward} "
+            f"--retry-failed runs them again ({OPERATE_DOCS})")
 
 
 @contextmanager

@@ -19,6 +19,7 @@ behind :class:`BatchTarget` and :class:`CheckpointStore`.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -227,6 +228,23 @@ class Verification:
                 f"{self.failed_remaining:,} recorded as failed, {self.missed:,} missed{nulls}")
 
 
+def _all_processed(tally: Tally) -> str:
+    """A completed run's word: a row that failed was skipped, not changed, so say it."""
+    if not tally.failed_rows:
+        return "all rows processed"
+    return (f"all rows processed, but {tally.failed_rows:,} of them failed: recorded with "
+            "their error, not changed")
+
+
+#: rows of a run's first failing batch tried alone before it is isolated, to tell an error
+#: in the code (every one fails the same way) from errors in the data
+PROBE_ROWS = 20
+
+
+class _RolledBack(Exception):
+    """Raised inside a probe's transaction so that it rolls back."""
+
+
 @dataclass
 class _Batch:
     """What one transaction did; filled in as it goes so a failure still has its range."""
@@ -275,6 +293,9 @@ class BatchRunner:
         self._cpu = CpuPriority()
         self._state: CheckpointState | None = None
         self._batch_had_failure = False
+        #: a batch of this run committed a row, or a probe saw the code pass: failures are
+        #: the data's from then on (see _refuse_failing_code)
+        self._code_proven = False
         self._unreported_lock_wait = 0.0  # seconds waited in lock steps that then failed
         self._last_beat = time.monotonic()  # the waits are real time, whatever the clock
 
@@ -312,8 +333,8 @@ class BatchRunner:
                     assert self._state is not None
                     self._state.done = True
                     return self._finish(Outcome(ExitCode.DONE, "Completed",
-                                                "all rows processed", self._state,
-                                                self._verify()))
+                                                _all_processed(self._state.tally),
+                                                self._state, self._verify()))
                 self._last_beat = time.monotonic()  # the batch's commit beat
                 delay = limiter.delay_after(rows)
                 if delay > 0:
@@ -443,11 +464,14 @@ class BatchRunner:
                 ) from failure.error
             after, upto = failure.span
             keys = self._with_retries(lambda: self._keys_in(after, upto))
+            if not self._code_proven:
+                self._refuse_failing_code(after, keys, failure.error)
             self._isolate(keys, failure.error)
             batch = _Batch(rows=len(keys))
         if batch.exhausted:
             return None
         failed = self._state.tally.failed_rows - failed_before
+        self._code_proven = self._code_proven or batch.rows > failed
         seconds = self._clock() - started
         if not failed:
             self._sizer.observe(batch.rows, seconds)
@@ -543,6 +567,48 @@ class BatchRunner:
                 self._with_retries(self._sub_batch(part))
             except RowFailure as failure:
                 self._isolate(part, failure.error)
+
+    def _refuse_failing_code(self, after: Key | None, keys: Sequence[Key],
+                             error: BaseException) -> None:
+        """Before the first batch of a run that committed a row is isolated: if each of
+        up to PROBE_ROWS of its rows, spread over the batch and tried alone in a
+        transaction that is rolled back, fails the same way (same exception and message),
+        the code is wrong, not the data: halt, naming the exception, with nothing recorded,
+        rather than record every row of the table as failed. Stops at the first row that
+        passes or fails otherwise, so rows that fail for their data cost one probe."""
+        if len(keys) < 2:
+            return
+        step = max(1, len(keys) // PROBE_ROWS)
+        probes = list(range(0, len(keys), step))[:PROBE_ROWS]
+        if probes[-1] != len(keys) - 1:
+            probes[-1] = len(keys) - 1
+        same = (type(error), str(error))
+        for position in probes:
+            found = self._with_retries(functools.partial(
+                self._probe, after if position == 0 else keys[position - 1], keys[position]))
+            if found is None or (type(found), str(found)) != same:
+                self._code_proven = True
+                return
+        raise Halted("CodeFailsEveryRow", (
+            f"the code raised {type(error).__name__}: {str(error).strip()} for every row "
+            f"tried alone ({len(probes)} of the first failing batch's {len(keys):,}): an "
+            f"error in the code, not in the data, so no row was recorded as failed; fix "
+            f"the code, {self._caller.go_on().removeprefix('then ')}"))
+
+    def _probe(self, after: Key | None, key: Key) -> BaseException | None:
+        """The work on the one row (after, key], rolled back: the row error it raises."""
+        try:
+            with self._target.transaction():
+                rows, _ = self._target.lock_rows(after, key, 1)
+                if rows:
+                    self._target.apply(after, key)
+                raise _RolledBack
+        except _RolledBack:
+            return None
+        except Exception as exc:
+            if classify(exc) is ErrorKind.ROW_ERROR:
+                return exc
+            raise
 
     def _keys_in(self, after: Key | None, upto: Key) -> Sequence[Key]:
         with self._target.transaction():

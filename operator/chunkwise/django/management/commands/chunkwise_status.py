@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from argparse import ArgumentParser
 from typing import Any
@@ -49,12 +50,13 @@ class Command(BaseCommand):
             self.stdout.write("no checkpoints yet")
             return
         header = ("MIGRATION", "OP", "DIRECTION", "SHARD", "STATE", "ROWS", "ESTIMATED", "DONE%",
-                  "FAILED", "LAST KEY", "HEARTBEAT", "OWNER")
+                  "FAILED", "REMAINING", "MISSED", "VERIFIED", "LAST KEY", "HEARTBEAT", "OWNER")
         rows = [header] + [(
             f"{r['app_label']}.{r['migration']}", str(r["operation"]), r["direction"],
             f"{r['shard']}/{r['shard_count']}", r["state"], f"{r['rows_processed']:,}",
             f"{r['rows_estimated']:,}", f"{r['percent']:.1f}", f"{r['failed_rows']:,}",
-            str(r["last_key"]), r["heartbeat_age"], r["owner"]) for r in records]
+            _count(r["rows_remaining"]), _count(r["rows_missed"]), _ago(r["verified_at"]),
+            _shown(r["last_key"]), _ago(r["heartbeat_at"]), r["owner"]) for r in records]
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         for row in rows:
             self.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
@@ -75,7 +77,6 @@ class Command(BaseCommand):
         percent = 100.0 if cp.state == ShardState.DONE else (
             100.0 * cp.rows_processed / cp.rows_estimated if cp.rows_estimated else 0.0)
         seconds = (timezone.now() - cp.heartbeat_at).total_seconds() if cp.heartbeat_at else None
-        age = "-" if seconds is None else f"{seconds:.0f}s ago"
         state = cp.state
         if state == ShardState.RUNNING and not self._alive(cp, seconds, options):
             state = "stale"  # nobody says "running" for it: its runner is gone
@@ -87,8 +88,12 @@ class Command(BaseCommand):
             "rows_estimated": cp.rows_estimated, "percent": min(percent, 100.0),
             "failed_rows": cp.failed_rows, "batches": cp.batches,
             "lock_wait_seconds": cp.lock_wait_seconds, "last_key": key(cp.last_key),
-            "heartbeat_at": cp.heartbeat_at, "heartbeat_age": age, "owner": cp.owner,
-            "message": cp.message,
+            "heartbeat_at": cp.heartbeat_at, "heartbeat_age": _ago(cp.heartbeat_at),
+            "owner": cp.owner, "message": cp.message,
+            # the check after a completed run with a todo filter: rows up to the high-water
+            # mark still matching it, and of those the ones not recorded as failed
+            "rows_remaining": cp.rows_remaining, "rows_missed": cp.rows_missed,
+            "verified_at": cp.verified_at,
         }
         if options["failed"]:
             failures = list(FailedRow.objects.using(options["database"]).filter(
@@ -116,6 +121,26 @@ class Command(BaseCommand):
         if alive is not None:
             return alive
         return seconds is not None and seconds <= STALE_AFTER
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _shown(key: Any) -> str:
+    """A key for the table: ``-`` before the first batch committed (nothing is done)."""
+    return "-" if key is None else str(key)
+
+
+def _ago(moment: datetime.datetime | None) -> str:
+    """How long ago, in the largest unit that keeps it readable; ``-`` for never."""
+    if moment is None:
+        return "-"
+    seconds = (timezone.now() - moment).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
 
 
 def _key_reader(cp: Checkpoint) -> Any:
