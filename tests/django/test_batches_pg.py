@@ -6,6 +6,7 @@ import gc
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -778,3 +779,22 @@ def test_plan_estimates_rows_on_a_big_table_from_the_planner(lab_db: LabDb) -> N
     estimate = int(line.split()[3].replace(",", ""))
     assert 900_000 < estimate < 1_100_000
     assert lab_db.query("SELECT count(*) FROM lab_item WHERE counter <> 0") == [(0,)]
+
+
+def test_code_that_fails_every_row_alike_halts_at_once_with_nothing_recorded(
+        lab_db: LabDb) -> None:
+    """A transform that raises KeyError('price') for every row: one failure of the code,
+    named, within the first batch; not 2,000 failed rows, and no row changed."""
+    seed_items(lab_db, 2000)
+    result = lab_db.manage("chunkwise_run", "lab", "0002", LAB_CODE_ERROR="1")
+    assert result.returncode == 65, result.stderr
+    assert re.search(r"HALTED \(CodeFailsEveryRow\): the code raised KeyError: 'price' for "
+                     r"every row tried alone \(20 of the first failing batch's \d+\)",
+                     result.stderr), result.stderr
+    assert counters(lab_db) == {0: 2000}
+    assert lab_db.query("SELECT count(*) FROM chunkwise_failedrow") == [(0,)]
+    cp = checkpoint(lab_db, "0002_bump_items")
+    assert cp["rows_processed"] == 0 and cp["state"] == "halted" and cp["last_key"] is None
+    fixed = lab_db.manage("chunkwise_run", "lab", "0002")
+    assert fixed.returncode == 0, fixed.stderr
+    assert counters(lab_db) == {1: 2000}

@@ -64,3 +64,21 @@ def test_the_three_migration_layout_keeps_every_value_when_deferred(tmp_path: Pa
             {key: mac.upper() for key, mac in macs.items()}
         columns = [row[1] for row in conn.execute("PRAGMA table_info(inventory_port)")]
     assert columns == ["id", "mac_upper"]
+
+
+def test_reverse_runpython_noop_migrates_backwards_without_a_batch(tmp_path: Path) -> None:
+    """inventory 0003 gives reverse=migrations.RunPython.noop, as upstream migrations do:
+    backwards, no batch runs and no row is recorded as failed (before: a TypeError for
+    every row, recorded, then a halt, exit 65)."""
+    db = tmp_path / "lab.sqlite3"
+    lab = lab_on_sqlite(db, LAB_LAYOUT="good")
+    assert lab("migrate", "--database", "lite", "inventory", "0002", "-v0").returncode == 0
+    seed_ports(db, "inventory_port", 101)
+    assert lab("migrate", "--database", "lite", "inventory", "0003").returncode == 0
+    result = lab("migrate", "--database", "lite", "inventory", "0002")
+    assert result.returncode == 0, result.stderr
+    assert "Unapplying inventory.0003_fill_port_mac_upper... OK" in result.stdout
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM chunkwise_failedrow").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM inventory_port WHERE mac_upper IS NOT NULL"
+                            ).fetchone() == (101,)

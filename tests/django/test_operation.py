@@ -29,6 +29,13 @@ def transform(row: Any) -> None:
     ({"model": "lab.Item", "forward": forward, "todo": {"status": None}}, "todo: expected a Q"),
     ({"model": "lab.Item", "forward": forward, "batch_size": 0}, "batch_size: expected an int"),
     ({"model": "lab.Item", "forward": forward, "lock_timeout": 0}, "timeouts.lock: expected"),
+    ({"model": "lab.Item", "forward": lambda apps, schema_editor: None},
+     "forward: <lambda>(apps, schema_editor) cannot be called as forward(apps, schema_editor, "
+     "batch) (RunPython code takes (apps, schema_editor); a batched one takes the batch too)"),
+    ({"model": "lab.Item", "forward": forward, "reverse": lambda apps, editor: None},
+     "reverse: <lambda>(apps, editor) cannot be called as reverse(apps, schema_editor, batch)"),
+    ({"model": "lab.Item", "transform": lambda: None, "fields": ["counter"]},
+     "transform: <lambda>() cannot be called as transform(row)"),
 ])
 def test_invalid_arguments_name_the_argument(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError) as raised:  # the type RunPython raises for bad arguments
@@ -171,3 +178,14 @@ def test_ensure_names_an_app_that_is_not_installed_as_such(django_setup: None) -
                                                    r"There is no migration for 'lab' with the "
                                                    r"prefix '0999'"):
         EnsureBatchedComplete("lab", "0999")._targets(loader)
+
+
+def test_runpython_noop_and_batched_noop_are_accepted_as_code_that_does_nothing() -> None:
+    """Every upstream data migration gives reverse=RunPython.noop; migrating backwards
+    recorded each row as failed (TypeError: noop() takes 2 positional arguments but 3
+    were given), then halted."""
+    from django.db.migrations import RunPython
+
+    for noop in (RunPython.noop, BatchedRunPython.noop):
+        op = BatchedRunPython("lab.Item", forward, reverse=noop)
+        assert op.reversible and op.deconstruct()[2] == {"reverse": noop}

@@ -49,6 +49,8 @@ class Memory:
 
     rows: dict[int, int]
     bad: set[int] = field(default_factory=set)
+    #: the message every bad row raises; None: one of its own ("bad row 5")
+    same_error: str | None = None
     timeouts_left: int = 0
     conflicts_left: int = 0
     locks_first: bool = True
@@ -104,7 +106,7 @@ class FakeTarget:
             raise Conflict("could not serialize access due to concurrent update")
         for key in self._locked:
             if key in self.m.bad:
-                raise ValueError(f"bad row {key}")
+                raise ValueError(self.m.same_error or f"bad row {key}")
             self.m.rows[key] += 1
 
     def reconnect(self) -> None:
@@ -284,6 +286,37 @@ def test_failed_rows_threshold_stops_inside_the_isolation() -> None:
     outcome = run(memory, failed_rows=2)
     assert outcome.exit_code is ExitCode.HALTED and outcome.reason == "FailedRowsExceeded"
     assert memory.failures == [1, 2, 3]  # stopped at the third, not after the whole batch
+
+
+def test_code_that_fails_every_row_the_same_way_halts_with_nothing_recorded() -> None:
+    """A reverse=RunPython.noop raised the same TypeError for each of 101 rows, recorded as
+    101 failed rows: an error in the code is one failure, named, within the first batch."""
+    memory = Memory({k: 0 for k in range(1, 65)}, bad=set(range(1, 65)),
+                    same_error="noop() takes 2 positional arguments but 3 were given")
+    outcome = run(memory)
+    assert outcome.exit_code is ExitCode.HALTED and outcome.reason == "CodeFailsEveryRow"
+    assert outcome.message.startswith(
+        "the code raised ValueError: noop() takes 2 positional arguments but 3 were given "
+        "for every row tried alone (8 of the first failing batch's 8): an error in the code, "
+        "not in the data, so no row was recorded as failed; fix the code, ")
+    assert memory.failures == [] and set(memory.rows.values()) == {0}
+    assert memory.checkpoint["last_key"] is None
+
+
+def test_rows_failing_alike_beside_rows_that_pass_are_the_datas_and_recorded() -> None:
+    """One row of the first batch passes: the others' shared error is in the data."""
+    memory = Memory({k: 0 for k in range(1, 17)}, bad=set(range(1, 17)) - {8},
+                    same_error="KeyError: 'price'")
+    outcome = run(memory)
+    assert outcome.exit_code is ExitCode.DONE
+    assert memory.failures == sorted(set(range(1, 17)) - {8}) and memory.rows[8] == 1
+
+
+def test_after_a_committed_row_a_batch_failing_alike_is_recorded_not_halted() -> None:
+    memory = Memory({k: 0 for k in range(1, 25)}, bad=set(range(9, 17)),
+                    same_error="KeyError: 'price'")
+    outcome = run(memory)
+    assert outcome.exit_code is ExitCode.DONE and memory.failures == list(range(9, 17))
 
 
 def test_stop_event_finishes_the_batch_then_interrupts() -> None:

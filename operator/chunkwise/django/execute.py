@@ -21,7 +21,7 @@ from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.state import StateApps
 from django.db.models import Field, Q, QuerySet
 
-from chunkwise.contract import Direction, Env, ResourceRef, ShardState
+from chunkwise.contract import Direction, Env, ExitCode, ResourceRef, ShardState
 from chunkwise.engine import (
     AnotherRunnerActive,
     BatchRunner,
@@ -44,6 +44,7 @@ from .config import parse_port, resolve_settings
 from .health import PostgresHealthProbe
 from .keys import key_problem
 from .models import Checkpoint
+from .noop import is_noop
 from .operation_ref import OperationRef
 from .progress import ProgressBar
 from .reporters import tuning_sources
@@ -73,13 +74,18 @@ class BatchedWork(Protocol):
 @contextmanager
 def stop_on_signals(stop: threading.Event, stream: TextIO) -> Iterator[None]:
     """SIGTERM/SIGINT: finish the current batch, commit, stop. A second SIGINT aborts at
-    once (the open batch rolls back; the checkpoint still holds)."""
+    once: KeyboardInterrupt, once (the open batch rolls back; the checkpoint still holds),
+    which the caller turns into one line; more of them are ignored while it does."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    aborted = threading.Event()
 
     def handle(signum: int, frame: FrameType | None) -> None:
+        if aborted.is_set():
+            return
         if stop.is_set() and signum == signal.SIGINT:
+            aborted.set()
             raise KeyboardInterrupt
         stop.set()
         stream.write(f"\n{signal.Signals(signum).name}: finishing the current batch, "
@@ -178,6 +184,9 @@ def execute(
     a DataMigration's pod), which decides how messages name a tunable."""
     connection = schema_editor.connection
     stream = stream or sys.stderr
+    if is_noop(operation.forward if ref.direction == Direction.FORWARD else operation.reverse):
+        return Outcome(ExitCode.DONE, "NoOp", f"its {ref.direction} code is a no-op "
+                                              "(RunPython.noop): no row to change")
     env = os.environ if env is None else env
     caller = caller or Caller.of(os.environ, command=False)
     if metrics_port is None:
@@ -231,6 +240,10 @@ def execute(
             stream.write(f"{ref}: {outcome.message}\n")
             if isinstance(exc, RetriesExhausted):
                 _mark_stopped(store, outcome.message)
+        except KeyboardInterrupt:  # a second Ctrl-C: said in one line, not a traceback
+            outcome = Outcome(ExitCode.INTERRUPTED, "Interrupted", ABORTED)
+            stream.write(f"\n{ref}: {outcome.message}\n")
+            _mark_stopped(store, outcome.message)
     if outcome.exit_code == 0:
         _forget_other_direction(ref, connection.alias)
     failed = outcome.state.tally.failed_rows if outcome.state else 0
@@ -238,6 +251,10 @@ def execute(
         stream.write(f"{ref}: {failed_rows_hint(ref, failed)}\n")
     return outcome
 
+
+#: what a run stopped by a second Ctrl-C says (and its checkpoint keeps)
+ABORTED = ("aborted by a second Ctrl-C: the open batch was rolled back; the checkpoint is "
+           "intact and a new run resumes from it")
 
 #: where the docs say how to retry recorded failed rows
 OPERATE_DOCS = "https://chunkwise.github.io/chunkwise/how-to/operate/"

@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 
+from django.apps import apps as django_apps
 from django.core.checks import CheckMessage, Error, Warning
 from django.core.exceptions import ImproperlyConfigured
 from django.db.migrations import operations as ops
@@ -50,11 +51,16 @@ def where(migration: Migration) -> str:
     return os.path.relpath(path) if path else f"{migration.app_label}.{migration.name}"
 
 
+def _label() -> str:
+    """chunkwise's app label, as the project installed it."""
+    config = django_apps.get_containing_app_config(__name__)
+    assert config is not None
+    return config.label
+
+
 def chunkwise_leaf(loader: MigrationLoader) -> Node:
     """chunkwise's own latest migration: what a batched migration depends on."""
-    from .apps import ChunkwiseConfig
-
-    [(app_label, name)] = loader.graph.leaf_nodes(ChunkwiseConfig.label)
+    [(app_label, name)] = loader.graph.leaf_nodes(_label())
     return str(app_label), str(name)
 
 
@@ -76,11 +82,9 @@ def _dependency_errors(loader: MigrationLoader,
     app that sorts before "chunkwise" (billing) had its batched migration run before the
     checkpoint tables existed, and what ran before it in that non-atomic migration ran
     again on the next migrate."""
-    from .apps import ChunkwiseConfig
-
     errors: list[CheckMessage] = []
     for node, migration in sorted(migrations.items()):
-        if any(app == ChunkwiseConfig.label for app, _ in loader.graph.forwards_plan(node)):
+        if any(app == _label() for app, _ in loader.graph.forwards_plan(node)):
             continue
         errors.append(Error(
             "its batched operations keep their checkpoints in chunkwise's tables, but it does "

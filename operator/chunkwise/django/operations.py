@@ -21,6 +21,7 @@ from django.db.models import Q
 from chunkwise.contract import Direction, ExitCode
 from chunkwise.engine import Outcome, RunSettings, SettingsError, Timeouts
 
+from .noop import batched_noop, is_noop
 from .operation_ref import OperationRef
 
 __all__ = ["BatchedMigrationMisconfigured", "BatchedMigrationStopped", "BatchedRunPython",
@@ -69,9 +70,31 @@ def said_as_usage() -> Iterator[None]:
         raise BatchedMigrationMisconfigured(str(exc)) from None
 
 
+#: what each piece of code is called with: checked when the migration loads, not when the
+#: first batch calls it (or, for reverse, the day someone migrates backwards)
+_CALLED_WITH = dict(forward="(apps, schema_editor, batch)",  # the arguments' own names
+                    reverse="(apps, schema_editor, batch)", transform="(row)")
+
+
 def _check_callable(value: object, name: str) -> None:
-    if value is not None and not callable(value):  # ValueError, as RunPython raises
+    if value is None or is_noop(value):
+        return
+    if not callable(value):  # ValueError, as RunPython raises
         raise ValueError(f"BatchedRunPython {name}: expected a callable, got {value!r}")
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):  # a builtin without one: the call will tell
+        return
+    arguments = _CALLED_WITH[name].strip("()").split(", ")
+    try:
+        signature.bind(*arguments)
+    except TypeError:
+        qualname = getattr(value, "__qualname__", repr(value))
+        raise ValueError(
+            f"BatchedRunPython {name}: {qualname}{signature} cannot be called as "
+            f"{name}{_CALLED_WITH[name]}"
+            + (" (RunPython code takes (apps, schema_editor); a batched one takes the batch "
+               "too)" if name != "transform" else "")) from None
 
 
 class BatchedRunPython(Operation):
@@ -153,6 +176,10 @@ class BatchedRunPython(Operation):
     def reversible(self) -> bool:  # type: ignore[override]  # a property, as on RunPython
         return self.reverse is not None
 
+    #: code that does nothing, as ``RunPython.noop`` (which is accepted too): as ``reverse``,
+    #: migrating backwards runs no batch and leaves the rows as they are
+    noop = staticmethod(batched_noop)
+
     def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
         """Only the arguments that differ from ``__init__``'s defaults, as Django's do."""
         defaults = {name: p.default for name, p in _SIGNATURE.parameters.items()
@@ -199,6 +226,8 @@ class BatchedRunPython(Operation):
 
     def database_forwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
                           from_state: ProjectState, to_state: ProjectState) -> None:
+        if is_noop(self.forward):
+            return
         # as RunPython: models from state.apps must be the rendered, current ones
         from_state.clear_delayed_apps_cache()
         with said_as_usage():
@@ -209,6 +238,8 @@ class BatchedRunPython(Operation):
 
     def database_backwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
                            from_state: ProjectState, to_state: ProjectState) -> None:
+        if is_noop(self.reverse):
+            return  # as RunPython.noop: nothing to undo, no batch, no checkpoint
         to_state.clear_delayed_apps_cache()
         with said_as_usage():
             self._run_inside_migrate(app_label, schema_editor, to_state, Direction.BACKWARD)

@@ -12,4 +12,5 @@ def fill(apps, schema_editor, batch):
 class Migration(migrations.Migration):
     atomic = False
     dependencies = [("inventory", "0002_port_mac_upper")]
-    operations = [BatchedRunPython("inventory.Port", fill, todo=Q(mac_upper__isnull=True))]
+    operations = [BatchedRunPython("inventory.Port", fill, todo=Q(mac_upper__isnull=True),
+                                   reverse=migrations.RunPython.noop)]

@@ -3,12 +3,13 @@
 from django.db import migrations
 
 from chunkwise.django import BatchedRunPython
-from lab.knobs import note_frozen_objects, row_sleep
+from lab.knobs import code_error, note_frozen_objects, row_sleep
 
 
 def bump(item):
     row_sleep()
     note_frozen_objects()
+    code_error()
     if item.payload == "raise":
         raise ValueError(f"cannot bump item {item.pk}: payload says raise")
     item.counter += 1
