@@ -798,3 +798,22 @@ def test_code_that_fails_every_row_alike_halts_at_once_with_nothing_recorded(
     fixed = lab_db.manage("chunkwise_run", "lab", "0002")
     assert fixed.returncode == 0, fixed.stderr
     assert counters(lab_db) == {1: 2000}
+
+
+def test_allow_failed_rows_accepts_that_many_recorded_failures_and_no_more(
+        lab_db: LabDb) -> None:
+    from chunkwise.contract import Direction
+    from chunkwise.django import BatchedMigrationStopped, BatchedRunPython
+    from chunkwise.django.operation_ref import OperationRef
+
+    seed_items(lab_db, 50, payload_at={7: "raise", 40: "raise"})
+    assert lab_db.manage("chunkwise_run", "lab", "0002").returncode == 0
+    ref = OperationRef("lab", "0002_bump_items", 0, Direction.FORWARD)
+    BatchedRunPython("lab.Item", transform=print, fields=["counter"],
+                     allow_failed_rows=2).refuse_failed_rows(ref, "default")
+    with pytest.raises(BatchedMigrationStopped) as refused:
+        BatchedRunPython("lab.Item", transform=print, fields=["counter"],
+                         allow_failed_rows=1).refuse_failed_rows(ref, "default")
+    assert refused.value.exit_code == 65
+    assert "FailedRowsLeft: 2 rows failed and are recorded, more than its " \
+           "allow_failed_rows=1" in str(refused.value)

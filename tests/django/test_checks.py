@@ -267,3 +267,32 @@ def test_a_one_field_unique_constraint_makes_a_key_and_a_partial_one_does_not() 
     assert key_problem("app.Model", code, (), [whole]) == ""
     assert "must be the primary key or a unique field" in key_problem("app.Model", code, (),
                                                                       [partial])
+
+
+def test_migrate_fails_and_records_nothing_while_failed_rows_are_recorded(
+        tmp_path: Path) -> None:
+    """As plain RunPython fails migrate on a row its code cannot handle: 2 rows fail, and
+    migrate exits 65 without recording lab.0002 as applied (before: `done (Completed)`,
+    ` OK`, exit 0, applied), so the next migration cannot drop what those rows need. Run
+    again, it still refuses: the rows are still recorded."""
+    db = tmp_path / "lab.sqlite3"
+    lab = lab_on_sqlite(db)
+    assert lab("migrate", "--database", "lite", "lab", "0001", "-v0").returncode == 0
+    with sqlite3.connect(db) as conn:
+        conn.executemany("INSERT INTO lab_item (id, counter, payload, score) VALUES (?, 0, ?, 0)",
+                         [(i, "raise" if i in (7, 70) else "") for i in range(1, 101)])
+    for _ in range(2):
+        result = lab("migrate", "--database", "lite", "lab", "0002")
+        assert result.returncode == 65, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == (
+            "BatchedMigrationStopped: lab.0002_bump_items[0] forward: FailedRowsLeft: 2 rows "
+            "failed and "
+            "are recorded, and the operation accepts none, so migrate does not record "
+            "lab.0002_bump_items as applied. List them: manage.py chunkwise_status lab "
+            "--failed; fix the code or the data, retry them: manage.py chunkwise_run lab "
+            "0002_bump_items --retry-failed, then run migrate again (or accept them with "
+            "allow_failed_rows=N)")
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM django_migrations WHERE app = 'lab' AND "
+                                "name = '0002_bump_items'").fetchone() == (0,)
+            assert conn.execute("SELECT sum(counter) FROM lab_item").fetchone() == (98,)

@@ -29,6 +29,8 @@ def transform(row: Any) -> None:
     ({"model": "lab.Item", "forward": forward, "todo": {"status": None}}, "todo: expected a Q"),
     ({"model": "lab.Item", "forward": forward, "batch_size": 0}, "batch_size: expected an int"),
     ({"model": "lab.Item", "forward": forward, "lock_timeout": 0}, "timeouts.lock: expected"),
+    ({"model": "lab.Item", "forward": forward, "allow_failed_rows": -1},
+     "allow_failed_rows: expected an integer >= 0"),
     ({"model": "lab.Item", "forward": lambda apps, schema_editor: None},
      "forward: <lambda>(apps, schema_editor) cannot be called as forward(apps, schema_editor, "
      "batch) (RunPython code takes (apps, schema_editor); a batched one takes the batch too)"),

@@ -131,6 +131,7 @@ class EnsureBatchedComplete(Operation):
         alias = schema_editor.connection.alias
         state, _owner, shards = recorded(ref, alias)
         if state == ShardState.DONE:
+            operation.refuse_failed_rows(ref, alias)  # done, but not over its failed rows
             sys.stdout.write(f"\n  {ref} is complete\n")
             return
         deadline = time.monotonic() + self.wait
@@ -140,6 +141,7 @@ class EnsureBatchedComplete(Operation):
         for shard in range(shards):
             self._finish(operation, dataclasses.replace(ref, shard=shard, shard_count=shards),
                          apps, schema_editor, deadline)
+        operation.refuse_failed_rows(ref, alias)
 
     def _finish(self, operation: BatchedRunPython, ref: OperationRef, apps: StateApps,
                 schema_editor: BaseDatabaseSchemaEditor, deadline: float) -> None:

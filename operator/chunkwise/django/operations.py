@@ -132,6 +132,7 @@ class BatchedRunPython(Operation):
         hints: dict[str, Any] | None = None,
         elidable: bool = False,
         defer: bool | None = None,
+        allow_failed_rows: int = 0,
     ) -> None:
         if not isinstance(model, str) or model.count(".") != 1:
             raise ValueError(
@@ -156,6 +157,11 @@ class BatchedRunPython(Operation):
         if defer is not None and not isinstance(defer, bool):
             raise ValueError(f"BatchedRunPython defer: expected True, False or None (follow "
                              f"CHUNKWISE_DEFER), got {defer!r}")
+        if isinstance(allow_failed_rows, bool) or not isinstance(allow_failed_rows, int) \
+                or allow_failed_rows < 0:
+            raise ValueError(f"BatchedRunPython allow_failed_rows: expected an integer >= 0 "
+                             f"(failed rows migrate may leave behind), got "
+                             f"{allow_failed_rows!r}")
         Timeouts(lock=lock_timeout, statement=statement_timeout)  # validates both
         self.model = model
         self.forward = forward
@@ -171,6 +177,7 @@ class BatchedRunPython(Operation):
         self.hints = hints or {}
         self.elidable = elidable  # type: ignore[misc]  # per instance, as RunPython does
         self.defer = defer
+        self.allow_failed_rows = allow_failed_rows
 
     @property
     def reversible(self) -> bool:  # type: ignore[override]  # a property, as on RunPython
@@ -259,6 +266,31 @@ class BatchedRunPython(Operation):
         outcome = execute(self, ref, state.apps, schema_editor)
         if outcome.exit_code != 0:
             raise BatchedMigrationStopped.of(str(ref), outcome)
+        self.refuse_failed_rows(ref, alias)
+
+    def refuse_failed_rows(self, ref: OperationRef, alias: str) -> None:
+        """As RunPython's strictness: a run that leaves rows recorded as failed fails
+        ``migrate`` (exit 65), which then does not record the migration applied, so the
+        next migration cannot drop what those rows still need; unless the operation
+        accepts that many (``allow_failed_rows``)."""
+        from .models import FailedRow
+
+        failed = FailedRow.objects.using(alias).filter(
+            checkpoint__app_label=ref.app_label, checkpoint__migration=ref.migration,
+            checkpoint__operation=ref.operation, checkpoint__direction=ref.direction).count()
+        if failed <= self.allow_failed_rows:
+            return
+        accepted = (f"more than its allow_failed_rows={self.allow_failed_rows}"
+                    if self.allow_failed_rows else "and the operation accepts none")
+        raise BatchedMigrationStopped(
+            f"{ref.operation_name} {ref.direction}: FailedRowsLeft: {failed:,} rows failed and "
+            f"are recorded, {accepted}, so migrate does not record {ref.app_label}."
+            f"{ref.migration} as applied. List them: manage.py chunkwise_status "
+            f"{ref.app_label} --failed; fix the code or the data, retry them: manage.py "
+            f"chunkwise_run {ref.app_label} {ref.migration} --retry-failed"
+            f"{'' if ref.direction == Direction.FORWARD else ' --direction ' + ref.direction}"
+            f", then run migrate again (or accept them with allow_failed_rows=N)",
+            ExitCode.HALTED)
 
     def _plan_inside_migrate(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
                              state: ProjectState) -> None:
