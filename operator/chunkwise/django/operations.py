@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandError
@@ -76,6 +76,11 @@ _CALLED_WITH = dict(forward="(apps, schema_editor, batch)",  # the arguments' ow
                     reverse="(apps, schema_editor, batch)", transform="(row)")
 
 
+BatchedCode = Callable[[StateApps, BaseDatabaseSchemaEditor, Any], None]
+#: only ever RunPython.noop (the signature check refuses any other)
+RunPythonCode = Callable[[StateApps, BaseDatabaseSchemaEditor], None]
+
+
 def _check_callable(value: object, name: str) -> None:
     if value is None or is_noop(value):
         return
@@ -118,11 +123,11 @@ class BatchedRunPython(Operation):
     def __init__(
         self,
         model: str,
-        forward: Callable[[StateApps, BaseDatabaseSchemaEditor, Any], None] | None = None,
+        forward: BatchedCode | RunPythonCode | None = None,
         *,
         transform: Callable[[Any], Any] | None = None,
         fields: Sequence[str] = (),
-        reverse: Callable[[StateApps, BaseDatabaseSchemaEditor, Any], None] | None = None,
+        reverse: BatchedCode | RunPythonCode | None = None,
         todo: Q | None = None,
         reverse_todo: Q | None = None,
         key: str = "pk",
@@ -164,10 +169,12 @@ class BatchedRunPython(Operation):
                              f"{allow_failed_rows!r}")
         Timeouts(lock=lock_timeout, statement=statement_timeout)  # validates both
         self.model = model
-        self.forward = forward
+        # RunPython.noop is kept as given, so that deconstruct writes it back; is_noop()
+        # sees it first, and it is never called with a batch
+        self.forward = cast("BatchedCode | None", forward)
         self.transform = transform
         self.fields = list(fields)
-        self.reverse = reverse
+        self.reverse = cast("BatchedCode | None", reverse)
         self.todo = todo
         self.reverse_todo = reverse_todo
         self.key = key
