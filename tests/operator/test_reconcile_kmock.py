@@ -13,9 +13,10 @@ import asyncio
 import functools
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
+import kopf
 import kubernetes.client
 import pytest
 
@@ -504,3 +505,74 @@ async def test_a_spec_change_after_a_refused_create_starts_the_run(api: Api,
                    patch)
     assert [k[2] for k in kmock.objects if k[0].plural == "jobs"] == ["customer-status-run1"]
     assert patch["status"]["run"] == 1 and patch["status"]["phase"] == "Pending"
+
+
+def migration_timers(status: Mapping[str, Any]) -> list[Callable[..., None]]:
+    """The operator's kopf timers on DataMigrations whose ``when`` holds for ``status``."""
+    from kopf._core.intents.handlers import TimerHandler
+
+    import chunkwise.operator.handlers  # noqa: F401  (registers them)
+
+    timers: list[Callable[..., None]] = []
+    for handler in kopf.get_default_registry()._spawning.get_all_handlers():
+        when: Any = handler.when  # kopf types it for its own call, with every kwarg
+        if isinstance(handler, TimerHandler) and handler.selector is not None \
+                and handler.selector.any_name == "datamigrations" \
+                and (when is None or when(status=status)):
+            timers.append(cast(Callable[..., None], handler.fn))
+    return timers
+
+
+@pytest.mark.asyncio
+async def test_a_failed_event_on_the_jobs_last_transition_is_made_up_for_by_the_timer(
+        api: Api, kmock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf runs event handlers with errors ignored: the Job's Complete event met an API
+    server that was away, and no event comes after it. The operator's timers, which kopf
+    runs at its start and every interval (and retries), read the Job and converge."""
+    from chunkwise.operator import handlers
+
+    monkeypatch.setattr(handlers._connection, "cluster", api.cluster)
+    monkeypatch.setattr(handlers, "post", api.post)
+    kmock.resources["v1/events"] = {}  # none: the pods timer looks for FailedCreate
+    body = migration({"phase": "Running", "run": 1, "conditions": []})
+    await put_migration(api, kmock, body)
+    await api.call(start_run, body, {}, run=1)
+    key = next(k for k in kmock.objects if k[0].plural == "jobs")
+    complete = _plain(kmock.objects[key])
+    complete["status"] = {"succeeded": 1, "completionTime": "2026-01-02T03:04:05Z",
+                          "conditions": [{"type": "Complete", "status": "True"}]}
+    kmock.objects[key] = complete
+    reads = api.cluster.get_migration
+
+    def away_once(namespace: str, name: str) -> dict[str, Any] | None:
+        monkeypatch.setattr(api.cluster, "get_migration", reads)
+        raise kopf.TemporaryError("get datamigrations: the API server did not answer")
+
+    monkeypatch.setattr(api.cluster, "get_migration", away_once)
+    job_event: Any = handlers.job_event
+    with pytest.raises(kopf.TemporaryError):  # kopf logs it, and never calls it again
+        await asyncio.to_thread(job_event, body=complete, type="MODIFIED")
+    assert stored(kmock, MIGRATIONS, "customer-status")["status"]["phase"] == "Running"
+    timers = migration_timers(body["status"])
+    assert timers
+    for timer in timers:
+        await asyncio.to_thread(timer, body=stored(kmock, MIGRATIONS, "customer-status"),
+                                patch={}, logger=None)
+    status = stored(kmock, MIGRATIONS, "customer-status")["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["completedAt"] == "2026-01-02T03:04:05Z"  # the Job's, not the timer's
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "True"
+    assert api.posted[-1] == ("Normal", "Succeeded")
+    assert not migration_timers(status)  # an ended run has no timer left
+
+
+@pytest.mark.asyncio
+async def test_a_job_deleted_while_no_one_watched_is_made_again_by_the_resync(
+        api: Api, kmock: Any) -> None:
+    from chunkwise.operator.reconcile import resync
+
+    body = migration({"phase": "Running", "run": 1, "conditions": []})
+    await put_migration(api, kmock, body)
+    await api.call(resync, body)
+    assert [k[2] for k in kmock.objects if k[0].plural == "jobs"] == ["customer-status-run1"]
+    assert api.posted == [("Warning", "JobRecreated")]

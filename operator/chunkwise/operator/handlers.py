@@ -41,6 +41,7 @@ from .reconcile import (
     job_changed,
     job_deleted,
     migration_of_job,
+    resync,
     say_refused,
     spec_changed,
     start_run,
@@ -195,6 +196,18 @@ def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:
         if migration is not None:
             say_refused(cluster(), post, migration, refusal)
         raise
+
+
+@kopf.timer(*_GVP, interval=SETTINGS.stall_check_interval,
+            when=lambda status, **_: bool(status.get("run"))
+            and status.get("phase") not in Phase.ENDED)
+def resync_timer(body: kopf.Body, **_: Any) -> None:
+    """Level-triggered: every DataMigration that has not ended is converged from a fresh
+    read of its Job, at the operator's start (a timer's first tick is at once) and every
+    interval, so a missed or failed Job event is made up for within one interval. kopf
+    retries a timer that failed, as it never retries an event handler."""
+    with said_if_refused(body):
+        resync(cluster(), post, body)
 
 
 @kopf.timer(*_GVP, interval=SETTINGS.stall_check_interval,

@@ -4,9 +4,11 @@
 - spec change: suspend/resume patches the Job; any other change restarts a Halted or
   Failed migration as a new run (from the checkpoint), replaces a run whose pod cannot
   start, and while running is deferred; turning dryRun off after a dry run starts the
-  real run.
+  real run; retryFailed on a Succeeded one starts a retry of its failed rows.
 - Job change: mirror the Job's state into phase and conditions, with Events.
-- timer: a Running migration whose checkpoint stops advancing is marked Stalled.
+- timer: a Running migration whose checkpoint stops advancing is marked Stalled; every
+  migration that has not ended is converged from a fresh read of its Job (a missed or
+  failed Job event), and its pods are looked at for one that cannot start.
 
 Events are handed to ``post`` (``kopf.event`` in the operator; a list in unit tests).
 """
@@ -44,8 +46,8 @@ from .conditions import (
 from .jobs import SPEC_DIGEST, beyond_tuning, build_job, job_name, spec_digest
 
 __all__ = ["PostEvent", "announce_retune", "announce_throttle", "check_pods", "check_stall",
-           "job_changed", "job_deleted", "migration_of_job", "say_refused", "spec_changed",
-           "start_run"]
+           "job_changed", "job_deleted", "migration_of_job", "resync", "say_refused",
+           "spec_changed", "start_run"]
 
 #: the last spec generation whose retuning was announced as an Event
 RETUNED_ANNOTATION = f"{ANNOTATION_PREFIX}/retuned-generation"
@@ -141,7 +143,12 @@ def spec_changed(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
         return
     dry_run_over = status.get("phase") == Phase.SUCCEEDED and bool(old.get("dryRun")) \
         and not new.get("dryRun")
-    if (status.get("phase") in Phase.RESTARTABLE or dry_run_over) and not new.get("suspend"):
+    # the run is done and its failed rows are to be retried (with a fixed image, say): a
+    # new run, and another at each change beyond tuning while retryFailed stays true
+    retry = status.get("phase") == Phase.SUCCEEDED and bool(new.get("retryFailed")) \
+        and beyond_tuning(old) != beyond_tuning(new)
+    if (status.get("phase") in Phase.RESTARTABLE or dry_run_over or retry) \
+            and not new.get("suspend"):
         start_run(cluster, post, body, patch, run + 1)  # a dry run done: now the real one
     elif _cannot_start(status):
         # its pod cannot run a batch (refused, or its image or config is wrong): the fix
@@ -408,6 +415,26 @@ def job_deleted(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> No
                               f"Job {job_name(name, run)} was deleted while the migration was "
                               f"{phase}; created it again: run {run} resumes from the "
                               "checkpoint"))
+
+
+def resync(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) -> None:
+    """Level-triggered: what the current run's Job says now, read fresh, whatever events
+    were missed. kopf never retries an event handler that failed (a Job's last
+    transition met an API server that was away), nor sees events while the operator is
+    down; this converges the DataMigration all the same, at the next tick of its timer
+    (and at the operator's start), the same way the Job's event would have."""
+    status = body.get("status") or {}
+    run = status.get("run")
+    if not run or status.get("phase") in Phase.ENDED:
+        return
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    job = cluster.get_job(namespace, job_name(name, int(run)))
+    if job is None:  # deleted by hand while no one watched: made again
+        job_deleted(cluster, post, {"metadata": {
+            "name": job_name(name, int(run)), "namespace": namespace,
+            "labels": {Label.MIGRATION: name, Label.RUN: str(run)}}})
+    else:
+        job_changed(cluster, post, job)
 
 
 def check_stall(post: PostEvent, body: Mapping[str, Any],
