@@ -4,13 +4,20 @@ what to change, in the caller's own terms, in one line, with the documented exit
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import sqlite3
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from tests.conftest import LAB, REPO
 from tests.django.test_commands_bad_input import lab_on_sqlite
+from tests.django.test_sqlite import shop
 
 Lab = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -98,3 +105,131 @@ def test_a_run_that_recorded_failed_rows_says_how_many_how_to_list_and_retry_the
                               "--json").stdout)
     assert (record["rows_remaining"], record["rows_missed"]) == (10, 0)
     assert record["verified_at"] is not None
+
+
+def lab_popen(db: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    """manage.py of the lab project on SQLite at ``db``, started, its stderr piped."""
+    environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "labsite.settings",
+                   "LAB_SQLITE_PATH": str(db),
+                   "PYTHONPATH": f"{LAB}{os.pathsep}{REPO / 'operator'}", **env}
+    return subprocess.Popen([sys.executable, str(LAB / "manage.py"), *args], env=environment,
+                            cwd=LAB, stderr=subprocess.PIPE, text=True)
+
+
+def checkpoint_of(db: Path, migration: str) -> dict[str, Any]:
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            conn.row_factory = sqlite3.Row
+            row = conn.execute("SELECT * FROM chunkwise_checkpoint WHERE migration = ?",
+                               [migration]).fetchone()
+    except sqlite3.OperationalError:  # being written: ask again
+        return {}
+    return dict(row) if row else {}
+
+
+def wait_for(condition: Callable[[], bool], what: str, runner: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert runner.poll() is None, f"the runner ended before {what}: {runner.stderr}"
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.05)
+
+
+def counters(db: Path) -> dict[int, int]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("SELECT counter, count(*) FROM lab_item GROUP BY counter"))
+
+
+def test_a_second_runner_on_sqlite_is_refused_in_one_line_exit_69(tmp_path: Path) -> None:
+    """SQLite has no advisory lock: a second runner met `database is locked` in a long
+    traceback (exit 1). A checkpoint a live process holds keeps it off, as PostgreSQL's
+    lock does; once that process is killed, the next runner goes on at once."""
+    db = tmp_path / "lab.sqlite3"
+    lab = lab_items(db, 2000)
+    first = lab_popen(db, "chunkwise_run", "lab", "0002", "--database", "lite",
+                      LAB_ROW_SLEEP="0.005")  # 2.5 s a batch of 500
+    try:
+        wait_for(lambda: checkpoint_of(db, "0002_bump_items").get("batches", 0) >= 1,
+                 "a batch committed", first)
+        second = lab("chunkwise_run", "lab", "0002", "--database", "lite")
+        assert second.returncode == 69, second.stderr
+        assert "Traceback" not in second.stderr and "database is locked" not in second.stderr
+        last = second.stderr.strip().splitlines()[-1]
+        assert re.fullmatch(r"lab\.0002_bump_items\[0\] forward: lab\.0002_bump_items\[0\] "
+                            rf"forward is already being run by \S+ pid {first.pid}, last "
+                            r"checkpoint \d+s ago; not starting a second runner .*", last), last
+    finally:
+        first.kill()  # no chance to say so: the checkpoint still says running
+        first.communicate(timeout=60)
+    assert checkpoint_of(db, "0002_bump_items")["state"] == "running"
+    assert "stale" in lab("chunkwise_status", "--database", "lite").stdout
+    after = lab("chunkwise_run", "lab", "0002", "--database", "lite")
+    assert after.returncode == 0, after.stderr
+    assert counters(db) == {1: 2000}  # every row once, across the killed run and this one
+
+
+def test_a_second_ctrl_c_aborts_in_one_line_exit_75_and_the_checkpoint_says_so(
+        tmp_path: Path) -> None:
+    """The second Ctrl-C was a KeyboardInterrupt traceback (exit 130), and status then
+    showed the run as stale: its open batch rolls back, and the run says so and stops."""
+    db = tmp_path / "lab.sqlite3"
+    lab_items(db, 2000)
+    runner = lab_popen(db, "migrate", "--database", "lite", "lab", "0002",
+                       LAB_ROW_SLEEP="0.01")  # 5 s a batch of 500
+    try:
+        wait_for(lambda: checkpoint_of(db, "0002_bump_items").get("batches", 0) >= 1,
+                 "a batch committed", runner)
+        runner.send_signal(signal.SIGINT)
+        assert runner.stderr is not None
+        said = ""
+        while "SIGINT: finishing the current batch" not in said:  # the first one was taken
+            line = runner.stderr.readline()
+            assert line, said
+            said += line
+        runner.send_signal(signal.SIGINT)
+        _, rest = runner.communicate(timeout=60)
+    finally:
+        runner.kill()
+    assert runner.returncode == 75, said + rest
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
+    assert rest.strip().splitlines()[-1] == (
+        "BatchedMigrationStopped: lab.0002_bump_items[0] forward: Interrupted: aborted by a "
+        "second Ctrl-C: the open batch was rolled back; the checkpoint is intact and a new "
+        "run resumes from it. The checkpoint is kept; run migrate again to continue."), rest
+    state = checkpoint_of(db, "0002_bump_items")
+    assert state["state"] == "interrupted", state
+    done = state["rows_processed"]
+    assert counters(db) == {1: done, 0: 2000 - done}  # the aborted batch changed no row
+
+
+def test_a_run_before_its_schema_migrations_is_refused_naming_them(tmp_path: Path) -> None:
+    """Every row failed alike (`no such table`), as a traceback or a retryable exit 1, and
+    the plan called them rows to isolate: the schema is missing, which no retry fixes."""
+    db = tmp_path / "shop.sqlite3"
+    assert shop(db, "migrate", "chunkwise").returncode == 0
+    expected = ("CommandError: migration_name: shop.0002_customer_status runs on the schema "
+                "that earlier migrations make, and these are not applied to database "
+                "'default': shop.0001_initial; apply them first (manage.py migrate shop "
+                "0001_initial)")
+    for command in ("chunkwise_run", "chunkwise_plan"):
+        result = shop(db, command, "shop", "0002")
+        assert result.returncode == 64, result.stderr
+        assert result.stderr.strip().splitlines() == [expected], result.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM chunkwise_checkpoint").fetchone() == (0,)
+    # an earlier data migration not run yet is no schema: 0003 runs without 0002
+    assert shop(db, "migrate", "shop", "0001").returncode == 0
+    assert shop(db, "seed_customers", "10").returncode == 0
+    result = shop(db, "chunkwise_run", "shop", "0003")
+    assert result.returncode == 0, result.stderr
+
+
+def test_status_of_an_app_that_is_not_installed_names_the_closest(tmp_path: Path) -> None:
+    db = tmp_path / "shop.sqlite3"
+    assert shop(db, "migrate", "chunkwise").returncode == 0
+    typo = shop(db, "chunkwise_status", "shpo")
+    assert typo.returncode == 64, typo.stderr
+    assert typo.stderr.strip().splitlines() == [
+        "CommandError: app_label: no installed app is called 'shpo'; did you mean 'shop'?"]
+    nothing_yet = shop(db, "chunkwise_status", "shop")
+    assert (nothing_yet.returncode, nothing_yet.stdout.strip()) == (0, "no checkpoints yet")

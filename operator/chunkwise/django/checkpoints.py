@@ -4,6 +4,7 @@ a batch and its checkpoint commit in one transaction. Also the runner lock."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from collections.abc import Mapping
 from typing import Any
@@ -24,10 +25,17 @@ from chunkwise.engine import (
 
 from .keys import Key, KeyCodec
 from .models import Checkpoint, FailedRow
-from .operation_ref import OperationRef, default_owner
+from .operation_ref import OperationRef, default_owner, owner_process_alive
 from .shards import keys_at, shard_ranges, split_positions
 
-__all__ = ["DjangoCheckpointStore", "runner_alive"]
+__all__ = ["STALE_AFTER", "DjangoCheckpointStore", "holder_alive", "runner_alive"]
+
+#: where there is no runner lock to ask (SQLite) and the runner is not a process of this
+#: host: seconds without a heartbeat after which a "running" checkpoint is taken for one
+#: whose runner was killed (SIGKILL, OOM, lost node) without the chance to say so. Longer
+#: than a statement timeout plus the longest retry backoff at their defaults (30 s + 30 s);
+#: a waiting runner beats every 30 s.
+STALE_AFTER = 120.0
 
 
 def _advisory_key(ref: OperationRef, purpose: str = "") -> int:
@@ -36,6 +44,17 @@ def _advisory_key(ref: OperationRef, purpose: str = "") -> int:
         f"chunkwise-{purpose}:{ref.operation_name} {ref.direction}"
     digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def holder_alive(owner: str, heartbeat_at: datetime.datetime | None) -> bool:
+    """Without a runner lock to ask: whether the runner that holds a "running" checkpoint
+    still runs. A process of this host is asked by its pid; elsewhere the heartbeat's age
+    is all there is."""
+    alive = owner_process_alive(owner)
+    if alive is not None:
+        return alive
+    return heartbeat_at is not None and \
+        (timezone.now() - heartbeat_at).total_seconds() <= STALE_AFTER
 
 
 def runner_alive(alias: str, ref: OperationRef) -> bool | None:
@@ -91,9 +110,16 @@ class DjangoCheckpointStore:
     def _take_runner_lock(self) -> None:
         """PostgreSQL: a session advisory lock keeps a second runner off this shard.
 
-        SQLite has no such lock; its single writer and the checkpoint re-read in every
-        batch still keep batches from repeating."""
+        SQLite has no such lock: a checkpoint that a live runner holds as running (see
+        holder_alive) keeps a second one off instead, which would only take turns with it
+        for SQLite's one writer and stop on "database is locked". Its single writer and the
+        checkpoint re-read in every batch keep batches from repeating all the same."""
         if self._vendor != "postgresql":
+            held = (self._rows().filter(pk=self.checkpoint_id)
+                    .values_list("state", "owner", "heartbeat_at").first())
+            if held and held[0] == ShardState.RUNNING and held[1] != self._owner[:255] \
+                    and holder_alive(held[1], held[2]):
+                raise self._another_runner(held[1], held[2])
             return
         with connections[self._alias].cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_lock(%s)", [_advisory_key(self._ref)])
@@ -101,15 +127,16 @@ class DjangoCheckpointStore:
         if not acquired:
             holder = (self._rows().filter(pk=self.checkpoint_id)
                       .values_list("owner", "heartbeat_at").first())
-            who, beat = holder if holder else ("another runner", None)
-            age = ""
-            if beat:
-                age = f", last checkpoint {(timezone.now() - beat).total_seconds():.0f}s ago"
-            raise AnotherRunnerActive(
-                f"{self._ref} is already being run by {who}{age}; not starting a second "
-                "runner (it would wait for the same rows). Wait for it to finish, or stop it."
-            )
+            raise self._another_runner(*(holder or ("another runner", None)))
         self._lock_held = True
+
+    def _another_runner(self, who: str, beat: datetime.datetime | None) -> AnotherRunnerActive:
+        age = ""
+        if beat:
+            age = f", last checkpoint {(timezone.now() - beat).total_seconds():.0f}s ago"
+        return AnotherRunnerActive(
+            f"{self._ref} is already being run by {who}{age}; not starting a second "
+            "runner (it would wait for the same rows). Wait for it to finish, or stop it.")
 
     def reconnected(self) -> None:
         self._lock_held = False

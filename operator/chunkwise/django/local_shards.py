@@ -130,9 +130,15 @@ def run_shards_here(operation: BatchedWork, ref: OperationRef, apps: StateApps, 
     with stop_on_signals(stop, sys.stderr):
         for thread in threads:
             thread.start()
-        for thread in threads:
-            while thread.is_alive():  # a timed join lets the main thread take signals
-                thread.join(0.2)
+        try:
+            for thread in threads:
+                while thread.is_alive():  # a timed join lets the main thread take signals
+                    thread.join(0.2)
+        except KeyboardInterrupt:  # a second Ctrl-C: one line, not a traceback
+            sys.stderr.write(f"\n{title}: aborting: each shard stops after its current "
+                             "batch (a thread cannot be cut off in the middle of one)\n")
+            for thread in threads:
+                thread.join()
     return _overall(outcomes)
 
 

@@ -10,8 +10,10 @@ from django.apps import apps
 from django.db.migrations.exceptions import AmbiguityError
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.migration import Migration
+from django.db.migrations.operations.base import OperationCategory
 
-__all__ = ["MigrationNotFound", "app_problem", "app_problems", "find_migration"]
+__all__ = ["MigrationNotFound", "app_problem", "app_problems", "find_migration",
+           "schema_not_applied"]
 
 
 class MigrationNotFound(LookupError):
@@ -49,3 +51,27 @@ def find_migration(loader: MigrationLoader, app_label: str, name: str) -> Migrat
 def app_problems(app_labels: Iterable[str], loader: MigrationLoader) -> list[str]:
     return [problem for label in sorted(set(app_labels))
             if (problem := app_problem(label, loader))]
+
+
+def schema_not_applied(loader: MigrationLoader, migration: Migration, alias: str) -> str:
+    """What keeps ``migration``'s batched operation from running now, or "": the earlier
+    migrations that change the schema (any operation but Python code, as ``migrate --plan``
+    tells them apart) and are not applied to ``alias``. Its code runs against the tables
+    they make: without them every row fails alike (``no such column``), which is no data
+    error. Earlier data migrations are not needed: their rows are theirs."""
+    key = (migration.app_label, migration.name)
+    if key not in loader.graph.nodes:  # replaced by a squashed migration: that one runs
+        return ""
+    missing = [earlier for earlier in loader.graph.forwards_plan(key)[:-1]
+               if earlier not in loader.applied_migrations
+               and any(getattr(operation, "category", None) != OperationCategory.PYTHON
+                       for operation in loader.graph.nodes[earlier].operations)]
+    if not missing:
+        return ""
+    # migrate to the last missing one of each app applies the others it depends on
+    last = dict(missing)
+    return (f"migration_name: {migration.app_label}.{migration.name} runs on the schema "
+            f"that earlier migrations make, and these are not applied to database "
+            f"{alias!r}: {', '.join(f'{app}.{name}' for app, name in missing)}; apply them "
+            "first (" + " and ".join(f"manage.py migrate {app} {name}"
+                                     for app, name in last.items()) + ")")

@@ -6,6 +6,7 @@ app registry is still loading."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass
 
@@ -42,6 +43,22 @@ def default_owner() -> str:
     if resource is not None:
         return f"{_DATAMIGRATION}{resource}"
     return f"{socket.gethostname()} pid {os.getpid()}"
+
+
+def owner_process_alive(owner: str) -> bool | None:
+    """Whether the process an owner from :func:`default_owner` names is alive, when it runs
+    on this host, where its pid can be asked; None where that cannot be told (another host,
+    a DataMigration)."""
+    found = re.fullmatch(r"(.*) pid (\d+)", owner)
+    if found is None or found[1] != socket.gethostname():
+        return None
+    try:
+        os.kill(int(found[2]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive all the same
+        return True
+    return True
 
 
 def owner_resource(owner: str) -> ResourceRef | None:

@@ -29,7 +29,7 @@ from chunkwise.engine import Caller, Outcome, SettingsError, parse_boolean
 from ...config import add_arguments, parse_port, resolve_settings
 from ...execute import execute
 from ...local_shards import MAX_SHARDS, run_shards_here
-from ...migration_lookup import MigrationNotFound, find_migration
+from ...migration_lookup import MigrationNotFound, find_migration, schema_not_applied
 from ...operation_ref import OperationRef
 from ...operations import BatchedRunPython
 from ...plan import plan_run
@@ -165,6 +165,9 @@ class Command(BaseCommand):
         except MigrationNotFound as exc:
             raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
         index = self._operation_index(migration, options["operation"])
+        problem = schema_not_applied(loader, migration, alias)
+        if problem:
+            raise CommandError(problem, returncode=ExitCode.USAGE)
         operation = migration.operations[index]
         assert isinstance(operation, BatchedRunPython)
         state = loader.project_state((migration.app_label, migration.name), at_end=False)

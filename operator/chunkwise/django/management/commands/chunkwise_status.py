@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import datetime
+import difflib
 import json
 from argparse import ArgumentParser
 from typing import Any
 
 from django.apps import apps
 from django.core.exceptions import FieldDoesNotExist
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS
 from django.utils import timezone
 
-from chunkwise.contract import Direction, OperationName, ShardState, json_key
+from chunkwise.contract import Direction, ExitCode, OperationName, ShardState, json_key
 
-from ...checkpoints import runner_alive
+from ...checkpoints import holder_alive, runner_alive
 from ...models import Checkpoint, FailedRow
 from ...operation_ref import OperationRef
-
-#: where there is no runner lock to ask (SQLite): seconds without a heartbeat after which
-#: a "running" checkpoint is shown as stale, its runner killed (SIGKILL, OOM, lost node)
-#: without the chance to say so. Longer than a statement timeout plus the longest retry
-#: backoff at their defaults (30 s + 30 s); a waiting runner beats every 30 s.
-STALE_AFTER = 120.0
 
 
 class Command(BaseCommand):
@@ -43,6 +38,8 @@ class Command(BaseCommand):
         if options["app_label"]:
             checkpoints = checkpoints.filter(app_label=options["app_label"])
         records = [self._record(cp, options) for cp in checkpoints]
+        if options["app_label"] and not records:
+            self._check_app_label(options["app_label"], options["database"])
         if options["json"]:
             self.stdout.write(json.dumps(records, indent=2, default=str))
             return
@@ -76,9 +73,8 @@ class Command(BaseCommand):
     def _record(self, cp: Checkpoint, options: dict[str, Any]) -> dict[str, Any]:
         percent = 100.0 if cp.state == ShardState.DONE else (
             100.0 * cp.rows_processed / cp.rows_estimated if cp.rows_estimated else 0.0)
-        seconds = (timezone.now() - cp.heartbeat_at).total_seconds() if cp.heartbeat_at else None
         state = cp.state
-        if state == ShardState.RUNNING and not self._alive(cp, seconds, options):
+        if state == ShardState.RUNNING and not self._alive(cp, options):
             state = "stale"  # nobody says "running" for it: its runner is gone
         key = _key_reader(cp)
         record: dict[str, Any] = {
@@ -107,20 +103,35 @@ class Command(BaseCommand):
 
 
     @staticmethod
-    def _alive(cp: Checkpoint, seconds: float | None, options: dict[str, Any]) -> bool:
+    def _check_app_label(label: str, alias: str) -> None:
+        """A label that is neither an installed app nor one with checkpoints is a typo, not
+        an app with nothing run yet (an app removed since keeps its checkpoints shown)."""
+        installed = {config.label for config in apps.get_app_configs()}
+        if label in installed:
+            return
+        known = installed | set(
+            Checkpoint.objects.using(alias).values_list("app_label", flat=True).distinct())
+        close = difflib.get_close_matches(label, sorted(known), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else \
+            f" (installed: {', '.join(sorted(known))})"
+        raise CommandError(f"app_label: no installed app is called {label!r}{hint}",
+                           returncode=ExitCode.USAGE)
+
+    @staticmethod
+    def _alive(cp: Checkpoint, options: dict[str, Any]) -> bool:
         """PostgreSQL: whether a live session holds the runner lock, however long a
-        paced or throttled run has waited since its last batch; elsewhere the heartbeat's
-        age is all there is."""
+        paced or throttled run has waited since its last batch; elsewhere whether the
+        runner's process lives (on this host), or else the heartbeat's age."""
         if cp.direction not in set(Direction):
             # a row an older chunkwise wrote for a direction it should have refused: no
-            # runner can hold its lock, and the heartbeat is all there is
-            return seconds is not None and seconds <= STALE_AFTER
+            # runner can hold its lock
+            return holder_alive(cp.owner, cp.heartbeat_at)
         ref = OperationRef(cp.app_label, cp.migration, cp.operation, Direction(cp.direction),
                            cp.shard, cp.shard_count)
         alive = runner_alive(options["database"], ref)
         if alive is not None:
             return alive
-        return seconds is not None and seconds <= STALE_AFTER
+        return holder_alive(cp.owner, cp.heartbeat_at)
 
 
 def _count(value: int | None) -> str:
