@@ -23,7 +23,8 @@ from typing import Any, ClassVar, Final, TypedDict
 __all__ = [
     "API_GROUP", "API_VERSION", "ANNOTATION_PREFIX", "Condition", "Direction", "Env", "ExitCode",
     "JobCondition", "KIND", "Label", "OperationName", "PLURAL", "Phase", "Ports",
-    "ProgressStatus", "ResourceRef", "SHORT_NAME", "ShardState", "ShardStatus",
+    "ProgressStatus", "RETRIED_FAILED_ROWS", "ResourceRef", "SHORT_NAME", "ShardState",
+    "ShardStatus",
     "ThrottleStatus", "WORKER_CONTAINER", "WorkerState", "WorkerStatus", "format_utc",
     "json_key", "parse_utc", "throttle_of", "utc_now_text",
 ]
@@ -177,6 +178,9 @@ class Env:
     #: "1": plan the run (rows, rows/s, lock waits, ETA) with sample batches that are
     #: rolled back, instead of running it (spec.dryRun)
     DRY_RUN: Final = "CHUNKWISE_DRY_RUN"
+    #: "1": run the operation's code again on the rows its run recorded as failed, once
+    #: the run is done, instead of running it (spec.retryFailed)
+    RETRY_FAILED: Final = "CHUNKWISE_RETRY_FAILED"
     #: "1"/"0": whether ``migrate`` defers BatchedRunPython operations (default: the
     #: ``CHUNKWISE_DEFER`` Django setting, else no); an operation's own ``defer=`` wins
     DEFER: Final = "CHUNKWISE_DEFER"
@@ -289,6 +293,11 @@ class WorkerStatus(TypedDict, total=False):
     reason: str  #: CamelCase, as the engine emits it (``FailedRowsExceeded``, ...)
     message: str
     exitCode: int
+
+
+#: ``status.worker.reason`` of a run that retried the rows its operation recorded as
+#: failed (``spec.retryFailed``); the message says what the retry did
+RETRIED_FAILED_ROWS: Final = "FailedRowsRetried"
 
 
 class ProgressStatus(TypedDict, total=False):

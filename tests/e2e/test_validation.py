@@ -93,6 +93,8 @@ CASES = [
     (with_spec(command=[""]), "spec.command[0]"),
     (with_spec(suspend="yes"), "spec.suspend: Invalid value: \"string\""),
     (with_spec(dryrun=True), 'unknown field "spec.dryrun"'),  # it is dryRun
+    (with_spec(dryRun=True, retryFailed=True),
+     "spec.retryFailed: Invalid value: cannot be true together with spec.dryRun"),
 ]
 
 

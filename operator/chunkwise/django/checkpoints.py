@@ -102,6 +102,11 @@ class DjangoCheckpointStore:
         assert self._id is not None, "start() first"
         return self._id
 
+    def attach(self, checkpoint_id: int) -> None:
+        """Work on the existing checkpoint row ``checkpoint_id`` without starting a run:
+        a retry of the run's failed rows verifies it again (verify())."""
+        self._id = checkpoint_id
+
     def _rows(self) -> QuerySet[Checkpoint]:
         return Checkpoint.objects.using(self._alias)
 

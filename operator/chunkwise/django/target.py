@@ -228,9 +228,35 @@ class DjangoBatchTarget:
                     .values_list(self._key.name, flat=True))
 
     def apply(self, after: Key | None, upto: Key) -> None:
+        self._apply(lambda: self._range(after, upto))
+
+    def lock_keys(self, keys: Sequence[Key]) -> list[Key]:
+        """The lock step of a batch of given keys rather than a key range (a retry of
+        recorded failed rows): the rows still to do among ``keys``, locked (FOR NO KEY
+        UPDATE where the database has row locks, whatever the batches do) and, for a
+        transform, read; their keys, in key order. A key whose row has left todo, or the
+        table, is not among them."""
+        name = self._key.name
+        locking = self._todo.filter(**{f"{name}__in": keys}).order_by(name)
+        if self._vendor == "postgresql":
+            locking = locking.select_for_update(no_key=True, of=("self",))
+        if self._forward is not None:
+            return list(locking.values_list(name, flat=True))
+        self._rows = list(starmap(self._row_class,
+                                  self._fetch(locking.values_list(*self._attnames))))
+        return [getattr(row, self._key.attname) for row in self._rows]
+
+    def apply_keys(self, keys: Sequence[Key]) -> None:
+        """The work on the rows lock_keys() just locked, whose keys are ``keys``: the
+        set-based code gets a queryset of exactly those rows."""
+        self._apply(lambda: self._todo.filter(**{f"{self._key.name}__in": keys}))
+
+    def _apply(self, batch: Callable[[], QuerySet[Any]]) -> None:
+        """The work: the set-based code on ``batch()`` (built only for it), or the
+        transform on the rows the lock step read, written back in one statement."""
         try:
             if self._forward is not None:
-                self._forward(self._range(after, upto))
+                self._forward(batch())
                 return
             assert self._transform is not None
             rows, self._rows = self._rows, []

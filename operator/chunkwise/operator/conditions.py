@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from chunkwise.contract import (
+    RETRIED_FAILED_ROWS,
     WORKER_CONTAINER,
     Condition,
     ExitCode,
@@ -112,8 +113,9 @@ def run_state_of(job: Mapping[str, Any], worker: WorkerStatus | None = None) -> 
     worker = worker or {}
     if _job_condition(job, JobCondition.COMPLETE) or \
             _job_condition(job, JobCondition.SUCCESS_CRITERIA_MET):
-        if worker.get("reason") == DRY_RUN_COMPLETED:
-            return RunState(Phase.SUCCEEDED, DRY_RUN_COMPLETED, worker.get("message", ""))
+        if worker.get("reason") in (DRY_RUN_COMPLETED, RETRIED_FAILED_ROWS):
+            # not a run of every row: what the worker did, in its words
+            return RunState(Phase.SUCCEEDED, worker["reason"], worker.get("message", ""))
         return RunState(Phase.SUCCEEDED, "Completed", "every row was processed")
     failed = _job_condition(job, JobCondition.FAILED) or \
         _job_condition(job, JobCondition.FAILURE_TARGET)

@@ -53,6 +53,12 @@ def job_name(migration: str, run: int) -> str:
     return migration[: 63 - len(suffix)].rstrip("-.") + suffix
 
 
+def _shards(spec: Mapping[str, Any]) -> int:
+    """Pods of the run: one per shard; one for a retry of the failed rows, which does
+    every shard's in one process (two would wait for each other's runner locks)."""
+    return 1 if spec.get("retryFailed") else int(spec.get("parallelism", 1))
+
+
 def worker_env(spec: Mapping[str, Any], namespace: str, name: str) -> list[dict[str, str]]:
     migration = spec["migration"]
     env = {
@@ -67,7 +73,9 @@ def worker_env(spec: Mapping[str, Any], namespace: str, name: str) -> list[dict[
         env[Env.OPERATION] = str(migration["operation"])
     if spec.get("dryRun"):
         env[Env.DRY_RUN] = "1"
-    if int(spec.get("parallelism", 1)) > 1:  # each pod's shard: JOB_COMPLETION_INDEX
+    if spec.get("retryFailed"):
+        env[Env.RETRY_FAILED] = "1"
+    if _shards(spec) > 1:  # each pod's shard: JOB_COMPLETION_INDEX
         env[Env.SHARDS] = str(spec["parallelism"])
     env.update(spec_env(spec))  # spec.batch.size -> CHUNKWISE_BATCH_SIZE, and so on
     return [{"name": key, "value": value} for key, value in env.items()]
@@ -170,7 +178,7 @@ def build_job(body: Mapping[str, Any], run: int) -> dict[str, Any]:
             },
         },
     }
-    shards = int(spec.get("parallelism", 1))
+    shards = _shards(spec)
     if shards > 1:
         # one pod per shard, numbered by Kubernetes (JOB_COMPLETION_INDEX); a crashing
         # shard is retried alone, up to backoffLimit times; a halt still fails the Job

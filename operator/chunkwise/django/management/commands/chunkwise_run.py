@@ -35,6 +35,7 @@ from ...operations import BatchedRunPython
 from ...plan import plan_run
 from ...progress import ProgressBar
 from ...reporters import NullReporter, with_plugins
+from ...retry import RetryRefused, retry_failed, switch
 from ...target import has_row_locks
 
 
@@ -130,6 +131,12 @@ class Command(BaseCommand):
                                  "from a few sample batches that are rolled back, the batch "
                                  f"size the tuner would pick, an ETA; writes nothing [env "
                                  f"{Env.DRY_RUN}; spec.dryRun]")
+        parser.add_argument("--retry-failed", action="store_true", default=None,
+                            help="instead of running: run the operation's code again on the "
+                                 "rows its run recorded as failed (every shard), once the "
+                                 "run is done and the code or the data is fixed; a row that "
+                                 "fails again stays recorded [env "
+                                 f"{Env.RETRY_FAILED}; spec.retryFailed]")
         parser.add_argument("--samples", type=int, default=3, metavar="N",
                             help="sample batches of a dry run (default 3)")
         parser.add_argument("--metrics-port", default=_env(Env.METRICS_PORT), metavar="PORT",
@@ -185,10 +192,21 @@ class Command(BaseCommand):
             # the flag, else the env var (the operator's spec.dryRun), read as every boolean
             dry_run = options["dry_run"] or parse_boolean(
                 os.environ.get(Env.DRY_RUN) or "false", Env.DRY_RUN)
+            retry = options["retry_failed"] or parse_boolean(
+                os.environ.get(Env.RETRY_FAILED) or "false", Env.RETRY_FAILED)
+            caller = Caller.of(os.environ, command=True)
+            if retry and dry_run:
+                pod = caller is Caller.POD
+                raise CommandError(
+                    f"{switch(caller)} and {'spec.dryRun' if pod else '--dry-run'} ask for "
+                    "two runs at once: a retry writes, a dry run writes nothing; "
+                    f"{'set one of them to false' if pod else 'give one of them'}",
+                    returncode=ExitCode.USAGE)
             if dry_run:
                 return self._plan(operation, ref, state.apps, alias, settings,
                                   options["samples"])
-            caller = Caller.of(os.environ, command=True)
+            if retry:
+                return self._retry(operation, ref, state.apps, alias, settings, flags, caller)
             if shard is None and shards > 1:
                 return run_shards_here(operation, ref, state.apps, alias, settings, flags,
                                        caller)
@@ -200,6 +218,21 @@ class Command(BaseCommand):
                                   metrics_port=metrics_port, flags=flags, caller=caller)
         except (SettingsError, ImproperlyConfigured) as exc:  # retrying cannot fix either
             raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
+        return int(outcome.exit_code)
+
+    def _retry(self, operation: BatchedRunPython, ref: OperationRef, apps: Any, alias: str,
+               settings: Any, flags: dict[str, Any], caller: Caller) -> int:
+        """The failed rows of every shard, in one process: the shard flags do not apply."""
+        whole = OperationRef(ref.app_label, ref.migration, ref.operation, ref.direction)
+        reporter = with_plugins(ProgressBar(f"{whole} retry", sys.stderr,
+                                            lock_waits=has_row_locks(alias)))
+        with connections[alias].schema_editor(atomic=False) as schema_editor:
+            try:
+                outcome = retry_failed(operation, whole, apps, schema_editor, settings=settings,
+                                       caller=caller, reporter=reporter, stream=sys.stderr,
+                                       flags=flags)
+            except RetryRefused as exc:
+                raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
         return int(outcome.exit_code)
 
     def _plan(self, operation: BatchedRunPython, ref: OperationRef, apps: Any, alias: str,
