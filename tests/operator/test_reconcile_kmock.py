@@ -30,6 +30,11 @@ from chunkwise.operator.reconcile import (
     start_run,
 )
 
+from .versioned_kmock import VersionedEmulator
+
+#: objects have a resourceVersion, and a write that names one is refused when it is stale
+pytestmark = pytest.mark.kmock(cls=VersionedEmulator)
+
 JOBS = ("batch", "v1", "jobs")
 MIGRATIONS = ("chunkwise.dev", "v1alpha1", "datamigrations")
 
@@ -58,7 +63,7 @@ class Api:
     def post(self, body: Mapping[str, Any], event: Event) -> None:
         self.posted.append((event.type, event.reason))
 
-    async def call(self, handler: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    async def call(self, handler: Callable[..., object], *args: Any, **kwargs: Any) -> None:
         """Run a sync reconcile function off the loop that kmock answers on."""
         await asyncio.to_thread(functools.partial(handler, self.cluster, self.post, *args,
                                                   **kwargs))
@@ -302,9 +307,10 @@ async def test_stall_check_marks_an_old_checkpoint(api: Api, kmock: Any) -> None
     body = migration({"phase": "Running", "run": 1, "conditions": [],
                       "progress": {"lastCheckpointAt": "2020-01-01T00:00:00Z"}},
                      stallAfter="5m")
-    patch: dict[str, Any] = {}
-    check_stall(api.post, body, patch)
-    stalled = {c["type"]: c for c in patch["status"]["conditions"]}["Stalled"]
+    await put_migration(api, kmock, body)
+    await api.call(check_stall, body)
+    stalled = {c["type"]: c for c in stored(kmock, MIGRATIONS, "customer-status")["status"]
+               ["conditions"]}["Stalled"]
     assert stalled["status"] == "True" and stalled["reason"] == "CheckpointTooOld"
     assert api.posted == [("Warning", "Stalled")]
 
@@ -479,15 +485,16 @@ async def test_a_refusal_retrying_cannot_fix_is_permanent_and_names_the_missing_
     monkeypatch.setattr(handlers._connection, "cluster", api.cluster)
     said: list[Event] = []
     monkeypatch.setattr(handlers, "post", lambda body, event: said.append(event))
-    patch: dict[str, Any] = {}
+    await put_migration(api, kmock, migration())
     with pytest.raises(kopf.PermanentError) as raised:
         created: Any = handlers.created  # kopf's decorator types it for kopf's call
-        await asyncio.to_thread(created, body=migration(), patch=patch)
+        await asyncio.to_thread(created, body=migration(), patch={})
     rule = '{apiGroups: ["batch"], resources: ["jobs"], verbs: ["create"]}'
     assert "the API server refused to create jobs.batch shop/customer-status-run1 (HTTP 403 " \
         f"Forbidden): the operator's ServiceAccount lacks the RBAC rule {rule}; jobs.batch " \
         "is forbidden: User" in str(raised.value)
-    progressing = {c["type"]: c for c in patch["status"]["conditions"]}["Progressing"]
+    progressing = {c["type"]: c for c in stored(kmock, MIGRATIONS, "customer-status")
+                   ["status"]["conditions"]}["Progressing"]
     assert (progressing["status"], progressing["reason"]) == ("False", "Forbidden")
     assert progressing["message"] == str(raised.value)
     assert said == [Event("Warning", "Forbidden", str(raised.value))]
@@ -576,3 +583,57 @@ async def test_a_job_deleted_while_no_one_watched_is_made_again_by_the_resync(
     await api.call(resync, body)
     assert [k[2] for k in kmock.objects if k[0].plural == "jobs"] == ["customer-status-run1"]
     assert api.posted == [("Warning", "JobRecreated")]
+
+
+@pytest.mark.asyncio
+async def test_a_timer_with_a_stale_body_does_not_undo_a_finished_run(
+        api: Api, kmock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timers had the DataMigration as it was while Running (an OOMKilled pod, an old
+    checkpoint); job_changed has written Failed since. Replayed, they write nothing: each
+    write carries the resourceVersion it was decided from, and a Failed run stays Failed
+    (kopf applies a timer's patch as it is, so the test does too)."""
+    from chunkwise.operator import handlers
+
+    monkeypatch.setattr(handlers._connection, "cluster", api.cluster)
+    monkeypatch.setattr(handlers, "post", api.post)
+    kmock.resources["v1/events"] = {}
+    body = migration({"phase": "Running", "run": 1, "conditions": [],
+                      "progress": {"lastCheckpointAt": "2020-01-01T00:00:00Z"}})
+    await put_migration(api, kmock, body)
+    await api.call(start_run, body, {}, run=1)
+    await put_pod(kmock, "customer-status-run1-x", {"state": {"terminated": {
+        "reason": "OOMKilled", "exitCode": 137}}})
+    stale = stored(kmock, MIGRATIONS, "customer-status")
+    await api.call(job_changed, failed_job("BackoffLimitExceeded"))
+    ended = stored(kmock, MIGRATIONS, "customer-status")["status"]
+    assert (ended["phase"], ended["conditions"][0]["reason"]) == ("Failed", "OOMKilled")
+    for timer in migration_timers(stale["status"]):
+        patch: dict[str, Any] = {}
+        await asyncio.to_thread(timer, body=stale, patch=patch, logger=None)
+        if patch.get("status"):  # what kopf does with a timer's patch
+            await asyncio.to_thread(api.cluster.patch_status, "shop", "customer-status",
+                                    patch["status"])
+    status = stored(kmock, MIGRATIONS, "customer-status")["status"]
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert status["phase"] == "Failed"
+    assert (conditions["Succeeded"]["status"], conditions["Progressing"]["status"],
+            conditions["Stalled"]["status"]) == ("False", "False", "False")
+    assert status == ended
+
+
+@pytest.mark.asyncio
+async def test_an_ended_phase_is_left_only_by_a_new_run(api: Api, kmock: Any) -> None:
+    """A status write decided while the run went on (a suspend that raced the run's end)
+    is dropped once the run has ended; a spec change that starts run 2 goes through."""
+    from chunkwise.operator.reconcile import decided, write_status
+
+    body = migration({"phase": "Running", "run": 1, "conditions": []})
+    await put_migration(api, kmock, body)
+    running = stored(kmock, MIGRATIONS, "customer-status")
+    await api.call(write_status, running, decided(running, {"phase": "Succeeded"}))
+    await api.call(write_status, running, decided(running, {"phase": "Suspended"}))
+    assert stored(kmock, MIGRATIONS, "customer-status")["status"]["phase"] == "Succeeded"
+    await api.call(write_status, running,
+                   decided(running, {"phase": "Pending", "run": 2}))
+    status = stored(kmock, MIGRATIONS, "customer-status")["status"]
+    assert (status["phase"], status["run"]) == ("Pending", 2)

@@ -162,11 +162,21 @@ class Cluster:
                        API_GROUP, API_VERSION, namespace, PLURAL, name, dict(patch),
                        _content_type=_MERGE_PATCH, _request_timeout=timeout))
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self._call(_What("patch", f"{PLURAL}/status", API_GROUP, namespace, name),
-                   lambda timeout: self._custom.patch_namespaced_custom_object_status(
-                       API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status},
-                       _content_type=_MERGE_PATCH, _request_timeout=timeout))
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any],
+                     resource_version: str | None = None) -> bool:
+        """Merge-patch the status; with ``resource_version``, only if the resource is
+        still at that version (the API server's precondition): False when it moved on
+        (409 Conflict), for the caller to read it again and decide afresh."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        _done, conflict = self._call(
+            _What("patch", f"{PLURAL}/status", API_GROUP, namespace, name),
+            lambda timeout: self._custom.patch_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, namespace, PLURAL, name, body,
+                _content_type=_MERGE_PATCH, _request_timeout=timeout),
+            passing={409} if resource_version is not None else frozenset())
+        return conflict is None
 
     def _call(self, what: _What, send: Callable[[tuple[float, float]], Any],
               passing: frozenset[int] | set[int] = frozenset()) -> tuple[Any, int | None]:

@@ -9,7 +9,7 @@ index it reads, so a scrape never sees an index halfway through a change.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -38,6 +38,7 @@ from .reconcile import (
     announce_throttle,
     check_pods,
     check_stall,
+    decided,
     job_changed,
     job_deleted,
     migration_of_job,
@@ -45,6 +46,7 @@ from .reconcile import (
     say_refused,
     spec_changed,
     start_run,
+    write_status,
 )
 from .settings import ControllerSettings
 
@@ -71,8 +73,7 @@ def post(body: Mapping[str, Any], event: Event) -> None:
 
 
 @contextmanager
-def said_if_refused(body: Mapping[str, Any] | None,
-                    patch: MutableMapping[str, Any] | None = None) -> Iterator[None]:
+def said_if_refused(body: Mapping[str, Any] | None) -> Iterator[None]:
     """A call the API server refused for good (403, 422, ...) is said on the
     DataMigration, then raised on as the kopf.PermanentError it is: kopf stops retrying
     it, where a TemporaryError would retry it every 5 s for ever."""
@@ -80,7 +81,7 @@ def said_if_refused(body: Mapping[str, Any] | None,
         yield
     except ApiRefused as refusal:
         if body is not None:
-            say_refused(cluster(), post, body, refusal, patch)
+            say_refused(cluster(), post, body, refusal)
         raise
 
 
@@ -160,17 +161,24 @@ def login(logger: kopf.Logger, **kwargs: Any) -> kopf.ConnectionInfo | None:
     return info
 
 
+# The handlers write the status themselves (reconcile.write_status: with a precondition,
+# never out of an ended phase), not through kopf's patch, which has neither.
+
 @kopf.on.create(*_GVP)
-def created(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+def created(body: kopf.Body, **_: Any) -> None:
     run = int((body.get("status") or {}).get("run") or 1)
-    with said_if_refused(body, patch):
-        start_run(cluster(), post, body, patch, run)
+    wanted: dict[str, Any] = {}
+    with said_if_refused(body):
+        start_run(cluster(), post, body, wanted, run)
+        write_status(cluster(), post, body, decided(body, wanted.get("status")))
 
 
 @kopf.on.update(*_GVP, field="spec")
-def updated(body: kopf.Body, old: Any, new: Any, patch: kopf.Patch, **_: Any) -> None:
-    with said_if_refused(body, patch):
-        spec_changed(cluster(), post, body, old, new, patch)
+def updated(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
+    wanted: dict[str, Any] = {}
+    with said_if_refused(body):
+        spec_changed(cluster(), post, body, old, new, wanted)
+        write_status(cluster(), post, body, decided(body, wanted.get("status")))
 
 
 @kopf.on.event(*_GVP)
@@ -212,13 +220,13 @@ def resync_timer(body: kopf.Body, **_: Any) -> None:
 
 @kopf.timer(*_GVP, interval=SETTINGS.stall_check_interval,
             when=lambda status, **_: status.get("phase") == Phase.RUNNING)
-def stall_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    with said_if_refused(body, patch):
-        check_stall(post, body, patch)
+def stall_timer(body: kopf.Body, **_: Any) -> None:
+    with said_if_refused(body):
+        check_stall(cluster(), post, body)
 
 
 @kopf.timer(*_GVP, interval=SETTINGS.stall_check_interval,
             when=lambda status, **_: status.get("phase") in Phase.ACTIVE)
-def pods_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    with said_if_refused(body, patch):
-        check_pods(cluster(), post, body, patch)
+def pods_timer(body: kopf.Body, **_: Any) -> None:
+    with said_if_refused(body):
+        check_pods(cluster(), post, body)

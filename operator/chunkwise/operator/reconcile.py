@@ -45,13 +45,78 @@ from .conditions import (
 )
 from .jobs import SPEC_DIGEST, beyond_tuning, build_job, job_name, spec_digest
 
-__all__ = ["PostEvent", "announce_retune", "announce_throttle", "check_pods", "check_stall",
-           "job_changed", "job_deleted", "migration_of_job", "resync", "say_refused",
-           "spec_changed", "start_run"]
+__all__ = ["OPERATOR_FIELDS", "Compute", "PostEvent", "announce_retune", "announce_throttle",
+           "check_pods", "check_stall", "decided", "job_changed", "job_deleted",
+           "migration_of_job", "resync", "say_refused", "spec_changed", "start_run",
+           "write_status"]
 
 #: the last spec generation whose retuning was announced as an Event
 RETUNED_ANNOTATION = f"{ANNOTATION_PREFIX}/retuned-generation"
 PostEvent = Callable[[Mapping[str, Any], Event], None]
+#: what a writer would write, from the DataMigration as read: the status patch (None:
+#: nothing to write) and the Events its transition calls for
+Compute = Callable[[Mapping[str, Any]], tuple[dict[str, Any] | None, list[Event]]]
+
+#: the status fields the operator writes; every other one is the worker's (its shard's
+#: entry, progress, worker, throttle, tuning, plan, verification), but for a final report
+#: the worker's last patch never delivered, copied from its pod's termination message
+OPERATOR_FIELDS = ("phase", "conditions", "observedGeneration", "run", "jobName",
+                   "migrationRef", "startedAt", "completedAt")
+#: how many times a status write is decided afresh when the resource moved on under it
+_WRITE_ATTEMPTS = 5
+
+
+def write_status(cluster: Cluster, post: PostEvent, migration: Mapping[str, Any],
+                 compute: Compute) -> bool:
+    """The operator's one way to write a status. ``compute`` decides the patch from the
+    DataMigration as read; the patch carries that read's resourceVersion, so the API
+    server takes it only if nothing was written since (a worker's patch, another handler,
+    a timer's stale view). If something was, the DataMigration is read again and
+    ``compute`` decides afresh. A patch never takes the status out of an ended phase
+    (Succeeded, Halted, Failed) unless it starts a new run (a spec change restarting it).
+    The Events are posted once the patch is taken. False when nothing was written."""
+    namespace, name = migration["metadata"]["namespace"], migration["metadata"]["name"]
+    for _attempt in range(_WRITE_ATTEMPTS):
+        patch, events = compute(migration)
+        if not patch or not _may_write(migration.get("status") or {}, patch):
+            return False
+        if cluster.patch_status(namespace, name, patch,
+                                migration["metadata"].get("resourceVersion")):
+            for event in events:
+                post(migration, event)
+            return True
+        fresh = cluster.get_migration(namespace, name)
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return False
+        migration = fresh
+    raise kopf.TemporaryError(f"the status of DataMigration {namespace}/{name} changed under "
+                              f"{_WRITE_ATTEMPTS} writes in a row; trying again", delay=1)
+
+
+def _may_write(status: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    """An ended phase is final: only a patch that starts a new run leaves it."""
+    if status.get("phase") not in Phase.ENDED or patch.get("phase") in (None,
+                                                                          status["phase"]):
+        return True
+    return int(patch.get("run") or 0) > int(status.get("run") or 0)
+
+
+def decided(base: Mapping[str, Any], patch: Mapping[str, Any] | None) -> Compute:
+    """A patch a handler decided from ``base`` (and acted on: a Job made or suspended):
+    still right for a fresher read in which the operator's own fields have not moved (the
+    worker's patches came between), or when it starts a new run; else dropped, its
+    premise gone (a run that ended meanwhile stays ended; the timer converges the rest)."""
+    then = base.get("status") or {}
+
+    def compute(migration: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[Event]]:
+        now = migration.get("status") or {}
+        if not patch:
+            return None, []
+        new_run = int(patch.get("run") or 0) > int(now.get("run") or 0)
+        if new_run or all(now.get(f) == then.get(f) for f in OPERATOR_FIELDS):
+            return dict(patch), []
+        return None, []
+    return compute
 
 
 def start_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
@@ -187,7 +252,7 @@ def _replace_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any], run
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     replaced: dict[str, Any] = {}
     start_run(cluster, post, body, replaced, run + 1)
-    cluster.patch_status(namespace, name, replaced["status"])
+    write_status(cluster, post, body, decided(body, replaced["status"]))
     cluster.delete_job(namespace, job_name(name, run))
     post(body, Event("Normal", "RunReplaced",
                      f"{why}; its Job is replaced by run {run + 1}'s"))
@@ -222,38 +287,35 @@ def announce_retune(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) 
 def announce_throttle(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) -> None:
     """The worker wrote ``status.throttle`` (or cleared it): mirror it into the Throttled
     condition, with an Event when it starts or ends."""
-    new_status, events = throttle_status(body.get("status") or {},
-                                         body["metadata"].get("generation"))
-    if new_status is None:
-        return
-    cluster.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], new_status)
-    for event in events:
-        post(body, event)
+    write_status(cluster, post, body, lambda migration: throttle_status(
+        migration.get("status") or {}, migration["metadata"].get("generation")))
 
 
 def say_refused(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
-                refusal: ApiRefused, patch: MutableMapping[str, Any] | None = None) -> None:
+                refusal: ApiRefused) -> None:
     """The API server refused the operator a call that retrying cannot fix: say it on the
     DataMigration, once, as Progressing=False and a Warning Event, both naming the verb
-    and resource (and, for a 403, the missing RBAC rule). Into ``patch`` when the handler
-    has one (kopf applies it even though the handler fails), else patched directly, as
-    far as the API server lets the operator."""
-    status = body.get("status") or {}
-    current = _progressing(status)
-    if (current.get("status"), current.get("reason"), current.get("message")) == \
-            ("False", refusal.reason, refusal.message):
+    and resource (and, for a 403, the missing RBAC rule), as far as the API server lets
+    the operator write."""
+    def said(status: Mapping[str, Any]) -> bool:
+        current = _progressing(status)
+        return (current.get("status"), current.get("reason"), current.get("message")) == \
+            ("False", refusal.reason, refusal.message)
+
+    def compute(migration: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[Event]]:
+        status = migration.get("status") or {}
+        if said(status):
+            return None, []
+        return {"conditions": set_condition(
+            status.get("conditions", []), Condition.PROGRESSING, "False", refusal.reason,
+            refusal.message, migration["metadata"].get("generation"), utc_now_text())}, []
+
+    if said(body.get("status") or {}):
         return  # said already (a timer meets the same refusal at every tick)
-    conditions = set_condition(status.get("conditions", []), Condition.PROGRESSING, "False",
-                               refusal.reason, refusal.message,
-                               body["metadata"].get("generation"), utc_now_text())
-    if patch is not None:
-        patch.setdefault("status", {})["conditions"] = conditions
-    else:
-        try:
-            cluster.patch_status(body["metadata"]["namespace"], body["metadata"]["name"],
-                                 {"conditions": conditions})
-        except (ApiRefused, kopf.TemporaryError):
-            pass  # the Event still says it
+    try:
+        write_status(cluster, post, body, compute)
+    except (ApiRefused, kopf.TemporaryError):
+        pass  # the Event still says it
     post(body, Event("Warning", refusal.reason, refusal.message))
 
 
@@ -376,9 +438,17 @@ def job_changed(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> No
     migration = _current_run_of(cluster, job)
     if migration is None:
         return
-    namespace, name = migration["metadata"]["namespace"], migration["metadata"]["name"]
-    state, new_status = _judged(cluster, job, migration.get("status") or {})
-    status = _merged(migration.get("status") or {}, new_status)
+    write_status(cluster, post, migration, lambda current: _job_status(cluster, job, current))
+
+
+def _job_status(cluster: Cluster, job: Mapping[str, Any],
+                migration: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[Event]]:
+    """The status patch that mirrors the Job's state, and its Events."""
+    status = migration.get("status") or {}
+    if str(status.get("run")) != job["metadata"]["labels"].get(Label.RUN):
+        return None, []  # a new run started meanwhile
+    state, new_status = _judged(cluster, job, status)
+    status = _merged(status, new_status)
     events: list[Event] = []
     if state.phase == status.get("phase") and state.phase != Phase.HALTED:
         if state.phase in Phase.ENDED and not status.get("completedAt"):
@@ -394,10 +464,7 @@ def job_changed(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> No
         if state.phase == status.get("phase"):
             events = []  # Halted again with a fresher reason: update the text, no new Event
         new_status.update(changed)
-    if new_status:
-        cluster.patch_status(namespace, name, new_status)
-    for event in events:
-        post(migration, event)
+    return new_status or None, events
 
 
 def job_deleted(cluster: Cluster, post: PostEvent, job: Mapping[str, Any]) -> None:
@@ -437,30 +504,30 @@ def resync(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) -> None:
         job_changed(cluster, post, job)
 
 
-def check_stall(post: PostEvent, body: Mapping[str, Any],
-                patch: MutableMapping[str, Any]) -> None:
-    status = body.get("status") or {}
+def check_stall(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) -> None:
     stall_after = parse_duration(body["spec"].get("stallAfter", "5m"), field_name="stallAfter")
-    new_status, events = stall_status(status, stall_after, body["metadata"].get("generation"))
-    if new_status is not None:
-        patch.setdefault("status", {}).update(new_status)
-        for event in events:
-            post(body, event)
+    write_status(cluster, post, body, lambda migration: stall_status(
+        migration.get("status") or {}, stall_after, migration["metadata"].get("generation")))
 
 
-def check_pods(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
-               patch: MutableMapping[str, Any]) -> None:
+def check_pods(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) -> None:
     """While Pending or Running (the Job counts a pod that cannot start as active): a pod of
     the run that cannot start (image pull, config), or a pod the API server refuses to
     create, puts the DataMigration back to Pending with Progressing=False and the
     kubelet's or the Job controller's reason, and a Warning Event, instead of a silent
     Pending or a Running that runs nothing. A newest pod that was OOMKilled says so the
     same way, the phase kept (the Job retries it), until a newer pod takes over."""
-    status = body.get("status") or {}
+    write_status(cluster, post, body, lambda migration: _pods_status(cluster, migration))
+
+
+def _pods_status(cluster: Cluster, migration: Mapping[str, Any]) -> tuple[dict[str, Any] | None,
+                                                                           list[Event]]:
+    status = migration.get("status") or {}
     run = status.get("run")
     if status.get("phase") not in Phase.ACTIVE or not run:
-        return
-    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+        return None, []
+    name, namespace = migration["metadata"]["name"], migration["metadata"]["namespace"]
+    generation = migration["metadata"].get("generation")
     pods = _run_pods(cluster, namespace, name, run)
     problem = pod_problem(pods)
     phase = Phase(status["phase"])
@@ -476,16 +543,15 @@ def check_pods(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
                        f"reason={FAILED_CREATE}"))
     if problem is None:
         if _progressing(status).get("reason") == OOM_KILLED:  # a newer pod took over
-            patch.setdefault("status", {})["conditions"] = set_condition(
+            return {"conditions": set_condition(
                 status.get("conditions", []), Condition.PROGRESSING, "True", Phase.RUNNING,
-                "a new worker pod took over from the OOMKilled one",
-                body["metadata"].get("generation"), utc_now_text())
-        return
+                "a new worker pod took over from the OOMKilled one", generation,
+                utc_now_text())}, []
+        return None, []
     current = _progressing(status)
     if (current.get("reason"), current.get("message")) == (problem.reason, problem.message):
-        return
-    patch.setdefault("status", {}).update(phase=problem.phase, conditions=set_condition(
+        return None, []
+    return {"phase": problem.phase, "conditions": set_condition(
         status.get("conditions", []), Condition.PROGRESSING, "False", problem.reason,
-        problem.message,
-        body["metadata"].get("generation"), utc_now_text()))
-    post(body, Event("Warning", problem.reason, problem.message))
+        problem.message, generation, utc_now_text())}, [
+        Event("Warning", problem.reason, problem.message)]
