@@ -637,3 +637,27 @@ async def test_an_ended_phase_is_left_only_by_a_new_run(api: Api, kmock: Any) ->
                    decided(running, {"phase": "Pending", "run": 2}))
     status = stored(kmock, MIGRATIONS, "customer-status")["status"]
     assert (status["phase"], status["run"]) == ("Pending", 2)
+
+
+@pytest.mark.asyncio
+async def test_an_oom_kill_is_seen_on_any_shard_and_named_by_its_shard(
+        api: Api, kmock: Any) -> None:
+    """An Indexed Job's shards start their pods in the same second; shard 1's retry, the
+    newest pod of all, must not hide that shard 0's pod was OOMKilled."""
+    from chunkwise.operator.reconcile import check_pods
+
+    body = migration({"phase": "Running", "run": 1, "conditions": []}, parallelism=2)
+    await put_migration(api, kmock, body)
+    await put_pod(kmock, "customer-status-run1-0-a", {"state": {"terminated": {
+        "reason": "OOMKilled", "exitCode": 137}}}, shard="0", created="2026-01-01T00:00:00Z")
+    await put_pod(kmock, "customer-status-run1-1-b", {"state": {"terminated": {
+        "reason": "Error", "exitCode": 1}}}, shard="1", created="2026-01-01T00:00:00Z")
+    await put_pod(kmock, "customer-status-run1-1-c", {"state": {"running": {}}}, shard="1",
+                  created="2026-01-01T00:00:12Z")
+    await api.call(check_pods, stored(kmock, MIGRATIONS, "customer-status"))
+    status = stored(kmock, MIGRATIONS, "customer-status")["status"]
+    progressing = {c["type"]: c for c in status["conditions"]}["Progressing"]
+    assert (status["phase"], progressing["reason"]) == ("Running", "OOMKilled")
+    assert progressing["message"].startswith(
+        "shard 0 (pod customer-status-run1-0-a): the worker container was OOMKilled")
+    assert api.posted == [("Warning", "OOMKilled")]

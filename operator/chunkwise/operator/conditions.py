@@ -184,19 +184,26 @@ def _newest_per_shard(pods: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[st
     start in the same second, so newest is only meaningful within a shard."""
     newest: dict[str, Mapping[str, Any]] = {}
     for pod in sorted(pods, key=lambda p: (str(p["metadata"].get("creationTimestamp", "")),
+                                           str(p.get("status", {}).get("startTime", "")),
                                            str(p["metadata"].get("name", "")))):
         newest[shard_of(pod)] = pod  # a later one replaces an earlier one
     return newest
 
 
 def oom_problem(pods: Sequence[Mapping[str, Any]]) -> RunState | None:
-    """The run's newest pod, if its container was OOMKilled, said in the user's terms:
-    which limit it passed and what to change. A retry with the same limit and batch size
-    ends the same way, so "exit 137" alone would only send the user hunting. An older
-    pod's kill is history once a newer pod runs or failed otherwise."""
-    newest_first = sorted(pods, key=lambda p: str(p["metadata"].get("creationTimestamp", "")),
-                          reverse=True)
-    for pod in newest_first[:1]:
+    """A shard's newest pod whose container was OOMKilled, said in the user's terms: which
+    shard, which limit it passed and what to change. A retry with the same limit and
+    batch size ends the same way, so "exit 137" alone would only send the user hunting.
+    Each shard is looked at apart: in an Indexed Job the shards' pods start in the same
+    second, and one shard's retry must not hide another's kill; within a shard, an
+    older pod's kill is history once a newer pod runs or failed otherwise."""
+    newest = _newest_per_shard(pods)
+    for shard in sorted(newest, key=lambda index: (len(index), index)):  # 2 before 10
+        pod = newest[shard]
+        meta = pod["metadata"]
+        indexed = COMPLETION_INDEX in (meta.get("annotations") or {}) \
+            or COMPLETION_INDEX in (meta.get("labels") or {})
+        who = f"shard {shard} (pod {meta['name']})" if indexed else f"pod {meta['name']}"
         for container in pod.get("status", {}).get("containerStatuses") or []:
             terminated = ((container.get("state") or {}).get("terminated")
                           or (container.get("lastState") or {}).get("terminated") or {})
@@ -210,7 +217,7 @@ def oom_problem(pods: Sequence[Mapping[str, Any]]) -> RunState | None:
             cause = (f"it used more than its memory limit of {limit}; raise {where}" if limit
                      else f"the node ran out of memory (it has no memory limit: set {where})")
             return RunState(Phase.FAILED, OOM_KILLED,
-                            f"pod {pod['metadata']['name']}: the {name} container was "
+                            f"{who}: the {name} container was "
                             f"OOMKilled (exit code {terminated.get('exitCode', 137)}): "
                             f"{cause}, or lower spec.batch.size and spec.batch.maxSize so a "
                             "batch holds fewer rows in memory")
