@@ -144,3 +144,20 @@ def test_a_set_based_retry_drops_what_left_todo(tmp_path: Path) -> None:
     assert query(db, "SELECT id, status, score FROM lab_item WHERE id IN (7, 300) ORDER BY id"
                  ) == [(7, "done", 0), (300, "manual", 0)]
     assert recorded(db) == []
+
+
+def test_migrate_refuses_to_be_asked_for_a_retry(tmp_path: Path) -> None:
+    """CHUNKWISE_RETRY_FAILED is chunkwise_run's (spec.retryFailed): migrate would run the
+    migration instead, so it says so in one line and runs nothing."""
+    db, _ = lab_with_items(tmp_path, 100, {})
+    result = subprocess.run([sys.executable, str(LAB / "manage.py"), "migrate", "--database",
+                             "lite", "lab", "0002"], env=lab_env(db, CHUNKWISE_RETRY_FAILED="1"),
+                            cwd=LAB, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 64, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert ("CHUNKWISE_RETRY_FAILED is set, but migrate does not retry failed rows (it would "
+            "run lab.0002_bump_items instead): unset it, and retry them with manage.py "
+            "chunkwise_run lab 0002_bump_items --retry-failed") in line
+    assert counters(db) == {0: 100}
+    assert query(db, "SELECT count(*) FROM django_migrations WHERE app = 'lab' "
+                     "AND name = '0002_bump_items'") == [(0,)]

@@ -1,7 +1,7 @@
 """What ``migrate`` checks about its plan before it runs anything (Django's pre_migrate
 signal: after the system checks, before the first migration), where the system checks,
 which see no database, cannot judge: the order of the plan against what is applied, and
-a dry run asked of ``migrate``."""
+a dry run or a retry of failed rows asked of ``migrate``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def refuse_unsafe_plans(sender: Any, using: str, plan: Plan | None = None,
     if not batched:
         return
     _refuse_dry_run(batched[0][0])
+    _refuse_retry_failed(batched[0][0])
     _refuse_before_checkpoint_tables(sender.label, using, plan or (), batched)
 
 
@@ -52,6 +53,22 @@ def _refuse_dry_run(first: Migration) -> None:
             f"record {first.app_label}.{first.name} as applied): unset it, and plan with "
             f"manage.py chunkwise_plan {first.app_label} {first.name} (or chunkwise_run "
             f"--dry-run)", returncode=ExitCode.USAGE)
+
+
+def _refuse_retry_failed(first: Migration) -> None:
+    """``CHUNKWISE_RETRY_FAILED`` is the worker's too (``spec.retryFailed``): ``migrate``
+    would run the migration instead, not retry its failed rows, and say nothing."""
+    raw = os.environ.get(Env.RETRY_FAILED, "")
+    try:
+        retry = bool(raw.strip()) and parse_boolean(raw, Env.RETRY_FAILED)
+    except SettingsError as exc:
+        raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
+    if retry:
+        raise CommandError(
+            f"{Env.RETRY_FAILED} is set, but migrate does not retry failed rows (it would run "
+            f"{first.app_label}.{first.name} instead): unset it, and retry them with manage.py "
+            f"chunkwise_run {first.app_label} {first.name} --retry-failed",
+            returncode=ExitCode.USAGE)
 
 
 def _refuse_before_checkpoint_tables(label: str, using: str, plan: Plan,
