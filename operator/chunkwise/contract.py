@@ -346,6 +346,9 @@ class ShardStatus(TypedDict, total=False):
     done: bool
     #: a sharded run's outcome per shard (a single shard's is ``status.worker``)
     worker: WorkerStatus
+    #: a sharded run's figures per shard, of the shard's own checkpoint; the operator
+    #: sums the run's ``status.progress`` from them (a single shard writes that itself)
+    progress: ProgressStatus
     verification: VerificationStatus
     throttle: ThrottleStatus | None
 

@@ -661,3 +661,36 @@ async def test_an_oom_kill_is_seen_on_any_shard_and_named_by_its_shard(
     assert progressing["message"].startswith(
         "shard 0 (pod customer-status-run1-0-a): the worker container was OOMKilled")
     assert api.posted == [("Warning", "OOMKilled")]
+
+
+@pytest.mark.asyncio
+async def test_a_sharded_runs_progress_is_summed_by_the_operator_and_never_lowered(
+        api: Api, kmock: Any) -> None:
+    from chunkwise.operator.reconcile import sum_progress
+
+    def shard(rows: int, rate: int, state: str = "running") -> dict[str, Any]:
+        return {"worker": {"state": state}, "done": state == "done", "progress": {
+            "rowsProcessed": rows, "rowsEstimated": 1000, "rowsPerSecond": rate,
+            "batches": rows // 100, "failedRows": 1, "lockWaitSeconds": 0.25,
+            "lastCheckpointAt": f"2026-01-01T00:00:0{rows // 100}Z"}}
+
+    body = migration({"phase": "Running", "run": 1, "conditions": [],
+                      "shards": {"0": shard(300, 50), "1": shard(500, 100)}}, parallelism=2)
+    await put_migration(api, kmock, body)
+    await api.call(sum_progress, stored(kmock, MIGRATIONS, "customer-status"))
+    progress = stored(kmock, MIGRATIONS, "customer-status")["status"]["progress"]
+    assert progress == {"rowsProcessed": 800, "rowsEstimated": 2000, "percent": 40,
+                        "percentText": "40%", "rowsPerSecond": 150, "etaSeconds": 8,
+                        "eta": "8s", "batches": 8, "failedRows": 2, "lockWaitSeconds": 0.5,
+                        "lastCheckpointAt": "2026-01-01T00:00:05Z"}
+    # an entry that went back (no shard's own does; say one was written by hand): the
+    # run's total stays where it was
+    async with aiohttp.ClientSession() as session:
+        async with session.patch(
+                f"{kmock.url}/apis/chunkwise.dev/v1alpha1/namespaces/shop/datamigrations/"
+                "customer-status/status", json={"status": {"shards": {
+                    "1": shard(400, 100)}}}) as response:
+            assert response.status < 300
+    await api.call(sum_progress, stored(kmock, MIGRATIONS, "customer-status"))
+    assert stored(kmock, MIGRATIONS, "customer-status")["status"]["progress"][
+        "rowsProcessed"] == 800

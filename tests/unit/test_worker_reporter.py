@@ -51,10 +51,11 @@ def test_patches_at_most_once_per_interval_and_always_at_the_end() -> None:
                                     "done": False}}
 
 
-def test_a_shard_patches_its_own_entry_and_the_summed_progress() -> None:
-    """Shard 2 of 4: its entry (with its outcome) under shards["2"], so a merge patch
-    leaves the other shards' entries alone; progress is every shard's checkpoint summed;
-    and it patches every 4 x 2 s, so the four pods together write about every 2 s."""
+def test_a_shard_patches_its_own_entry_only() -> None:
+    """Shard 2 of 4: its entry (with its outcome and its own figures) under shards["2"],
+    so a merge patch leaves the other shards' entries alone, and no ``progress`` (the
+    operator sums the run's from the entries); it patches every 4 x 2 s, so the four pods
+    together write about every 2 s."""
     now = [0.0]
     client = FakeClient()
     reporter = StatusReporter(client, interval=2.0, clock=lambda: now[0],  # type: ignore[arg-type]
@@ -69,11 +70,13 @@ def test_a_shard_patches_its_own_entry_and_the_summed_progress() -> None:
     assert len(client.patches) == 1 + 1  # start, then at t=8.0
     assert set(client.patches[0]["shards"]) == {"2"} and "worker" not in client.patches[0]
     assert client.patches[0]["shards"]["2"]["worker"]["state"] == "running"
-    assert client.patches[-1]["progress"]["rowsProcessed"] == 1500
-    assert client.patches[-1]["progress"]["rowsEstimated"] == 4000
+    assert all("progress" not in patch for patch in client.patches)
+    own = client.patches[-1]["shards"]["2"]["progress"]
+    assert (own["rowsProcessed"], own["rowsEstimated"]) == (100, 1000)  # not run_totals
     reporter.finished(Outcome(ExitCode.HALTED, "FailedRowsExceeded", "26 > 25", mine))
     last = client.patches[-1]
     assert "worker" not in last and last["shards"]["2"]["worker"]["exitCode"] == 65
+    assert "progress" not in last and last["shards"]["2"]["progress"]["rowsProcessed"] == 100
 
 
 def test_unreachable_api_does_not_fail_the_run(capsys: Any) -> None:
@@ -292,3 +295,53 @@ def test_the_final_report_goes_to_the_termination_message(tmp_path: Any) -> None
     assert len(path.read_bytes()) <= 4096 and report["message"].startswith("é\n")
     assert report["exitCode"] == 1 and "shard" not in report
     assert TerminationMessage.from_environment({}) is None  # outside a Job: nothing written
+
+
+def test_a_delayed_shard_patch_never_lowers_the_runs_progress() -> None:
+    """Two shards' workers patch one status. Shard 0's patch, with the run's totals as it
+    read them (1,000 rows), hangs while shard 1's newer one (1,100) lands; then shard 0's
+    lands. The run's progress, as the status shows it after each patch (and the operator
+    derives it from the shards' entries), never goes down."""
+    import threading
+
+    from chunkwise.operator.conditions import shards_progress
+
+    server: dict[str, Any] = {}
+    versions: list[int] = []
+    lock = threading.Lock()
+    release, hanging = threading.Event(), threading.Event()
+
+    class Shard(FakeClient):
+        def __init__(self, hang: bool) -> None:
+            super().__init__()
+            self.hang = hang
+
+        def patch_status(self, status: dict[str, Any], timeout: float = 5.0) -> None:
+            if self.hang:
+                self.hang = False
+                hanging.set()
+                release.wait(10)
+            with lock:
+                server.update(applied([server, status]))
+                derived = shards_progress(server)  # what the operator writes, if anything
+                if derived is not None:
+                    server["progress"] = derived
+                versions.append(int((server.get("progress") or {}).get("rowsProcessed", 0)))
+
+    def shard_state(own: int, totals: int) -> CheckpointState:
+        mine = state(own)
+        mine.run_totals = CheckpointState(None, None, 2000, Tally(totals, 0, 0), 10, 0.0,
+                                          False)
+        return mine
+
+    zero = StatusReporter(Shard(hang=True), clock=lambda: 0.0,  # type: ignore[arg-type]
+                          shard=0, shards=2)
+    one = StatusReporter(Shard(hang=False), clock=lambda: 0.0,  # type: ignore[arg-type]
+                         shard=1, shards=2)
+    zero.started(shard_state(500, 1000))
+    assert hanging.wait(5)
+    one.started(shard_state(600, 1100))
+    assert one.flush(5)
+    release.set()
+    assert zero.flush(5)
+    assert versions == sorted(versions) and versions[-1] == 1100, versions

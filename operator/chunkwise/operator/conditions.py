@@ -19,16 +19,20 @@ from chunkwise.contract import (
     ExitCode,
     JobCondition,
     Phase,
+    ProgressStatus,
+    WorkerState,
     WorkerStatus,
     format_utc,
     parse_utc,
     throttle_of,
     utc_now_text,
 )
+from chunkwise.engine import format_duration
 
 __all__ = ["COMPLETION_INDEX", "DRY_RUN_COMPLETED", "FAILED_CREATE", "OOM_KILLED", "STUCK",
            "Event", "RunState", "ended_at", "final_reports", "find_condition", "job_problem",
            "oom_problem", "pod_problem", "run_state_of", "set_condition", "shard_of",
+           "shards_progress",
            "stall_status", "status_for", "throttle_status", "verification_of", "worker_of"]
 
 #: why a container waits that no amount of waiting fixes (the kubelet's reasons)
@@ -353,6 +357,46 @@ def _verified(conditions: list[dict[str, Any]], status: Mapping[str, Any], outco
         f"the {remaining} rows still matching todo are the recorded failed rows"
     return set_condition(conditions, Condition.VERIFIED, "True", "NoRowsMissed", message,
                          generation, now)
+
+
+def shards_progress(status: Mapping[str, Any]) -> ProgressStatus | None:
+    """A sharded run's ``progress``, summed from its shards' entries (each written by its
+    own worker, in order, so each only grows), never below what the status says already:
+    the operator writes it, the one writer of the run's totals. None for a run of one
+    shard (its worker writes ``progress`` itself) or before any shard reported."""
+    shards = status.get("shards")
+    if not isinstance(shards, Mapping):
+        return None
+    entries = [e for e in shards.values()
+               if isinstance(e, Mapping) and isinstance(e.get("progress"), Mapping)]
+    if not entries:
+        return None
+    figures = [e["progress"] for e in entries]
+
+    def total(key: str) -> int:
+        return sum(int(f.get(key) or 0) for f in figures)
+
+    before = status.get("progress") or {}
+    done = max(total("rowsProcessed"), int(before.get("rowsProcessed") or 0))
+    estimated = max(total("rowsEstimated"), done)
+    finished = len(entries) == len(shards) and all(e.get("done") for e in entries)
+    # the live rate of the shards still running; once none is, their runs' averages
+    running = [e["progress"] for e in entries
+               if (e.get("worker") or {}).get("state") == WorkerState.RUNNING]
+    rate = sum(int(f.get("rowsPerSecond") or 0) for f in running or figures)
+    eta = (estimated - done) / rate if rate > 0 and not finished else None
+    percent = 100 if finished else (int(100 * done / estimated) if estimated else 0)
+    progress: ProgressStatus = {
+        "rowsProcessed": done, "rowsEstimated": estimated, "percent": percent,
+        "percentText": f"{percent}%", "rowsPerSecond": rate,
+        "etaSeconds": None if eta is None else int(eta),
+        "eta": format_duration(eta, clock=False), "batches": total("batches"),
+        "failedRows": total("failedRows"),
+        "lockWaitSeconds": round(sum(float(f.get("lockWaitSeconds") or 0) for f in figures), 3)}
+    checkpoints = [str(f["lastCheckpointAt"]) for f in figures if f.get("lastCheckpointAt")]
+    if checkpoints:
+        progress["lastCheckpointAt"] = max(checkpoints)
+    return progress
 
 
 def throttle_status(status: Mapping[str, Any], generation: int | None,

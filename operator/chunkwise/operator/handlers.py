@@ -46,6 +46,7 @@ from .reconcile import (
     say_refused,
     spec_changed,
     start_run,
+    sum_progress,
     write_status,
 )
 from .settings import ControllerSettings
@@ -185,11 +186,12 @@ def updated(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
 def migration_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     """Every change of a DataMigration, status included (kopf's change handlers see only
     the spec): a worker that applied new tunables, or that waits on the database's
-    health, is announced here."""
+    health, is announced here, and a sharded run's progress summed from its shards."""
     if type == "MODIFIED":
         with said_if_refused(body):
             announce_retune(cluster(), post, body)
             announce_throttle(cluster(), post, body)
+            sum_progress(cluster(), post, body)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={Label.MANAGED_BY: Label.MANAGER})

@@ -38,6 +38,7 @@ from .conditions import (
     pod_problem,
     run_state_of,
     set_condition,
+    shards_progress,
     stall_status,
     status_for,
     throttle_status,
@@ -48,7 +49,7 @@ from .jobs import SPEC_DIGEST, beyond_tuning, build_job, job_name, spec_digest
 __all__ = ["OPERATOR_FIELDS", "Compute", "PostEvent", "announce_retune", "announce_throttle",
            "check_pods", "check_stall", "decided", "job_changed", "job_deleted",
            "migration_of_job", "resync", "say_refused", "spec_changed", "start_run",
-           "write_status"]
+           "sum_progress", "write_status"]
 
 #: the last spec generation whose retuning was announced as an Event
 RETUNED_ANNOTATION = f"{ANNOTATION_PREFIX}/retuned-generation"
@@ -155,9 +156,9 @@ def start_run(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
                       migrationRef=f"{migration['app']}.{migration['name']}",
                       startedAt=status.get("startedAt") or utc_now_text(),
                       completedAt=completed)
-    if run > 1:  # the last run's outcome is history now
+    if run > 1:  # the last run's outcome is history now; its figures come afresh
         new_status.update(worker=None, shards=None, verification=None, plan=None,
-                          tuning=None)
+                          tuning=None, progress=None)
     new_status.update(reported)
     patch.setdefault("status", {}).update(new_status)
     if created:
@@ -289,6 +290,19 @@ def announce_throttle(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]
     condition, with an Event when it starts or ends."""
     write_status(cluster, post, body, lambda migration: throttle_status(
         migration.get("status") or {}, migration["metadata"].get("generation")))
+
+
+def sum_progress(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) -> None:
+    """A sharded run's ``progress``, summed from its shards' entries whenever one of them
+    changed: the operator is the one writer of the run's totals, so they never go down
+    (each shard's worker writing them did, whenever an older patch landed last)."""
+    def compute(migration: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[Event]]:
+        status = migration.get("status") or {}
+        progress = shards_progress(status)
+        if progress is None or progress == status.get("progress"):
+            return None, []
+        return {"progress": progress}, []
+    write_status(cluster, post, body, compute)
 
 
 def say_refused(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
@@ -448,6 +462,9 @@ def _job_status(cluster: Cluster, job: Mapping[str, Any],
     if str(status.get("run")) != job["metadata"]["labels"].get(Label.RUN):
         return None, []  # a new run started meanwhile
     state, new_status = _judged(cluster, job, status)
+    summed = shards_progress(_merged(status, new_status))
+    if summed is not None and summed != status.get("progress"):  # the shards' last word
+        new_status["progress"] = summed
     status = _merged(status, new_status)
     events: list[Event] = []
     if state.phase == status.get("phase") and state.phase != Phase.HALTED:

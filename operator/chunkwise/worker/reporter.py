@@ -125,10 +125,12 @@ class _Sender:
 class StatusReporter:
     """One shard's view into the status: its own entry under ``shards.<index>`` (a JSON
     merge patch merges a map key by key, so the pods of an Indexed Job never overwrite
-    each other), and the whole run's ``progress`` summed from every shard's checkpoint.
+    each other). A run of one shard also writes ``progress`` and ``worker``, its
+    outcome; a sharded run's shards keep theirs, their own figures, in their entries,
+    and the operator sums the run's ``progress`` from them: several shards writing the
+    run's totals would lower them whenever an older patch landed after a newer one.
     With ``shards`` pods each patches every ``interval * shards`` seconds, so the
-    resource still gets about one write per ``interval``. A single shard also writes
-    ``worker``, its outcome; sharded runs keep theirs in their shard entry."""
+    resource still gets about one write per ``interval``."""
 
     def __init__(self, client: StatusClient, interval: float = 2.0,
                  clock: Callable[[], float] = time.monotonic, shard: int = 0,
@@ -158,7 +160,7 @@ class StatusReporter:
 
     def _progress(self, state: CheckpointState, checkpoint_at: str | None,
                   live: bool = True) -> ProgressStatus:
-        state = state.run_totals or state
+        state = self._own(state)
         p = progress_of(state, self._rows_at_start, self._clock() - self._started,
                         self._window.rate() if live else None)
         percent = int(100 * p.fraction)
@@ -202,43 +204,57 @@ class StatusReporter:
                              f" status ({exc}); progress is still checkpointed\n")
             self._warned = True
 
-    def _shards(self, state: CheckpointState,
-                worker: WorkerStatus | None = None) -> dict[str, ShardStatus]:
+    def _own(self, state: CheckpointState) -> CheckpointState:
+        """The checkpoint this reporter's figures are of: the shard's own in a sharded run,
+        else the run's (every shard's summed, when one process runs them all)."""
+        return state if self._sharded else (state.run_totals or state)
+
+    def _shards(self, state: CheckpointState, worker: WorkerStatus | None = None,
+                progress: ProgressStatus | None = None) -> dict[str, ShardStatus]:
         entry = ShardStatus(index=self._shard, lastKey=json_key(state.last_key),
                             rowsProcessed=state.tally.rows_processed,
                             rowsEstimated=state.rows_estimated, done=state.done)
         if worker is not None and self._sharded:
             entry["worker"] = worker
+        if progress is not None and self._sharded:
+            entry["progress"] = progress
         return {str(self._shard): entry}
 
+    def _with_progress(self, state: CheckpointState, progress: ProgressStatus) -> dict[str, Any]:
+        """The patch of the figures: the shard's entry, and with one shard ``progress``."""
+        if self._sharded:
+            return {"shards": self._shards(state, progress=progress)}
+        return {"progress": progress, "shards": self._shards(state)}
+
     def _with_worker(self, status: dict[str, Any], state: CheckpointState | None,
-                     worker: WorkerStatus) -> dict[str, Any]:
+                     worker: WorkerStatus, progress: ProgressStatus | None = None
+                     ) -> dict[str, Any]:
         if state is not None:
-            status["shards"] = self._shards(state, worker)
+            status["shards"] = self._shards(state, worker, progress)
         elif self._sharded:
             status["shards"] = {str(self._shard): {"index": self._shard, "worker": worker}}
         if not self._sharded:
             status["worker"] = worker
+            if progress is not None:
+                status["progress"] = progress
         return status
 
     def started(self, state: CheckpointState) -> None:
         self._started = self._clock()
-        self._rows_at_start = (state.run_totals or state).tally.rows_processed
+        self._rows_at_start = self._own(state).tally.rows_processed
         self._window.add(self._started, self._rows_at_start)
         worker: WorkerStatus = {"state": WorkerState.RUNNING,
                                 "pod": os.environ.get("HOSTNAME", ""), "reason": "", "message": ""}
-        status = self._with_worker({"progress": self._progress(state, utc_now_text())},
-                                   state, worker)
+        status = self._with_worker({}, state, worker, self._progress(state, utc_now_text()))
         # a killed pod may have left its throttle behind: it is over
         (status["shards"][str(self._shard)] if self._sharded else status)["throttle"] = None
         self._patch(status)
 
     def batch_committed(self, report: BatchReport) -> None:
-        self._window.add(self._clock(), (report.state.run_totals or report.state)
-                         .tally.rows_processed)
+        self._window.add(self._clock(), self._own(report.state).tally.rows_processed)
         if self._clock() - self._last_patch >= self._interval:
-            self._patch({"progress": self._progress(report.state, utc_now_text()),
-                         "shards": self._shards(report.state)})
+            self._patch(self._with_progress(
+                report.state, self._progress(report.state, utc_now_text())))
 
     def retrying(self, kind: ErrorKind, attempt: int, delay: float) -> None:
         pass
@@ -278,10 +294,9 @@ class StatusReporter:
         worker: WorkerStatus = {
             "state": WorkerState.of(outcome.exit_code), "reason": outcome.reason,
             "message": outcome.message, "exitCode": int(outcome.exit_code)}
-        status: dict[str, Any] = {}
-        if outcome.state is not None:
-            status["progress"] = self._progress(outcome.state, utc_now_text(), live=False)
-        status = self._with_worker(status, outcome.state, worker)
+        progress = None if outcome.state is None else \
+            self._progress(outcome.state, utc_now_text(), live=False)
+        status = self._with_worker({}, outcome.state, worker, progress)
         if outcome.plan is not None:
             status["plan"] = dict(outcome.plan)
         if outcome.verification is not None:
