@@ -694,3 +694,61 @@ async def test_a_sharded_runs_progress_is_summed_by_the_operator_and_never_lower
     await api.call(sum_progress, stored(kmock, MIGRATIONS, "customer-status"))
     assert stored(kmock, MIGRATIONS, "customer-status")["status"]["progress"][
         "rowsProcessed"] == 800
+
+
+def refusal(message: str, verb: str = "create") -> Any:
+    """The ApiRefused a 403 with the API server's ``message`` becomes."""
+    from kubernetes.client.exceptions import ApiException
+
+    from chunkwise.operator.cluster import ApiRefused
+
+    exc = ApiException(status=403, reason="Forbidden")
+    exc.body = json.dumps({"kind": "Status", "code": 403, "reason": "Forbidden",
+                           "message": message})
+    return ApiRefused(verb, "jobs", "batch", "shop", "customer-status-run1", exc)
+
+
+def test_a_403_blames_rbac_only_when_rbac_said_no() -> None:
+    """An admission webhook's 403 is the webhook's word, not a missing RBAC rule."""
+    webhook = refusal('admission webhook "policy.example.com" denied the request: jobs '
+                      'need a team label')
+    assert "RBAC" not in webhook.message
+    assert 'admission webhook "policy.example.com" denied the request: jobs need a team ' \
+        "label" in webhook.message
+    rbac = refusal('jobs.batch is forbidden: User "system:serviceaccount:chunkwise:chunkwise" '
+                   'cannot create resource "jobs" in API group "batch" in the namespace "shop"')
+    assert "the operator's ServiceAccount lacks the RBAC rule {apiGroups: [\"batch\"], " \
+        "resources: [\"jobs\"], verbs: [\"create\"]}" in rbac.message
+
+
+@pytest.mark.asyncio
+async def test_a_refused_create_is_tried_again_by_the_timer_not_only_on_a_spec_change(
+        api: Api, kmock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart's RoleBinding landed a moment after the DataMigration (or a webhook was
+    not ready): the create was refused with a 403 that does not last. The operator tries
+    again at its next check, without waiting for someone to change the spec."""
+    from chunkwise.operator import handlers
+
+    monkeypatch.setattr(handlers._connection, "cluster", api.cluster)
+    monkeypatch.setattr(handlers, "post", api.post)
+    create_job = api.cluster.create_job
+
+    def not_yet(job: Mapping[str, Any]) -> bool:
+        monkeypatch.setattr(api.cluster, "create_job", create_job)  # bound now
+        raise refusal('jobs.batch is forbidden: User "system:serviceaccount:chunkwise:'
+                      'chunkwise" cannot create resource "jobs" in API group "batch"')
+
+    monkeypatch.setattr(api.cluster, "create_job", not_yet)
+    await put_migration(api, kmock, migration())
+    created: Any = handlers.created
+    with pytest.raises(kopf.PermanentError):  # kopf does not retry it
+        await asyncio.to_thread(created, body=stored(kmock, MIGRATIONS, "customer-status"),
+                                patch={})
+    refused = stored(kmock, MIGRATIONS, "customer-status")
+    assert refused["status"]["conditions"][0]["reason"] == "Forbidden"
+    for timer in migration_timers(refused["status"]):
+        await asyncio.to_thread(timer, body=stored(kmock, MIGRATIONS, "customer-status"),
+                                patch={}, logger=None)
+    assert [k[2] for k in kmock.objects if k[0].plural == "jobs"] == ["customer-status-run1"]
+    status = stored(kmock, MIGRATIONS, "customer-status")["status"]
+    assert (status["run"], status["phase"]) == (1, "Pending")

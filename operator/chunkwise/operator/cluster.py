@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -39,6 +40,9 @@ _MERGE_PATCH = "application/merge-patch+json"
 _PERMANENT = {400: "BadRequest", 403: "Forbidden", 405: "MethodNotAllowed", 422: "Invalid"}
 #: the Progressing reasons an ApiRefused leaves on a DataMigration
 REFUSED = frozenset(_PERMANENT.values())
+#: how the API server's RBAC authorizer says no ("... cannot create resource "jobs" in
+#: API group "batch" ..."); an admission webhook's 403 says something else
+_RBAC_DENIAL = re.compile(r"cannot [a-z]+ resource ")
 
 
 class ApiRefused(kopf.PermanentError):
@@ -52,13 +56,14 @@ class ApiRefused(kopf.PermanentError):
         resource = f"{plural}.{group}" if group else plural
         target = f"{resource} {namespace}/{name}" if name else f"{resource} in {namespace}"
         said = _api_message(exc)
-        if exc.status == 403:
+        if exc.status == 403 and _RBAC_DENIAL.search(said):  # not a webhook's, say
             rule = (f"{{apiGroups: [\"{group}\"], resources: [\"{plural}\"], "
                     f"verbs: [\"{verb}\"]}}")
             said = f"the operator's ServiceAccount lacks the RBAC rule {rule}; {said}"
         self.message = (f"the API server refused to {verb} {target} (HTTP {exc.status} "
-                        f"{self.reason}): {said}. Retrying cannot fix this: the operator "
-                        "tries again when the DataMigration's spec changes")
+                        f"{self.reason}): {said}. Retrying at once cannot fix this: the "
+                        "operator tries again when the DataMigration's spec changes, and a "
+                        "refused create or check at its next check")
         super().__init__(self.message)
 
 

@@ -42,6 +42,7 @@ from .reconcile import (
     job_changed,
     job_deleted,
     migration_of_job,
+    refused_create,
     resync,
     say_refused,
     spec_changed,
@@ -209,13 +210,14 @@ def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:
 
 
 @kopf.timer(*_GVP, interval=SETTINGS.stall_check_interval,
-            when=lambda status, **_: bool(status.get("run"))
-            and status.get("phase") not in Phase.ENDED)
+            when=lambda status, **_: refused_create(status) or (
+                bool(status.get("run")) and status.get("phase") not in Phase.ENDED))
 def resync_timer(body: kopf.Body, **_: Any) -> None:
     """Level-triggered: every DataMigration that has not ended is converged from a fresh
     read of its Job, at the operator's start (a timer's first tick is at once) and every
-    interval, so a missed or failed Job event is made up for within one interval. kopf
-    retries a timer that failed, as it never retries an event handler."""
+    interval, so a missed or failed Job event is made up for within one interval; a
+    refused create is tried again. kopf retries a timer that failed, as it never retries
+    an event handler."""
     with said_if_refused(body):
         resync(cluster(), post, body)
 

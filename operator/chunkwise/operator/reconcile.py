@@ -48,8 +48,8 @@ from .jobs import SPEC_DIGEST, beyond_tuning, build_job, job_name, spec_digest
 
 __all__ = ["OPERATOR_FIELDS", "Compute", "PostEvent", "announce_retune", "announce_throttle",
            "check_pods", "check_stall", "decided", "job_changed", "job_deleted",
-           "migration_of_job", "resync", "say_refused", "spec_changed", "start_run",
-           "sum_progress", "write_status"]
+           "migration_of_job", "refused_create", "resync", "say_refused", "spec_changed",
+           "start_run", "sum_progress", "write_status"]
 
 #: the last spec generation whose retuning was announced as an Event
 RETUNED_ANNOTATION = f"{ANNOTATION_PREFIX}/retuned-generation"
@@ -178,7 +178,7 @@ def spec_changed(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
     run = int(status.get("run") or 0)
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     if not run:
-        if _progressing(status).get("reason") in REFUSED:  # kopf gave the create up
+        if refused_create(status):  # kopf gave the create up
             start_run(cluster, post, body, patch, 1)
         return  # else the create handler has not made a run yet; it will read the new spec
     if bool(old.get("suspend")) != bool(new.get("suspend")):
@@ -347,6 +347,11 @@ def _run_pods(cluster: Cluster, namespace: str, name: str, run: object) -> list[
     return cluster.list_pods(namespace, f"{Label.MIGRATION}={name},{Label.RUN}={run}")
 
 
+def refused_create(status: Mapping[str, Any]) -> bool:
+    """Whether the API server refused run 1's Job for good (kopf gave the create up)."""
+    return not status.get("run") and _progressing(status).get("reason") in REFUSED
+
+
 def _progressing(status: Mapping[str, Any]) -> Mapping[str, Any]:
     return find_condition(status.get("conditions", []), Condition.PROGRESSING)
 
@@ -509,6 +514,13 @@ def resync(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) -> None:
     (and at the operator's start), the same way the Job's event would have."""
     status = body.get("status") or {}
     run = status.get("run")
+    if not run and refused_create(status):
+        # the 403 may not last (a RoleBinding that lands after the DataMigration, a
+        # webhook not ready yet): run 1 is made as soon as the API server lets it
+        made: dict[str, Any] = {}
+        start_run(cluster, post, body, made, 1)
+        write_status(cluster, post, body, decided(body, made["status"]))
+        return
     if not run or status.get("phase") in Phase.ENDED:
         return
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
