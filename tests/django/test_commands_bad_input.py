@@ -20,14 +20,16 @@ CASES = [
     (["shop", "0002", "--bogus"], "unrecognized arguments: --bogus"),
     (["shop", "0002", "--batch-size", "abc"], "batch.size (--batch-size): expected an integer"),
     (["shop", "0002", "--lock-timeout", "2 seconds"], "timeouts.lock (--lock-timeout)"),
-    (["shop", "0002", "--batch-size", "0"], "batch.size: expected an integer >= 1, got 0"),
+    (["shop", "0002", "--batch-size", "0"], "batch.size (--batch-size): expected an integer >= 1, "
+                                            "got 0"),
     (["shop", "0002", "--max-locked-fraction", "1.5"], "batch.maxLockedFraction"),
     (["shop", "0999"], "There is no migration for 'shop' with the prefix '0999'"),
     (["nosuchapp", "0002"], "app_label: no installed app is called 'nosuchapp' (apps with "
                             "migrations: chunkwise, shop)"),
     (["shop", "0002", "--operation", "3"], "--operation: expected the index of a "
                                            "BatchedRunPython operation"),
-    (["shop", "0001"], "--operation: shop.0001_initial has 0 BatchedRunPython operations"),
+    (["shop", "0001"], "migration_name: shop.0001_initial has no BatchedRunPython operation; "
+                       "chunkwise_run runs one of those (migrate applies the rest)"),
     (["shop", "0002", "--direction", "sideways"], "argument --direction: invalid choice"),
     (["shop", "0003", "--direction", "backward"], "has none (it is irreversible)"),
     (["shop", "0002", "--database", "replica"], "--database: no database alias 'replica'"),

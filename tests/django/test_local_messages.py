@@ -155,9 +155,17 @@ def test_a_second_runner_on_sqlite_is_refused_in_one_line_exit_69(tmp_path: Path
         assert second.returncode == 69, second.stderr
         assert "Traceback" not in second.stderr and "database is locked" not in second.stderr
         last = second.stderr.strip().splitlines()[-1]
-        assert re.fullmatch(r"lab\.0002_bump_items\[0\] forward: lab\.0002_bump_items\[0\] "
-                            rf"forward is already being run by \S+ pid {first.pid}, last "
-                            r"checkpoint \d+s ago; not starting a second runner .*", last), last
+        held = rf"already being run by \S+ pid {first.pid}, last checkpoint \d+s ago; not " \
+            r"starting a second runner \(it would wait for the same rows\)"
+        assert re.fullmatch(rf"lab\.0002_bump_items\[0\] forward: {held}; wait for it to "
+                            r"finish, or stop it", last), last
+        # migrate's own words, said once (it said `...or stop it.. wait for it to finish`)
+        migrate = lab("migrate", "--database", "lite", "lab", "0002")
+        assert migrate.returncode == 69, migrate.stderr
+        last = migrate.stderr.strip().splitlines()[-1]
+        assert re.fullmatch(rf"BatchedMigrationStopped: lab\.0002_bump_items\[0\] forward: "
+                            rf"AnotherRunnerActive: {held}; wait for it to finish and migrate "
+                            r"again\.", last), last
     finally:
         first.kill()  # no chance to say so: the checkpoint still says running
         first.communicate(timeout=60)
@@ -194,8 +202,8 @@ def test_a_second_ctrl_c_aborts_in_one_line_exit_75_and_the_checkpoint_says_so(
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
     assert rest.strip().splitlines()[-1] == (
         "BatchedMigrationStopped: lab.0002_bump_items[0] forward: Interrupted: aborted by a "
-        "second Ctrl-C: the open batch was rolled back; the checkpoint is intact and a new "
-        "run resumes from it. The checkpoint is kept; run migrate again to continue."), rest
+        "second Ctrl-C: the open batch was rolled back, the checkpoint is intact; run migrate "
+        "again to continue."), rest
     state = checkpoint_of(db, "0002_bump_items")
     assert state["state"] == "interrupted", state
     done = state["rows_processed"]
@@ -233,3 +241,39 @@ def test_status_of_an_app_that_is_not_installed_names_the_closest(tmp_path: Path
         "CommandError: app_label: no installed app is called 'shpo'; did you mean 'shop'?"]
     nothing_yet = shop(db, "chunkwise_status", "shop")
     assert (nothing_yet.returncode, nothing_yet.stdout.strip()) == (0, "no checkpoints yet")
+
+
+def test_migrate_says_a_bad_tunable_by_its_environment_variable(tmp_path: Path) -> None:
+    lab = lab_items(tmp_path / "lab.sqlite3", 10, CHUNKWISE_BATCH_SIZE="0")
+    result = lab("migrate", "--database", "lite", "lab", "0002")
+    assert result.returncode == 64, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "BatchedMigrationMisconfigured: batch.size (CHUNKWISE_BATCH_SIZE): expected an integer "
+        ">= 1, got 0"], result.stderr
+
+
+def test_a_deferred_misconfiguration_starts_its_own_line_as_every_misconfiguration(
+        tmp_path: Path) -> None:
+    """Deferred, a mistake was printed on migrate's `Applying ...` line, and a bad
+    CHUNKWISE_DEFER as `CommandError:`, not as the `BatchedMigrationMisconfigured:` every
+    other mistake in a batched operation is."""
+    db = tmp_path / "lab.sqlite3"
+    lab = lab_on_sqlite(db)
+    for target in (["chunkwise"], ["mistakes", "0001"]):
+        assert lab("migrate", "--database", "lite", "--skip-checks", *target, "-v0"
+                   ).returncode == 0
+    for defer, said in (("1", "BatchedMigrationMisconfigured: BatchedRunPython key: "
+                              "mistakes.Visit.email must be the primary key or a unique field"),
+                        ("maybe", "BatchedMigrationMisconfigured: CHUNKWISE_DEFER: expected "
+                                  "true or false (1/0, yes/no, on/off), got 'maybe'")):
+        result = subprocess.run(
+            [sys.executable, str(LAB / "manage.py"), "migrate", "--database", "lite",
+             "--skip-checks", "mistakes", "0002"], cwd=LAB, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, timeout=300,
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": "labsite.settings", "LAB_MISTAKES": "1",
+                 "LAB_SQLITE_PATH": str(db), "CHUNKWISE_DEFER": defer,
+                 "PYTHONPATH": f"{LAB}{os.pathsep}{REPO / 'operator'}"})
+        assert result.returncode == 64, result.stdout
+        lines = result.stdout.splitlines()
+        assert lines[-2:] == ["  Applying mistakes.0002_key_not_unique...", lines[-1]], lines
+        assert lines[-1].startswith(said), lines

@@ -150,3 +150,16 @@ def test_a_run_in_a_datamigration_pod_is_told_in_the_specs_terms() -> None:
     assert Caller.of({"CHUNKWISE_RESOURCE": "shop/count-visit"}, command=True) is Caller.POD
     assert Caller.of({}, command=True) is Caller.COMMAND
     assert Caller.of({}, command=False) is Caller.MIGRATE
+
+
+def test_the_cap_on_locked_rows_is_said_only_when_it_lowers_the_size_asked_for() -> None:
+    """`batches capped at 100 rows ... (batch.size 100 -> 100)` was said when the cap
+    lowered nothing; when it does lower the size, the settings have the caller's names."""
+    asked_100 = BatchSizer(BatchSettings(size=100, min_size=100, max_size=50_000))
+    assert asked_100.plan(3000, Caller.COMMAND) is None and asked_100.size == 100
+    asked_1000 = BatchSizer(BatchSettings(size=1000, min_size=100, max_size=50_000))
+    assert asked_1000.plan(3000, Caller.COMMAND) == (
+        "batches capped at 100 rows, below --max-batch-size 50,000: --max-locked-fraction "
+        "0.005 of 3,000 rows to do (--batch-size 1,000 -> 100; set --max-locked-fraction to 0 "
+        "to lift the cap)")
+    assert asked_1000.size == 100

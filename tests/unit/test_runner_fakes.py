@@ -354,9 +354,9 @@ def test_a_cap_below_what_the_user_asked_is_said_once_with_the_numbers() -> None
     outcome = BatchRunner(FakeTarget(memory), FakeStore(memory), capped, recorder).run()
     assert outcome.exit_code is ExitCode.DONE
     assert recorder.notices == [
-        "batches capped at 10 rows, below batch.maxSize 800: batch.maxLockedFraction 0.01 of "
-        "1,000 rows to do (batch.size 500 -> 10; set batch.maxLockedFraction to 0 to lift "
-        "the cap)"]
+        "batches capped at 10 rows, below spec.batch.maxSize 800: spec.batch.maxLockedFraction "
+        "0.01 of 1,000 rows to do (spec.batch.size 500 -> 10; set spec.batch.maxLockedFraction "
+        "to 0 to lift the cap)"]
     assert max(b.rows for b in recorder.batches) <= 10
 
 

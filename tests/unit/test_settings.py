@@ -6,6 +6,7 @@ from chunkwise.django.config import resolve_settings
 from chunkwise.engine import (
     TUNABLES,
     BatchSettings,
+    Caller,
     HaltThresholds,
     RetrySettings,
     RunSettings,
@@ -64,6 +65,26 @@ def test_bad_env_value_names_the_spec_field_and_the_variable() -> None:
     with pytest.raises(SettingsError, match=r"batch\.size \(CHUNKWISE_BATCH_SIZE\): expected an "
                                             r"integer, got 'lots'"):
         resolve_settings(RunSettings(), {"CHUNKWISE_BATCH_SIZE": "lots"})
+
+
+@pytest.mark.parametrize(("caller", "env", "flags", "name"), [
+    (Caller.COMMAND, {}, {"batch_size": "0"}, "batch.size (--batch-size)"),
+    (Caller.MIGRATE, {"CHUNKWISE_BATCH_SIZE": "0"}, None, "batch.size (CHUNKWISE_BATCH_SIZE)"),
+    (Caller.POD, {"CHUNKWISE_BATCH_SIZE": "0"}, None, "spec.batch.size"),
+])
+def test_a_value_out_of_bounds_is_named_as_the_caller_gave_it(
+        caller: Caller, env: dict[str, str], flags: dict[str, str] | None, name: str) -> None:
+    """`--batch-size 0` said `batch.size: ...`, a name chunkwise_run does not take."""
+    with pytest.raises(SettingsError) as raised:
+        resolve_settings(RunSettings(), env, flags, caller)
+    assert str(raised.value) == f"{name}: expected an integer >= 1, got 0"
+
+
+def test_a_bound_between_two_settings_names_the_one_at_fault_as_the_caller_sets_it() -> None:
+    with pytest.raises(SettingsError) as raised:
+        resolve_settings(RunSettings(), {}, {"max_batch_size": "50"}, Caller.COMMAND)
+    assert str(raised.value) == ("--batch-size: expected minSize (100) <= size <= maxSize "
+                                 "(50), got 1000")
 
 
 def test_every_tunable_maps_to_a_real_settings_field() -> None:

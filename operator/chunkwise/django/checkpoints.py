@@ -136,12 +136,13 @@ class DjangoCheckpointStore:
         self._lock_held = True
 
     def _another_runner(self, who: str, beat: datetime.datetime | None) -> AnotherRunnerActive:
+        """What stops a second runner, said after the operation's name; the caller adds
+        how to go on (its words differ under migrate)."""
         age = ""
         if beat:
             age = f", last checkpoint {(timezone.now() - beat).total_seconds():.0f}s ago"
-        return AnotherRunnerActive(
-            f"{self._ref} is already being run by {who}{age}; not starting a second "
-            "runner (it would wait for the same rows). Wait for it to finish, or stop it.")
+        return AnotherRunnerActive(f"already being run by {who}{age}; not starting a second "
+                                   "runner (it would wait for the same rows)")
 
     def reconnected(self) -> None:
         self._lock_held = False

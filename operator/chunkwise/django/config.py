@@ -13,7 +13,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from chunkwise.contract import Env
-from chunkwise.engine import TUNABLES, RunSettings, SettingsError, parse_boolean
+from chunkwise.engine import (
+    TUNABLES,
+    Caller,
+    RunSettings,
+    SettingsError,
+    parse_boolean,
+    tunable_named,
+)
 
 __all__ = ["SETTINGS", "add_arguments", "defer_by_default", "known_env_names", "misspelled",
            "parse_port",
@@ -35,9 +42,14 @@ def resolve_settings(
     base: RunSettings,
     env: Mapping[str, str],
     flags: Mapping[str, Any] | None = None,
+    caller: Caller = Caller.COMMAND,
 ) -> RunSettings:
-    """``base`` overridden by env, then by flags; errors name the flag/env and spec field."""
+    """``base`` overridden by env, then by flags. An error names the value as ``caller``'s
+    user gave it (``batch.size (--batch-size)``, ``spec.batch.size`` in a pod), whether it
+    does not parse or lies out of bounds; a tunable the user did not set by the name they
+    would set it by."""
     changes: dict[str, dict[str, Any]] = {}
+    names: dict[str, str] = {}
     for tunable in TUNABLES:
         if flags and flags.get(tunable.dest) is not None:
             raw, source = str(flags[tunable.dest]), f"--{tunable.option}"
@@ -45,13 +57,19 @@ def resolve_settings(
             raw, source = env[tunable.env], tunable.env
         else:
             continue
-        name = f"{tunable.spec} ({source})"
-        changes.setdefault(tunable.group, {})[tunable.field] = tunable.parse(raw, name)
-    groups = {
-        group: dataclasses.replace(getattr(base, group), **fields)
-        for group, fields in changes.items()
-    }
-    return dataclasses.replace(base, **groups)
+        names[tunable.spec] = caller.given(tunable, source)
+        changes.setdefault(tunable.group, {})[tunable.field] = \
+            tunable.parse(raw, names[tunable.spec])
+    try:
+        groups = {
+            group: dataclasses.replace(getattr(base, group), **fields)
+            for group, fields in changes.items()
+        }
+        return dataclasses.replace(base, **groups)
+    except SettingsError as exc:  # a bound, checked by the settings themselves
+        if exc.field is None or exc.field not in {t.spec for t in TUNABLES}:
+            raise
+        raise exc.named(names.get(exc.field) or caller.knob(tunable_named(exc.field))) from None
 
 
 def parse_port(raw: str | None, name: str) -> int | None:

@@ -23,8 +23,8 @@ from django.db.migrations.state import ProjectState, StateApps
 from chunkwise.contract import ExitCode, ShardState
 
 from .migration_lookup import MigrationNotFound, find_migration
-from .operation_ref import OperationRef, owner_resource
-from .operations import BatchedMigrationStopped, BatchedRunPython, said_as_usage
+from .operation_ref import OperationRef
+from .operations import BatchedMigrationStopped, BatchedRunPython, busy_hint, said_as_usage
 
 __all__ = ["EnsureBatchedComplete"]
 
@@ -157,15 +157,6 @@ class EnsureBatchedComplete(Operation):
                 continue
             hint = ""
             if outcome.exit_code == ExitCode.BUSY:
-                hint = _busy_hint(recorded(ref, schema_editor.connection.alias)[1], self.wait)
+                hint = busy_hint(recorded(ref, schema_editor.connection.alias)[1], self.wait,
+                                 ensure=True)
             raise BatchedMigrationStopped.of(f"EnsureBatchedComplete: {ref}", outcome, hint)
-
-
-def _busy_hint(owner: str, waited: float) -> str:
-    waited_text = f"waited {waited:.0f}s; " if waited else ""
-    resource = owner_resource(owner)
-    if resource is not None:
-        return (f"{waited_text}wait for it (kubectl wait --for=condition=Succeeded "
-                f"datamigration/{resource.name} -n {resource.namespace} --timeout=1h) and "
-                "migrate again, or give EnsureBatchedComplete wait=SECONDS")
-    return f"{waited_text}wait for it to finish and migrate again"

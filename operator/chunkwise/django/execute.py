@@ -200,7 +200,7 @@ def execute(
     forward_direction = ref.direction == Direction.FORWARD
     target = target_for(operation, ref, apps, schema_editor, todo, key_field)
     base = operation.base_settings()
-    run_settings = settings or resolve_settings(base, env, flags)
+    run_settings = settings or resolve_settings(base, env, flags, caller)
     if connection.vendor == "postgresql":
         driver = "psycopg 3, binary fetch" if uses_psycopg3(connection.alias) \
             else "psycopg2, text fetch"
@@ -223,7 +223,7 @@ def execute(
         if connection.vendor == "postgresql" else None
     runner = BatchRunner(target, store, run_settings, reporter, stop,
                          retune=_live_retune(base, flags, ref, connection.vendor, reporter,
-                                             stream, at_once),
+                                             stream, at_once, caller),
                          health=health, caller=caller)
     with stop_on_signals(stop, stream), _startup_heap_frozen():
         try:
@@ -236,6 +236,8 @@ def execute(
                             f"{db.get('NAME')!r} at {db.get('HOST') or 'localhost'}:"
                             f"{db.get('PORT') or 'default port'}; the next run resumes from "
                             "the checkpoint")
+            if isinstance(exc, AnotherRunnerActive) and caller is Caller.COMMAND:
+                message += "; wait for it to finish, or stop it"  # migrate says its own
             outcome = Outcome(exc.exit_code, type(exc).__name__, message)
             stream.write(f"{ref}: {outcome.message}\n")
             if isinstance(exc, RetriesExhausted):
@@ -253,8 +255,7 @@ def execute(
 
 
 #: what a run stopped by a second Ctrl-C says (and its checkpoint keeps)
-ABORTED = ("aborted by a second Ctrl-C: the open batch was rolled back; the checkpoint is "
-           "intact and a new run resumes from it")
+ABORTED = "aborted by a second Ctrl-C: the open batch was rolled back, the checkpoint is intact"
 
 #: where the docs say how to retry recorded failed rows
 OPERATE_DOCS = "https://chunkwise.github.io/chunkwise/how-to/operate/"
@@ -317,7 +318,7 @@ def _with_metrics(reporter: Reporter, ref: OperationRef, port: int, stream: Text
 
 def _live_retune(base: RunSettings, flags: Mapping[str, Any] | None, ref: OperationRef,
                  vendor: str, reporter: Reporter, stream: TextIO,
-                 at_once: int) -> Retune | None:
+                 at_once: int, caller: Caller) -> Retune | None:
     """New settings from the installed tuning sources (in a Job: the DataMigration's
     spec), resolved as at start: the operation's own, then the spec's values, then the
     command line's. ``base`` must not hold the env the run started with: a tunable the
@@ -333,7 +334,7 @@ def _live_retune(base: RunSettings, flags: Mapping[str, Any] | None, ref: Operat
                 continue
             generation, env = update
             try:
-                settings = resolve_settings(base, env, flags)
+                settings = resolve_settings(base, env, flags, caller)
             except SettingsError as exc:  # the API server checks these; say it, keep going
                 reporter.notice(f"spec generation {generation} not applied: {exc}")
                 continue

@@ -22,7 +22,7 @@ from chunkwise.contract import Direction, ExitCode
 from chunkwise.engine import Outcome, RunSettings, SettingsError, Timeouts
 
 from .noop import batched_noop, is_noop
-from .operation_ref import OperationRef
+from .operation_ref import OperationRef, owner_resource
 
 __all__ = ["BatchedMigrationMisconfigured", "BatchedMigrationStopped", "BatchedRunPython",
            "said_as_usage"]
@@ -45,10 +45,23 @@ class BatchedMigrationStopped(CommandError):
         again as it is halts again at once); any other stop ends when migrate runs again,
         unless ``hint`` says otherwise."""
         if outcome.exit_code != ExitCode.HALTED:
-            hint = hint or "The checkpoint is kept; run migrate again to continue."
-        return cls(f"{what}: {outcome.reason}: {outcome.message}." + (f" {hint}" if hint
-                                                                      else ""),
+            hint = hint or "run migrate again to continue"
+        return cls(f"{what}: {outcome.reason}: {outcome.message}" + (f"; {hint}" if hint
+                                                                     else "") + ".",
                    int(outcome.exit_code))
+
+
+def busy_hint(owner: str, waited: float = 0.0, ensure: bool = False) -> str:
+    """How ``migrate`` goes on when another runner, ``owner``, holds the operation (after
+    ``waited`` seconds; ``ensure``: EnsureBatchedComplete, which can wait for it)."""
+    waited_text = f"waited {waited:.0f}s; " if waited else ""
+    resource = owner_resource(owner)
+    if resource is not None:
+        return (f"{waited_text}wait for it (kubectl wait --for=condition=Succeeded "
+                f"datamigration/{resource.name} -n {resource.namespace} --timeout=1h) and "
+                "migrate again" + (", or give EnsureBatchedComplete wait=SECONDS" if ensure
+                                   else ""))
+    return f"{waited_text}wait for it to finish and migrate again"
 
 
 class BatchedMigrationMisconfigured(CommandError):
@@ -219,8 +232,8 @@ class BatchedRunPython(Operation):
             return self.defer
         try:
             return defer_by_default(os.environ, getattr(settings, "CHUNKWISE_DEFER", False))
-        except SettingsError as exc:  # migrate prints one line and exits 64
-            raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
+        except SettingsError as exc:  # one line, exit 64, as every misconfiguration here
+            raise BatchedMigrationMisconfigured(str(exc)) from None
 
     @property
     def migration_name_fragment(self) -> str:
@@ -244,6 +257,8 @@ class BatchedRunPython(Operation):
             return
         # as RunPython: models from state.apps must be the rendered, current ones
         from_state.clear_delayed_apps_cache()
+        if not self._starts_here(app_label, schema_editor):
+            return
         with said_as_usage():
             if self.deferred():
                 self._plan_inside_migrate(app_label, schema_editor, from_state)
@@ -255,24 +270,33 @@ class BatchedRunPython(Operation):
         if is_noop(self.reverse):
             return  # as RunPython.noop: nothing to undo, no batch, no checkpoint
         to_state.clear_delayed_apps_cache()
+        if not self._starts_here(app_label, schema_editor):
+            return
         with said_as_usage():
             self._run_inside_migrate(app_label, schema_editor, to_state, Direction.BACKWARD)
 
-    def _run_inside_migrate(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
-                            state: ProjectState, direction: Direction) -> None:
-        from .execute import execute
-
-        alias = schema_editor.connection.alias
-        if not router.allow_migrate(alias, app_label, **self.hints):
-            return
-        migration, index = self.locate(app_label)
-        ref = OperationRef(app_label, migration, index, direction)
-        # migrate has printed "Applying ..." without a newline; start our lines below it
+    def _starts_here(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor) -> bool:
+        """Whether the router lets this operation run on the editor's database. If so, a
+        new line first: migrate has printed "Applying ..." without one, and whatever the
+        operation says, a misconfiguration included, starts a line of its own."""
+        if not router.allow_migrate(schema_editor.connection.alias, app_label, **self.hints):
+            return False
         sys.stdout.write("\n")
         sys.stdout.flush()
+        return True
+
+    def _run_inside_migrate(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
+                            state: ProjectState, direction: Direction) -> None:
+        from .execute import execute, recorded
+
+        alias = schema_editor.connection.alias
+        migration, index = self.locate(app_label)
+        ref = OperationRef(app_label, migration, index, direction)
         outcome = execute(self, ref, state.apps, schema_editor)
         if outcome.exit_code != 0:
-            raise BatchedMigrationStopped.of(str(ref), outcome)
+            hint = busy_hint(recorded(ref, alias)[1]) if outcome.exit_code == ExitCode.BUSY \
+                else ""
+            raise BatchedMigrationStopped.of(str(ref), outcome, hint)
         self.refuse_failed_rows(ref, alias)
 
     def refuse_failed_rows(self, ref: OperationRef, alias: str) -> None:
@@ -306,8 +330,6 @@ class BatchedRunPython(Operation):
         from .execute import plan_deferred
 
         alias = schema_editor.connection.alias
-        if not router.allow_migrate(alias, app_label, **self.hints):
-            return
         migration, index = self.locate(app_label)
         ref = OperationRef(app_label, migration, index)
         planned = plan_deferred(self, ref, state.apps, alias)
@@ -319,7 +341,7 @@ class BatchedRunPython(Operation):
         else:
             what = f"{planned.rows_estimated:,} rows to do, up to key {planned.high_water_key}"
         sys.stdout.write(
-            f"\n  deferred {ref.operation_name} ({what}): run it "
+            f"  deferred {ref.operation_name} ({what}): run it "
             f"with a DataMigration (manage.py chunkwise_manifest --image IMAGE | kubectl "
             f"apply -f -) or manage.py chunkwise_run {ref.app_label} {ref.migration}; "
             f"EnsureBatchedComplete in a later migration finishes it if nobody did\n")

@@ -509,7 +509,8 @@ def retry_failed(
     reports = _RetryReports(reporter or ProgressBar(title, stream,
                                                     lock_waits=has_row_locks(alias)),
                             retry, caller)
-    live = _live_retune(operation.base_settings(), flags, ref, vendor, reports, stream, 1)
+    live = _live_retune(operation.base_settings(), flags, ref, vendor, reports, stream, 1,
+                        caller)
 
     def retune() -> tuple[int, RunSettings] | None:
         update = live() if live is not None else None

@@ -55,6 +55,7 @@ from .settings import (
     parse_boolean,
     parse_duration,
     spec_env,
+    tunable_named,
 )
 from .tee import Tee
 
@@ -66,6 +67,6 @@ __all__ = [
     "RetrySettings", "RowFailure", "RunSettings", "SettingsError", "Tally", "Tee", "Timeouts",
     "Tunable", "Verification", "backoff_seconds", "check_budget", "classify",
     "format_duration", "parse_boolean", "parse_duration", "progress_of", "sqlstate_of", "Retune",
-    "changed_tunables", "spec_env", "HEALTH_REASONS", "HealthProbe", "HealthReading",
-    "Throttle", "ThrottleSettings", "judge", "wanted_figures", "watched",
+    "changed_tunables", "spec_env", "tunable_named", "HEALTH_REASONS", "HealthProbe",
+    "HealthReading", "Throttle", "ThrottleSettings", "judge", "wanted_figures", "watched",
 ]

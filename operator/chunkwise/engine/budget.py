@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import Halted
-from .settings import Caller, HaltThresholds, tunable
+from .settings import Caller, HaltThresholds, tunable_named
 
 __all__ = ["Tally", "check_budget"]
 
@@ -28,19 +28,19 @@ def check_budget(tally: Tally, thresholds: HaltThresholds,
     """Raise :class:`Halted` with a reason when any threshold is passed; its message names
     the threshold as ``caller``'s user sets it, and what to change."""
     if tally.failed_rows > thresholds.failed_rows:
-        knob = caller.knob(tunable("haltOn.failedRows"))
+        knob = caller.knob(tunable_named("haltOn.failedRows"))
         raise _halted("FailedRowsExceeded",
                       f"{tally.failed_rows} rows failed, more than {knob}="
                       f"{thresholds.failed_rows}", knob, caller)
     if tally.attempted >= max(thresholds.min_sample, 1) and tally.failed_rows:
         rate = tally.failed_rows / tally.attempted
         if rate > thresholds.failure_rate:
-            knob = caller.knob(tunable("haltOn.failureRate"))
+            knob = caller.knob(tunable_named("haltOn.failureRate"))
             raise _halted("FailureRateExceeded",
                           f"failure rate {rate:.4f} ({tally.failed_rows}/{tally.attempted} "
                           f"rows) is above {knob}={thresholds.failure_rate}", knob, caller)
     if tally.consecutive_failed_batches >= thresholds.consecutive_failed_batches:
-        knob = caller.knob(tunable("haltOn.consecutiveFailedBatches"))
+        knob = caller.knob(tunable_named("haltOn.consecutiveFailedBatches"))
         raise _halted("ConsecutiveFailedBatchesExceeded",
                       f"{tally.consecutive_failed_batches} batches in a row had failed rows "
                       f"({knob}={thresholds.consecutive_failed_batches})", knob, caller)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Final
 
 from .health import HEALTH_REASONS
-from .settings import BatchSettings, RetrySettings
+from .settings import BatchSettings, Caller, RetrySettings, tunable_named
 
 __all__ = ["PACE", "THROTTLE_REASONS", "BatchSizer", "CpuPriority", "RateLimiter",
            "backoff_seconds"]
@@ -39,22 +39,26 @@ class BatchSizer:
         self._max = settings.max_size
         self.size = settings.size
 
-    def plan(self, rows_to_do: int) -> str | None:
+    def plan(self, rows_to_do: int, caller: Caller = Caller.POD) -> str | None:
         """Cap batches at ``max_locked_fraction`` of the rows to do (never below min_size).
 
-        Returns what a user should be told when that cap lowers what they asked for."""
+        Returns what a user should be told when that cap lowers the batch size they asked
+        for, the settings named as ``caller``'s user sets them; nothing when it does not
+        (the tuner's room to grow is its own business)."""
         settings = self._settings
         fraction = settings.max_locked_fraction
         if not (fraction > 0 and rows_to_do > 0):
             return None
+        asked = self.size
         self._max = max(settings.min_size, min(settings.max_size, int(rows_to_do * fraction)))
         self.size = self._clamp(self.size)
-        if self._max >= settings.max_size:
+        if self.size >= asked:
             return None
-        return (f"batches capped at {self._max:,} rows, below batch.maxSize "
-                f"{settings.max_size:,}: batch.maxLockedFraction {fraction:g} of "
-                f"{rows_to_do:,} rows to do (batch.size {settings.size:,} -> {self.size:,}; "
-                f"set batch.maxLockedFraction to 0 to lift the cap)")
+        size, max_size, locked = (caller.knob(tunable_named(spec)) for spec in (
+            "batch.size", "batch.maxSize", "batch.maxLockedFraction"))
+        return (f"batches capped at {self._max:,} rows, below {max_size} "
+                f"{settings.max_size:,}: {locked} {fraction:g} of {rows_to_do:,} rows to do "
+                f"({size} {asked:,} -> {self.size:,}; set {locked} to 0 to lift the cap)")
 
     def observe(self, rows: int, seconds: float) -> None:
         """Feed back one committed batch; sets ``size`` for the next one."""

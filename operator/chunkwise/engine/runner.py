@@ -316,7 +316,7 @@ class BatchRunner:
             return self._finish(Outcome(ExitCode.DONE, "AlreadyDone", "nothing left to do", state))
         self._say(self._cpu.apply(self._settings.batch.yield_cpu))
         limiter = RateLimiter(self._settings.batch, self._clock)
-        capped = self._sizer.plan(state.rows_estimated)
+        capped = self._sizer.plan(state.rows_estimated, self._caller)
         if capped:
             self._reporter.notice(capped)
         try:

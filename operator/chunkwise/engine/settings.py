@@ -32,7 +32,19 @@ __all__ = [
 
 
 class SettingsError(ValueError):
-    """A setting has a value outside what it accepts. The message names the field."""
+    """A setting has a value outside what it accepts. The message names the field; ``field``
+    is its spec path (``batch.size``) when it starts with that, so that a caller can name it
+    as its user sets it instead."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def named(self, name: str) -> SettingsError:
+        """The same error, its field called ``name``."""
+        if self.field is None:
+            return self
+        return SettingsError(name + str(self)[len(self.field):], self.field)
 
 
 _DURATION = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)?\s*$")
@@ -60,7 +72,7 @@ def parse_duration(value: str | float | int, *, field_name: str) -> float:
 
 def _require(condition: bool, field_name: str, expected: str, got: object) -> None:
     if not condition:
-        raise SettingsError(f"{field_name}: expected {expected}, got {got!r}")
+        raise SettingsError(f"{field_name}: expected {expected}, got {got!r}", field_name)
 
 
 def _check_bounds(settings: object, group: str) -> None:
@@ -362,6 +374,12 @@ class Caller(enum.Enum):
             return f"--{tunable.option}"
         return f"spec.{tunable.spec}"
 
+    def given(self, tunable: Tunable, source: str) -> str:
+        """How an error names a value the user gave: what it is and where it came from
+        (``batch.size (--batch-size)``, ``batch.size (CHUNKWISE_BATCH_SIZE)``); in a pod,
+        where the operator turned the spec into the environment, the spec field."""
+        return f"spec.{tunable.spec}" if self is Caller.POD else f"{tunable.spec} ({source})"
+
     def go_on(self) -> str:
         """How a stopped run goes on once what stopped it is changed."""
         return {Caller.MIGRATE: "then run migrate again: it resumes from the checkpoint",
@@ -440,7 +458,7 @@ TUNABLES: tuple[Tunable, ...] = (
 )
 
 
-def tunable(spec: str) -> Tunable:
+def tunable_named(spec: str) -> Tunable:
     """The tunable whose spec path is ``spec`` (``haltOn.failedRows``)."""
     return next(t for t in TUNABLES if t.spec == spec)
 

@@ -186,7 +186,8 @@ class Command(BaseCommand):
                            shard=shard or 0, shard_count=shards)
         flags = {k: v for k, v in options.items() if v is not None}
         try:
-            settings = resolve_settings(operation.base_settings(), os.environ, flags)
+            settings = resolve_settings(operation.base_settings(), os.environ, flags,
+                                        Caller.of(os.environ, command=True))
             metrics_port = parse_port(options["metrics_port"],
                                       f"--metrics-port ({Env.METRICS_PORT})")
             # the flag, else the env var (the operator's spec.dryRun), read as every boolean
@@ -255,10 +256,16 @@ class Command(BaseCommand):
         batched = [i for i, op in enumerate(migration.operations)
                    if isinstance(op, BatchedRunPython)]
         if wanted is None or wanted == "":
-            if len(batched) != 1:
+            if not batched:
                 raise CommandError(
-                    f"--operation: {migration.app_label}.{migration.name} has {len(batched)} "
-                    f"BatchedRunPython operations (at {batched}); name one by index",
+                    f"migration_name: {migration.app_label}.{migration.name} has no "
+                    "BatchedRunPython operation; chunkwise_run runs one of those (migrate "
+                    "applies the rest)", returncode=ExitCode.USAGE)
+            if len(batched) > 1:
+                raise CommandError(
+                    f"--operation: {migration.app_label}.{migration.name} has "
+                    f"{len(batched)} BatchedRunPython operations, at indexes "
+                    f"{', '.join(map(str, batched))}; name one with --operation INDEX",
                     returncode=ExitCode.USAGE)
             return batched[0]
         index = int(wanted)
