@@ -752,3 +752,43 @@ async def test_a_refused_create_is_tried_again_by_the_timer_not_only_on_a_spec_c
     assert [k[2] for k in kmock.objects if k[0].plural == "jobs"] == ["customer-status-run1"]
     status = stored(kmock, MIGRATIONS, "customer-status")["status"]
     assert (status["run"], status["phase"]) == (1, "Pending")
+
+
+@pytest.mark.asyncio
+async def test_a_replaced_runs_job_is_deleted_even_if_the_first_delete_failed(
+        api: Api, kmock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resuming after a new image replaces run 1's Job by run 2's: recorded, then the old
+    Job deleted. The delete met an API server that was away; kopf retried the handler,
+    which by then saw run 2 and had nothing to replace. Run 1's suspended Job must not
+    stay for ever: the next check deletes it."""
+    from chunkwise.operator import handlers
+
+    monkeypatch.setattr(handlers._connection, "cluster", api.cluster)
+    monkeypatch.setattr(handlers, "post", api.post)
+    kmock.resources["v1/events"] = {}
+    await api.call(start_run, migration(suspend=True), {}, run=1)
+    suspended = migration({"phase": "Suspended", "run": 1, "conditions": []}, suspend=True)
+    old_spec = dict(suspended["spec"])
+    await put_migration(api, kmock, migration(suspended["status"], image="shop:2"))
+    delete_job = api.cluster.delete_job
+
+    def away_once(namespace: str, name: str) -> None:
+        monkeypatch.setattr(api.cluster, "delete_job", delete_job)
+        raise kopf.TemporaryError("delete jobs.batch: the API server did not answer")
+
+    monkeypatch.setattr(api.cluster, "delete_job", away_once)
+    updated: Any = handlers.updated
+    new_spec = dict(stored(kmock, MIGRATIONS, "customer-status")["spec"])
+    with pytest.raises(kopf.TemporaryError):
+        await asyncio.to_thread(updated, body=stored(kmock, MIGRATIONS, "customer-status"),
+                                old=old_spec, new=new_spec, patch={})
+    await asyncio.to_thread(updated, body=stored(kmock, MIGRATIONS, "customer-status"),
+                            old=old_spec, new=new_spec, patch={})  # kopf's retry
+    status = stored(kmock, MIGRATIONS, "customer-status")["status"]
+    assert status["run"] == 2
+    for timer in migration_timers(status):
+        await asyncio.to_thread(timer, body=stored(kmock, MIGRATIONS, "customer-status"),
+                                patch={}, logger=None)
+    jobs = sorted(k[2] for k in kmock.objects
+                  if k[0].plural == "jobs" and not kmock.objects[k].deleted)
+    assert jobs == ["customer-status-run2"]

@@ -524,6 +524,8 @@ def resync(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) -> None:
     if not run or status.get("phase") in Phase.ENDED:
         return
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    if int(run) > 1:
+        _delete_if_replaced(cluster, namespace, job_name(name, int(run) - 1))
     job = cluster.get_job(namespace, job_name(name, int(run)))
     if job is None:  # deleted by hand while no one watched: made again
         job_deleted(cluster, post, {"metadata": {
@@ -531,6 +533,15 @@ def resync(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) -> None:
             "labels": {Label.MIGRATION: name, Label.RUN: str(run)}}})
     else:
         job_changed(cluster, post, job)
+
+
+def _delete_if_replaced(cluster: Cluster, namespace: str, name: str) -> None:
+    """The last run's Job, if it never ended: a replaced run whose delete failed (the new
+    run was recorded first, so a retried handler saw nothing left to replace). An ended
+    run's Job stays, with its pods and their logs, until the DataMigration goes."""
+    job = cluster.get_job(namespace, name)
+    if job is not None and run_state_of(job).phase not in Phase.ENDED:
+        cluster.delete_job(namespace, name)
 
 
 def check_stall(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) -> None:
