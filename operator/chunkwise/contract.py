@@ -171,6 +171,9 @@ class Env:
     #: the worker container's terminationMessagePath: the worker writes its final report
     #: there, and the kubelet keeps it in the pod's status; unset outside a Job
     TERMINATION_LOG: Final = "CHUNKWISE_TERMINATION_LOG"
+    #: which run of the DataMigration this pod is (1, 2, ...): its reports say so, and
+    #: the operator ignores an earlier run's pod that reports late
+    RUN: Final = "CHUNKWISE_RUN"
     #: serve the run's live metrics at ``http://ADDRESS:PORT/metrics`` while it runs
     METRICS_PORT: Final = "CHUNKWISE_METRICS_PORT"
     #: the address to bind the metrics port to; default: every interface
@@ -293,6 +296,7 @@ class WorkerStatus(TypedDict, total=False):
     reason: str  #: CamelCase, as the engine emits it (``FailedRowsExceeded``, ...)
     message: str
     exitCode: int
+    run: int  #: the run whose pod reported (absent from workers before it was added)
 
 
 #: ``status.worker.reason`` of a run that retried the rows its operation recorded as

@@ -38,6 +38,7 @@ def test_job_carries_the_spec_as_env_an_owner_and_the_failure_policy() -> None:
     env = env_of(job)
     assert env["CHUNKWISE_APP"] == "shop" and env["CHUNKWISE_MIGRATION"] == "0002_customer_status"
     assert env["CHUNKWISE_RESOURCE"] == "shop/customer-status"
+    assert env["CHUNKWISE_RUN"] == "2"  # its reports say so
     assert env["CHUNKWISE_BATCH_SIZE"] == "2000" and env["CHUNKWISE_TARGET_DURATION"] == "250ms"
     assert env["CHUNKWISE_HALT_FAILED_ROWS"] == "10"
     assert env["CHUNKWISE_HALT_FAILURE_RATE"] == "0.05"

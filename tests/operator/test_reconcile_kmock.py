@@ -792,3 +792,28 @@ async def test_a_replaced_runs_job_is_deleted_even_if_the_first_delete_failed(
     jobs = sorted(k[2] for k in kmock.objects
                   if k[0].plural == "jobs" and not kmock.objects[k].deleted)
     assert jobs == ["customer-status-run2"]
+
+
+@pytest.mark.asyncio
+async def test_a_report_from_an_earlier_runs_pod_is_not_taken_for_this_runs(
+        api: Api, kmock: Any) -> None:
+    """Run 1's pod, stopping after run 2 had started (its grace period, its final patch
+    retried), wrote its report over run 2's. Run 2 halted and its own final patch was
+    lost: the verdict is run 2's (its pod's termination message), not run 1's
+    interruption."""
+    labels = {"chunkwise.dev/datamigration": "customer-status", "chunkwise.dev/run": "2"}
+    body = migration({"phase": "Running", "run": 2, "conditions": [], "worker": {
+        "state": "interrupted", "exitCode": 75, "reason": "Interrupted", "run": 1,
+        "message": "stopped after a committed batch (SIGTERM)",
+        "pod": "customer-status-run1-x"}})
+    await put_migration(api, kmock, body)
+    report = {"state": "halted", "exitCode": 65, "reason": "FailedRowsExceeded", "run": 2,
+              "message": "11 rows failed, more than haltOn.failedRows=10"}
+    await put_pod(kmock, "customer-status-run2-y", {"state": {"terminated": {
+        "exitCode": 65, "message": json.dumps(report)}}}, run="2")
+    job = failed_job()
+    job["metadata"].update(name="customer-status-run2", labels=labels)
+    await api.call(job_changed, job)
+    status = stored(kmock, MIGRATIONS, "customer-status")["status"]
+    assert (status["phase"], status["worker"]["exitCode"], status["worker"]["run"]) == (
+        "Halted", 65, 2)

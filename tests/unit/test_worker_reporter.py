@@ -345,3 +345,23 @@ def test_a_delayed_shard_patch_never_lowers_the_runs_progress() -> None:
     release.set()
     assert zero.flush(5)
     assert versions == sorted(versions) and versions[-1] == 1100, versions
+
+
+def test_every_report_says_its_run(tmp_path: Any) -> None:
+    """So the operator can tell a late report from an earlier run's pod (CHUNKWISE_RUN,
+    which the operator sets on the Job's pods)."""
+    import json
+
+    from chunkwise.worker import TerminationMessage
+
+    client = FakeClient()
+    reporter = StatusReporter(client, clock=lambda: 0.0, run=2)  # type: ignore[arg-type]
+    reporter.started(state(0))
+    assert reporter.flush(5)
+    reporter.finished(Outcome(ExitCode.DONE, "Completed", "ok", state(1000, done=True)))
+    assert [p["worker"]["run"] for p in client.patches] == [2, 2]
+    found = TerminationMessage.from_environment({
+        "CHUNKWISE_TERMINATION_LOG": str(tmp_path / "log"), "CHUNKWISE_RUN": "2"})
+    assert found is not None
+    found.finished(Outcome(ExitCode.DONE, "Completed", "ok", state(1000, done=True)))
+    assert json.loads((tmp_path / "log").read_text())["run"] == 2

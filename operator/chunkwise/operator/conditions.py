@@ -30,10 +30,10 @@ from chunkwise.contract import (
 from chunkwise.engine import format_duration
 
 __all__ = ["COMPLETION_INDEX", "DRY_RUN_COMPLETED", "FAILED_CREATE", "OOM_KILLED", "STUCK",
-           "Event", "RunState", "ended_at", "final_reports", "find_condition", "job_problem",
-           "oom_problem", "pod_problem", "run_state_of", "set_condition", "shard_of",
-           "shards_progress",
-           "stall_status", "status_for", "throttle_status", "verification_of", "worker_of"]
+           "Event", "RunState", "ended_at", "final_report", "final_reports", "find_condition",
+           "job_problem", "oom_problem", "pod_problem", "run_state_of", "set_condition",
+           "shard_of", "shards_progress", "stall_status", "status_for", "throttle_status",
+           "verification_of", "worker_of"]
 
 #: why a container waits that no amount of waiting fixes (the kubelet's reasons)
 _CONTAINER_STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
@@ -87,17 +87,37 @@ def ended_at(job: Mapping[str, Any]) -> str | None:
     return format_utc(parse_utc(str(completed))) if completed else None
 
 
+def final_report(status: Mapping[str, Any], shard: str | None = None) -> WorkerStatus:
+    """The report with an exit code that this run's worker (or shard) wrote, else {}: a
+    report an earlier run's pod wrote late (it says its run) is not this run's."""
+    entry = status.get("worker") if shard is None else \
+        ((status.get("shards") or {}).get(shard) or {}).get("worker")
+    if not isinstance(entry, Mapping) or "exitCode" not in entry or not _this_runs(status,
+                                                                                   entry):
+        return {}
+    return cast(WorkerStatus, entry)
+
+
+def _this_runs(status: Mapping[str, Any], report: Mapping[str, Any]) -> bool:
+    """Whether ``report`` is of the status's current run (a report from a worker before
+    reports said their run is taken to be)."""
+    return report.get("run") is None or str(report["run"]) == str(status.get("run"))
+
+
 def worker_of(status: Mapping[str, Any]) -> WorkerStatus | None:
     """What the worker said of the run: ``status.worker`` for one shard; with shards, the
     shard outcome that most needs a person (a halt, then bad usage, then any other
-    failure), its message prefixed with the shard."""
+    failure), its message prefixed with the shard. A report from an earlier run's pod
+    (one that stopped late, after this run had started) is ignored."""
     if status.get("worker"):
-        return status["worker"]  # type: ignore[no-any-return]
+        own = _this_runs(status, status["worker"])
+        return cast(WorkerStatus, status["worker"]) if own else None
     shards = status.get("shards")
     if not isinstance(shards, Mapping):
         return None
     reports = [(index, entry["worker"]) for index, entry in sorted(shards.items())
-               if isinstance(entry, Mapping) and entry.get("worker")]
+               if isinstance(entry, Mapping) and entry.get("worker")
+               and _this_runs(status, entry["worker"])]
     stopped = [(index, report) for index, report in reports
                if report.get("exitCode") not in (None, ExitCode.DONE, ExitCode.INTERRUPTED)]
     for wanted in (ExitCode.HALTED, ExitCode.USAGE, None):
@@ -379,7 +399,8 @@ def shards_progress(status: Mapping[str, Any]) -> ProgressStatus | None:
     before = status.get("progress") or {}
     done = max(total("rowsProcessed"), int(before.get("rowsProcessed") or 0))
     estimated = max(total("rowsEstimated"), done)
-    finished = len(entries) == len(shards) and all(e.get("done") for e in entries)
+    finished = len(entries) == len(shards) and all(
+        (e.get("worker") or {}).get("exitCode") == ExitCode.DONE for e in entries)
     # the live rate of the shards still running; once none is, their runs' averages
     running = [e["progress"] for e in entries
                if (e.get("worker") or {}).get("state") == WorkerState.RUNNING]

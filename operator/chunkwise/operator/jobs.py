@@ -59,7 +59,8 @@ def _shards(spec: Mapping[str, Any]) -> int:
     return 1 if spec.get("retryFailed") else int(spec.get("parallelism", 1))
 
 
-def worker_env(spec: Mapping[str, Any], namespace: str, name: str) -> list[dict[str, str]]:
+def worker_env(spec: Mapping[str, Any], namespace: str, name: str,
+               run: int | None = None) -> list[dict[str, str]]:
     migration = spec["migration"]
     env = {
         Env.APP: migration["app"],
@@ -67,6 +68,7 @@ def worker_env(spec: Mapping[str, Any], namespace: str, name: str) -> list[dict[
         Env.DIRECTION: spec.get("direction", Direction.FORWARD),
         Env.DATABASE: spec.get("database", "default"),
         Env.RESOURCE: f"{namespace}/{name}",
+        **({Env.RUN: str(run)} if run is not None else {}),
         Env.METRICS_PORT: str(Ports.WORKER_METRICS),  # declared as the pod's "metrics" port
     }
     if migration.get("operation") is not None:
@@ -98,7 +100,8 @@ TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TMP_VOLUME = "chunkwise-tmp"
 
 
-def worker_pod_spec(spec: Mapping[str, Any], namespace: str, name: str) -> dict[str, Any]:
+def worker_pod_spec(spec: Mapping[str, Any], namespace: str, name: str,
+                    run: int | None = None) -> dict[str, Any]:
     """``spec.template.spec`` (a PodSpec) with the worker container filled in.
 
     A container named ``worker`` in the template is merged with what the operator sets
@@ -115,7 +118,7 @@ def worker_pod_spec(spec: Mapping[str, Any], namespace: str, name: str) -> dict[
     worker = {**given, "name": WORKER_CONTAINER, "image": spec["image"],
               "command": list(spec.get("command", ["python", "manage.py", "chunkwise_run"])),
               "terminationMessagePath": message_path,
-              "env": worker_env(spec, namespace, name)
+              "env": worker_env(spec, namespace, name, run)
               + [{"name": Env.TERMINATION_LOG, "value": message_path}]
               + list(given.get("env", []))}
     worker["securityContext"] = {**CONTAINER_SECURITY, **given.get("securityContext", {})}
@@ -142,7 +145,7 @@ def build_job(body: Mapping[str, Any], run: int) -> dict[str, Any]:
     name, namespace = meta["name"], meta["namespace"]
     template = spec.get("template", {})
     labels = {Label.MANAGED_BY: Label.MANAGER, Label.MIGRATION: name, Label.RUN: str(run)}
-    pod_spec = worker_pod_spec(spec, namespace, name)
+    pod_spec = worker_pod_spec(spec, namespace, name, run)
     pod_meta = template.get("metadata", {})
     job: dict[str, Any] = {
         "apiVersion": "batch/v1",

@@ -31,6 +31,7 @@ from .conditions import (
     Event,
     RunState,
     ended_at,
+    final_report,
     final_reports,
     find_condition,
     job_problem,
@@ -408,11 +409,8 @@ def _judged(cluster: Cluster, job: Mapping[str, Any],
 def _reports_missing(status: Mapping[str, Any], shards: int, sharded: bool) -> bool:
     """Whether a final report (one with an exit code) is missing from the status."""
     if not sharded:
-        return "exitCode" not in (status.get("worker") or {})
-    entries: Mapping[str, Any] = status["shards"] \
-        if isinstance(status.get("shards"), Mapping) else {}
-    return any("exitCode" not in ((entries.get(str(index)) or {}).get("worker") or {})
-               for index in range(shards))
+        return not final_report(status)
+    return any(not final_report(status, str(index)) for index in range(shards))
 
 
 def _missing_reports(status: Mapping[str, Any], reports: Mapping[str, Mapping[str, Any]],
@@ -420,15 +418,15 @@ def _missing_reports(status: Mapping[str, Any], reports: Mapping[str, Mapping[st
     """The status fields the pods' final reports add: each report the worker's own
     patch did not deliver, and the final figures when above the status's."""
     added: dict[str, Any] = {}
-    shards: Mapping[str, Any] = status["shards"] \
-        if isinstance(status.get("shards"), Mapping) else {}
     for shard, report in sorted(reports.items()):
-        worker = {k: report[k] for k in ("state", "reason", "message", "exitCode", "pod")
-                  if k in report}
+        if report.get("run") is not None and str(report["run"]) != str(status.get("run")):
+            continue  # another run's pod (its labels said otherwise: not ours to record)
+        worker = {k: report[k] for k in ("state", "reason", "message", "exitCode", "pod",
+                                         "run") if k in report}
         if sharded:
-            if "exitCode" not in ((shards.get(shard) or {}).get("worker") or {}):
+            if not final_report(status, shard):
                 added.setdefault("shards", {})[shard] = {"worker": worker}
-        elif "exitCode" not in (status.get("worker") or {}):
+        elif not final_report(status):
             added["worker"] = worker
     progress = status.get("progress") or {}
     done = max((int(r.get("rowsProcessed") or 0) for r in reports.values()), default=0)

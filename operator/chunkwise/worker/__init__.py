@@ -36,8 +36,9 @@ def worker_reporter(progress: Reporter) -> Reporter:
         shard = os.environ.get(Env.SHARD) or os.environ.get(Env.JOB_COMPLETION_INDEX) or "0"
         shards = os.environ.get(Env.SHARDS) or "1"
         _live.spec = LiveSpec(os.environ)
+        run = os.environ.get(Env.RUN)
         reporters.append(StatusReporter(client, shard=int(shard), shards=int(shards),
-                                        live=_live.spec))
+                                        live=_live.spec, run=int(run) if run else None))
     return progress if len(reporters) == 1 else Tee(reporters)
 
 

@@ -135,8 +135,12 @@ class StatusReporter:
     def __init__(self, client: StatusClient, interval: float = 2.0,
                  clock: Callable[[], float] = time.monotonic, shard: int = 0,
                  shards: int = 1, live: LiveSpec | None = None,
-                 retry_backoff: tuple[float, float] = (0.5, 2.0)) -> None:
+                 retry_backoff: tuple[float, float] = (0.5, 2.0),
+                 run: int | None = None) -> None:
         self._client = client
+        #: the run this pod is, in its reports: the operator ignores a late one from an
+        #: earlier run's pod
+        self._run = run
         self._live = live
         self._interval = interval * shards
         self._shard, self._sharded = shard, shards > 1
@@ -204,6 +208,11 @@ class StatusReporter:
                              f" status ({exc}); progress is still checkpointed\n")
             self._warned = True
 
+    def _signed(self, worker: WorkerStatus) -> WorkerStatus:
+        if self._run is not None:
+            worker["run"] = self._run
+        return worker
+
     def _own(self, state: CheckpointState) -> CheckpointState:
         """The checkpoint this reporter's figures are of: the shard's own in a sharded run,
         else the run's (every shard's summed, when one process runs them all)."""
@@ -243,8 +252,9 @@ class StatusReporter:
         self._started = self._clock()
         self._rows_at_start = self._own(state).tally.rows_processed
         self._window.add(self._started, self._rows_at_start)
-        worker: WorkerStatus = {"state": WorkerState.RUNNING,
-                                "pod": os.environ.get("HOSTNAME", ""), "reason": "", "message": ""}
+        worker = self._signed({"state": WorkerState.RUNNING,
+                               "pod": os.environ.get("HOSTNAME", ""), "reason": "",
+                               "message": ""})
         status = self._with_worker({}, state, worker, self._progress(state, utc_now_text()))
         # a killed pod may have left its throttle behind: it is over
         (status["shards"][str(self._shard)] if self._sharded else status)["throttle"] = None
@@ -291,9 +301,9 @@ class StatusReporter:
         pass  # the pod's log has it from the progress bar
 
     def finished(self, outcome: Outcome) -> None:
-        worker: WorkerStatus = {
+        worker = self._signed({
             "state": WorkerState.of(outcome.exit_code), "reason": outcome.reason,
-            "message": outcome.message, "exitCode": int(outcome.exit_code)}
+            "message": outcome.message, "exitCode": int(outcome.exit_code)})
         progress = None if outcome.state is None else \
             self._progress(outcome.state, utc_now_text(), live=False)
         status = self._with_worker({}, outcome.state, worker, progress)

@@ -28,13 +28,14 @@ TERMINATION_MESSAGE_LIMIT = 4096
 
 class TerminationMessage:
     """A reporter that only hears the end: it writes the outcome, as JSON, to ``path``.
-    The same fields as ``status.worker`` (state, reason, message, exitCode), the shard
+    The same fields as ``status.worker`` (state, reason, message, exitCode, run), the shard
     when the run is sharded, and the figures of the run's progress (rowsProcessed,
     rowsEstimated), the message cut so that the whole fits the kubelet's limit."""
 
-    def __init__(self, path: Path, shard: int | None = None) -> None:
+    def __init__(self, path: Path, shard: int | None = None, run: int | None = None) -> None:
         self._path = path
         self._shard = shard
+        self._run = run
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> TerminationMessage | None:
@@ -44,7 +45,8 @@ class TerminationMessage:
             return None
         shards = int(env.get(Env.SHARDS) or "1")
         shard = env.get(Env.SHARD) or env.get(Env.JOB_COMPLETION_INDEX) or "0"
-        return cls(Path(path), int(shard) if shards > 1 else None)
+        run = env.get(Env.RUN)
+        return cls(Path(path), int(shard) if shards > 1 else None, int(run) if run else None)
 
     def finished(self, outcome: Outcome) -> None:
         report: dict[str, Any] = {
@@ -52,6 +54,8 @@ class TerminationMessage:
             "reason": outcome.reason, "message": ""}
         if self._shard is not None:
             report["shard"] = self._shard
+        if self._run is not None:
+            report["run"] = self._run
         if outcome.state is not None:
             totals = outcome.state.run_totals or outcome.state
             report.update(rowsProcessed=totals.tally.rows_processed,
