@@ -817,3 +817,42 @@ async def test_a_report_from_an_earlier_runs_pod_is_not_taken_for_this_runs(
     status = stored(kmock, MIGRATIONS, "customer-status")["status"]
     assert (status["phase"], status["worker"]["exitCode"], status["worker"]["run"]) == (
         "Halted", 65, 2)
+
+
+@pytest.mark.asyncio
+async def test_a_crd_default_added_since_the_job_was_made_does_not_replace_it_on_resume(
+        api: Api, kmock: Any) -> None:
+    """An upgrade's CRD gives a new field a default (spec.retryFailed: false), and the API
+    server shows it in every DataMigration's spec: the Job a resumed run needs is the same
+    Job, so it is resumed, not replaced by a new run."""
+    await api.call(start_run, migration(suspend=True), {}, run=1)
+    suspended = migration({"phase": "Suspended", "run": 1, "conditions": []}, suspend=True,
+                          retryFailed=False)
+    old_spec = dict(suspended["spec"])
+    resumed = migration(suspended["status"], retryFailed=False)  # suspend: False
+    await put_migration(api, kmock, resumed)
+    await api.call(spec_changed, resumed, old_spec, dict(resumed["spec"]), {})
+    jobs = sorted(k[2] for k in kmock.objects
+                  if k[0].plural == "jobs" and not kmock.objects[k].deleted)
+    assert jobs == ["customer-status-run1"]
+    assert stored(kmock, JOBS, "customer-status-run1")["spec"]["suspend"] is False
+    assert ("Normal", "Resumed") in api.posted
+
+
+@pytest.mark.asyncio
+async def test_a_job_of_an_earlier_chunkwise_is_judged_by_its_spec_digest(
+        api: Api, kmock: Any) -> None:
+    """A Job made before the job digest carries only the spec's digest: a new image while
+    it was suspended still replaces it on resume."""
+    await api.call(start_run, migration(suspend=True), {}, run=1)
+    key = next(k for k in kmock.objects if k[0].plural == "jobs")
+    older = _plain(kmock.objects[key])
+    del older["metadata"]["annotations"]["chunkwise.dev/job-digest"]
+    kmock.objects[key] = older
+    suspended = migration({"phase": "Suspended", "run": 1, "conditions": []}, suspend=True)
+    resumed = migration(suspended["status"], image="shop:2")
+    await put_migration(api, kmock, resumed)
+    await api.call(spec_changed, resumed, dict(suspended["spec"]), dict(resumed["spec"]), {})
+    jobs = sorted(k[2] for k in kmock.objects
+                  if k[0].plural == "jobs" and not kmock.objects[k].deleted)
+    assert jobs == ["customer-status-run2"]

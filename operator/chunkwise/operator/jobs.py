@@ -27,11 +27,14 @@ from chunkwise.contract import (
 )
 from chunkwise.engine import TUNABLES, spec_env
 
-__all__ = ["SPEC_DIGEST", "beyond_tuning", "build_job", "job_name", "spec_digest",
-           "worker_env", "worker_pod_spec"]
+__all__ = ["JOB_DIGEST", "SPEC_DIGEST", "beyond_tuning", "build_job", "job_digest", "job_name",
+           "spec_digest", "worker_env", "worker_pod_spec"]
 
-#: the Job's annotation: a digest of the spec it was made from, beyond tuning, so a run
-#: resumed after such a change is seen to need a Job of the new spec
+#: the Job's annotation: a digest of the Job its spec makes, beyond tuning, so a run
+#: resumed after a change is seen to need a new Job exactly when the Job would differ
+#: (a default a new CRD gives a field the Job does not depend on changes nothing)
+JOB_DIGEST = f"{ANNOTATION_PREFIX}/job-digest"
+#: what Jobs of chunkwise before JOB_DIGEST carry: a digest of the spec, beyond tuning
 SPEC_DIGEST = f"{ANNOTATION_PREFIX}/spec-digest"
 
 
@@ -44,6 +47,16 @@ def beyond_tuning(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def spec_digest(spec: Mapping[str, Any]) -> str:
     text = json.dumps(beyond_tuning(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def job_digest(body: Mapping[str, Any]) -> str:
+    """A digest of the Job ``body``'s spec makes, beyond tuning (any run's: the run's
+    number is left out)."""
+    meta = body["metadata"]
+    shape = _job({"metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+                  "spec": beyond_tuning(body["spec"])}, run=0)["spec"]
+    text = json.dumps(shape, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -141,6 +154,16 @@ def worker_pod_spec(spec: Mapping[str, Any], namespace: str, name: str,
 
 
 def build_job(body: Mapping[str, Any], run: int) -> dict[str, Any]:
+    job = _job(body, run)
+    job["metadata"]["annotations"] = {JOB_DIGEST: job_digest(body),
+                                      SPEC_DIGEST: spec_digest(body["spec"])}
+    # the garbage collector deletes the Job (and its pods) with its DataMigration
+    owner = {"apiVersion": GROUP_VERSION, "kind": KIND, **body}
+    kopf.append_owner_reference(job, owner=cast(kopf.Body, owner))
+    return job
+
+
+def _job(body: Mapping[str, Any], run: int) -> dict[str, Any]:
     meta, spec = body["metadata"], body["spec"]
     name, namespace = meta["name"], meta["namespace"]
     template = spec.get("template", {})
@@ -154,7 +177,6 @@ def build_job(body: Mapping[str, Any], run: int) -> dict[str, Any]:
             "name": job_name(name, run),
             "namespace": namespace,
             "labels": labels,
-            "annotations": {SPEC_DIGEST: spec_digest(spec)},
         },
         "spec": {
             "suspend": bool(spec.get("suspend", False)),
@@ -187,7 +209,4 @@ def build_job(body: Mapping[str, Any], run: int) -> dict[str, Any]:
         # shard is retried alone, up to backoffLimit times; a halt still fails the Job
         job["spec"].update(completionMode="Indexed", completions=shards, parallelism=shards,
                            backoffLimitPerIndex=job["spec"].pop("backoffLimit"))
-    # the garbage collector deletes the Job (and its pods) with its DataMigration
-    owner = {"apiVersion": GROUP_VERSION, "kind": KIND, **body}
-    kopf.append_owner_reference(job, owner=cast(kopf.Body, owner))
     return job

@@ -45,7 +45,15 @@ from .conditions import (
     throttle_status,
     worker_of,
 )
-from .jobs import SPEC_DIGEST, beyond_tuning, build_job, job_name, spec_digest
+from .jobs import (
+    JOB_DIGEST,
+    SPEC_DIGEST,
+    beyond_tuning,
+    build_job,
+    job_digest,
+    job_name,
+    spec_digest,
+)
 
 __all__ = ["OPERATOR_FIELDS", "Compute", "PostEvent", "announce_retune", "announce_throttle",
            "check_pods", "check_stall", "decided", "job_changed", "job_deleted",
@@ -242,7 +250,10 @@ def _made_from_another_spec(cluster: Cluster, body: Mapping[str, Any], run: int)
     tuning (a Job made before the digest annotation existed counts as today's)."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     job = cluster.get_job(namespace, job_name(name, run))
-    made_from = ((job or {}).get("metadata", {}).get("annotations") or {}).get(SPEC_DIGEST)
+    annotations = (job or {}).get("metadata", {}).get("annotations") or {}
+    if JOB_DIGEST in annotations:
+        return bool(annotations[JOB_DIGEST] != job_digest(body))
+    made_from = annotations.get(SPEC_DIGEST)  # a Job of chunkwise before JOB_DIGEST
     return made_from is not None and made_from != spec_digest(body["spec"])
 
 
