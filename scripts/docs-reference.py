@@ -304,7 +304,8 @@ def _actions(parser: argparse.ArgumentParser, skip: set[str]) -> list[list[str]]
         # by identity and type, not ==: a default of 0 equals False but is shown
         hidden = (default is None or default is False or default == argparse.SUPPRESS
                   or (isinstance(default, list) and not default))
-        shown = "" if hidden else f"`{default}`"
+        shown = "required" if action.required and action.option_strings else \
+            "" if hidden else f"`{default}`"
         rows.append([name, shown, formatter._expand_help(action) if action.help else ""])
     return rows
 

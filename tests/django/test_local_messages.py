@@ -277,3 +277,52 @@ def test_a_deferred_misconfiguration_starts_its_own_line_as_every_misconfigurati
         lines = result.stdout.splitlines()
         assert lines[-2:] == ["  Applying mistakes.0002_key_not_unique...", lines[-1]], lines
         assert lines[-1].startswith(said), lines
+
+
+def test_the_manifest_says_its_image_is_required_and_refuses_none_in_one_line(
+        tmp_path: Path) -> None:
+    db = tmp_path / "shop.sqlite3"
+    assert shop(db, "migrate", "chunkwise").returncode == 0
+    assert "(spec.image); required" in " ".join(shop(db, "chunkwise_manifest", "--help"
+                                                     ).stdout.split())
+    missing = shop(db, "chunkwise_manifest")
+    assert missing.returncode == 64, missing.stderr
+    assert missing.stderr.strip().splitlines() == [
+        "manage.py chunkwise_manifest: the following arguments are required: --image (see "
+        "--help)"], missing.stderr
+
+
+def test_the_plan_offers_no_flag_that_asks_for_something_else(tmp_path: Path) -> None:
+    """chunkwise_plan listed `--dry-run` (default True), which it always is, and
+    `--retry-failed`, which a plan refuses."""
+    db = tmp_path / "shop.sqlite3"
+    plan = shop(db, "chunkwise_plan", "--help").stdout
+    run = shop(db, "chunkwise_run", "--help").stdout
+    assert "--dry-run" not in plan and "--retry-failed" not in plan, plan
+    assert "--dry-run" in run and "--retry-failed" in run and "--samples" in plan
+
+
+def test_a_plan_with_shards_plans_each_shard_over_its_own_rows(tmp_path: Path) -> None:
+    """`chunkwise_plan --shards 2` planned the whole table under the name of shard 0."""
+    db = tmp_path / "shop.sqlite3"
+    for args in (["migrate", "chunkwise"], ["migrate", "shop", "0001"],
+                 ["seed_customers", "1000"]):
+        assert shop(db, *args).returncode == 0
+    every = shop(db, "chunkwise_plan", "shop", "0002", "--shards", "2")
+    assert every.returncode == 0, every.stderr
+    lines = every.stdout.strip().splitlines()
+    titles = [line for line in lines if line.endswith("plan (nothing was written)")]
+    assert titles == [f"shop.0002_customer_status[0] forward shard {shard}/2: plan (nothing "
+                      "was written)" for shard in (0, 1)], every.stdout
+    assert [" ".join(line.split()) for line in lines if "rows to do " in line] == \
+        ["rows to do 500 (counted)"] * 2, every.stdout
+    assert re.fullmatch(r"shop\.0002_customer_status\[0\] forward \(2 shards\): 1,000 rows to "
+                        r"do, ETA \S+ \(they run one after another\)", lines[-1]), lines[-1]
+    one = shop(db, "chunkwise_plan", "shop", "0002", "--shards", "2", "--shard", "1")
+    assert one.returncode == 0, one.stderr
+    assert [line for line in one.stdout.splitlines() if "plan (nothing" in line] == [
+        "shop.0002_customer_status[0] forward shard 1/2: plan (nothing was written)"]
+    with sqlite3.connect(db) as conn:  # a plan writes nothing
+        assert conn.execute("SELECT count(*) FROM chunkwise_checkpoint").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM shop_customer WHERE status IS NOT NULL"
+                            ).fetchone() == (0,)

@@ -26,7 +26,7 @@ from chunkwise.engine import (
 from .keys import Key, KeyCodec
 from .models import Checkpoint, FailedRow
 from .operation_ref import OperationRef, default_owner, owner_process_alive
-from .shards import keys_at, shard_ranges, split_positions
+from .shards import split
 
 __all__ = ["STALE_AFTER", "DjangoCheckpointStore", "holder_alive", "runner_alive"]
 
@@ -231,17 +231,7 @@ class DjangoCheckpointStore:
                     "split cannot change mid-run")
             if existing or ref.shard_count == 1:
                 return None
-            for attempt in range(3):  # rows deleted between the count and the pass: again
-                count = todo.count()
-                ends = split_positions(count, ref.shard_count)
-                found = keys_at(todo, self._key, ends)
-                try:
-                    ranges = shard_ranges(count, ref.shard_count, found.__getitem__)
-                    break
-                except KeyError:
-                    if attempt == 2:
-                        raise
-            sizes = [end - start for start, end in zip([0, *ends], ends, strict=False)]
+            sizes, ranges = split(todo, self._key, ref.shard_count)
             for index, bounds in enumerate(ranges):
                 lower = None if bounds is None else self._codec.dump(bounds[0])
                 Checkpoint.objects.using(self._alias).create(

@@ -7,6 +7,7 @@ It writes nothing: no row of the table, no checkpoint, no runner lock.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -21,9 +22,11 @@ from django.db.models import QuerySet
 from chunkwise.engine import BatchSizer, RunSettings, format_duration
 
 from .execute import BatchedWork, rows_to_do, target_for
+from .keys import Key
 from .operation_ref import OperationRef
+from .shards import split
 
-__all__ = ["EXACT_COUNT_LIMIT", "Plan", "plan_run"]
+__all__ = ["EXACT_COUNT_LIMIT", "Plan", "plan_run", "plan_shards", "shards_summary"]
 
 #: above this many rows in the table (the planner's reltuples), the rows to do are
 #: estimated from the planner's statistics instead of counted: an exact count of a
@@ -73,15 +76,57 @@ class Plan:
                 "sampleErrors": list(self.sample_errors)}
 
 
+#: the plan of a shard without rows (fewer rows to do than shards)
+_NO_ROWS = Plan(rows=0, rows_counted=True, sample_batches=0, sample_rows=0,
+                rows_per_second=0.0, lock_wait_per_batch=None, batch_size=0, eta_seconds=0.0)
+
+
 class _Rollback(Exception):
     """Ends the sample transaction: everything the samples did is undone."""
 
 
+def plan_shards(operation: BatchedWork, ref: OperationRef, apps: StateApps,
+                schema_editor: BaseDatabaseSchemaEditor, settings: RunSettings,
+                samples: int = 3, only: int | None = None) -> list[tuple[OperationRef, Plan]]:
+    """The plan of each of ``ref``'s shards (``only``: of that one), each over its own key
+    range, split as a run started now would split it; one shard's plan is the whole run's."""
+    if ref.shard_count == 1:
+        return [(ref, plan_run(operation, ref, apps, schema_editor, settings, samples))]
+    todo, key_field = rows_to_do(operation, ref, apps, schema_editor.connection.alias)
+    _, ranges = split(todo, key_field, ref.shard_count)
+    plans = []
+    for shard in range(ref.shard_count) if only is None else [only]:
+        within = ranges[shard]
+        plans.append((dataclasses.replace(ref, shard=shard), _NO_ROWS if within is None else
+                      plan_run(operation, ref, apps, schema_editor, settings, samples, within)))
+    return plans
+
+
+def shards_summary(ref: OperationRef, plans: list[Plan], at_once: bool) -> str:
+    """One line over every shard's plan: the rows, and the ETA of shards that run at once
+    (the slowest one's) or one after another (the sum)."""
+    etas = [plan.eta_seconds for plan in plans]
+    known = [eta for eta in etas if eta is not None]
+    eta = None if len(known) < len(etas) else max(known) if at_once else sum(known)
+    how = "they run at once, the slowest decides" if at_once else \
+        "they run one after another"
+    return (f"{ref.operation_name} {ref.direction} ({ref.shard_count} shards): "
+            f"{sum(plan.rows for plan in plans):,} rows to do, ETA "
+            f"{format_duration(eta) if eta is not None else 'unknown'} ({how})")
+
+
 def plan_run(operation: BatchedWork, ref: OperationRef, apps: StateApps,
              schema_editor: BaseDatabaseSchemaEditor, settings: RunSettings,
-             samples: int = 3) -> Plan:
+             samples: int = 3, within: tuple[Key | None, Key] | None = None) -> Plan:
+    """The plan of the rows ``ref`` still has to do; ``within``: of those in that key range
+    only, (exclusive lower bound or None, inclusive upper bound), a shard's."""
     alias = schema_editor.connection.alias
     todo, key_field = rows_to_do(operation, ref, apps, alias)
+    if within is not None:
+        lower, upper = within
+        todo = todo.filter(**{f"{key_field.name}__lte": upper})
+        if lower is not None:
+            todo = todo.filter(**{f"{key_field.name}__gt": lower})
     rows, counted = _rows(todo, alias)
     sizer = BatchSizer(settings.batch)
     sizer.plan(rows)

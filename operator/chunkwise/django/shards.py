@@ -18,7 +18,7 @@ from django.db.models.functions import RowNumber
 
 from .keys import Key
 
-__all__ = ["ShardRange", "keys_at", "shard_ranges", "split_positions"]
+__all__ = ["ShardRange", "keys_at", "shard_ranges", "split", "split_positions"]
 
 #: a shard's key range: (exclusive lower bound or None, inclusive upper bound); None when
 #: the shard has no rows (fewer rows than shards)
@@ -57,3 +57,20 @@ def keys_at(todo: QuerySet[Any], key: Field[Any, Any], positions: Sequence[int]
               .filter(_chunkwise_row__in=wanted)
               .values_list("_chunkwise_row", key.name))
     return {int(row): value for row, value in ranked}
+
+
+def split(todo: QuerySet[Any], key: Field[Any, Any], shards: int
+          ) -> tuple[list[int], list[ShardRange]]:
+    """``todo`` split into ``shards`` key ranges balanced by row count: each one's rows and
+    range. Rows deleted between the count and the pass: counted again (three tries)."""
+    for attempt in range(3):
+        count = todo.count()
+        ends = split_positions(count, shards)
+        found = keys_at(todo, key, ends)
+        try:
+            ranges = shard_ranges(count, shards, found.__getitem__)
+            break
+        except KeyError:
+            if attempt == 2:
+                raise
+    return [end - start for start, end in zip([0, *ends], ends, strict=False)], ranges

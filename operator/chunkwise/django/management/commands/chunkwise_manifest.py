@@ -13,7 +13,7 @@ from argparse import ArgumentParser
 from typing import Any
 
 import yaml
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.loader import MigrationLoader
 
@@ -30,16 +30,21 @@ from ...execute import recorded
 from ...migration_lookup import app_problems
 from ...operation_ref import OperationRef
 from ...operations import BatchedRunPython
+from .chunkwise_run import one_line_usage_errors
 
 
 class Command(BaseCommand):
     help = ("Print a DataMigration manifest for every batched operation of an applied "
             "migration that is not done (what migrate deferred), for kubectl apply -f -.")
 
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        return one_line_usage_errors(super().create_parser(prog_name, subcommand, **kwargs))
+
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("app_label", nargs="*", help="only these apps (default: all)")
         parser.add_argument("--image", required=True,
-                            help="the release's application image the worker pods run")
+                            help="the release's application image the worker pods run "
+                                 "(spec.image); required")
         parser.add_argument("--namespace", "-n", help="metadata.namespace (default: kubectl's)")
         parser.add_argument("--database", default=DEFAULT_DB_ALIAS,
                             help="database alias to read checkpoints from; also spec.database")

@@ -7,7 +7,6 @@ size the tuner would pick, and an ETA. Writes nothing.
 
 from __future__ import annotations
 
-from argparse import ArgumentParser
 from typing import Any
 
 from .chunkwise_run import Command as RunCommand
@@ -15,11 +14,9 @@ from .chunkwise_run import Command as RunCommand
 
 class Command(RunCommand):
     help = ("Plan one BatchedRunPython operation without running it: rows to do, rows/s, "
-            "lock waits, batch size and ETA from sample batches that are rolled back.")
-
-    def add_arguments(self, parser: ArgumentParser) -> None:
-        super().add_arguments(parser)
-        parser.set_defaults(dry_run=True)
+            "lock waits, batch size and ETA from sample batches that are rolled back; with "
+            "--shards N, each shard's over its own key range.")
+    plans_only = True  # no --dry-run (always) nor --retry-failed (a retry is no plan)
 
     def handle(self, *args: Any, **options: Any) -> None:
         options["dry_run"] = True

@@ -32,7 +32,7 @@ from ...local_shards import MAX_SHARDS, run_shards_here
 from ...migration_lookup import MigrationNotFound, find_migration, schema_not_applied
 from ...operation_ref import OperationRef
 from ...operations import BatchedRunPython
-from ...plan import plan_run
+from ...plan import plan_shards, shards_summary
 from ...progress import ProgressBar
 from ...reporters import NullReporter, with_plugins
 from ...retry import RetryRefused, retry_failed, switch
@@ -65,6 +65,20 @@ def _shards(raw_count: Any, raw_index: Any) -> tuple[int, int | None]:
     return count, index
 
 
+def one_line_usage_errors(parser: CommandParser) -> CommandParser:
+    """Flags that do not parse are usage errors too: exit 64 with one line, as every other
+    bad input to chunkwise's commands (argparse's own is exit 2 with the whole usage)."""
+
+    def error(message: str) -> NoReturn:
+        if not parser.called_from_command_line:
+            raise CommandError(f"Error: {message}")
+        sys.stderr.write(f"{parser.prog}: {message} (see --help)\n")
+        sys.exit(ExitCode.USAGE)
+
+    parser.error = error  # type: ignore[method-assign]  # CommandParser has no hook
+    return parser
+
+
 def _direction(raw: str) -> Direction:
     """The flag's (argparse checked it) or the environment's (nobody did)."""
     try:
@@ -77,20 +91,11 @@ def _direction(raw: str) -> Direction:
 class Command(BaseCommand):
     help = ("Run one BatchedRunPython operation in committed batches, resuming from its "
             "checkpoint. Arguments fall back to CHUNKWISE_* environment variables.")
+    #: chunkwise_plan: this command that only plans, without the flags that choose
+    plans_only = False
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        """Flags that do not parse are usage errors too: exit 64 with one line, as every
-        other bad input here (argparse's own is exit 2 with the whole usage text)."""
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-
-        def error(message: str) -> NoReturn:
-            if not parser.called_from_command_line:
-                raise CommandError(f"Error: {message}")
-            sys.stderr.write(f"{parser.prog}: {message} (see --help)\n")
-            sys.exit(ExitCode.USAGE)
-
-        parser.error = error  # type: ignore[method-assign]  # CommandParser has no hook
-        return parser
+        return one_line_usage_errors(super().create_parser(prog_name, subcommand, **kwargs))
 
     def check(self, *args: Any, **kwargs: Any) -> None:
         """Django's system checks (chunkwise.E001...) run before the command: a project
@@ -103,6 +108,21 @@ class Command(BaseCommand):
             with_plugins(NullReporter()).finished(
                 Outcome(ExitCode.USAGE, "InvalidConfiguration", str(exc).strip()))
             raise SystemCheckError(str(exc), returncode=ExitCode.USAGE) from None
+
+    @staticmethod
+    def _add_what_to_do(parser: ArgumentParser) -> None:
+        """The flags that make the command do something else than run."""
+        parser.add_argument("--dry-run", action="store_true", default=None,
+                            help="plan instead of running: rows to do, rows/s and lock waits "
+                                 "from a few sample batches that are rolled back, the batch "
+                                 f"size the tuner would pick, an ETA; writes nothing (as "
+                                 f"chunkwise_plan) [env {Env.DRY_RUN}; spec.dryRun]")
+        parser.add_argument("--retry-failed", action="store_true", default=None,
+                            help="instead of running: run the operation's code again on the "
+                                 "rows its run recorded as failed (every shard), once the "
+                                 "run is done and the code or the data is fixed; a row that "
+                                 "fails again stays recorded [env "
+                                 f"{Env.RETRY_FAILED}; spec.retryFailed]")
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("app_label", nargs="?", default=_env(Env.APP),
@@ -126,17 +146,10 @@ class Command(BaseCommand):
         parser.add_argument("--shard", default=_env(Env.SHARD, _env(Env.JOB_COMPLETION_INDEX)),
                             metavar="I", help="run only shard I of N (0-based) [env "
                                               f"{Env.SHARD}, else {Env.JOB_COMPLETION_INDEX}]")
-        parser.add_argument("--dry-run", action="store_true", default=None,
-                            help="plan instead of running: rows to do, rows/s and lock waits "
-                                 "from a few sample batches that are rolled back, the batch "
-                                 f"size the tuner would pick, an ETA; writes nothing [env "
-                                 f"{Env.DRY_RUN}; spec.dryRun]")
-        parser.add_argument("--retry-failed", action="store_true", default=None,
-                            help="instead of running: run the operation's code again on the "
-                                 "rows its run recorded as failed (every shard), once the "
-                                 "run is done and the code or the data is fixed; a row that "
-                                 "fails again stays recorded [env "
-                                 f"{Env.RETRY_FAILED}; spec.retryFailed]")
+        if self.plans_only:  # no choice of what to do: chunkwise_plan only plans
+            parser.set_defaults(dry_run=True, retry_failed=None)
+        else:
+            self._add_what_to_do(parser)
         parser.add_argument("--samples", type=int, default=3, metavar="N",
                             help="sample batches of a dry run (default 3)")
         parser.add_argument("--metrics-port", default=_env(Env.METRICS_PORT), metavar="PORT",
@@ -205,7 +218,7 @@ class Command(BaseCommand):
                     returncode=ExitCode.USAGE)
             if dry_run:
                 return self._plan(operation, ref, state.apps, alias, settings,
-                                  options["samples"])
+                                  options["samples"], every_shard=shard is None)
             if retry:
                 return self._retry(operation, ref, state.apps, alias, settings, flags, caller)
             if shard is None and shards > 1:
@@ -237,19 +250,29 @@ class Command(BaseCommand):
         return int(outcome.exit_code)
 
     def _plan(self, operation: BatchedRunPython, ref: OperationRef, apps: Any, alias: str,
-              settings: Any, samples: int) -> int:
+              settings: Any, samples: int, every_shard: bool) -> int:
+        """The plan of ``ref``'s shard, or with ``every_shard`` of each of its shards (the
+        run's own split) and a line over all of them."""
         if not 1 <= samples <= 100:
             raise CommandError(f"--samples: expected an integer from 1 to 100, got {samples}",
                                returncode=ExitCode.USAGE)
         with connections[alias].schema_editor(atomic=False) as schema_editor:
-            plan = plan_run(operation, ref, apps, schema_editor, settings, samples)
-        self.stdout.write("\n".join(plan.lines(str(ref))))
-        summary = plan.lines(str(ref))[1:]
+            plans = plan_shards(operation, ref, apps, schema_editor, settings, samples,
+                                only=None if every_shard else ref.shard)
+        lines = [line for shard, plan in plans for line in plan.lines(str(shard))]
+        if len(plans) == 1:
+            [(shard, plan)] = plans
+            said = "; ".join(" ".join(line.split()) for line in plan.lines(str(shard))[1:])
+            status: Any = plan.as_status()
+        else:  # shards of one process: run here, they run at once on PostgreSQL only
+            said = shards_summary(ref, [plan for _, plan in plans],
+                                  at_once=connections[alias].vendor == "postgresql")
+            lines.append(said)
+            status = None
+        self.stdout.write("\n".join(lines))
         with_plugins(NullReporter()).finished(Outcome(
-            ExitCode.DONE, "DryRunCompleted",
-            "dry run, nothing was written: " + "; ".join(" ".join(line.split())
-                                                         for line in summary),
-            plan=plan.as_status()))
+            ExitCode.DONE, "DryRunCompleted", "dry run, nothing was written: " + said,
+            plan=status))
         return int(ExitCode.DONE)
 
     def _operation_index(self, migration: Migration, wanted: Any) -> int:
