@@ -856,3 +856,26 @@ async def test_a_job_of_an_earlier_chunkwise_is_judged_by_its_spec_digest(
     jobs = sorted(k[2] for k in kmock.objects
                   if k[0].plural == "jobs" and not kmock.objects[k].deleted)
     assert jobs == ["customer-status-run2"]
+
+
+@pytest.mark.asyncio
+async def test_a_run_that_completed_with_failed_rows_says_so_in_succeeded(
+        api: Api, kmock: Any) -> None:
+    """Issue 37, item 3: `Completed: every row was processed` read as if nothing had failed
+    while 2 rows were recorded as failed and left unchanged."""
+    body = migration({"phase": "Running", "run": 1, "conditions": [],
+                      "worker": {"state": "done", "exitCode": 0, "reason": "Completed",
+                                 "message": "all rows processed, but 2 of them failed"},
+                      "progress": {"rowsProcessed": 100, "rowsEstimated": 100,
+                                   "failedRows": 2}})
+    await put_migration(api, kmock, body)
+    job = failed_job()
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    await api.call(job_changed, job)
+    status = stored(kmock, MIGRATIONS, "customer-status")["status"]
+    succeeded = {c["type"]: c for c in status["conditions"]}["Succeeded"]
+    assert (status["phase"], succeeded["status"], succeeded["reason"]) == (
+        "Succeeded", "True", "CompletedWithFailedRows")
+    assert succeeded["message"].startswith(
+        "every row was processed, but 2 failed: recorded with their error and not changed; "
+        "list them with manage.py chunkwise_status APP --failed")

@@ -29,11 +29,12 @@ from chunkwise.contract import (
 )
 from chunkwise.engine import format_duration
 
-__all__ = ["COMPLETION_INDEX", "DRY_RUN_COMPLETED", "FAILED_CREATE", "OOM_KILLED", "STUCK",
-           "Event", "RunState", "ended_at", "final_report", "final_reports", "find_condition",
+__all__ = ["COMPLETED_WITH_FAILED_ROWS", "COMPLETION_INDEX", "DRY_RUN_COMPLETED", "FAILED_CREATE",
+           "OOM_KILLED", "STUCK", "Event", "RunState", "ended_at", "final_report", "final_reports",
+           "find_condition",
            "job_problem", "oom_problem", "pod_problem", "run_state_of", "set_condition",
            "shard_of", "shards_progress", "stall_status", "status_for", "throttle_status",
-           "verification_of", "worker_of"]
+           "verification_of", "with_failed_rows", "worker_of"]
 
 #: why a container waits that no amount of waiting fixes (the kubelet's reasons)
 _CONTAINER_STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
@@ -126,6 +127,23 @@ def worker_of(status: Mapping[str, Any]) -> WorkerStatus | None:
                 return cast(WorkerStatus, {**report, "message":
                                            f"shard {index}: {report.get('message', '')}"})
     return None
+
+
+#: a run that completed with rows recorded as failed: Succeeded says so, since those rows
+#: were skipped, not changed, and the next release may need them
+COMPLETED_WITH_FAILED_ROWS = "CompletedWithFailedRows"
+
+
+def with_failed_rows(state: RunState, status: Mapping[str, Any]) -> RunState:
+    """``state``, told that rows failed when a run of every row completed with some
+    recorded as failed (``status.progress.failedRows``)."""
+    failed = int((status.get("progress") or {}).get("failedRows") or 0)
+    if state.phase != Phase.SUCCEEDED or state.reason != "Completed" or not failed:
+        return state
+    return RunState(Phase.SUCCEEDED, COMPLETED_WITH_FAILED_ROWS, (
+        f"every row was processed, but {failed:,} failed: recorded with their error and not "
+        f"changed; list them with manage.py chunkwise_status APP --failed, and once the code "
+        f"or the data is fixed, run them again with spec.retryFailed: true"))
 
 
 def run_state_of(job: Mapping[str, Any], worker: WorkerStatus | None = None) -> RunState:

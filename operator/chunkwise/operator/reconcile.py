@@ -43,6 +43,7 @@ from .conditions import (
     stall_status,
     status_for,
     throttle_status,
+    with_failed_rows,
     worker_of,
 )
 from .jobs import (
@@ -403,14 +404,14 @@ def _judged(cluster: Cluster, job: Mapping[str, Any],
     shards = int((job.get("spec") or {}).get("completions") or 1) if sharded else 1
     unexplained = state.phase == Phase.FAILED and not (worker or {}).get("reason")
     if not unexplained and not _reports_missing(status, shards, sharded):
-        return state, {}
+        return with_failed_rows(state, status), {}
     namespace = job["metadata"]["namespace"]
     labels = job["metadata"]["labels"]
     pods = _run_pods(cluster, namespace, labels[Label.MIGRATION], labels[Label.RUN])
     recorded = _missing_reports(status, final_reports(pods), sharded)
     if recorded:
         worker = worker_of(_merged(status, recorded))
-        state = run_state_of(job, worker)
+        state = with_failed_rows(run_state_of(job, worker), _merged(status, recorded))
     if state.phase == Phase.FAILED and not (worker or {}).get("reason"):
         # the worker could not say why (killed): the kubelet may know
         state = oom_problem(pods) or state
