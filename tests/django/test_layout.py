@@ -82,3 +82,23 @@ def test_reverse_runpython_noop_migrates_backwards_without_a_batch(tmp_path: Pat
         assert conn.execute("SELECT count(*) FROM chunkwise_failedrow").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM inventory_port WHERE mac_upper IS NOT NULL"
                             ).fetchone() == (101,)
+
+
+def test_rows_that_keep_matching_todo_on_purpose_are_not_reported_missed(
+        tmp_path: Path) -> None:
+    """A port without a MAC keeps mac_upper NULL, so it still matches todo after the run:
+    verification reported it as missed (which reads as data loss) until done= named it."""
+    db = tmp_path / "lab.sqlite3"
+    lab = lab_on_sqlite(db, LAB_LAYOUT="good")
+    assert lab("migrate", "--database", "lite", "inventory", "0002", "-v0").returncode == 0
+    seed_ports(db, "inventory_port", 100)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE inventory_port SET mac_address = NULL WHERE id % 10 = 0")
+    result = lab("migrate", "--database", "lite", "inventory", "0003")
+    assert result.returncode == 0, result.stderr
+    assert "verified: no row up to key 100 still matches todo" in result.stderr, result.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT rows_remaining, rows_missed FROM chunkwise_checkpoint"
+                            ).fetchall() == [(0, 0)]
+        assert conn.execute("SELECT count(*) FROM inventory_port WHERE mac_upper IS NULL"
+                            ).fetchone() == (10,)

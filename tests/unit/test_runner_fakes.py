@@ -484,3 +484,12 @@ def test_a_cpu_priority_that_cannot_be_restored_is_said(
     assert recorder.notices == [
         "batch.yieldCpu: could not restore the CPU priority (Operation not permitted); "
         "this thread stays at idle priority"]
+
+
+def test_a_verification_with_missed_rows_says_how_to_name_rows_kept_on_purpose() -> None:
+    described = Verification(57, 0, 1000).describe()
+    assert described == (
+        "57 rows up to key 1000 still match todo: 0 recorded as failed, 57 missed; if the "
+        "code leaves some rows matching todo on purpose, name them with the operation's "
+        "done= (see the operation reference)")
+    assert "done=" not in Verification(3, 3, 1000).describe()

@@ -85,9 +85,13 @@ class DjangoCheckpointStore:
         key_field: Field[Any, Any],
         owner: str | None = None,
         has_todo: bool = False,
+        done: Q | None = None,
     ) -> None:
         self._ref = ref
         self._has_todo = has_todo
+        #: rows that may keep matching todo once the code handled them (the operation's
+        #: done=): verification leaves them out
+        self._done = done
         self._alias = alias
         self._todo = todo
         self._key = key_field
@@ -377,17 +381,18 @@ class DjangoCheckpointStore:
             return None
         row = self._rows().get(pk=self.checkpoint_id)
         name = self._key.name
+        todo = self._todo if self._done is None else self._todo.exclude(self._done)
         # rows whose key is NULL match no range, so no batch reached them: counted by the
         # first shard (whose range has no lower bound), so that a run is never reported
         # verified while rows still match todo
-        null_keys = (self._todo.filter(**{f"{name}__isnull": True}).count()
+        null_keys = (todo.filter(**{f"{name}__isnull": True}).count()
                      if row.lower_key is None else 0)
         if row.high_water_key is None:
             result = Verification(null_keys, 0, None, null_keys)
             self._rows().filter(pk=row.pk).update(rows_remaining=null_keys,
                                                   rows_missed=null_keys, verified_at=Now())
             return result
-        remaining = self._todo.filter(**{f"{name}__lte": self._codec.load(row.high_water_key)})
+        remaining = todo.filter(**{f"{name}__lte": self._codec.load(row.high_water_key)})
         if row.lower_key is not None:
             remaining = remaining.filter(**{f"{name}__gt": self._codec.load(row.lower_key)})
         count = remaining.count() + null_keys

@@ -67,6 +67,7 @@ class BatchedWork(Protocol):
     reverse: SetBasedCode | None
     todo: Q | None
     reverse_todo: Q | None
+    done: Q | None
 
     def base_settings(self) -> RunSettings: ...
 
@@ -213,7 +214,8 @@ def execute(
     run_settings = _for_this_run(run_settings, ref, connection.vendor, stream, at_once)
     store = DjangoCheckpointStore(ref, connection.alias, todo, key_field,
                                   has_todo=(operation.todo if forward_direction
-                                            else operation.reverse_todo) is not None)
+                                            else operation.reverse_todo) is not None,
+                                  done=operation.done if forward_direction else None)
     stop = stop or threading.Event()
     reporter = reporter or ProgressBar(str(ref), stream,
                                        lock_waits=has_row_locks(connection.alias))

@@ -143,6 +143,7 @@ class BatchedRunPython(Operation):
         reverse: BatchedCode | RunPythonCode | None = None,
         todo: Q | None = None,
         reverse_todo: Q | None = None,
+        done: Q | None = None,
         key: str = "pk",
         batch_size: int = 1000,
         lock_timeout: float = 2.0,
@@ -165,7 +166,10 @@ class BatchedRunPython(Operation):
                              "it writes, e.g. fields=['status']")
         if fields and transform is None:
             raise ValueError("BatchedRunPython fields: only used with transform=")
-        for name, condition in (("todo", todo), ("reverse_todo", reverse_todo)):
+        if done is not None and todo is None:
+            raise ValueError("BatchedRunPython done: it names rows that keep matching todo "
+                             "once handled, so it needs todo=")
+        for name, condition in dict(todo=todo, reverse_todo=reverse_todo, done=done).items():
             if condition is not None and not isinstance(condition, Q):
                 raise ValueError(
                     f"BatchedRunPython {name}: expected a Q object, got {condition!r}")
@@ -190,6 +194,7 @@ class BatchedRunPython(Operation):
         self.reverse = cast("BatchedCode | None", reverse)
         self.todo = todo
         self.reverse_todo = reverse_todo
+        self.done = done
         self.key = key
         self.batch_size = batch_size
         self.lock_timeout = lock_timeout

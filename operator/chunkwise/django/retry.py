@@ -111,7 +111,7 @@ class FailedRowRetry:
 
     def __init__(self, ref: OperationRef, alias: str, checkpoints: Sequence[Checkpoint],
                  data: DjangoBatchTarget, todo: QuerySet[Any], key_field: Field[Any, Any],
-                 has_todo: bool) -> None:
+                 has_todo: bool, done: Q | None = None) -> None:
         self._ref = ref
         self._alias = alias
         self._checkpoints = list(checkpoints)
@@ -121,6 +121,7 @@ class FailedRowRetry:
         self._key = key_field
         self._codec = KeyCodec(key_field)
         self._has_todo = has_todo
+        self._done = done  # the operation's done=: rows verification leaves out
         self._vendor = connections[alias].vendor
         self._locks: list[int] = []
         self._committed = _Pass()
@@ -284,7 +285,8 @@ class FailedRowRetry:
                             sum(c.failed_remaining for c in checks), checks[-1].up_to_key)
 
     def _shard_store(self, shard: OperationRef, checkpoint: Checkpoint) -> DjangoCheckpointStore:
-        store = DjangoCheckpointStore(shard, self._alias, self._todo, self._key, has_todo=True)
+        store = DjangoCheckpointStore(shard, self._alias, self._todo, self._key, has_todo=True,
+                                      done=self._done)
         store.attach(checkpoint.pk)
         return store
 
@@ -503,7 +505,8 @@ def retry_failed(
         else operation.reverse_todo
     data = target_for(operation, ref, apps, schema_editor, todo, key_field, lock_first=True)
     retry = FailedRowRetry(ref, alias, checkpoints, data, todo, key_field,
-                           has_todo=direction_todo is not None)
+                           has_todo=direction_todo is not None,
+                           done=operation.done if ref.direction == Direction.FORWARD else None)
     vendor = schema_editor.connection.vendor
     title = f"{ref} retry"
     reports = _RetryReports(reporter or ProgressBar(title, stream,

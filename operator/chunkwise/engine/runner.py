@@ -224,8 +224,12 @@ class Verification:
             return f"no row up to key {self.up_to_key} still matches todo"
         nulls = (f" ({self.null_keys:,} of them with a NULL key, which no batch can reach)"
                  if self.null_keys else "")
+        hint = ("; if the code leaves some rows matching todo on purpose, name them with "
+                "the operation's done= (see the operation reference)"
+                if self.missed > self.null_keys else "")
         return (f"{self.rows_remaining:,} rows up to key {self.up_to_key} still match todo: "
-                f"{self.failed_remaining:,} recorded as failed, {self.missed:,} missed{nulls}")
+                f"{self.failed_remaining:,} recorded as failed, {self.missed:,} missed{nulls}"
+                f"{hint}")
 
 
 def _all_processed(tally: Tally) -> str:
