@@ -62,7 +62,8 @@ def test_migrate_serves_live_metrics_while_it_runs(tmp_path: Path) -> None:
 
 def test_a_bad_metrics_port_is_refused_naming_it(tmp_path: Path) -> None:
     db = tmp_path / "shop.sqlite3"
-    assert shop(db, "migrate", "chunkwise").returncode == 0
+    for args in (["migrate", "chunkwise"], ["migrate", "shop", "0001"]):  # 0002's schema
+        assert shop(db, *args).returncode == 0
     result = shop(db, "chunkwise_run", "shop", "0002", "--metrics-port", "99999")
     assert result.returncode == ExitCode.USAGE
     assert ("--metrics-port (CHUNKWISE_METRICS_PORT): expected a TCP port number 1-65535, "
