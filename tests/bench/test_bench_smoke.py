@@ -153,3 +153,14 @@ def test_the_traffic_phase_counts_only_the_traffic_writers_lock_waits() -> None:
         for writer in writers:
             writer.join(timeout=30)
         assert run.writer_lock_waits(server, "waits") == 1
+
+
+def test_the_joined_todo_benchmark_times_both_todos_and_prints_the_ratio() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "joined_todo.py"),
+                             "--items", "2000", "--rounds", "1"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("2,000 items, 6,000 related rows, statistics of empty tables")
+    assert any(line.strip().startswith("todo across a relation (lab 0010)") for line in lines)
+    assert lines[-1].startswith("joined / plain: ")

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -817,3 +818,41 @@ def test_allow_failed_rows_accepts_that_many_recorded_failures_and_no_more(
     assert refused.value.exit_code == 65
     assert "FailedRowsLeft: 2 rows failed and are recorded, more than its " \
            "allow_failed_rows=1" in str(refused.value)
+
+
+def test_a_todo_across_a_relation_bounds_its_semi_join_by_the_batch_range(
+        lab_db: LabDb) -> None:
+    """Issue 37, item 6: the semi-join of a todo across a relation was bounded only outside
+    (`id > a AND id <= b AND id IN (SELECT ... every flagged row ...)`), so a planner misled
+    by stale statistics scanned the whole related table for each batch. Inside too, now,
+    and a set-based run over windows of the key's index does every flagged item once."""
+    from django.apps import apps
+    from django.db import connection
+    from django.db.models import Q
+
+    from chunkwise.contract import Direction
+    from chunkwise.django import BatchedRunPython
+    from chunkwise.django.execute import rows_to_do, target_for
+    from chunkwise.django.operation_ref import OperationRef
+
+    operation = BatchedRunPython("lab.Item", lambda apps, editor, batch: None,
+                                 todo=Q(stamped__flag=True, counter=0))
+    ref = OperationRef("lab", "0010_backfill_across_a_relation", 0, Direction.FORWARD)
+    state_apps: Any = apps  # the installed models stand in for a migration's state here
+    todo, key = rows_to_do(operation, ref, state_apps, "default")
+    with connection.schema_editor(atomic=False) as editor:
+        target = target_for(operation, ref, state_apps, editor, todo, key)
+        sql = str(target._range(100, 200).query)
+    inner = sql[sql.index("IN (SELECT"):]
+    assert 'U0."id" > 100' in inner and 'U0."id" <= 200' in inner, sql
+    seed_items(lab_db, 3000)
+    lab_db.execute("INSERT INTO lab_stamped (at, day, amount, ref, ratio, flag, note, "
+                   "item_id) SELECT now(), now()::date, 1, gen_random_uuid(), 1, "
+                   "(i %% 3 = 0 AND k = 1), '', i FROM generate_series(1, 3000) i, "
+                   "generate_series(1, 3) k")
+    result = lab_db.manage("chunkwise_run", "lab", "0010", "--batch-size", "200",
+                           "--max-locked-fraction", "1")
+    assert result.returncode == 0, result.stderr
+    assert counters(lab_db) == {1: 1000, 0: 2000}
+    assert lab_db.query("SELECT count(*) FROM lab_item WHERE counter = 1 AND id %% 3 <> 0") \
+        == [(0,)]

@@ -139,9 +139,11 @@ def target_for(operation: BatchedWork, ref: OperationRef, apps: StateApps,
                key_field: Field[Any, Any], lock_first: bool = False) -> DjangoBatchTarget:
     """The batch target for ``ref``'s direction: the transform, or the set-based code."""
     alias = schema_editor.connection.alias
+    within = _bounded_semi_join(operation, ref, todo, key_field)
     if ref.direction == Direction.FORWARD and operation.forward is None:
         return DjangoBatchTarget(alias, todo, key_field, transform=operation.transform,
-                                 fields=operation.fields, lock_first=lock_first)
+                                 fields=operation.fields, lock_first=lock_first,
+                                 within=within)
     code = operation.forward if ref.direction == Direction.FORWARD else operation.reverse
     if code is None:
         raise ImproperlyConfigured(
@@ -149,7 +151,19 @@ def target_for(operation: BatchedWork, ref: OperationRef, apps: StateApps,
             f"{ref.operation_name} has none (it is irreversible)")
     return DjangoBatchTarget(alias, todo, key_field,
                              forward=lambda batch: code(apps, schema_editor, batch),
-                             lock_first=lock_first)
+                             lock_first=lock_first, within=within)
+
+
+def _bounded_semi_join(operation: BatchedWork, ref: OperationRef, todo: QuerySet[Any],
+                       key: Field[Any, Any]) -> Callable[[Q], QuerySet[Any]] | None:
+    """For a todo that joins (see one_per_key): the rows to do within given key bounds,
+    with the bounds inside the semi-join as well as outside it; None for a todo on the
+    table alone, which a range bounds already."""
+    todo_q = operation.todo if ref.direction == Direction.FORWARD else operation.reverse_todo
+    rows = todo.model._base_manager.db_manager(todo.db).all()
+    if todo_q is None or len(rows.filter(todo_q).query.alias_map) == 1:
+        return None
+    return lambda bounds: one_per_key(rows.filter(bounds), todo_q, key)
 
 
 def plan_deferred(operation: BatchedWork, ref: OperationRef, apps: StateApps,

@@ -62,6 +62,9 @@ OPTIMISTIC_LOCK_TIMEOUT = 0.05
 CONTENDED_ATTEMPTS = 20
 _LOCK_NOT_AVAILABLE = "55P03"
 _SERIALIZATION_FAILURE = "40001"
+#: with a todo that joins, the widest window of the key's index a batch searches for its
+#: rows to do, in multiples of the batch size (a sparser todo takes more windows)
+_MAX_KEYS_PER_ROW = 64
 #: the name the key goes by in the SQL around a subquery of the batch's keys
 _KEY = "chunkwise_key"
 
@@ -78,11 +81,18 @@ class DjangoBatchTarget:
         transform: RowTransform | None = None,
         fields: Sequence[str] = (),
         lock_first: bool = False,
+        within: Callable[[Q], QuerySet[Any]] | None = None,
     ) -> None:
         if (forward is None) == (transform is None):
             raise ValueError("give exactly one of forward (set-based) or transform (per row)")
         self._alias = alias
         self._todo = todo
+        #: a todo that joins (``key IN (SELECT key ... JOIN ... WHERE todo)``): the rows of a
+        #: key range, with the range bounding the semi-join inside too, so that no plan can
+        #: scan the whole related table for one batch (a planner misled by statistics older
+        #: than the run's own changes did, at 1 s per batch)
+        self._within = within
+        self._keys_per_row = 1.0  # keys of the table per row to do, seen in the last window
         self._key = key_field
         self._forward = forward
         self._transform = transform
@@ -144,20 +154,51 @@ class DjangoBatchTarget:
             cursor.execute("SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(settings)),
                            [part for item in settings.items() for part in item])
 
-    def _range(self, after: Key | None, upto: Key) -> QuerySet[Any]:
+    def _bounds(self, after: Key | None, upto: Key) -> Q:
         name = self._key.name
         bounds = Q(**{f"{name}__lte": upto})
         if after is not None:
             bounds &= Q(**{f"{name}__gt": after})
-        return self._todo.filter(bounds)
+        return bounds
+
+    def _range(self, after: Key | None, upto: Key) -> QuerySet[Any]:
+        bounds = self._bounds(after, upto)
+        return self._todo.filter(bounds) if self._within is None else self._within(bounds)
+
+    def _window(self, after: Key | None, upto: Key, limit: int) -> Key:
+        """With a todo that joins: the batch's key range is found on the key's index alone
+        (the ``limit``-th key of the table after ``after``, at most ``upto``), and todo is
+        applied inside it, so a batch's cost follows its range, never the whole table."""
+        name = self._key.name
+        found = list(self._todo.model._base_manager.db_manager(self._alias)
+                     .filter(self._bounds(after, upto)).order_by(name)
+                     .values_list(name, flat=True)[limit - 1:limit])
+        return found[0] if found else upto
 
     def lock_rows(self, after: Key | None, upto: Key, limit: int) -> tuple[int, Key | None]:
         """The batch's rows: their count and last key, locked first unless the batch runs
-        optimistically (nothing contending: the writes lock them themselves)."""
+        optimistically (nothing contending: the writes lock them themselves). With a todo
+        that joins, the first window of the key's index that holds rows to do."""
+        if self._within is None:
+            return self._lock_rows(after, upto, limit)
+        start = after
+        while True:
+            # a window wide enough for ``limit`` rows to do, from how many keys of the
+            # table each one took so far (half the items to do: twice the keys)
+            span = int(limit * min(max(self._keys_per_row * 1.2, 1.0), _MAX_KEYS_PER_ROW))
+            window = self._window(start, upto, span)
+            rows, last = self._lock_rows(start, window, limit)
+            if rows < limit and window != upto:
+                self._keys_per_row = span / max(rows, span / (4 * _MAX_KEYS_PER_ROW))
+            if rows or window == upto:
+                return rows, last
+            start = window  # nothing to do in this window: the next, wider one
+
+    def _lock_rows(self, after: Key | None, upto: Key, limit: int) -> tuple[int, Key | None]:
         locking_first = self._reads_first
         if self._contended_attempts:
             self._contended_attempts -= 1
-        if self._forward is not None and not locking_first:
+        if self._forward is not None and not locking_first and self._within is None:
             found_upper = self._limit_th_key(after, upto, limit)
             if found_upper is not None:
                 return limit, found_upper
