@@ -879,3 +879,41 @@ async def test_a_run_that_completed_with_failed_rows_says_so_in_succeeded(
     assert succeeded["message"].startswith(
         "every row was processed, but 2 failed: recorded with their error and not changed; "
         "list them with manage.py chunkwise_status APP --failed")
+
+
+@pytest.mark.asyncio
+async def test_a_sharded_runs_progress_is_written_at_most_every_2_s(api: Api,
+                                                                     kmock: Any) -> None:
+    """Each shard patches its entry about every 2 s: N shards made N operator writes as
+    often (the design allows one per 2 s per migration). The sum that says every shard is
+    done is written at once."""
+    from chunkwise.operator.reconcile import sum_progress
+
+    def shards(*rows: int, done: bool = False) -> dict[str, Any]:
+        return {str(i): {"worker": {"state": "done" if done else "running"}, "done": done,
+                         "progress": {"rowsProcessed": n, "rowsEstimated": 1000}}
+                for i, n in enumerate(rows)}
+
+    async def shard_patch(entries: dict[str, Any]) -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.patch(
+                    f"{kmock.url}/apis/chunkwise.dev/v1alpha1/namespaces/shop/"
+                    "datamigrations/customer-status/status",
+                    json={"status": {"shards": entries}}) as response:
+                assert response.status < 300
+
+    def rows() -> int:
+        return int(stored(kmock, MIGRATIONS, "customer-status")["status"]["progress"][
+            "rowsProcessed"])
+
+    memo: dict[str, Any] = {}
+    clock = iter([100.0, 101.0, 102.5, 102.6]).__next__
+    await put_migration(api, kmock, migration({"phase": "Running", "run": 1, "conditions": [],
+                                               "shards": shards(100, 100)}, parallelism=2))
+    for entries, expected in ((None, 200), (shards(200, 100), 200), (shards(200, 200), 400),
+                              (shards(1000, 1000, done=True), 2000)):
+        if entries:
+            await shard_patch(entries)
+        await api.call(sum_progress, stored(kmock, MIGRATIONS, "customer-status"), memo,
+                       clock)
+        assert rows() == expected

@@ -184,7 +184,7 @@ def updated(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
 
 
 @kopf.on.event(*_GVP)
-def migration_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+def migration_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Every change of a DataMigration, status included (kopf's change handlers see only
     the spec): a worker that applied new tunables, or that waits on the database's
     health, is announced here, and a sharded run's progress summed from its shards."""
@@ -192,7 +192,7 @@ def migration_event(body: kopf.Body, type: str | None, **_: Any) -> None:
         with said_if_refused(body):
             announce_retune(cluster(), post, body)
             announce_throttle(cluster(), post, body)
-            sum_progress(cluster(), post, body)
+            sum_progress(cluster(), post, body, memo)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={Label.MANAGED_BY: Label.MANAGER})

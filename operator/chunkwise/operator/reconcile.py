@@ -15,6 +15,7 @@ Events are handed to ``post`` (``kopf.event`` in the operator; a list in unit te
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
@@ -305,15 +306,33 @@ def announce_throttle(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]
         migration.get("status") or {}, migration["metadata"].get("generation")))
 
 
-def sum_progress(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) -> None:
+#: seconds between two writes of a sharded run's summed progress: each shard patches
+#: its entry about every 2 s, and N shards must not make N operator writes as often
+PROGRESS_EVERY = 2.0
+
+
+def sum_progress(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
+                 memo: MutableMapping[str, Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
     """A sharded run's ``progress``, summed from its shards' entries whenever one of them
     changed: the operator is the one writer of the run's totals, so they never go down
-    (each shard's worker writing them did, whenever an older patch landed last)."""
+    (each shard's worker writing them did, whenever an older patch landed last). At most
+    one write per PROGRESS_EVERY per migration (``memo`` is kopf's, per object), except
+    the one that says every shard is done; a skipped sum is made by the next change."""
+    memo = {} if memo is None else memo
+    now = clock()
+
     def compute(migration: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[Event]]:
         status = migration.get("status") or {}
         progress = shards_progress(status)
         if progress is None or progress == status.get("progress"):
             return None, []
+        shards = status.get("shards") or {}
+        finished = all(isinstance(e, Mapping) and e.get("done") for e in shards.values())
+        if not finished and now - memo.get("progress_summed_at", -PROGRESS_EVERY) < \
+                PROGRESS_EVERY:
+            return None, []
+        memo["progress_summed_at"] = now
         return {"progress": progress}, []
     write_status(cluster, post, body, compute)
 
