@@ -11,6 +11,8 @@ if os.environ.get("LAB_BILLING"):  # a batched migration without chunkwise's (E0
     INSTALLED_APPS.append("billing")
 if os.environ.get("LAB_LAYOUT"):  # migration layouts: "bad" (E008, E009) or "good"
     INSTALLED_APPS.append({"bad": "network", "good": "inventory"}[os.environ["LAB_LAYOUT"]])
+if os.environ.get("LAB_PORTING"):  # real migrations' shapes, ported (docs how-to)
+    INSTALLED_APPS.append("porting")
 if os.environ.get("LAB_SETTING_TYPO"):  # a misspelled setting (chunkwise.E007)
     CHUNKWISE_DEFFER = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
