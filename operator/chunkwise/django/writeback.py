@@ -110,6 +110,8 @@ def write_back(
             with connection.connection.cursor() as cursor:  # psycopg2 binds client-side
                 cursor.execute(sql, params)
         return
+    # SQLite cannot bind every key as read: Django reads a UUID key as uuid.UUID there
+    values[0] = _prepared(key, connection, keys)
     per_chunk = max(1, _SQLITE_MAX_VARIABLES // len(columns))
     with connection.cursor() as cursor:
         for start in range(0, len(rows), per_chunk):
