@@ -101,6 +101,13 @@ def stop_on_signals(stop: threading.Event, stream: TextIO) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def joins(rows: QuerySet[Any]) -> bool:
+    """Whether the SQL of ``rows`` joins another table. A join Django trimmed away (for
+    ``fk__isnull=True`` it reads the row's own column) stays among the query's aliases,
+    unused: it does not count."""
+    return sum(1 for uses in rows.query.alias_refcount.values() if uses) > 1
+
+
 def one_per_key(rows: QuerySet[Any], todo: Q | None, key: Field[Any, Any]) -> QuerySet[Any]:
     """The rows ``todo`` selects, each once. A filter across a to-many relation
     (``orders__paid=False``) joins, and a join repeats a row once per match: a batch would
@@ -109,7 +116,7 @@ def one_per_key(rows: QuerySet[Any], todo: Q | None, key: Field[Any, Any]) -> Qu
     if todo is None:
         return rows
     filtered = rows.filter(todo)
-    if len(filtered.query.alias_map) == 1:  # the table alone: no row can repeat
+    if not joins(filtered):  # the table alone: no row can repeat
         return filtered
     return rows.filter(**{f"{key.name}__in": filtered.values(key.name)})
 
@@ -161,7 +168,7 @@ def _bounded_semi_join(operation: BatchedWork, ref: OperationRef, todo: QuerySet
     table alone, which a range bounds already."""
     todo_q = operation.todo if ref.direction == Direction.FORWARD else operation.reverse_todo
     rows = todo.model._base_manager.db_manager(todo.db).all()
-    if todo_q is None or len(rows.filter(todo_q).query.alias_map) == 1:
+    if todo_q is None or not joins(rows.filter(todo_q)):
         return None
     return lambda bounds: one_per_key(rows.filter(bounds), todo_q, key)
 

@@ -246,7 +246,8 @@ class DjangoBatchTarget:
     def _keys_sql(self, query: QuerySet[Any]) -> tuple[str, tuple[Any, ...]]:
         """SQL selecting ``query``'s keys as the column named _KEY, which a query around
         it can name whatever the key's field and column are called."""
-        sql, params = query.values(**{_KEY: F(self._key.name)}).query.sql_with_params()
+        sql, params = query.values(**{_KEY: F(self._key.name)}).query.get_compiler(
+            using=self._alias).as_sql()  # the batch's database, whatever the default
         return sql, tuple(params)
 
     def _fetch(self, query: QuerySet[Any]) -> Sequence[Sequence[Any]]:
@@ -259,7 +260,7 @@ class DjangoBatchTarget:
             return list(query)
         import psycopg
 
-        sql, params = query.query.sql_with_params()
+        sql, params = query.query.get_compiler(using=self._alias).as_sql()
         with psycopg.Cursor(connections[self._alias].connection) as cursor:
             cursor.execute(sql, params, binary=True)
             return cursor.fetchall()
