@@ -296,3 +296,30 @@ def test_migrate_fails_and_records_nothing_while_failed_rows_are_recorded(
             assert conn.execute("SELECT count(*) FROM django_migrations WHERE app = 'lab' AND "
                                 "name = '0002_bump_items'").fetchone() == (0,)
             assert conn.execute("SELECT sum(counter) FROM lab_item").fetchone() == (98,)
+
+
+def test_a_misspelled_name_is_refused_by_migrate_even_with_the_checks_skipped(
+        tmp_path: Path) -> None:
+    db = tmp_path / "lab.sqlite3"
+    assert lab_on_sqlite(db)("migrate", "--database", "lite", "lab", "0001", "-v0"
+                             ).returncode == 0
+    result = lab_on_sqlite(db, chunkwise_defer="1")("migrate", "--database", "lite", "lab",
+                                                    "0002", "--skip-checks")
+    assert result.returncode == 64, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "CommandError: environment variable chunkwise_defer: chunkwise has no such variable, "
+        "so it would be ignored; did you mean CHUNKWISE_DEFER?; rename it to CHUNKWISE_DEFER "
+        "(every name: https://chunkwise.github.io/chunkwise/reference/settings/)"]
+
+
+def test_kubernetes_service_links_and_tunables_in_settings_are_told_apart() -> None:
+    """A Service named chunkwise-metrics in the namespace puts CHUNKWISE_METRICS_SERVICE_HOST
+    and CHUNKWISE_METRICS_PORT_9101_TCP... into every pod: nobody's misspelling."""
+    from chunkwise.django.config import known_env_names, misspelled
+
+    links = ["CHUNKWISE_METRICS_SERVICE_HOST", "CHUNKWISE_METRICS_SERVICE_PORT",
+             "CHUNKWISE_METRICS_SERVICE_PORT_METRICS", "CHUNKWISE_METRICS_PORT_9101_TCP",
+             "CHUNKWISE_METRICS_PORT_9101_TCP_ADDR", "CHUNKWISE_METRICS_PORT_9101_TCP_PROTO"]
+    assert misspelled(links, known_env_names()) == []
+    assert misspelled(["CHUNKWISE_Defer"], known_env_names()) == [
+        ("CHUNKWISE_Defer", "CHUNKWISE_DEFER")]

@@ -47,7 +47,7 @@ from .keys import key_problem
 from .layout_checks import layout_problems, where
 from .operations import BatchedRunPython
 
-__all__ = ["check_batched_migrations", "check_defer_setting", "check_names"]
+__all__ = ["check_batched_migrations", "check_defer_setting", "check_names", "misspelled_names"]
 
 _BATCHED = (BatchedRunPython, EnsureBatchedComplete)
 
@@ -168,21 +168,38 @@ def check_defer_setting(app_configs: Sequence[AppConfig] | None = None,
     return []
 
 
+#: where every name chunkwise reads is listed, for a hint
+SETTINGS_PAGE = "https://chunkwise.github.io/chunkwise/reference/settings/"
+
+
+def misspelled_names() -> list[tuple[str, str]]:
+    """(message, hint) for each ``CHUNKWISE_*`` environment variable and Django setting
+    that chunkwise does not read, with the closest name it does."""
+    found: list[tuple[str, str]] = []
+    environment = known_env_names()
+    for name, closest in misspelled(os.environ, environment):
+        found.append((f"environment variable {name}: chunkwise has no such variable, so it "
+                      f"would be ignored" + (f"; did you mean {closest}?" if closest else ""),
+                      (f"rename it to {closest}" if closest else "remove it") +
+                      f" (every name: {SETTINGS_PAGE})"))
+    for name, closest in misspelled([n for n in dir(settings) if n.isupper()], SETTINGS):
+        if name in environment:  # a tunable set where chunkwise does not look for it
+            found.append((f"setting settings.{name}: chunkwise reads {name} from the "
+                          f"environment, not from settings, so it would be ignored",
+                          f"set it as an environment variable (or, for batch_size, "
+                          f"lock_timeout and statement_timeout, as the operation's argument) "
+                          f"and remove the setting ({SETTINGS_PAGE})"))
+            continue
+        found.append((f"setting settings.{name}: chunkwise has no such setting, so it would "
+                      f"be ignored" + (f"; did you mean {closest}?" if closest else ""),
+                      (f"rename it to {closest}" if closest else "remove it") +
+                      f" (every name: {SETTINGS_PAGE})"))
+    return found
+
+
 @register()
 def check_names(app_configs: Sequence[AppConfig] | None = None,
                 **kwargs: Any) -> list[CheckMessage]:
-    """E007: ``CHUNKWISE_*`` environment variables and Django settings that chunkwise does
-    not read, each with the closest name it does."""
-    errors: list[CheckMessage] = []
-    for source, names, known in (
-            ("environment variable", os.environ, known_env_names()),
-            ("setting", [name for name in dir(settings) if name.isupper()], SETTINGS)):
-        for name, closest in misspelled(names, known):
-            shown = name if source.startswith("env") else f"settings.{name}"
-            errors.append(Error(
-                f"{source} {shown}: chunkwise has no such {source.split()[-1]}, so it would "
-                f"be ignored" + (f"; did you mean {closest}?" if closest else ""),
-                hint=(f"rename it to {closest}" if closest else "remove it") +
-                     " (every name: docs/reference/settings.md)",
-                id="chunkwise.E007"))
-    return errors
+    """E007: names chunkwise does not read (see misspelled_names)."""
+    return [Error(message, hint=hint, id="chunkwise.E007")
+            for message, hint in misspelled_names()]

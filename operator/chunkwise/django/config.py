@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -98,21 +99,28 @@ def defer_by_default(env: Mapping[str, str], setting: object) -> bool:
     return setting
 
 
+#: what Kubernetes puts in every pod's environment for each Service of its namespace
+#: ("service links"): a Service named chunkwise-metrics gives CHUNKWISE_METRICS_SERVICE_HOST
+#: and CHUNKWISE_METRICS_PORT_9101_TCP_ADDR, which are nobody's misspelling
+_SERVICE_LINK = re.compile(r"_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)"
+                           r"(_PROTO|_PORT|_ADDR)?)?)$")
+
+
 def misspelled(names: Iterable[str], known: Iterable[str]) -> list[tuple[str, str]]:
-    """Each ``CHUNKWISE_*`` name of ``names`` that chunkwise does not read, with the
-    closest one it does ("" when none is close): a misspelled name would be ignored
+    """Each ``CHUNKWISE_*`` name of ``names`` (in any case) that chunkwise does not read,
+    with the closest one it does ("" when none is close): a misspelled name would be ignored
     without a word, and a misspelled ``CHUNKWISE_DEFER`` runs a whole migration inline."""
     # compared without the prefix that every name shares, or any name is "close"
     by_rest = {name.removeprefix(Env.PREFIX): name for name in known}
 
     def closest(name: str) -> str:
-        found = difflib.get_close_matches(name.removeprefix(Env.PREFIX), sorted(by_rest),
-                                          n=1, cutoff=0.6)
+        found = difflib.get_close_matches(name.upper().removeprefix(Env.PREFIX),
+                                          sorted(by_rest), n=1, cutoff=0.6)
         return by_rest[found[0]] if found else ""
 
     return [(name, closest(name)) for name in sorted(names)
-            if name.startswith(Env.PREFIX) and name not in by_rest.values()
-            and not name.startswith(Env.OPERATOR_PREFIX)]
+            if name.upper().startswith(Env.PREFIX) and name not in by_rest.values()
+            and not name.startswith(Env.OPERATOR_PREFIX) and not _SERVICE_LINK.search(name)]
 
 
 def known_env_names() -> frozenset[str]:

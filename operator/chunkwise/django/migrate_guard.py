@@ -34,9 +34,22 @@ def refuse_unsafe_plans(sender: Any, using: str, plan: Plan | None = None,
                       for op in migration.operations)]
     if not batched:
         return
+    _refuse_misspelled_names()
     _refuse_dry_run(batched[0][0])
     _refuse_retry_failed(batched[0][0])
     _refuse_before_checkpoint_tables(sender.label, using, plan or (), batched)
+
+
+def _refuse_misspelled_names() -> None:
+    """chunkwise.E007 again, for a migrate run with --skip-checks: a misspelled
+    CHUNKWISE_DEFER would run a whole migration inline."""
+    from .checks import misspelled_names
+
+    found = misspelled_names()
+    if found:
+        more = f" (and {len(found) - 1} more: manage.py check lists them)" if len(found) > 1 \
+            else ""
+        raise CommandError(f"{found[0][0]}{more}; {found[0][1]}", returncode=ExitCode.USAGE)
 
 
 def _refuse_dry_run(first: Migration) -> None:
