@@ -167,7 +167,7 @@ def test_migrate_refuses_a_plan_that_runs_a_batched_migration_before_chunkwise_t
 
 def test_other_operations_beside_a_batched_one_are_warned_about(tmp_path: Path) -> None:
     lab = lab_on_sqlite(tmp_path / "lab.sqlite3", LAB_BILLING="1")
-    result = lab("check", "--fail-level", "WARNING")
+    result = lab("check", "--database", "lite", "--fail-level", "WARNING")
     lines = [line for line in result.stderr.splitlines() if "chunkwise.W001" in line]
     assert lines == [
         "billing.0002_seed_and_bump: (chunkwise.W001) operations 0 (RunPython) share this "
@@ -323,3 +323,18 @@ def test_kubernetes_service_links_and_tunables_in_settings_are_told_apart() -> N
     assert misspelled(links, known_env_names()) == []
     assert misspelled(["CHUNKWISE_Defer"], known_env_names()) == [
         ("CHUNKWISE_Defer", "CHUNKWISE_DEFER")]
+
+
+def test_the_layout_checks_judge_only_migrations_still_to_apply(tmp_path: Path) -> None:
+    """A project that upgrades chunkwise must not be stopped by a layout its databases
+    applied long ago (E006, E008, E009 and W001 are database checks: migrate runs them,
+    and check --database)."""
+    db = tmp_path / "lab.sqlite3"
+    lab = lab_on_sqlite(db, LAB_BILLING="1")
+    assert "chunkwise.E006" in lab("check", "--database", "lite").stderr
+    assert "chunkwise.E006" not in lab("check").stderr  # no database named: not judged
+    assert lab("migrate", "--database", "lite", "chunkwise", "--skip-checks").returncode == 0
+    assert lab("migrate", "--database", "lite", "billing", "--skip-checks").returncode == 0
+    result = lab("check", "--database", "lite", "--fail-level", "WARNING")
+    assert "chunkwise.E006" not in result.stderr and "chunkwise.W001" not in result.stderr, \
+        result.stderr

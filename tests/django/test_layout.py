@@ -39,11 +39,11 @@ def test_layouts_that_lose_data_are_refused_before_migrate_runs_anything(
     assert found["chunkwise.E009"] == [
         "network.0005_drop_port_mac_address: (chunkwise.E009) operation 0 (RemoveField) "
         "changes network.Port, whose data network.0004_fill_port_mac_upper[0] migrates, and "
-        "nothing ensures that data step is complete before it: when migrate defers the step "
+        "nothing ensures that data step is complete before it: when migrate defers a step "
         "(CHUNKWISE_DEFER), this runs first and the step finds its data gone or changed",
         "HINT: put EnsureBatchedComplete('network', '0004_fill_port_mac_upper') before it in "
-        "network/migrations/0005_drop_port_mac_address.py (or in a migration it depends on), "
-        "or give the BatchedRunPython defer=False"]
+        "network/migrations/0005_drop_port_mac_address.py (or in a migration it depends on: "
+        "every later migration is then covered), or give the BatchedRunPython defer=False"]
     assert "Applying" not in result.stdout
     assert not db.exists() or db.stat().st_size == 0
 

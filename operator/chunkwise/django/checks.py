@@ -30,7 +30,7 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, register
+from django.core.checks import CheckMessage, Error, Tags, register
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import connections, router
 from django.db.migrations.loader import MigrationLoader
@@ -47,7 +47,8 @@ from .keys import key_problem
 from .layout_checks import layout_problems, where
 from .operations import BatchedRunPython
 
-__all__ = ["check_batched_migrations", "check_defer_setting", "check_names", "misspelled_names"]
+__all__ = ["check_batched_migrations", "check_defer_setting", "check_migration_layout",
+           "check_names", "misspelled_names"]
 
 _BATCHED = (BatchedRunPython, EnsureBatchedComplete)
 
@@ -66,7 +67,7 @@ def _batched_migrations(app_configs: Sequence[AppConfig] | None,
 @register()
 def check_batched_migrations(app_configs: Sequence[AppConfig] | None = None,
                              **kwargs: Any) -> list[CheckMessage]:
-    """E001, E003-E006, E008, E009, W001: every migration on disk that holds a batched
+    """E001, E003, E004 and E005: every migration on disk that holds a batched
     operation."""
     loader = MigrationLoader(None, ignore_no_migrations=True)
     found = list(_batched_migrations(app_configs, loader))
@@ -106,8 +107,25 @@ def check_batched_migrations(app_configs: Sequence[AppConfig] | None = None,
                     obj=migration, id="chunkwise.E005"))
     errors += _backend_errors({(m.app_label, op.model if isinstance(op, BatchedRunPython)
                                 else None) for m, _, op in found})
-    errors += layout_problems(loader, found)
     return errors
+
+
+@register(Tags.database)
+def check_migration_layout(app_configs: Sequence[AppConfig] | None = None,
+                           databases: Sequence[str] | None = None,
+                           **kwargs: Any) -> list[CheckMessage]:
+    """E006, E008, E009 and W001, for the migrations not yet applied to one of
+    ``databases``: a database check (``migrate`` runs it, and ``check --database``), since
+    a layout that is wrong only matters for a migration still to run; one that every
+    database applied long ago must not stop a project that upgrades chunkwise."""
+    if not databases:
+        return []
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    applied = [MigrationLoader(connections[alias], ignore_no_migrations=True)
+               .applied_migrations for alias in databases if alias in connections]
+    pending = {node for node in loader.graph.nodes
+               if not all(node in done for done in applied)}
+    return layout_problems(loader, list(_batched_migrations(app_configs, loader)), pending)
 
 
 def _key_problem(loader: MigrationLoader, migration: Migration, index: int,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from django.apps import apps as django_apps
 from django.core.checks import CheckMessage, Error, Warning
@@ -64,16 +64,20 @@ def chunkwise_leaf(loader: MigrationLoader) -> Node:
     return str(app_label), str(name)
 
 
-def layout_problems(loader: MigrationLoader, found: Found) -> list[CheckMessage]:
+def layout_problems(loader: MigrationLoader, found: Found,
+                    pending: Collection[Node]) -> list[CheckMessage]:
     """E006, E008, E009 and W001 for the migrations of ``found`` (those holding a batched
-    operation, with their index)."""
+    operation, with their index), said of the ``pending`` migrations only (those still to
+    apply somewhere)."""
     in_graph = {(m.app_label, m.name): m for m, _, _ in found
                 if (m.app_label, m.name) in loader.graph.nodes}  # a squash's are not
     batched = [(m, i, op) for m, i, op in found
                if isinstance(op, BatchedRunPython) and (m.app_label, m.name) in in_graph]
-    return (_dependency_errors(loader, in_graph)
-            + _beside_problems({(m.app_label, m.name): m for m, _, _ in batched})
-            + _changed_before_ensured(loader, batched))
+    problems = (_dependency_errors(loader, in_graph)
+                + _beside_problems({(m.app_label, m.name): m for m, _, _ in batched})
+                + _changed_before_ensured(loader, batched))
+    return [p for p in problems
+            if (p.obj.app_label, p.obj.name) in pending]
 
 
 def _dependency_errors(loader: MigrationLoader,
@@ -95,6 +99,18 @@ def _dependency_errors(loader: MigrationLoader,
     return errors
 
 
+#: operations that change Django's state of the models only, never the database
+_STATE_ONLY = (ops.AlterModelOptions, ops.AlterModelManagers)
+
+
+def _touches_schema(operation: Operation) -> bool:
+    """Whether ``operation`` changes the database's schema (E008): not code (W001's), not
+    a state-only one, not a SeparateDatabaseAndState whose database part is only code."""
+    if isinstance(operation, ops.SeparateDatabaseAndState):
+        return any(map(_touches_schema, operation.database_operations))
+    return not isinstance(operation, (*_CODE, *_BATCHED, *_STATE_ONLY))
+
+
 def _listed(migration: Migration, kinds: tuple[type, ...]) -> list[str]:
     return [f"{index} ({type(op).__name__})" for index, op in enumerate(migration.operations)
             if isinstance(op, kinds)]
@@ -110,8 +126,7 @@ def _beside_problems(migrations: dict[Node, Migration]) -> list[CheckMessage]:
         if migration.atomic:
             continue  # E001's
         others = [op for op in migration.operations if not isinstance(op, _BATCHED)]
-        schema = _listed(migration, tuple({type(op) for op in others
-                                           if not isinstance(op, _CODE)}))
+        schema = _listed(migration, tuple({type(op) for op in others if _touches_schema(op)}))
         if schema:
             problems.append(Error(
                 f"operations {', '.join(schema)} change the schema in the same migration as a "
@@ -181,38 +196,47 @@ def _changed_before_ensured(loader: MigrationLoader, batched: Iterable[tuple[Mig
     """E009: with CHUNKWISE_DEFER, migrate only plans a BatchedRunPython and goes on; a later
     migration that removes or changes a field of its model (RemoveField of the column the
     data step reads) then runs before the data step, and every value is lost, unless an
-    EnsureBatchedComplete of it runs first (in that migration, or one it depends on)."""
+    EnsureBatchedComplete of it runs first (in that migration, or one it depends on). One
+    error per such migration, naming every data step it must ensure first."""
     graph = loader.graph
     ensures = _ensures(loader)
-    errors: list[CheckMessage] = []
-    said: set[tuple[Node, Node]] = set()
+    # the migration that changes the model -> (the change's index, the steps not ensured)
+    unensured: dict[Node, tuple[int, list[tuple[Migration, int, BatchedRunPython]]]] = {}
     for migration, index, operation in batched:
         assert isinstance(operation, BatchedRunPython)
         if operation.defer is False:
             continue  # always inline: nothing after it runs before its data step
         node = (migration.app_label, migration.name)
         app_label, model = operation.model.split(".")
-        model = model.lower()
         for later_node in graph.backwards_plan(node):  # every migration that depends on it
             later = graph.nodes[later_node]
-            if later_node == node or later_node[0] != app_label or (node, later_node) in said:
+            if later_node == node or later_node[0] != app_label:
                 continue
             changes = [i for i, op in enumerate(later.operations)
-                       if _changes_fields_of(op, model)]
-            if not changes:
+                       if _changes_fields_of(op, model.lower())]
+            if not changes or _ensured_before(loader, ensures, (node, index),
+                                              (later_node, changes[0])):
                 continue
-            if _ensured_before(loader, ensures, (node, index), (later_node, changes[0])):
-                continue
-            said.add((node, later_node))
-            op = later.operations[changes[0]]
-            errors.append(Error(
-                f"operation {changes[0]} ({type(op).__name__}) changes {operation.model}, "
-                f"whose data {migration.app_label}.{migration.name}[{index}] migrates, and "
-                f"nothing ensures that data step is complete before it: when migrate defers "
-                f"the step (CHUNKWISE_DEFER), this runs first and the step finds its data "
-                f"gone or changed",
-                hint=f"put EnsureBatchedComplete({migration.app_label!r}, "
-                     f"{migration.name!r}) before it in {where(later)} (or in a migration "
-                     f"it depends on), or give the BatchedRunPython defer=False",
-                obj=later, id="chunkwise.E009"))
+            first, steps = unensured.setdefault(later_node, (changes[0], []))
+            steps.append((migration, index, operation))
+    errors: list[CheckMessage] = []
+    for later_node, (change, steps) in sorted(unensured.items()):
+        later = graph.nodes[later_node]
+        op = later.operations[change]
+        named = ", ".join(f"{m.app_label}.{m.name}[{i}]" for m, i, _ in steps)
+        models = ", ".join(sorted({operation.model for _, _, operation in steps}))
+        ensure = "; ".join(f"EnsureBatchedComplete({m.app_label!r}, {m.name!r})"
+                           for m, _, _ in sorted({(m.app_label, m.name): (m, i, o)
+                                                  for m, i, o in steps}.values(),
+                                                 key=lambda step: step[0].name))
+        errors.append(Error(
+            f"operation {change} ({type(op).__name__}) changes {models}, whose data "
+            f"{named} {'migrate' if len(steps) > 1 else 'migrates'}, and nothing ensures "
+            f"{'those data steps are' if len(steps) > 1 else 'that data step is'} complete "
+            f"before it: when migrate defers a step (CHUNKWISE_DEFER), this runs first and "
+            f"the step finds its data gone or changed",
+            hint=f"put {ensure} before it in {where(later)} (or in a migration it depends "
+                 f"on: every later migration is then covered), or give the "
+                 f"BatchedRunPython defer=False",
+            obj=later, id="chunkwise.E009"))
     return errors
