@@ -178,26 +178,35 @@ class DjangoBatchTarget:
     def lock_rows(self, after: Key | None, upto: Key, limit: int) -> tuple[int, Key | None]:
         """The batch's rows: their count and last key, locked first unless the batch runs
         optimistically (nothing contending: the writes lock them themselves). With a todo
-        that joins, the first window of the key's index that holds rows to do."""
-        if self._within is None:
-            return self._lock_rows(after, upto, limit)
-        start = after
-        while True:
-            # a window wide enough for ``limit`` rows to do, from how many keys of the
-            # table each one took so far (half the items to do: twice the keys)
-            span = int(limit * min(max(self._keys_per_row * 1.2, 1.0), _MAX_KEYS_PER_ROW))
-            window = self._window(start, upto, span)
-            rows, last = self._lock_rows(start, window, limit)
-            if rows < limit and window != upto:
-                self._keys_per_row = span / max(rows, span / (4 * _MAX_KEYS_PER_ROW))
-            if rows or window == upto:
-                return rows, last
-            start = window  # nothing to do in this window: the next, wider one
-
-    def _lock_rows(self, after: Key | None, upto: Key, limit: int) -> tuple[int, Key | None]:
+        that joins, the narrowest window of the key's index that holds ``limit`` rows to do
+        (or all that are left): fewer would let the engine take the batch's last key for
+        the end of what it covered, and a split batch skip rows."""
         locking_first = self._reads_first
         if self._contended_attempts:
             self._contended_attempts -= 1
+        if self._within is None:
+            return self._lock_rows(after, upto, limit, locking_first)
+        start = after
+        # a window wide enough for ``limit`` rows to do, from how many keys of the table
+        # each one took so far (half the items to do: twice the keys)
+        span = int(limit * min(max(self._keys_per_row * 1.2, 1.0), _MAX_KEYS_PER_ROW))
+        while True:
+            window = self._window(start, upto, span)
+            rows, last = self._lock_rows(start, window, limit, locking_first)
+            if rows >= limit or window == upto:
+                if rows >= limit:  # dense enough: let the estimate come down again
+                    self._keys_per_row = max(1.0, self._keys_per_row * 0.8)
+                return rows, last
+            if rows:  # fewer than limit here, and more may lie beyond: wider, same start
+                self._keys_per_row = min(span / rows, _MAX_KEYS_PER_ROW)
+                span *= 2
+            else:  # none to do in this window: on from its end, wider
+                start = window
+                self._keys_per_row = min(self._keys_per_row * 4, _MAX_KEYS_PER_ROW)
+                span = int(limit * min(self._keys_per_row * 1.2, _MAX_KEYS_PER_ROW))
+
+    def _lock_rows(self, after: Key | None, upto: Key, limit: int,
+                   locking_first: bool) -> tuple[int, Key | None]:
         if self._forward is not None and not locking_first and self._within is None:
             found_upper = self._limit_th_key(after, upto, limit)
             if found_upper is not None:
