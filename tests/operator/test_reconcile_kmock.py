@@ -917,3 +917,26 @@ async def test_a_sharded_runs_progress_is_written_at_most_every_2_s(api: Api,
         await api.call(sum_progress, stored(kmock, MIGRATIONS, "customer-status"), memo,
                        clock)
         assert rows() == expected
+
+
+@pytest.mark.asyncio
+async def test_a_field_a_crd_upgrade_defaults_does_not_restart_an_ended_run(
+        api: Api, kmock: Any) -> None:
+    """After an upgrade whose CRD gives a new field a default (spec.retryFailed: false),
+    the API server shows it on every DataMigration and kopf's record of the last handled
+    spec lacks it: that made every Halted or Failed migration start a new run (found in
+    review). A real change still does."""
+    spec = {"haltOn": {"failedRows": 10}, "batch": {"size": 1000}}
+    body = migration({"phase": "Halted", "run": 1, "conditions": []}, **spec)
+    await put_migration(api, kmock, body)
+    defaulted = {**spec, "retryFailed": False, "dryRun": False,
+                 "batch": {"size": 1000, "targetDuration": "500ms"}}
+    patch: dict[str, Any] = {}
+    await api.call(spec_changed, migration(body["status"], **defaulted), spec, defaulted,
+                   patch)
+    assert [key for key in kmock.objects if key[0].plural == "jobs"] == [] and patch == {}
+    await api.call(spec_changed, migration(body["status"], **defaulted), spec,
+                   {**defaulted, "retryFailed": True}, patch)
+    await api.call(spec_changed, migration(body["status"], **defaulted), spec,
+                   {**defaulted, "haltOn": {"failedRows": 50}}, patch)
+    assert stored(kmock, JOBS, "customer-status-run2")

@@ -168,3 +168,11 @@ def test_a_rule_above_the_field_it_judges_names_that_field() -> None:
             target = target["properties"][name]
         if "oldSelf" in rule["rule"] or re.fullmatch(r"!has\(self\.\w+\)", rule["rule"]):
             assert rule.get("reason") == "FieldValueForbidden", (path, rule["rule"])
+
+
+def test_the_operators_field_defaults_are_the_crds() -> None:
+    """The operator tells a field a CRD upgrade defaulted from a change by these values."""
+    from chunkwise.operator.jobs import FIELD_DEFAULTS
+
+    properties = spec_schema(load_crd())["properties"]
+    assert FIELD_DEFAULTS == {name: properties[name]["default"] for name in FIELD_DEFAULTS}

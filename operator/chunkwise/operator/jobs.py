@@ -27,8 +27,9 @@ from chunkwise.contract import (
 )
 from chunkwise.engine import TUNABLES, spec_env
 
-__all__ = ["JOB_DIGEST", "SPEC_DIGEST", "beyond_tuning", "build_job", "job_digest", "job_name",
-           "spec_digest", "worker_env", "worker_pod_spec"]
+__all__ = ["FIELD_DEFAULTS", "JOB_DIGEST", "SPEC_DIGEST", "beyond_tuning", "build_job",
+           "job_digest", "job_name", "spec_changed_from", "spec_digest", "worker_env",
+           "worker_pod_spec"]
 
 #: the Job's annotation: a digest of the Job its spec makes, beyond tuning, so a run
 #: resumed after a change is seen to need a new Job exactly when the Job would differ
@@ -43,6 +44,49 @@ def beyond_tuning(spec: Mapping[str, Any]) -> dict[str, Any]:
     ``stallAfter`` (the operator's own): what only a new Job can change."""
     live = {t.spec_path[0] for t in TUNABLES} | {"suspend", "stallAfter"}
     return {k: v for k, v in spec.items() if k not in live}
+
+
+#: what the CRD defaults outside the tunables (whose defaults are their own; a test keeps
+#: both equal to the CRD's)
+FIELD_DEFAULTS: dict[str, Any] = {"direction": "forward", "database": "default",
+                                  "dryRun": False, "retryFailed": False, "parallelism": 1,
+                                  "suspend": False}
+_TUNABLE_AT = {t.spec_path: t for t in TUNABLES}
+
+
+def _defaulted(path: tuple[str, ...], value: Any) -> bool:
+    """Whether ``value`` is what the API server fills in at ``path`` when it is absent."""
+    if len(path) == 1 and path[0] in FIELD_DEFAULTS:
+        return bool(value == FIELD_DEFAULTS[path[0]])
+    tunable = _TUNABLE_AT.get(cast(tuple[str, str], path))
+    if tunable is not None:
+        try:
+            return bool(tunable.parse(str(value), tunable.spec) == tunable.default)
+        except ValueError:
+            return False
+    if isinstance(value, Mapping):
+        return all(_defaulted((*path, key), item) for key, item in value.items())
+    return value in ({}, [], "", None)
+
+
+def spec_changed_from(old: Mapping[str, Any], new: Mapping[str, Any],
+                      path: tuple[str, ...] = ()) -> bool:
+    """Whether ``new`` says something ``old`` did not. A field ``old`` lacks and ``new``
+    holds at its default is no change: an upgrade that adds a defaulted field to the CRD
+    makes the API server show it on every DataMigration, and kopf's record of the spec it
+    last handled lacks it (restarting every halted run, or replacing every Job, for it)."""
+    for key in old.keys() | new.keys():
+        if key not in old:
+            if not _defaulted((*path, key), new[key]):
+                return True
+        elif key not in new:
+            return True
+        elif isinstance(old[key], Mapping) and isinstance(new[key], Mapping):
+            if spec_changed_from(old[key], new[key], (*path, key)):
+                return True
+        elif old[key] != new[key]:
+            return True
+    return False
 
 
 def spec_digest(spec: Mapping[str, Any]) -> str:

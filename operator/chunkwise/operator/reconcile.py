@@ -54,6 +54,7 @@ from .jobs import (
     build_job,
     job_digest,
     job_name,
+    spec_changed_from,
     spec_digest,
 )
 
@@ -214,8 +215,8 @@ def spec_changed(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
             else:
                 post(body, Event("Normal", "Resumed",
                                  "spec.suspend is false; resuming from the checkpoint"))
-    others_changed = {k: v for k, v in old.items() if k != "suspend"} != \
-        {k: v for k, v in new.items() if k != "suspend"}
+    others_changed = spec_changed_from({k: v for k, v in old.items() if k != "suspend"},
+                                       {k: v for k, v in new.items() if k != "suspend"})
     if not others_changed:
         return
     dry_run_over = status.get("phase") == Phase.SUCCEEDED and bool(old.get("dryRun")) \
@@ -223,7 +224,7 @@ def spec_changed(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
     # the run is done and its failed rows are to be retried (with a fixed image, say): a
     # new run, and another at each change beyond tuning while retryFailed stays true
     retry = status.get("phase") == Phase.SUCCEEDED and bool(new.get("retryFailed")) \
-        and beyond_tuning(old) != beyond_tuning(new)
+        and spec_changed_from(beyond_tuning(old), beyond_tuning(new))
     if (status.get("phase") in Phase.RESTARTABLE or dry_run_over or retry) \
             and not new.get("suspend"):
         start_run(cluster, post, body, patch, run + 1)  # a dry run done: now the real one
