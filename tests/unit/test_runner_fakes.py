@@ -60,6 +60,10 @@ class Memory:
     lock_limits: list[int] = field(default_factory=list)
     verification: Verification | None = None
     heartbeats: int = 0
+    #: how many transactions set the batch's timeouts (store.lock with settings), and that
+    #: count at each lock step: every lock step must follow its transaction's setting
+    timeouts_set: int = 0
+    rows_locked_under_timeouts: list[int] = field(default_factory=list)
 
 
 class FakeTarget:
@@ -88,6 +92,7 @@ class FakeTarget:
 
     def lock_rows(self, after: Any, upto: Any, limit: int) -> tuple[int, Any]:
         self.m.lock_limits.append(limit)
+        self.m.rows_locked_under_timeouts.append(self.m.timeouts_set)
         if self.m.timeouts_left:
             self.m.timeouts_left -= 1
             raise LockTimeout("canceling statement due to lock timeout")
@@ -130,6 +135,7 @@ class FakeStore:
         return self._state()
 
     def lock(self, settings: Mapping[str, str] | None = None) -> CheckpointState:
+        self.m.timeouts_set += 1 if settings is not None else 0
         return self._state()
 
     def advance(self, last_key: Any, rows: int, lock_wait: float, tally: Tally) -> None:
@@ -301,6 +307,15 @@ def test_code_that_fails_every_row_the_same_way_halts_with_nothing_recorded() ->
         "not in the data, so no row was recorded as failed; fix the code, ")
     assert memory.failures == [] and set(memory.rows.values()) == {0}
     assert memory.checkpoint["last_key"] is None
+
+
+def test_the_probe_of_failing_code_runs_under_the_batchs_timeouts() -> None:
+    """Each row tried alone sets the batch's lock and statement timeouts first, as every
+    batch does: a probed row another session holds must not hold the run (review)."""
+    memory = Memory({k: 0 for k in range(1, 9)}, bad=set(range(1, 9)), same_error="same")
+    run(memory)
+    assert memory.rows_locked_under_timeouts == list(range(1, len(
+        memory.rows_locked_under_timeouts) + 1))
 
 
 def test_rows_failing_alike_beside_rows_that_pass_are_the_datas_and_recorded() -> None:

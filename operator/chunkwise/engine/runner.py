@@ -603,6 +603,9 @@ class BatchRunner:
         """The work on the one row (after, key], rolled back: the row error it raises."""
         try:
             with self._target.transaction():
+                # the batch's timeouts, as every batch sets them: a probed row another
+                # session holds must not hold the run
+                self._store.lock(self._target.timeout_settings(self._settings.timeouts))
                 rows, _ = self._target.lock_rows(after, key, 1)
                 if rows:
                     self._target.apply(after, key)

@@ -330,8 +330,10 @@ def sum_progress(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
             return None, []
         shards = status.get("shards") or {}
         finished = all(isinstance(e, Mapping) and e.get("done") for e in shards.values())
-        if not finished and now - memo.get("progress_summed_at", -PROGRESS_EVERY) < \
-                PROGRESS_EVERY:
+        last = memo.get("progress_summed_at")
+        # the same call deciding again after a 409 (its own decision stands)
+        if not finished and last is not None and last != now and \
+                now - last < PROGRESS_EVERY:
             return None, []
         memo["progress_summed_at"] = now
         return {"progress": progress}, []

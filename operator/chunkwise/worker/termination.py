@@ -62,7 +62,7 @@ class TerminationMessage:
                           rowsEstimated=totals.rows_estimated)
         room = TERMINATION_MESSAGE_LIMIT - len(json.dumps(report).encode())
         message = outcome.message
-        while len(json.dumps(message).encode()) - 2 > room:  # JSON escapes count too
+        while message and len(json.dumps(message).encode()) - 2 > room:  # escapes count
             message = message[: max(0, len(message) - max(16, len(message) // 8))]
         report["message"] = message
         try:
