@@ -338,3 +338,13 @@ def test_the_layout_checks_judge_only_migrations_still_to_apply(tmp_path: Path) 
     result = lab("check", "--database", "lite", "--fail-level", "WARNING")
     assert "chunkwise.E006" not in result.stderr and "chunkwise.W001" not in result.stderr, \
         result.stderr
+
+
+def test_an_unknown_variable_in_a_datamigrations_pod_is_a_warning(tmp_path: Path) -> None:
+    """A newer operator may set a CHUNKWISE_* variable this chunkwise does not know: in a
+    pod (CHUNKWISE_RESOURCE set), it must not stop every run (review)."""
+    lab = lab_on_sqlite(tmp_path / "lab.sqlite3", CHUNKWISE_RESOURCE="shop/customer-status",
+                        CHUNKWISE_SOMETHING_NEWER="1")
+    result = lab("check")
+    assert result.returncode == 0, result.stderr
+    assert "(chunkwise.W002) environment variable CHUNKWISE_SOMETHING_NEWER" in result.stderr
