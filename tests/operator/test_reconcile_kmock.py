@@ -574,6 +574,42 @@ async def test_a_failed_event_on_the_jobs_last_transition_is_made_up_for_by_the_
 
 
 @pytest.mark.asyncio
+async def test_a_throttle_that_ended_while_no_one_watched_is_cleared_by_the_timer(
+        api: Api, kmock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's patch that ends its throttle landed while the operator's watch was
+    down (after an outage kopf watches again only after its backoff, up to 21 s, and
+    sees what it missed as a listing, not as a change): no DataMigration event ran
+    announce_throttle. The timers converge Throttled from a fresh read, as they do the
+    phase from the Job."""
+    from chunkwise.operator import handlers
+
+    monkeypatch.setattr(handlers._connection, "cluster", api.cluster)
+    monkeypatch.setattr(handlers, "post", api.post)
+    kmock.resources["v1/events"] = {}  # none: the pods timer looks for FailedCreate
+    throttled = {"type": "Throttled", "status": "True", "reason": "ThrottleQuery",
+                 "message": "throttle.query returned 1 (> 0 waits): the worker waits "
+                            "before its next batch",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    reading = {"reason": "ThrottleQuery", "message": "throttle.query returned 1 (> 0 waits)",
+               "since": "2026-01-01T00:00:00Z"}
+    # what kopf last saw (its watch is down): the worker still throttled
+    seen = migration({"phase": "Running", "run": 1, "conditions": [throttled],
+                      "throttle": reading, "progress": {"rowsProcessed": 500}})
+    await put_migration(api, kmock, {**seen, "status": {**seen["status"], "throttle": None}})
+    seen["metadata"]["resourceVersion"] = "0"  # older than the worker's patch
+    await api.call(start_run, seen, {}, run=1)
+    key = next(k for k in kmock.objects if k[0].plural == "jobs")
+    running = _plain(kmock.objects[key])
+    running["status"] = {"active": 1}
+    kmock.objects[key] = running
+    for timer in migration_timers(seen["status"]):
+        await asyncio.to_thread(timer, body=seen, patch={}, logger=None)
+    status = stored(kmock, MIGRATIONS, "customer-status")["status"]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Throttled"] == "False"
+    assert ("Normal", "Unthrottled") in api.posted
+
+
+@pytest.mark.asyncio
 async def test_a_job_deleted_while_no_one_watched_is_made_again_by_the_resync(
         api: Api, kmock: Any) -> None:
     from chunkwise.operator.reconcile import resync

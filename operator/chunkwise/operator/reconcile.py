@@ -543,7 +543,10 @@ def resync(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) -> None:
     were missed. kopf never retries an event handler that failed (a Job's last
     transition met an API server that was away), nor sees events while the operator is
     down; this converges the DataMigration all the same, at the next tick of its timer
-    (and at the operator's start), the same way the Job's event would have."""
+    (and at the operator's start), the same way the Job's event would have. So is the
+    Throttled condition, from the worker's ``status.throttle`` as read now: a throttle
+    that ended while the operator's watch was down (kopf watches again only after its
+    backoff, and shows what it missed as a listing, not a change) clears here."""
     status = body.get("status") or {}
     run = status.get("run")
     if not run and refused_create(status):
@@ -565,6 +568,10 @@ def resync(cluster: Cluster, post: PostEvent, body: Mapping[str, Any]) -> None:
             "labels": {Label.MIGRATION: name, Label.RUN: str(run)}}})
     else:
         job_changed(cluster, post, job)
+        # from a fresh read: kopf's body is as old as its watch, which may still be down
+        fresh = cluster.get_migration(namespace, name)
+        if fresh is not None:
+            announce_throttle(cluster, post, fresh)
 
 
 def _delete_if_replaced(cluster: Cluster, namespace: str, name: str) -> None:
