@@ -289,7 +289,9 @@ def running_cluster(address: str = "127.0.0.1",
             "--kubelet-preferred-address-types", "InternalIP",
             "--kubelet-client-certificate", str(pki / "admin.crt"),
             "--kubelet-client-key", str(pki / "admin.key"),
-            "--enable-priority-and-fairness=false", "--v", "1"])
+            # API Priority and Fairness on, as in every cluster: test_api_faults.py gives
+            # the workers' ServiceAccount a FlowSchema whose level rejects (HTTP 429)
+            "--v", "1"])
         write_kubeconfig(cluster.kubeconfig, cluster.server, pki / "ca.crt",
                          {"client-certificate": str(pki / "admin.crt"),
                           "client-key": str(pki / "admin.key")})
