@@ -110,3 +110,22 @@ def test_write_back_prepares_values_unless_every_one_is_already_plain(lab_db: La
     # a bool is no plain int for an integer column, nor is a numeric string
     assert _prepared(counter, connection, [3, True, "7"]) == [3, 1, 7]
     assert _prepared(payload, connection, ["a", 12]) == ["a", "12"]
+
+
+def test_the_write_back_refuses_a_value_too_long_for_its_column(lab_db: LabDb) -> None:
+    """A CharField value past max_length fails the row, as Django's own UPDATE does. The
+    arrays were cast to the column's type, varchar(10)[], and an explicit cast to
+    varchar(n) cuts a string to n characters without a word: the row was stored cut."""
+    import psycopg
+    from django.db import connection, transaction
+    from lab.models import Item
+
+    from chunkwise.django.writeback import write_back
+
+    lab_db.execute("INSERT INTO lab_item (id, counter, payload, score) VALUES (1, 0, '', 0)")
+    row = type("Row", (), {"id": 1, "status": "x" * 15})()
+    for psycopg3 in (True, False):
+        with pytest.raises(psycopg.errors.StringDataRightTruncation), transaction.atomic():
+            write_back(connection, Item, Item._meta.pk, [Item._meta.get_field("status")],
+                       [row], psycopg3=psycopg3)
+    assert lab_db.query("SELECT status FROM lab_item") == [(None,)]

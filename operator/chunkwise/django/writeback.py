@@ -10,6 +10,7 @@ its limit of bound variables. Never ``bulk_update`` (a CASE per row) nor ``save(
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from operator import attrgetter
 from typing import Any
@@ -52,6 +53,15 @@ def _prepared(field: Field[Any, Any], connection: BaseDatabaseWrapper,
     return [field.get_db_prep_save(value, connection) for value in values]
 
 
+def array_type(field: Field[Any, Any], connection: BaseDatabaseWrapper) -> str:
+    """The SQL type of an array of ``field``'s values, on PostgreSQL: its column's type
+    without a length or precision, as Django's bulk_create casts them. An explicit cast
+    to varchar(10) cuts a longer string to 10 characters without a word; assigning it to
+    the column refuses it (22001), so the row fails instead of being stored cut."""
+    column_type: str = field.cast_db_type(connection)  # type: ignore[attr-defined]
+    return re.sub(r"\([^)]*\)", "", column_type) + "[]"
+
+
 def binary_safe(field: Field[Any, Any]) -> bool:
     """Whether psycopg 3 may read and write ``field`` in binary format: a BINARY_SAFE
     type without a converter; datetimes only with USE_TZ (naive ones would be read and
@@ -92,7 +102,7 @@ def write_back(
         # fills a tuplestore first (0.6 ms of a 14 ms write-back of 5k rows)
         arrays = ", ".join(
             f"unnest(%{'b' if psycopg3 and binary_safe(c) else 's'}::"
-            f"{c.cast_db_type(connection)}[]) AS {quote(c.column)}"  # type: ignore[attr-defined]
+            f"{array_type(c, connection)}) AS {quote(c.column)}"
             for c in columns
         )
         sql = (f"UPDATE {table} SET {assignments} FROM (SELECT {arrays}) AS v "
