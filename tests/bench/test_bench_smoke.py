@@ -164,3 +164,17 @@ def test_the_joined_todo_benchmark_times_both_todos_and_prints_the_ratio() -> No
     assert lines[0].startswith("2,000 items, 6,000 related rows, statistics of empty tables")
     assert any(line.strip().startswith("todo across a relation (lab 0010)") for line in lines)
     assert lines[-1].startswith("joined / plain: ")
+
+
+def test_the_batch_context_benchmark_times_every_contender_and_prints_the_targets() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "batch_context.py"),
+                             "--ports", "2000", "--orders", "4000", "--rounds", "1"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("2,000 ports (1,800 with a MAC), 4,000 orders (3,800 with a "
+                               "product), 5k-row batches; 1 rounds")
+    timed = [line for line in lines if " median " in line]
+    assert len(timed) == 10 and all(" rows/s " in line for line in timed)
+    assert sum("(target " in line for line in lines) == 5
+    assert lines[-1].startswith("noise floor: plain transform again / plain transform ")

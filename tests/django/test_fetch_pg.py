@@ -99,7 +99,8 @@ def test_binary_write_back_stores_every_binary_safe_type_as_django_would(
 
 def test_write_back_prepares_values_unless_every_one_is_already_plain(lab_db: LabDb) -> None:
     from django.db import connection
-    from lab.models import Item
+    from django.db.models import ForeignKey
+    from lab.models import Item, Stamped
 
     from chunkwise.django.writeback import _prepared
 
@@ -110,6 +111,12 @@ def test_write_back_prepares_values_unless_every_one_is_already_plain(lab_db: La
     # a bool is no plain int for an integer column, nor is a numeric string
     assert _prepared(counter, connection, [3, True, "7"]) == [3, 1, 7]
     assert _prepared(payload, connection, ["a", 12]) == ["a", "12"]
+    # a foreign key to an integer key is as plain as that key, and prepared as it is else
+    item = Stamped._meta.get_field("item")
+    assert isinstance(item, ForeignKey)
+    keys = [4, None, 6]
+    assert _prepared(item, connection, keys) is keys
+    assert _prepared(item, connection, [4, "6"]) == [4, 6]
 
 
 def test_the_write_back_refuses_a_value_too_long_for_its_column(lab_db: LabDb) -> None:

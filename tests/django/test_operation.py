@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 from django.db.migrations.operations.base import OperationCategory
-from django.db.models import Q
+from django.db.models import Count, F, Q
+from django.db.models.functions import Coalesce
 
 from chunkwise.django import BatchedRunPython
 
@@ -38,6 +39,33 @@ def transform(row: Any) -> None:
      "reverse: <lambda>(apps, editor) cannot be called as reverse(apps, schema_editor, batch)"),
     ({"model": "lab.Item", "transform": lambda: None, "fields": ["counter"]},
      "transform: <lambda>() cannot be called as transform(row)"),
+    ({"model": "lab.Item", "transform": lambda row: None, "fields": ["counter"],
+      "prepare": lambda apps, batch: {}},
+     "transform: <lambda>(row) cannot be called as transform(row, context) "
+     "(beside prepare=, it gets what prepare returned for the batch as its second argument)"),
+    ({"model": "lab.Item", "transform": lambda row, context: None, "fields": ["counter"],
+      "prepare": lambda batch: {}},
+     "prepare: <lambda>(batch) cannot be called as prepare(apps, batch)"),
+    ({"model": "lab.Item", "forward": forward, "prepare": lambda apps, batch: {}},
+     "prepare: only used with transform= (set-based code reads and writes its batch "
+     "queryset itself)"),
+    ({"model": "lab.Item", "forward": forward, "annotate": {"n": F("counter")}},
+     "annotate: only used with transform="),
+    ({"model": "lab.Item", "forward": forward, "only": ["counter"]}, "only: only used with"),
+    ({"model": "lab.Item", "transform": transform, "fields": ["counter"],
+      "annotate": [F("counter")]}, "annotate: expected a dict of names to expressions"),
+    ({"model": "lab.Item", "transform": transform, "fields": ["counter"],
+      "annotate": {"pk": F("counter")}}, "annotate: 'pk' cannot be a row's attribute"),
+    ({"model": "lab.Item", "transform": transform, "fields": ["counter"],
+      "annotate": {"_n": F("counter")}}, "annotate: '_n' cannot be a row's attribute"),
+    ({"model": "lab.Item", "transform": transform, "fields": ["counter"],
+      "annotate": {"n": "counter"}}, "annotate: 'n': expected an expression"),
+    ({"model": "lab.Item", "transform": transform, "fields": ["counter"],
+      "annotate": {"n": Coalesce(Count("stamped"), 0)}},
+     "annotate: 'n': Count(F(stamped)) summarises many rows, which the batch's rows cannot "
+     "be grouped or windowed for; compute one value per row with a Subquery"),
+    ({"model": "lab.Item", "transform": transform, "fields": ["counter"], "only": "counter"},
+     "only: expected a list of the field names the transform reads"),
 ])
 def test_invalid_arguments_name_the_argument(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError) as raised:  # the type RunPython raises for bad arguments
@@ -54,6 +82,19 @@ def test_deconstruct_keeps_only_non_default_arguments() -> None:
     per_row = BatchedRunPython("lab.Item", transform=transform, fields=["counter"])
     assert per_row.deconstruct()[1:] == (["lab.Item"], {"transform": transform,
                                                         "fields": ["counter"]})
+    shaped = BatchedRunPython("lab.Item", transform=with_context, fields=["counter"],
+                              prepare=lookups, annotate={"n": F("score")}, only=["payload"])
+    assert shaped.deconstruct()[2] == {"transform": with_context, "fields": ["counter"],
+                                       "prepare": lookups, "annotate": {"n": F("score")},
+                                       "only": ["payload"]}
+
+
+def with_context(row: Any, context: Any) -> None:
+    row.counter = context
+
+
+def lookups(apps: Any, batch: Any) -> int:
+    return 1
 
 
 def test_describe_reversible_and_flags() -> None:

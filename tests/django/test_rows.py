@@ -38,3 +38,15 @@ def test_the_row_class_defines_no_name_a_field_could_take(django_setup: None) ->
         fields = {f.attname for f in model._meta.concrete_fields}
         own = {n for n in vars(row_class(model)) if not n.startswith("__")} - fields
         assert own == {"pk"}, model
+
+
+def test_a_shaped_row_holds_the_fields_read_and_the_annotations(django_setup: None) -> None:
+    """only= and annotate=: the row class holds those names and no other field's."""
+    from lab.models import Item
+
+    from chunkwise.django.rows import row_class
+
+    row = row_class(Item, ["id", "counter"], ["customer_name"])(7, 3, "Ada")
+    assert (row.pk, row.counter, row.customer_name) == (7, 3, "Ada")
+    assert not hasattr(row, "payload")
+    assert repr(row) == "<lab.Item row id=7, counter=3, customer_name='Ada'>"

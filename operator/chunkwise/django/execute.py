@@ -62,8 +62,11 @@ class BatchedWork(Protocol):
     model: str
     key: str
     forward: SetBasedCode | None
-    transform: Callable[[Any], Any] | None
+    transform: Callable[..., Any] | None
     fields: list[str]
+    prepare: Callable[[StateApps, Any], Any] | None
+    annotate: dict[str, Any] | None
+    only: list[str] | None
     reverse: SetBasedCode | None
     todo: Q | None
     reverse_todo: Q | None
@@ -148,9 +151,13 @@ def target_for(operation: BatchedWork, ref: OperationRef, apps: StateApps,
     alias = schema_editor.connection.alias
     within = _bounded_semi_join(operation, ref, todo, key_field)
     if ref.direction == Direction.FORWARD and operation.forward is None:
+        prepare = operation.prepare
         return DjangoBatchTarget(alias, todo, key_field, transform=operation.transform,
                                  fields=operation.fields, lock_first=lock_first,
-                                 within=within)
+                                 within=within, annotate=operation.annotate,
+                                 only=operation.only,
+                                 prepare=None if prepare is None
+                                 else lambda batch: prepare(apps, batch))
     code = operation.forward if ref.direction == Direction.FORWARD else operation.reverse
     if code is None:
         raise ImproperlyConfigured(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -16,7 +16,7 @@ from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations.base import Operation, OperationCategory
 from django.db.migrations.state import ProjectState, StateApps
-from django.db.models import Q
+from django.db.models import Aggregate, Q, Window
 
 from chunkwise.contract import Direction, ExitCode
 from chunkwise.engine import Outcome, RunSettings, SettingsError, Timeouts
@@ -86,7 +86,10 @@ def said_as_usage() -> Iterator[None]:
 #: what each piece of code is called with: checked when the migration loads, not when the
 #: first batch calls it (or, for reverse, the day someone migrates backwards)
 _CALLED_WITH = dict(forward="(apps, schema_editor, batch)",  # the arguments' own names
-                    reverse="(apps, schema_editor, batch)", transform="(row)")
+                    reverse="(apps, schema_editor, batch)", transform="(row)",
+                    prepare="(apps, batch)")
+#: a transform beside a prepare gets what prepare returned, once per batch, as well
+_TRANSFORM_WITH_CONTEXT = "(row, context)"
 
 
 BatchedCode = Callable[[StateApps, BaseDatabaseSchemaEditor, Any], None]
@@ -94,35 +97,91 @@ BatchedCode = Callable[[StateApps, BaseDatabaseSchemaEditor, Any], None]
 RunPythonCode = Callable[[StateApps, BaseDatabaseSchemaEditor], None]
 
 
-def _check_callable(value: object, name: str) -> None:
+def _check_callable(value: object, name: str, called_with: str = "") -> None:
     if value is None or is_noop(value):
         return
+    called_with = called_with or _CALLED_WITH[name]
     if not callable(value):  # ValueError, as RunPython raises
         raise ValueError(f"BatchedRunPython {name}: expected a callable, got {value!r}")
     try:
         signature = inspect.signature(value)
     except (TypeError, ValueError):  # a builtin without one: the call will tell
         return
-    arguments = _CALLED_WITH[name].strip("()").split(", ")
+    arguments = called_with.strip("()").split(", ")
     try:
         signature.bind(*arguments)
     except TypeError:
         qualname = getattr(value, "__qualname__", repr(value))
+        run_python = " (RunPython code takes (apps, schema_editor); a batched one takes the " \
+            "batch too)"
+        with_context = " (beside prepare=, it gets what prepare returned for the batch as " \
+            "its second argument)" if called_with == _TRANSFORM_WITH_CONTEXT else ""
+        why = dict(forward=run_python, reverse=run_python, transform=with_context).get(name, "")
         raise ValueError(
             f"BatchedRunPython {name}: {qualname}{signature} cannot be called as "
-            f"{name}{_CALLED_WITH[name]}"
-            + (" (RunPython code takes (apps, schema_editor); a batched one takes the batch "
-               "too)" if name != "transform" else "")) from None
+            f"{name}{called_with}{why}") from None
+
+
+_NOT_PER_ROW = (Aggregate, Window)
+
+
+def _summary_in(expression: object) -> object | None:
+    """The aggregate or window function inside ``expression``, if any (not inside a
+    Subquery, which is a query of its own)."""
+    if isinstance(expression, _NOT_PER_ROW):
+        return expression
+    sources = getattr(expression, "get_source_expressions", None)
+    for source in sources() if callable(sources) else ():
+        found = _summary_in(source)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_annotate(annotate: object) -> None:
+    """``annotate``: names a row can carry, each with an expression of one value per row."""
+    if not isinstance(annotate, Mapping) or not annotate:
+        raise ValueError(f"BatchedRunPython annotate: expected a dict of names to "
+                         f"expressions, e.g. {{'customer_name': F('customer__name')}}, got "
+                         f"{annotate!r}")
+    for name, expression in annotate.items():
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_") \
+                or "__" in name or name == "pk":
+            raise ValueError(f"BatchedRunPython annotate: {name!r} cannot be a row's "
+                             "attribute; expected a name such as 'customer_name' (no "
+                             "leading underscore, no '__', not 'pk')")
+        if not hasattr(expression, "resolve_expression"):
+            raise ValueError(f"BatchedRunPython annotate: {name!r}: expected an expression "
+                             f"(F('customer__name'), Subquery(...), Lower('email')), got "
+                             f"{expression!r}")
+        summary = _summary_in(expression)
+        if summary is not None:
+            raise ValueError(
+                f"BatchedRunPython annotate: {name!r}: {summary} summarises many rows, "
+                f"which the batch's rows cannot be grouped or windowed for; compute one value "
+                f"per row with a Subquery (e.g. Subquery(Order.objects.filter(customer="
+                f"OuterRef('pk')).values('customer').annotate(n=Count('pk')).values('n'))), "
+                f"or load the figures once per batch with prepare=")
+
+
+def _check_only(only: object) -> None:
+    if isinstance(only, str) or not isinstance(only, (list, tuple)) or not only or \
+            not all(isinstance(name, str) for name in only):
+        raise ValueError(f"BatchedRunPython only: expected a list of the field names the "
+                         f"transform reads, e.g. ['email', 'last_login'], got {only!r}")
 
 
 class BatchedRunPython(Operation):
     """Run data-migration code over a model's rows in small committed batches.
 
     Give either ``forward(apps, schema_editor, batch)`` (set-based: ``batch`` is a
-    queryset of the rows still to do in one key range) or ``transform(row)`` with the
-    ``fields`` it writes (per row; written back with one UPDATE per batch). ``reverse``
-    is set-based and makes the operation reversible. Use in a migration with
-    ``atomic = False``.
+    queryset of the rows still to do in one key range, with ``batch.write(rows, fields)``
+    and ``batch.insert(Model, rows)``) or ``transform(row)`` with the ``fields`` it writes
+    (per row; written back with one UPDATE per batch). A transform's rows carry the
+    ``annotate`` expressions' values, and only the ``only`` fields when given; with
+    ``prepare(apps, batch)``, run once per batch, it is called ``transform(row,
+    context)`` with what prepare returned. ``reverse`` is set-based and makes the
+    operation reversible. Use in a migration with ``atomic = False``.
 
     ``defer``: whether ``migrate`` runs it (False), or only plans it and leaves the run
     to a DataMigration or ``chunkwise_run`` (True); None follows ``CHUNKWISE_DEFER``.
@@ -138,8 +197,11 @@ class BatchedRunPython(Operation):
         model: str,
         forward: BatchedCode | RunPythonCode | None = None,
         *,
-        transform: Callable[[Any], Any] | None = None,
+        transform: Callable[..., Any] | None = None,
         fields: Sequence[str] = (),
+        prepare: Callable[[StateApps, Any], Any] | None = None,
+        annotate: Mapping[str, Any] | None = None,
+        only: Sequence[str] | None = None,
         reverse: BatchedCode | RunPythonCode | None = None,
         todo: Q | None = None,
         reverse_todo: Q | None = None,
@@ -159,13 +221,22 @@ class BatchedRunPython(Operation):
         if (forward is None) == (transform is None):
             raise ValueError("BatchedRunPython: give exactly one of forward= (set-based, gets a "
                              "queryset per batch) or transform= (per row, with fields=)")
-        for name, value in dict(forward=forward, transform=transform, reverse=reverse).items():
+        for name, value in dict(forward=forward, reverse=reverse, prepare=prepare).items():
             _check_callable(value, name)
+        _check_callable(transform, "transform", _TRANSFORM_WITH_CONTEXT if prepare else "")
         if transform is not None and not fields:
             raise ValueError("BatchedRunPython fields: transform= needs the names of the fields "
                              "it writes, e.g. fields=['status']")
-        if fields and transform is None:
-            raise ValueError("BatchedRunPython fields: only used with transform=")
+        per_row: dict[str, object] = dict(fields=fields or None, prepare=prepare,
+                                          annotate=annotate, only=only)
+        for name, given in per_row.items():
+            if given is not None and transform is None:
+                raise ValueError(f"BatchedRunPython {name}: only used with transform= (set-"
+                                 f"based code reads and writes its batch queryset itself)")
+        if annotate is not None:
+            _check_annotate(annotate)
+        if only is not None:
+            _check_only(only)
         if done is not None and todo is None:
             raise ValueError("BatchedRunPython done: it names rows that keep matching todo "
                              "once handled, so it needs todo=")
@@ -191,6 +262,9 @@ class BatchedRunPython(Operation):
         self.forward = cast("BatchedCode | None", forward)
         self.transform = transform
         self.fields = list(fields)
+        self.prepare = prepare
+        self.annotate = dict(annotate) if annotate is not None else None
+        self.only = list(only) if only is not None else None
         self.reverse = cast("BatchedCode | None", reverse)
         self.todo = todo
         self.reverse_todo = reverse_todo

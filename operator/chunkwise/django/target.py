@@ -7,19 +7,22 @@ are one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from itertools import starmap
 from typing import Any
 
+from django.core.exceptions import FieldDoesNotExist, FieldError, ImproperlyConfigured
 from django.db import connections, transaction
-from django.db.models import F, Field, Q, QuerySet
+from django.db.models import F, Field, Model, Q, QuerySet
+from django.db.models.fields.reverse_related import ForeignObjectRel
 
 from chunkwise.engine import Timeouts, sqlstate_of
 
+from .batch import Batch, BatchScope, as_batch
 from .keys import Key
 from .rows import row_class
-from .writeback import binary_safe, write_back
+from .writeback import KeyRange, binary_safe, write_back
 
 __all__ = ["DjangoBatchTarget", "RowTransform", "SetBasedWork", "has_row_locks",
            "uses_psycopg3"]
@@ -45,7 +48,10 @@ def uses_psycopg3(alias: str) -> bool:
 
 
 SetBasedWork = Callable[[QuerySet[Any]], None]
-RowTransform = Callable[[Any], Any]
+#: transform(row), or transform(row, context) with a prepare
+RowTransform = Callable[..., Any]
+#: prepare(batch): what the transform of each of the batch's rows gets as its context
+BatchPrepare = Callable[[QuerySet[Any]], Any]
 
 #: on PostgreSQL, batches first run without locking their rows ahead of the work: the
 #: writes take the locks as they go, under this short lock_timeout (seconds; never above
@@ -82,6 +88,9 @@ class DjangoBatchTarget:
         fields: Sequence[str] = (),
         lock_first: bool = False,
         within: Callable[[Q], QuerySet[Any]] | None = None,
+        prepare: BatchPrepare | None = None,
+        annotate: Mapping[str, Any] | None = None,
+        only: Sequence[str] | None = None,
     ) -> None:
         if (forward is None) == (transform is None):
             raise ValueError("give exactly one of forward (set-based) or transform (per row)")
@@ -97,8 +106,13 @@ class DjangoBatchTarget:
         self._forward = forward
         self._transform = transform
         self._fields = [todo.model._meta.get_field(name) for name in fields]
-        self._row_class = row_class(todo.model)
-        self._attnames = [f.attname for f in todo.model._meta.concrete_fields]
+        # a transform's rows: the fields it reads (only=) and the annotations (annotate=)
+        self._prepare = prepare
+        self._annotate = dict(annotate or {})
+        read = _fields_read(todo.model, only, self._fields, key_field)
+        self._attnames = [f.attname for f in read]
+        self._row_class = row_class(todo.model, self._attnames, list(self._annotate))
+        annotations = _annotations(todo.model._base_manager.db_manager(alias), self._annotate)
         self._rows: list[Any] = []
         self._vendor = connections[alias].vendor
         # PostgreSQL: no lock step while nothing contends (see above); a plan measures
@@ -107,8 +121,16 @@ class DjangoBatchTarget:
         self._contended_attempts = 0
         self._todo_keys: tuple[str, tuple[Any, ...]] | None = None
         self._psycopg3 = uses_psycopg3(alias)
-        self._binary_fetch = self._psycopg3 and all(
-            map(binary_safe, todo.model._meta.concrete_fields))
+        self._binary_fetch = self._psycopg3 and all(map(binary_safe, read)) and all(
+            binary_safe(output) for _, output in annotations)
+        #: what Django does to an annotation's values once read (Decimal() of a numeric
+        #: Subquery's), which the binary fetch, reading past Django, does itself
+        connection = connections[alias]
+        self._converters = [
+            (len(read) + i, expression, converter)
+            for i, (expression, _) in enumerate(annotations)
+            for converter in (connection.ops.get_db_converters(expression)
+                              + expression.get_db_converters(connection))]
 
     def transaction(self) -> AbstractContextManager[None]:
         if self._transform is None or self._reads_first:
@@ -223,7 +245,7 @@ class DjangoBatchTarget:
                                f"ORDER BY locked.{_KEY} DESC LIMIT 1", params)
                 found = cursor.fetchone()
             return (0, None) if found is None else (int(found[1]), found[0])
-        query = locking.values_list(*self._attnames)[:limit]
+        query = self._reading(locking)[:limit]
         self._rows = list(starmap(self._row_class, self._fetch(query)))
         if not self._rows:
             return 0, None
@@ -272,14 +294,30 @@ class DjangoBatchTarget:
         sql, params = query.query.get_compiler(using=self._alias).as_sql()
         with psycopg.Cursor(connections[self._alias].connection) as cursor:
             cursor.execute(sql, params, binary=True)
-            return cursor.fetchall()
+            rows = cursor.fetchall()
+        if not self._converters:
+            return rows
+        connection = connections[self._alias]
+        converted = [list(row) for row in rows]
+        for row in converted:
+            for position, expression, converter in self._converters:
+                row[position] = converter(row[position], expression, connection)
+        return converted
+
+    def _reading(self, rows: QuerySet[Any]) -> QuerySet[Any]:
+        """What a transform's lock step reads of ``rows``: the fields, then the
+        annotations, in the row class's order."""
+        if self._annotate:
+            rows = rows.annotate(**self._annotate)
+        return rows.values_list(*self._attnames, *self._annotate)
 
     def keys_in(self, after: Key | None, upto: Key) -> Sequence[Key]:
         return list(self._range(after, upto).order_by(self._key.name)
                     .values_list(self._key.name, flat=True))
 
     def apply(self, after: Key | None, upto: Key) -> None:
-        self._apply(lambda: self._range(after, upto))
+        self._apply(lambda: as_batch(self._range(after, upto), BatchScope(
+            self._key, within=KeyRange(after, upto), psycopg3=self._psycopg3)))
 
     def lock_keys(self, keys: Sequence[Key]) -> list[Key]:
         """The lock step of a batch of given keys rather than a key range (a retry of
@@ -293,26 +331,33 @@ class DjangoBatchTarget:
             locking = locking.select_for_update(no_key=True, of=("self",))
         if self._forward is not None:
             return list(locking.values_list(name, flat=True))
-        self._rows = list(starmap(self._row_class,
-                                  self._fetch(locking.values_list(*self._attnames))))
+        self._rows = list(starmap(self._row_class, self._fetch(self._reading(locking))))
         return [getattr(row, self._key.attname) for row in self._rows]
 
     def apply_keys(self, keys: Sequence[Key]) -> None:
         """The work on the rows lock_keys() just locked, whose keys are ``keys``: the
         set-based code gets a queryset of exactly those rows."""
-        self._apply(lambda: self._todo.filter(**{f"{self._key.name}__in": keys}))
+        self._apply(lambda: as_batch(
+            self._todo.filter(**{f"{self._key.name}__in": keys}),
+            BatchScope(self._key, keys=frozenset(keys), psycopg3=self._psycopg3)))
 
-    def _apply(self, batch: Callable[[], QuerySet[Any]]) -> None:
+    def _apply(self, batch: Callable[[], Batch]) -> None:
         """The work: the set-based code on ``batch()`` (built only for it), or the
-        transform on the rows the lock step read, written back in one statement."""
+        transform on the rows the lock step read (with what prepare made of ``batch()``),
+        written back in one statement."""
         try:
             if self._forward is not None:
                 self._forward(batch())
                 return
             assert self._transform is not None
             rows, self._rows = self._rows, []
-            for row in rows:
-                self._transform(row)
+            if self._prepare is not None:
+                context = self._prepare(batch())
+                for row in rows:
+                    self._transform(row, context)
+            else:
+                for row in rows:
+                    self._transform(row)
             write_back(connections[self._alias], self._todo.model, self._key, self._fields,
                        rows, psycopg3=self._psycopg3)
         except Exception as exc:
@@ -348,3 +393,56 @@ class DjangoBatchTarget:
             connection.close()
         except Exception:  # it is already broken; a new one comes next
             connection.connection = None
+
+
+def _fields_read(model: type[Model], only: Sequence[str] | None,
+                 written: Sequence[Field[Any, Any]], key: Field[Any, Any]
+                 ) -> list[Field[Any, Any]]:
+    """The concrete fields a transform's rows hold: every one, or ``only`` those (by name
+    or attname) and always the primary key, the batch key and the fields written, in
+    the model's order."""
+    concrete = list(model._meta.concrete_fields)
+    if only is None:
+        return concrete
+    wanted = {key, *written, *([model._meta.pk] if model._meta.pk else [])}
+    for name in only:
+        try:
+            field = model._meta.get_field(name)
+        except FieldDoesNotExist:
+            field = None
+        if field not in concrete:
+            raise ImproperlyConfigured(
+                f"BatchedRunPython only: {model._meta.label} has no field {name!r} with a "
+                f"column; expected some of {[f.name for f in concrete]}")
+        wanted.add(field)
+    return [field for field in concrete if field in wanted]
+
+
+def _annotations(rows: QuerySet[Any], annotate: Mapping[str, Any]
+                 ) -> list[tuple[Any, Field[Any, Any]]]:
+    """``annotate``'s expressions resolved against the model, with their output fields,
+    refused in one line when Django cannot resolve one, or when one joins a to-many
+    relation: that join would repeat the row once per related row."""
+    resolved = []
+    for name, expression in annotate.items():
+        try:
+            query = rows.annotate(**{name: expression}).query
+        except (FieldError, ValueError, TypeError) as exc:
+            raise ImproperlyConfigured(f"BatchedRunPython annotate: {name!r}: {exc}") from None
+        for alias, join in query.alias_map.items():
+            relation = getattr(join, "join_field", None) if query.alias_refcount[alias] \
+                else None  # a join Django trimmed from the SQL
+            if isinstance(relation, ForeignObjectRel) and relation.multiple:
+                raise ImproperlyConfigured(
+                    f"BatchedRunPython annotate: {name!r} follows the to-many relation "
+                    f"{relation.get_accessor_name() or relation.name!r} of "
+                    f"{relation.model._meta.label}, which would repeat a row once per related "
+                    f"row; read one value per row with a Subquery (Subquery(Related.objects"
+                    f".filter(...=OuterRef('pk')).values('field')[:1])), or load the related "
+                    f"rows once per batch with prepare=")
+        expression = query.annotations[name]
+        try:
+            resolved.append((expression, expression.output_field))
+        except FieldError as exc:  # mixed types: Django asks for an output_field
+            raise ImproperlyConfigured(f"BatchedRunPython annotate: {name!r}: {exc}") from None
+    return resolved

@@ -6,18 +6,23 @@ bound server-side. The key range matters: without it the planner merge-joins fro
 the start of the primary key index, so every batch would cost more than the last.
 SQLite: the same shape with ``FROM (VALUES ...)`` (SQLite >= 3.33), chunked under
 its limit of bound variables. Never ``bulk_update`` (a CASE per row) nor ``save()``.
+
+:func:`insert_rows` fills a table the same way: ``INSERT INTO t (...) SELECT
+unnest(%s::type[]), ...`` on PostgreSQL, one statement per batch, ``VALUES`` chunks on
+SQLite; never ``bulk_create``'s model-instance work per value.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
 from django.conf import settings
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Field, Model
+from django.db.models import Field, ForeignKey, Model
 
 _SQLITE_MAX_VARIABLES = 32_000
 
@@ -38,6 +43,7 @@ _PLAIN: dict[str, tuple[type, ...]] = {
     "IntegerField": (int,), "BigIntegerField": (int,), "SmallIntegerField": (int,),
     "PositiveIntegerField": (int,), "PositiveBigIntegerField": (int,),
     "PositiveSmallIntegerField": (int,), "BooleanField": (bool,), "FloatField": (float,),
+    "AutoField": (int,), "BigAutoField": (int,), "SmallAutoField": (int,),
 }
 
 
@@ -45,7 +51,12 @@ def _prepared(field: Field[Any, Any], connection: BaseDatabaseWrapper,
               values: list[Any]) -> list[Any]:
     """``get_db_prep_save()`` of each value, skipped when every value is of a type it
     returns unchanged (one pass over the types in C: the call per value was most of the
-    write-back's Python time)."""
+    write-back's Python time). A foreign key to an integer key is judged by its target,
+    whose preparation it defers to (it only adds that '' is NULL, which no int is)."""
+    while isinstance(field, ForeignKey) and \
+            type(field).get_db_prep_save is ForeignKey.get_db_prep_save and \
+            _PLAIN.get(field.target_field.get_internal_type()) == (int,):
+        field = field.target_field
     plain = _PLAIN.get(field.get_internal_type())
     if plain is not None and type(field).get_db_prep_save is Field.get_db_prep_save \
             and set(map(type, values)) <= {type(None), *plain}:  # bool is no int here
@@ -71,6 +82,27 @@ def binary_safe(field: Field[Any, Any]) -> bool:
         (kind != "DateTimeField" or bool(settings.USE_TZ))
 
 
+@dataclass(frozen=True)
+class KeyRange:
+    """The rows a statement may touch: keys in (after, upto], compared by the database
+    (a batch's own range); a bound that is None is not one."""
+
+    after: Any
+    upto: Any
+
+
+def _range_sql(connection: BaseDatabaseWrapper, key: Field[Any, Any], column: str,
+               rows: KeyRange) -> tuple[str, list[Any]]:
+    sql, params = "", []
+    if rows.upto is not None:
+        sql += f" AND {column} <= %s"
+        params.append(key.get_db_prep_value(rows.upto, connection))
+    if rows.after is not None:
+        sql += f" AND {column} > %s"
+        params.append(key.get_db_prep_value(rows.after, connection))
+    return sql, params
+
+
 def write_back(
     connection: BaseDatabaseWrapper,
     model: type[Model],
@@ -78,14 +110,18 @@ def write_back(
     fields: Sequence[Field[Any, Any]],
     rows: Sequence[Any],
     psycopg3: bool = False,
-) -> None:
-    """``rows`` are in key order (as the lock step returned them). With ``psycopg3``, the
-    arrays of BINARY_SAFE columns are bound in binary format (text arrays of 5k elements
-    cost about 2.2 ms more to write and parse), and the statement is not prepared: each
-    batch gets a plan made for its own key range (psycopg would prepare it after five
-    runs, and PostgreSQL then reuse a generic plan; that measured no faster)."""
+    within: KeyRange | None = None,
+) -> int:
+    """Write ``fields`` of ``rows`` to the rows with their keys; how many rows it wrote.
+    Without ``within``, ``rows`` are in key order (as the lock step returned them) and
+    bound the statement's range; with it, a row outside the range is not written. With
+    ``psycopg3``, the arrays of BINARY_SAFE columns are bound in binary format (text
+    arrays of 5k elements cost about 2.2 ms more to write and parse), and the statement
+    is not prepared: each batch gets a plan made for its own key range (psycopg would
+    prepare it after five runs, and PostgreSQL then reuse a generic plan; that measured
+    no faster)."""
     if not rows or not fields:
-        return
+        return 0
     keys = list(map(attrgetter(key.attname), rows))  # loaded from the database: no prep
     values = [keys] + [
         _prepared(field, connection, list(map(attrgetter(field.attname), rows)))
@@ -105,24 +141,20 @@ def write_back(
             f"{array_type(c, connection)}) AS {quote(c.column)}"
             for c in columns
         )
-        sql = (f"UPDATE {table} SET {assignments} FROM (SELECT {arrays}) AS v "
-               f"WHERE {key_column} = v.{quote(key.column)} "
-               f"AND {key_column} >= %s AND {key_column} <= %s")
-        params = [*values, keys[0], keys[-1]]
-        if psycopg3:
-            import psycopg
-
-            # a server-binding cursor: the one Django's connection makes binds client-side,
-            # quoting every array element into the SQL text in Python
-            with psycopg.Cursor(connection.connection) as cursor:
-                cursor.execute(sql, params, prepare=False)
+        if within is None:
+            bounds, bound_params = (f" AND {key_column} >= %s AND {key_column} <= %s",
+                                    [keys[0], keys[-1]])
         else:
-            with connection.connection.cursor() as cursor:  # psycopg2 binds client-side
-                cursor.execute(sql, params)
-        return
+            bounds, bound_params = _range_sql(connection, key, key_column, within)
+        sql = (f"UPDATE {table} SET {assignments} FROM (SELECT {arrays}) AS v "
+               f"WHERE {key_column} = v.{quote(key.column)}{bounds}")
+        return _execute_pg(connection, sql, [*values, *bound_params], psycopg3)[0]
     # SQLite cannot bind every key as read: Django reads a UUID key as uuid.UUID there
     values[0] = _prepared(key, connection, keys)
-    per_chunk = max(1, _SQLITE_MAX_VARIABLES // len(columns))
+    bounds, bound_params = ("", []) if within is None else \
+        _range_sql(connection, key, key_column, within)
+    per_chunk = max(1, (_SQLITE_MAX_VARIABLES - len(bound_params)) // len(columns))
+    written = 0
     with connection.cursor() as cursor:
         for start in range(0, len(rows), per_chunk):
             chunk = list(zip(*(column[start:start + per_chunk] for column in values), strict=True))
@@ -130,6 +162,87 @@ def write_back(
             select = ", ".join(f"column{i + 1} AS {quote(c.column)}" for i, c in enumerate(columns))
             cursor.execute(
                 f"UPDATE {table} SET {assignments} FROM (SELECT {select} FROM (VALUES "
-                f"{placeholders})) AS v WHERE {key_column} = v.{quote(key.column)}",
-                [value for row in chunk for value in row],
+                f"{placeholders})) AS v WHERE {key_column} = v.{quote(key.column)}{bounds}",
+                [*(value for row in chunk for value in row), *bound_params],
             )
+            written += cursor.rowcount
+    return written
+
+
+def _execute_pg(connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any],
+                psycopg3: bool, fetch: bool = False) -> tuple[int, list[Any]]:
+    """Run one statement with array parameters on PostgreSQL: (rows it touched, the
+    first column of the rows it returned, with ``fetch``)."""
+    if psycopg3:
+        import psycopg
+
+        # a server-binding cursor: the one Django's connection makes binds client-side,
+        # quoting every array element into the SQL text in Python
+        with psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(sql, params, prepare=False)
+            return cursor.rowcount, [row[0] for row in cursor.fetchall()] if fetch else []
+    with connection.connection.cursor() as cursor:  # psycopg2 binds client-side
+        cursor.execute(sql, params)
+        return cursor.rowcount, [row[0] for row in cursor.fetchall()] if fetch else []
+
+
+def insertable(field: Field[Any, Any]) -> bool:
+    """Whether an INSERT gives ``field`` a value: not a generated column, nor a primary
+    key the database numbers (it is returned instead, as bulk_create does)."""
+    return not getattr(field, "generated", False) and not (
+        field.primary_key and bool(getattr(field, "db_returning", False)))
+
+
+def insert_rows(
+    connection: BaseDatabaseWrapper,
+    model: type[Model],
+    fields: Sequence[Field[Any, Any]],
+    rows: Iterable[Any],
+    psycopg3: bool = False,
+) -> int:
+    """Insert ``rows`` (objects with the fields' attributes: model instances, or any)
+    into ``model``'s table in one statement on PostgreSQL; how many. A primary key the
+    database numbers, left out of ``fields``, is set on each row from ``RETURNING``, as
+    bulk_create does. A field that fills itself in on save (``auto_now_add``) does so."""
+    rows = list(rows)
+    if not rows:
+        return 0
+    values = []
+    for field in fields:
+        if type(field).pre_save is not Field.pre_save:  # auto_now, auto_now_add, files
+            column = [field.pre_save(row, True) for row in rows]
+        else:
+            column = list(map(attrgetter(field.attname), rows))
+        values.append(_prepared(field, connection, column))
+    pk = model._meta.pk
+    returned = pk if pk is not None and pk not in fields and not insertable(pk) else None
+    quote = connection.ops.quote_name
+    table = quote(model._meta.db_table)
+    names = ", ".join(quote(field.column) for field in fields)
+    returning = f" RETURNING {quote(returned.column)}" if returned is not None else ""
+    if connection.vendor == "postgresql":
+        arrays = ", ".join(
+            f"unnest(%{'b' if psycopg3 and binary_safe(f) else 's'}::"
+            f"{array_type(f, connection)})"
+            for f in fields)
+        count, keys = _execute_pg(connection, f"INSERT INTO {table} ({names}) SELECT "
+                                  f"{arrays}{returning}", values, psycopg3,
+                                  fetch=returned is not None)
+    else:
+        count, keys = 0, []
+        per_chunk = max(1, _SQLITE_MAX_VARIABLES // max(1, len(fields)))
+        with connection.cursor() as cursor:
+            for start in range(0, len(rows), per_chunk):
+                chunk = list(zip(*(column[start:start + per_chunk] for column in values),
+                                 strict=True))
+                placeholders = ", ".join("(" + ", ".join(["%s"] * len(fields)) + ")"
+                                         for _ in chunk)
+                cursor.execute(f"INSERT INTO {table} ({names}) VALUES {placeholders}"
+                               f"{returning}", [value for row in chunk for value in row])
+                if returned is not None:
+                    keys += [row[0] for row in cursor.fetchall()]
+                count += len(chunk)
+    if returned is not None:
+        for row, key in zip(rows, keys, strict=True):
+            setattr(row, returned.attname, key)
+    return count

@@ -56,3 +56,38 @@ class Document(models.Model):
     """A JSONField: its values need Django's converter, so the text path is used."""
 
     data = models.JSONField(default=dict)
+
+
+class Port(models.Model):
+    """A port whose MAC address moves to a table of its own: lab 0012 copies it (the new
+    table references the port), lab 0013 also points the port at its new row (as
+    NetBox's MACAddress migration does), both with batch.insert."""
+
+    mac_address = models.CharField(max_length=17, null=True)
+    primary_mac = models.ForeignKey("PortMac", null=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+
+
+class PortMac(models.Model):
+    port = models.ForeignKey(Port, on_delete=models.CASCADE, related_name="macs")
+    address = models.CharField(max_length=17)
+    added = models.DateTimeField(auto_now_add=True)
+
+
+class Product(models.Model):
+    name = models.CharField(max_length=40, default="")
+    price = models.DecimalField(max_digits=10, decimal_places=2)
+
+
+class Order(models.Model):
+    """A UUID key, and a total computed from the product's price: looked up once per batch
+    (lab 0014, prepare=), read through a join (lab 0015, annotate=), or from the price
+    copied onto the order (lab 0016, the plain transform the other two are measured
+    against)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    product = models.ForeignKey(Product, null=True, on_delete=models.SET_NULL)
+    quantity = models.IntegerField(default=1)
+    unit_price = models.DecimalField(max_digits=10, decimal_places=2, null=True)
+    total = models.DecimalField(max_digits=12, decimal_places=2, null=True)
+    note = models.CharField(max_length=60, default="")

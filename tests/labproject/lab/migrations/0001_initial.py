@@ -77,4 +77,44 @@ class Migration(migrations.Migration):
                 ('item', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, to='lab.item')),
             ],
         ),
+        migrations.CreateModel(
+            name='Port',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('mac_address', models.CharField(max_length=17, null=True)),
+            ],
+        ),
+        migrations.CreateModel(
+            name='PortMac',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('address', models.CharField(max_length=17)),
+                ('added', models.DateTimeField(auto_now_add=True)),
+                ('port', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='macs', to='lab.port')),
+            ],
+        ),
+        migrations.AddField(
+            model_name='port',
+            name='primary_mac',
+            field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='lab.portmac'),
+        ),
+        migrations.CreateModel(
+            name='Product',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('name', models.CharField(default='', max_length=40)),
+                ('price', models.DecimalField(decimal_places=2, max_digits=10)),
+            ],
+        ),
+        migrations.CreateModel(
+            name='Order',
+            fields=[
+                ('id', models.UUIDField(default=uuid.uuid4, primary_key=True, serialize=False)),
+                ('quantity', models.IntegerField(default=1)),
+                ('unit_price', models.DecimalField(decimal_places=2, max_digits=10, null=True)),
+                ('total', models.DecimalField(decimal_places=2, max_digits=12, null=True)),
+                ('note', models.CharField(default='', max_length=60)),
+                ('product', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, to='lab.product')),
+            ],
+        ),
     ]
