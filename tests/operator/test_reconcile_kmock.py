@@ -926,7 +926,8 @@ async def test_a_sharded_runs_progress_is_written_at_most_every_2_s(api: Api,
     from chunkwise.operator.reconcile import sum_progress
 
     def shards(*rows: int, done: bool = False) -> dict[str, Any]:
-        return {str(i): {"worker": {"state": "done" if done else "running"}, "done": done,
+        worker = {"state": "done", "exitCode": 0} if done else {"state": "running"}
+        return {str(i): {"worker": worker, "done": done,
                          "progress": {"rowsProcessed": n, "rowsEstimated": 1000}}
                 for i, n in enumerate(rows)}
 

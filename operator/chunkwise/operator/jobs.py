@@ -48,7 +48,7 @@ def beyond_tuning(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 #: what the CRD defaults outside the tunables (whose defaults are their own; a test keeps
 #: both equal to the CRD's)
-FIELD_DEFAULTS: dict[str, Any] = {"direction": "forward", "database": "default",
+FIELD_DEFAULTS: dict[str, Any] = {"direction": Direction.FORWARD, "database": "default",
                                   "dryRun": False, "retryFailed": False, "parallelism": 1,
                                   "suspend": False}
 _TUNABLE_AT = {t.spec_path: t for t in TUNABLES}

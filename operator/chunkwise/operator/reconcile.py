@@ -21,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from chunkwise.contract import ANNOTATION_PREFIX, Condition, Label, Phase, utc_now_text
+from chunkwise.contract import ANNOTATION_PREFIX, Condition, ExitCode, Label, Phase, utc_now_text
 from chunkwise.engine import TUNABLES, parse_duration, spec_env
 
 from .cluster import REFUSED, ApiRefused, Cluster
@@ -329,7 +329,8 @@ def sum_progress(cluster: Cluster, post: PostEvent, body: Mapping[str, Any],
         if progress is None or progress == status.get("progress"):
             return None, []
         shards = status.get("shards") or {}
-        finished = all(isinstance(e, Mapping) and e.get("done") for e in shards.values())
+        finished = all(isinstance(e, Mapping) and (e.get("worker") or {}).get("exitCode")
+                       == ExitCode.DONE for e in shards.values())
         last = memo.get("progress_summed_at")
         # the same call deciding again after a 409 (its own decision stands)
         if not finished and last is not None and last != now and \
