@@ -802,7 +802,7 @@ def test_code_that_fails_every_row_alike_halts_at_once_with_nothing_recorded(
 
 
 def test_allow_failed_rows_accepts_that_many_recorded_failures_and_no_more(
-        lab_db: LabDb) -> None:
+        lab_db: LabDb, capsys: pytest.CaptureFixture[str]) -> None:
     from chunkwise.contract import Direction
     from chunkwise.django import BatchedMigrationStopped, BatchedRunPython
     from chunkwise.django.operation_ref import OperationRef
@@ -812,6 +812,8 @@ def test_allow_failed_rows_accepts_that_many_recorded_failures_and_no_more(
     ref = OperationRef("lab", "0002_bump_items", 0, Direction.FORWARD)
     BatchedRunPython("lab.Item", transform=print, fields=["counter"],
                      allow_failed_rows=2).refuse_failed_rows(ref, "default")
+    assert "lab.0002_bump_items[0] forward: 2 rows failed and are recorded, unchanged; " \
+           "accepted by allow_failed_rows=2" in capsys.readouterr().out  # said, not silent
     with pytest.raises(BatchedMigrationStopped) as refused:
         BatchedRunPython("lab.Item", transform=print, fields=["counter"],
                          allow_failed_rows=1).refuse_failed_rows(ref, "default")

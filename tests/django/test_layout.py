@@ -102,3 +102,35 @@ def test_rows_that_keep_matching_todo_on_purpose_are_not_reported_missed(
                             ).fetchall() == [(0, 0)]
         assert conn.execute("SELECT count(*) FROM inventory_port WHERE mac_upper IS NULL"
                             ).fetchone() == (10,)
+
+
+def test_migrating_backwards_over_a_noop_reverse_lets_forward_run_again(
+        tmp_path: Path) -> None:
+    """Plain RunPython runs forward again after a migration was unapplied; a batched one
+    with reverse=RunPython.noop said `done (AlreadyDone)` and left the rows as they were
+    (found trying it as a new user)."""
+    db = tmp_path / "lab.sqlite3"
+    lab = lab_on_sqlite(db, LAB_LAYOUT="good")
+    assert lab("migrate", "--database", "lite", "inventory", "0002", "-v0").returncode == 0
+    seed_ports(db, "inventory_port", 50)
+    for target in ("0003", "0002"):
+        assert lab("migrate", "--database", "lite", "inventory", target).returncode == 0
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE inventory_port SET mac_upper = NULL")
+    again = lab("migrate", "--database", "lite", "inventory", "0003")
+    assert again.returncode == 0 and "AlreadyDone" not in again.stderr, again.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM inventory_port WHERE mac_upper IS NULL"
+                            ).fetchone() == (0,)
+
+
+def test_a_misspelled_field_is_one_line_and_exit_64_not_a_retryable_traceback(
+        tmp_path: Path) -> None:
+    db = tmp_path / "lab.sqlite3"
+    lab = lab_on_sqlite(db)
+    for target in (["chunkwise"], ["mistakes", "0001"]):
+        assert lab("migrate", "--database", "lite", *target, "-v0").returncode == 0
+    result = lab("chunkwise_run", "mistakes", "0005", "--database", "lite")
+    assert result.returncode == 64, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "CommandError: BatchedRunPython key or fields: Visit has no field named 'countr'"]

@@ -131,7 +131,7 @@ class EnsureBatchedComplete(Operation):
         alias = schema_editor.connection.alias
         state, _owner, shards = recorded(ref, alias)
         if state == ShardState.DONE:
-            operation.refuse_failed_rows(ref, alias)  # done, but not over its failed rows
+            operation.refuse_failed_rows(ref, alias, ensuring=True)  # done, not past failures
             sys.stdout.write(f"\n  {ref} is complete\n")
             return
         deadline = time.monotonic() + self.wait
@@ -141,7 +141,7 @@ class EnsureBatchedComplete(Operation):
         for shard in range(shards):
             self._finish(operation, dataclasses.replace(ref, shard=shard, shard_count=shards),
                          apps, schema_editor, deadline)
-        operation.refuse_failed_rows(ref, alias)
+        operation.refuse_failed_rows(ref, alias, ensuring=True)
 
     def _finish(self, operation: BatchedRunPython, ref: OperationRef, apps: StateApps,
                 schema_editor: BaseDatabaseSchemaEditor, deadline: float) -> None:

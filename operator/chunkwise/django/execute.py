@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Protocol, TextIO
 
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import FieldDoesNotExist, FieldError, ImproperlyConfigured
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.state import StateApps
 from django.db.models import Field, Q, QuerySet
@@ -130,18 +130,32 @@ def rows_to_do(operation: BatchedWork, ref: OperationRef, apps: StateApps,
     unsupported = backend_problem(alias)  # chunkwise.E003 says it first, unless skipped
     if unsupported:
         raise ImproperlyConfigured(unsupported)
-    model = apps.get_model(operation.model)
-    if operation.key == "pk":
-        key_field = model._meta.pk
-    else:
-        key_field = model._meta.get_field(operation.key)
+    # a name the migration's models do not have is a mistake retrying cannot fix: one line
+    # and exit 64 (ImproperlyConfigured), not a traceback and exit 1, which a Job retries
+    try:
+        model = apps.get_model(operation.model)
+    except LookupError:
+        raise ImproperlyConfigured(
+            f"BatchedRunPython model: {operation.model!r} is not a model of "
+            f"{ref.app_label} as it stands at {ref.migration}") from None
+    try:
+        key_field = model._meta.pk if operation.key == "pk" else \
+            model._meta.get_field(operation.key)
+        for name in operation.fields:
+            model._meta.get_field(name)
+    except FieldDoesNotExist as exc:
+        raise ImproperlyConfigured(f"BatchedRunPython key or fields: {exc}") from None
     problem = key_problem(operation.model, key_field, model._meta.unique_together,
                           model._meta.constraints)
     if problem:  # chunkwise.E004 says it first, unless the checks were skipped
         raise ImproperlyConfigured(problem)
     todo_q = operation.todo if ref.direction == Direction.FORWARD else operation.reverse_todo
     rows = model._base_manager.db_manager(alias).all()
-    return one_per_key(rows, todo_q, key_field), key_field
+    try:
+        return one_per_key(rows, todo_q, key_field), key_field
+    except FieldError as exc:
+        name = "todo" if ref.direction == Direction.FORWARD else "reverse_todo"
+        raise ImproperlyConfigured(f"BatchedRunPython {name}: {exc}") from None
 
 
 def target_for(operation: BatchedWork, ref: OperationRef, apps: StateApps,

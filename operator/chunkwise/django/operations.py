@@ -347,7 +347,16 @@ class BatchedRunPython(Operation):
     def database_backwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
                            from_state: ProjectState, to_state: ProjectState) -> None:
         if is_noop(self.reverse):
-            return  # as RunPython.noop: nothing to undo, no batch, no checkpoint
+            # as RunPython.noop: nothing to undo, no batch; but the forward run is undone as
+            # far as Django knows, so migrating forward again runs it again, from scratch
+            if router.allow_migrate(schema_editor.connection.alias, app_label, **self.hints):
+                from .models import Checkpoint  # the package is imported before its models
+
+                migration, index = self.locate(app_label)
+                Checkpoint.objects.using(schema_editor.connection.alias).filter(
+                    app_label=app_label, migration=migration, operation=index,
+                    direction=Direction.FORWARD).delete()
+            return
         to_state.clear_delayed_apps_cache()
         if not self._starts_here(app_label, schema_editor):
             return
@@ -378,24 +387,34 @@ class BatchedRunPython(Operation):
             raise BatchedMigrationStopped.of(str(ref), outcome, hint)
         self.refuse_failed_rows(ref, alias)
 
-    def refuse_failed_rows(self, ref: OperationRef, alias: str) -> None:
+    def refuse_failed_rows(self, ref: OperationRef, alias: str, ensuring: bool = False) -> None:
         """As RunPython's strictness: a run that leaves rows recorded as failed fails
         ``migrate`` (exit 65), which then does not record the migration applied, so the
         next migration cannot drop what those rows still need; unless the operation
-        accepts that many (``allow_failed_rows``)."""
+        accepts that many (``allow_failed_rows``), which is said. ``ensuring``: an
+        EnsureBatchedComplete asks, in a later migration, which is the one not recorded."""
         from .models import FailedRow
 
         failed = FailedRow.objects.using(alias).filter(
             checkpoint__app_label=ref.app_label, checkpoint__migration=ref.migration,
             checkpoint__operation=ref.operation, checkpoint__direction=ref.direction).count()
-        if failed <= self.allow_failed_rows:
+        if failed and failed <= self.allow_failed_rows:
+            sys.stdout.write(f"\n  {ref}: {failed:,} rows failed and are recorded, unchanged; "
+                             f"accepted by allow_failed_rows={self.allow_failed_rows}\n")
+            return
+        if not failed:
             return
         accepted = (f"more than its allow_failed_rows={self.allow_failed_rows}"
                     if self.allow_failed_rows else "and the operation accepts none")
+        stops = ("so EnsureBatchedComplete stops migrate here, before what needs those rows"
+                 if ensuring else f"so migrate does not record {ref.app_label}.{ref.migration} "
+                                  f"as applied")
+        sys.stdout.write("\n")  # migrate's "Applying ..." has no newline of its own
+        sys.stdout.flush()
         raise BatchedMigrationStopped(
-            f"{ref.operation_name} {ref.direction}: FailedRowsLeft: {failed:,} rows failed and "
-            f"are recorded, {accepted}, so migrate does not record {ref.app_label}."
-            f"{ref.migration} as applied. List them: manage.py chunkwise_status "
+            f"{'EnsureBatchedComplete: ' if ensuring else ''}{ref.operation_name} "
+            f"{ref.direction}: FailedRowsLeft: {failed:,} rows failed and "
+            f"are recorded, {accepted}, {stops}. List them: manage.py chunkwise_status "
             f"{ref.app_label} --failed; fix the code or the data, retry them: manage.py "
             f"chunkwise_run {ref.app_label} {ref.migration} --retry-failed"
             f"{'' if ref.direction == Direction.FORWARD else ' --direction ' + ref.direction}"
