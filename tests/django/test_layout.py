@@ -134,3 +134,22 @@ def test_a_misspelled_field_is_one_line_and_exit_64_not_a_retryable_traceback(
     assert result.returncode == 64, result.stderr
     assert result.stderr.strip().splitlines() == [
         "CommandError: BatchedRunPython key or fields: Visit has no field named 'countr'"]
+
+
+def test_a_halt_with_failed_rows_says_to_finish_the_run_before_retrying(
+        tmp_path: Path) -> None:
+    """A halted run's hint named --retry-failed, which refuses a run that is not done
+    (found trying it as a new user)."""
+    db = tmp_path / "lab.sqlite3"
+    lab = lab_on_sqlite(db)
+    for target in (["chunkwise"], ["lab", "0001"]):
+        assert lab("migrate", "--database", "lite", *target, "-v0").returncode == 0
+    with sqlite3.connect(db) as conn:
+        conn.executemany("INSERT INTO lab_item (id, counter, payload, score) VALUES (?, 0, ?, 0)",
+                         [(i, "raise" if i in (3, 4) else "") for i in range(1, 101)])
+    result = lab("chunkwise_run", "lab", "0002", "--database", "lite", "--halt-failed-rows", "1")
+    assert result.returncode == 65, result.stderr
+    assert ("2 failed rows are recorded: manage.py chunkwise_status lab --failed lists them; "
+            "once the code or the data is fixed, finish the run first (it resumes from the "
+            "checkpoint), then manage.py chunkwise_run lab 0002_bump_items --retry-failed runs "
+            "them again") in result.stderr, result.stderr

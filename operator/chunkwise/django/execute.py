@@ -294,7 +294,7 @@ def execute(
         _forget_other_direction(ref, connection.alias)
     failed = outcome.state.tally.failed_rows if outcome.state else 0
     if failed and caller is not Caller.POD and outcome.reason != "AlreadyDone":
-        stream.write(f"{ref}: {failed_rows_hint(ref, failed)}\n")
+        stream.write(f"{ref}: {failed_rows_hint(ref, failed, done=outcome.exit_code == 0)}\n")
     return outcome
 
 
@@ -305,13 +305,17 @@ ABORTED = "aborted by a second Ctrl-C: the open batch was rolled back, the check
 OPERATE_DOCS = "https://chunkwise.github.io/chunkwise/how-to/operate/"
 
 
-def failed_rows_hint(ref: OperationRef, failed: int) -> str:
-    """What a local user can do about the rows a run recorded as failed."""
+def failed_rows_hint(ref: OperationRef, failed: int, done: bool = True) -> str:
+    """What a local user can do about the rows a run recorded as failed. A retry runs
+    only once the run is done: a run that stopped (halted) is finished first."""
     backward = " --direction backward" if ref.direction == Direction.BACKWARD else ""
+    retry = (f"manage.py chunkwise_run {ref.app_label} {ref.migration}{backward} "
+             f"--retry-failed runs them again")
+    if not done:
+        retry = (f"finish the run first (it resumes from the checkpoint), then {retry}")
     return (f"{failed:,} failed rows are recorded: manage.py chunkwise_status "
             f"{ref.app_label} --failed lists them; once the code or the data is fixed, "
-            f"manage.py chunkwise_run {ref.app_label} {ref.migration}{backward} "
-            f"--retry-failed runs them again ({OPERATE_DOCS})")
+            f"{retry} ({OPERATE_DOCS})")
 
 
 @contextmanager
