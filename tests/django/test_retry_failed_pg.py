@@ -80,6 +80,12 @@ def test_a_retry_runs_each_failed_row_once_and_keeps_what_fails_again(lab_db: La
     [line] = nothing.stderr.strip().splitlines()
     assert ("--retry-failed: lab.0002_bump_items[0] forward has no failed rows recorded, so "
             "there is nothing to retry") in line
+    # in a pod (the Job ran it again after its last commit, or a new image came while
+    # spec.retryFailed stays true), the retry is done, not misconfigured (review)
+    again = lab_db.manage("chunkwise_run", "lab", "0002", "--retry-failed",
+                          CHUNKWISE_RESOURCE="shop/customer-status")
+    assert again.returncode == 0, again.stderr
+    assert "FailedRowsRetried" in again.stderr and "nothing left to retry" in again.stderr
     assert counters(lab_db) == {1: 3000}
 
 

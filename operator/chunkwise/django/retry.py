@@ -478,6 +478,16 @@ def retry_failed(
         app_label=ref.app_label, migration=ref.migration, operation=ref.operation,
         direction=ref.direction).order_by("shard"))
     recorded = FailedRow.objects.using(alias).filter(checkpoint__in=checkpoints).count()
+    if not recorded and caller is Caller.POD and checkpoints and \
+            all(checkpoint.state == ShardState.DONE for checkpoint in checkpoints):
+        # a retry pod that the Job ran again after its last commit, or a new image while
+        # retryFailed stays true: the retry is done, not misconfigured (Succeeded, not Failed)
+        done = Outcome(ExitCode.DONE, RETRIED_FAILED_ROWS,
+                       "nothing left to retry: no failed row is recorded")
+        stream.write(f"{ref} retry: done ({done.reason}): {done.message}\n")
+        if reporter is not None:
+            reporter.finished(done)  # the DataMigration's status says it too
+        return done
     if not recorded:
         raise RetryRefused(f"{knob}: {ref} has no failed rows recorded, so there is "
                            "nothing to retry")
