@@ -977,3 +977,28 @@ async def test_a_field_a_crd_upgrade_defaults_does_not_restart_an_ended_run(
     await api.call(spec_changed, migration(body["status"], **defaulted), spec,
                    {**defaulted, "haltOn": {"failedRows": 50}}, patch)
     assert stored(kmock, JOBS, "customer-status-run2")
+
+
+@pytest.mark.asyncio
+async def test_a_pod_that_cannot_pull_its_image_keeps_the_run_pending_at_each_resync(
+        api: Api, kmock: Any) -> None:
+    """The Job counts a pod that cannot pull its image as active: the resync's read of
+    the Job turned the Pending run check_pods had found stuck back to Running, at every
+    interval (the e2e run found it). Once the pod runs, Running it is."""
+    stuck = {"phase": "Pending", "run": 1, "conditions": [
+        {"type": "Progressing", "status": "False", "reason": "ImagePullBackOff",
+         "message": 'Back-off pulling image "shop:typo"'}]}
+    await put_migration(api, kmock, migration(stuck))
+    await put_pod(kmock, "customer-status-run1-x", {"state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": 'Back-off pulling image "shop:typo"'}}})
+    job = failed_job()
+    job["status"] = {"active": 1}
+    await api.call(job_changed, job)
+    assert stored(kmock, MIGRATIONS, "customer-status")["status"]["phase"] == "Pending"
+    async with aiohttp.ClientSession() as session:  # the kubelet pulled it after all
+        async with session.delete(f"{kmock.url}/api/v1/namespaces/shop/pods/"
+                                  "customer-status-run1-x") as response:
+            assert response.status < 300
+    await put_pod(kmock, "customer-status-run1-y", {"state": {"running": {}}})
+    await api.call(job_changed, job)
+    assert stored(kmock, MIGRATIONS, "customer-status")["status"]["phase"] == "Running"

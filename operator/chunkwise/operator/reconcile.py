@@ -500,6 +500,14 @@ def _job_status(cluster: Cluster, job: Mapping[str, Any],
     if str(status.get("run")) != job["metadata"]["labels"].get(Label.RUN):
         return None, []  # a new run started meanwhile
     state, new_status = _judged(cluster, job, status)
+    if state.phase == Phase.RUNNING and _cannot_start(status):
+        # the Job counts a pod that cannot start (image pull, config) as active: while it
+        # still cannot, the run stays Pending with the pod's reason (the resync asks every
+        # interval, and flipping it to Running would undo check_pods each time)
+        labels = job["metadata"]["labels"]
+        if pod_problem(_run_pods(cluster, job["metadata"]["namespace"],
+                                 labels[Label.MIGRATION], labels[Label.RUN])) is not None:
+            return None, []
     summed = shards_progress(_merged(status, new_status))
     if summed is not None and summed != status.get("progress"):  # the shards' last word
         new_status["progress"] = summed
