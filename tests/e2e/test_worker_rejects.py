@@ -55,9 +55,10 @@ CASES = {  # name: (migration, direction, database, what the condition's message
 def test_what_only_the_worker_knows_fails_once_with_the_reason(shop: Shop) -> None:
     # mistakes 0002 runs on the schema its 0001 makes: applied here, as a deploy would have
     # (else the worker refuses the run for that first, before it judges the key)
-    shop.query("CREATE TABLE mistakes_visit (id bigserial PRIMARY KEY, email varchar(100) "
-               "NOT NULL, counter integer NOT NULL); INSERT INTO django_migrations (app, "
-               "name, applied) VALUES ('mistakes', '0001_initial', now()) RETURNING app")
+    shop.pg.sql("CREATE TABLE mistakes_visit (id bigserial PRIMARY KEY, email varchar(100) "
+                "NOT NULL, counter integer NOT NULL)", shop.database)
+    shop.query("INSERT INTO django_migrations (app, name, applied) VALUES ('mistakes', "
+               "'0001_initial', now()) RETURNING app")
     for name, (migration, direction, database, _) in CASES.items():
         image, env = LAB if name == "key-not-unique" else SHOP
         shop.apply(MIGRATION.format(name=name, migration=migration, direction=direction,
