@@ -216,12 +216,13 @@ class DjangoBatchTarget:
             window = self._window(start, upto, span)
             rows, last = self._lock_rows(start, window, limit, locking_first)
             if rows >= limit or window == upto:
-                if rows >= limit:  # dense enough: let the estimate come down again
-                    self._keys_per_row = max(1.0, self._keys_per_row * 0.8)
+                if rows >= limit:  # dense enough: let the estimate come down, slowly
+                    self._keys_per_row = max(1.0, self._keys_per_row * 0.95)
                 return rows, last
-            if rows:  # fewer than limit here, and more may lie beyond: wider, same start
+            if rows:  # fewer than limit here, and more may lie beyond: wider, same start,
+                # as wide as this window's density says limit rows need (and a tenth more)
                 self._keys_per_row = min(span / rows, _MAX_KEYS_PER_ROW)
-                span *= 2
+                span = int(span * limit / rows * 1.1) + 1
             else:  # none to do in this window: on from its end, wider
                 start = window
                 self._keys_per_row = min(self._keys_per_row * 4, _MAX_KEYS_PER_ROW)
