@@ -52,36 +52,34 @@ def _refuse_misspelled_names() -> None:
         raise CommandError(f"{found[0][0]}{more}; {found[0][1]}", returncode=ExitCode.USAGE)
 
 
+def _refuse_worker_switch(name: str, why: str) -> None:
+    """A switch of the worker's (``chunkwise_run``) set under ``migrate``, which would
+    ignore it and run the migration: refused in one line naming it, with ``why``."""
+    raw = os.environ.get(name, "")
+    try:
+        on = bool(raw.strip()) and parse_boolean(raw, name)
+    except SettingsError as exc:
+        raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
+    if on:
+        raise CommandError(f"{name} is set, but {why}", returncode=ExitCode.USAGE)
+
+
 def _refuse_dry_run(first: Migration) -> None:
     """``CHUNKWISE_DRY_RUN`` is the worker's (``spec.dryRun``): ``migrate`` cannot plan
     without doing, since it records every migration it runs as applied."""
-    raw = os.environ.get(Env.DRY_RUN, "")
-    try:
-        dry = bool(raw.strip()) and parse_boolean(raw, Env.DRY_RUN)
-    except SettingsError as exc:
-        raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
-    if dry:
-        raise CommandError(
-            f"{Env.DRY_RUN} is set, but migrate cannot dry-run a batched migration (it would "
-            f"record {first.app_label}.{first.name} as applied): unset it, and plan with "
-            f"manage.py chunkwise_plan {first.app_label} {first.name} (or chunkwise_run "
-            f"--dry-run)", returncode=ExitCode.USAGE)
+    _refuse_worker_switch(Env.DRY_RUN, (
+        f"migrate cannot dry-run a batched migration (it would record {first.app_label}."
+        f"{first.name} as applied): unset it, and plan with manage.py chunkwise_plan "
+        f"{first.app_label} {first.name} (or chunkwise_run --dry-run)"))
 
 
 def _refuse_retry_failed(first: Migration) -> None:
     """``CHUNKWISE_RETRY_FAILED`` is the worker's too (``spec.retryFailed``): ``migrate``
     would run the migration instead, not retry its failed rows, and say nothing."""
-    raw = os.environ.get(Env.RETRY_FAILED, "")
-    try:
-        retry = bool(raw.strip()) and parse_boolean(raw, Env.RETRY_FAILED)
-    except SettingsError as exc:
-        raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
-    if retry:
-        raise CommandError(
-            f"{Env.RETRY_FAILED} is set, but migrate does not retry failed rows (it would run "
-            f"{first.app_label}.{first.name} instead): unset it, and retry them with manage.py "
-            f"chunkwise_run {first.app_label} {first.name} --retry-failed",
-            returncode=ExitCode.USAGE)
+    _refuse_worker_switch(Env.RETRY_FAILED, (
+        f"migrate does not retry failed rows (it would run {first.app_label}.{first.name} "
+        f"instead): unset it, and retry them with manage.py chunkwise_run "
+        f"{first.app_label} {first.name} --retry-failed"))
 
 
 def _refuse_before_checkpoint_tables(label: str, using: str, plan: Plan,
