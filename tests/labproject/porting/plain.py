@@ -2,6 +2,7 @@
 what the ported ones are compared with, row by row."""
 
 import json
+from decimal import Decimal
 from typing import Any
 
 from django.db.models import OuterRef, Subquery
@@ -48,3 +49,42 @@ def latest_order(apps: Any) -> Subquery:
     order = apps.get_model("porting", "Order")
     return Subquery(order.objects.filter(customer=OuterRef("pk")).order_by("-created")
                     .values("created")[:1])
+
+
+def canonical_mac(text: str) -> str:
+    """Shared by both forms of shape 3: upper case, colons, no surrounding blanks."""
+    return text.strip().upper().replace("-", ":")
+
+
+def populate_mac_addresses(apps: Any, schema_editor: Any) -> None:
+    """Shape 3, plain, as NetBox's MACAddress migration writes it: a MACAddress per
+    interface with a MAC, by bulk_create, then each interface pointed at its own, one
+    UPDATE per interface. Upstream, AddField before it and RemoveField of mac_address
+    after it are in the same migration."""
+    alias = schema_editor.connection.alias
+    interface = apps.get_model("porting", "Interface")
+    mac_address = apps.get_model("porting", "MACAddress")
+    macs = [mac_address(mac_address=canonical_mac(row.mac_address), interface_id=row.pk)
+            for row in interface.objects.using(alias).filter(mac_address__isnull=False)]
+    mac_address.objects.using(alias).bulk_create(macs, batch_size=100)
+    for mac in macs:
+        interface.objects.using(alias).filter(pk=mac.interface_id).update(
+            primary_mac_address=mac)
+
+
+def line_total(quantity: int, price: Decimal) -> Decimal:
+    """Shared by both forms of shape 4."""
+    return quantity * price
+
+
+def total_line_items(apps: Any, schema_editor: Any) -> None:
+    """Shape 4, plain: each line item with a product and no total, its product fetched
+    for the price, then saved: two queries per item."""
+    alias = schema_editor.connection.alias
+    line_item = apps.get_model("porting", "LineItem")
+    product = apps.get_model("porting", "Product")
+    for row in line_item.objects.using(alias).filter(total__isnull=True,
+                                                     product__isnull=False).iterator():
+        price = product.objects.using(alias).get(pk=row.product_id).price
+        row.total = line_total(row.quantity, price)
+        row.save(update_fields=["total"])

@@ -1,3 +1,5 @@
+import uuid
+
 from django.db import migrations, models
 
 
@@ -29,6 +31,33 @@ class Migration(migrations.Migration):
                 ("created", models.DateTimeField()),
                 ("customer", models.ForeignKey(on_delete=models.deletion.CASCADE,
                                                related_name="orders", to="porting.customer")),
+            ],
+        ),
+        migrations.CreateModel(  # shape 3: mac_address moves to a table of its own (0004-0006)
+            name="Interface",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True,
+                                           serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=64)),
+                ("mac_address", models.CharField(max_length=32, null=True)),
+            ],
+        ),
+        migrations.CreateModel(  # shape 4: line items' totals from their products' prices
+            name="Product",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True,
+                                           serialize=False, verbose_name="ID")),
+                ("price", models.DecimalField(decimal_places=2, max_digits=10)),
+            ],
+        ),
+        migrations.CreateModel(
+            name="LineItem",
+            fields=[
+                ("id", models.UUIDField(default=uuid.uuid4, primary_key=True, serialize=False)),
+                ("quantity", models.IntegerField(default=1)),
+                ("total", models.DecimalField(decimal_places=2, max_digits=12, null=True)),
+                ("product", models.ForeignKey(null=True, on_delete=models.deletion.SET_NULL,
+                                              to="porting.product")),
             ],
         ),
     ]
