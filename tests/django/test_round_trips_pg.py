@@ -46,12 +46,16 @@ def test_a_set_based_batch_sends_one_statement_more_than_a_hand_written_loop() -
         shown = "\n  ".join(statements)
         assert len(statements) <= HAND_WRITTEN_WITH_CHECKPOINT + 1, \
             f"a set-based batch sent {len(statements)} statements:\n  {shown}"
-        # the protocol is all there: timeouts set and the checkpoint row locked in one
-        # statement, the work, the checkpoint advanced, in one transaction
-        begin, lock, _, work, advance, commit = statements
+        # the protocol is all there: timeouts (and the planner's key order) set and the
+        # checkpoint row locked in one statement, the batch's last key found (putting the
+        # planner's settings back as it goes), the work, the checkpoint advanced, in one
+        # transaction
+        begin, lock, last_key, work, advance, commit = statements
         assert (begin, commit) == ("BEGIN", "COMMIT")
         assert lock.startswith("SELECT set_config('lock_timeout', '50ms', true), "
-                               "set_config('statement_timeout', '30000ms', true), last_key")
+                               "set_config('statement_timeout', '30000ms', true), "
+                               "set_config('enable_sort', 'off', true), last_key")
+        assert last_key.endswith("set_config('enable_sort', 'on', true)"), last_key
         assert 'FROM "chunkwise_checkpoint" WHERE id = ' in lock and lock.endswith("FOR UPDATE")
         assert work.startswith('UPDATE "lab_codeditem" SET "counter"')
         assert advance.startswith('UPDATE "chunkwise_checkpoint" SET last_key')

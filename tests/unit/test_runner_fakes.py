@@ -83,7 +83,7 @@ class FakeTarget:
             self.m.rows, self.m.checkpoint, self.m.failures = rows, checkpoint, failures
             raise
 
-    def timeout_settings(self, timeouts: Timeouts) -> dict[str, str]:
+    def batch_settings(self, timeouts: Timeouts) -> dict[str, str]:
         return {}
 
     @property

@@ -136,7 +136,7 @@ def plan_run(operation: BatchedWork, ref: OperationRef, apps: StateApps,
     errors: list[str] = []
     try:
         with transaction.atomic(using=alias):
-            target.set_timeouts(settings.timeouts)
+            target.set_batch_settings(settings.timeouts)
             after = None
             for _ in range(samples if top is not None else 0):
                 started = time.perf_counter()

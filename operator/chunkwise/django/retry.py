@@ -323,8 +323,8 @@ class FailedRowRetry:
     def transaction(self) -> AbstractContextManager[None]:
         return transaction.atomic(using=self._alias)
 
-    def timeout_settings(self, timeouts: Timeouts) -> Mapping[str, str]:
-        return self._data.timeout_settings(timeouts)
+    def batch_settings(self, timeouts: Timeouts) -> Mapping[str, str]:
+        return self._data.batch_settings(timeouts)
 
     @property
     def locks_first(self) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from itertools import starmap
+from itertools import count, starmap
 from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist, FieldError, ImproperlyConfigured
@@ -71,6 +71,17 @@ _SERIALIZATION_FAILURE = "40001"
 #: with a todo that joins, the widest window of the key's index a batch searches for its
 #: rows to do, in multiples of the batch size (a sparser todo takes more windows)
 _MAX_KEYS_PER_ROW = 64
+#: how many times a set-based batch's window may be narrowed when it holds more than a
+#: quarter over the batch's rows (then it is taken as it is)
+_NARROWINGS = 3
+#: on PostgreSQL, the batch's own statements that find its rows in key order (the window,
+#: the batch's last key, the rows locked or read) run with sorting priced out, so that the
+#: planner walks the key's index in order. Statistics older than the table's contents (a
+#: table filled or changed since its last ANALYZE) made it sort every remaining row for
+#: each batch instead, a bitmap scan of the rest of the table: 6-9 ms a batch at 100k
+#: rows and growing with the table. Set with the batch's timeouts (no round trip of its
+#: own) and put back before the user's code runs.
+_KEY_ORDER_SETTINGS = {"enable_sort": "off"}
 #: the name the key goes by in the SQL around a subquery of the batch's keys
 _KEY = "chunkwise_key"
 
@@ -120,6 +131,12 @@ class DjangoBatchTarget:
         self._optimistic = self._vendor == "postgresql" and not lock_first
         self._contended_attempts = 0
         self._todo_keys: tuple[str, tuple[Any, ...]] | None = None
+        #: whether the planner's key order (_KEY_ORDER_SETTINGS) holds now, and the
+        #: session's own values to put back
+        self._key_order_pinned = False
+        self._session_settings: list[str] | None = None
+        if self._vendor == "postgresql":
+            self._session_key_order()  # now, not in the first batch's transaction
         self._psycopg3 = uses_psycopg3(alias)
         self._binary_fetch = self._psycopg3 and all(map(binary_safe, read)) and all(
             binary_safe(output) for _, output in annotations)
@@ -157,24 +174,65 @@ class DjangoBatchTarget:
         # the engine times the lock step as lock wait: only a step that locks rows is one
         return self._vendor == "postgresql" and self._reads_first
 
-    def timeout_settings(self, timeouts: Timeouts) -> dict[str, str]:
-        """The batch's lock_timeout and statement_timeout, for the checkpoint store to set
-        (SET LOCAL) in the statement that locks the checkpoint row."""
+    def batch_settings(self, timeouts: Timeouts) -> dict[str, str]:
+        """The batch's lock_timeout and statement_timeout, and the planner's key order
+        (_KEY_ORDER_SETTINGS), for the checkpoint store to set (SET LOCAL) in the statement
+        that locks the checkpoint row."""
         if self._vendor != "postgresql":
             return {}  # SQLite has no lock_timeout: it is said once at start, not faked
         lock = timeouts.lock if self.locks_first else \
             min(timeouts.lock, OPTIMISTIC_LOCK_TIMEOUT)
+        self._key_order_pinned = True
         return {"lock_timeout": f"{max(1, int(lock * 1000))}ms",
-                "statement_timeout": f"{int(timeouts.statement * 1000)}ms"}
+                "statement_timeout": f"{int(timeouts.statement * 1000)}ms",
+                **_KEY_ORDER_SETTINGS}
 
-    def set_timeouts(self, timeouts: Timeouts) -> None:
-        """Set the timeouts for the current transaction on their own (a plan's samples)."""
-        settings = self.timeout_settings(timeouts)
+    def set_batch_settings(self, timeouts: Timeouts) -> None:
+        """Set the batch's settings for the current transaction on their own (a plan's
+        samples)."""
+        settings = self.batch_settings(timeouts)
         if not settings:
             return
         with connections[self._alias].cursor() as cursor:
             cursor.execute("SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(settings)),
                            [part for item in settings.items() for part in item])
+
+    def _session_key_order(self) -> list[str]:
+        """The session's own values of _KEY_ORDER_SETTINGS (what RESET gives), read once
+        per connection: pg_settings costs 0.8 ms a read."""
+        if self._session_settings is None:
+            with connections[self._alias].cursor() as cursor:
+                cursor.execute("SELECT name, reset_val FROM pg_settings WHERE name = ANY(%s)",
+                               [list(_KEY_ORDER_SETTINGS)])
+                found = dict(cursor.fetchall())
+            self._session_settings = [found[name] for name in _KEY_ORDER_SETTINGS]
+        return self._session_settings
+
+    def _key_order_ending(self, sql: str, params: Sequence[Any]
+                          ) -> tuple[str, list[Any]]:
+        """``sql``, a query of one value, as a statement that also puts the planner's
+        settings back for the statements after it (a setting counts when a statement is
+        planned: this one keeps the key order, those after do not), in no round trip of
+        its own; ``sql`` as it is when they are back already."""
+        if not self._key_order_pinned:
+            return sql, list(params)
+        self._key_order_pinned = False
+        settings = ", ".join(["set_config(%s, %s, true)"] * len(_KEY_ORDER_SETTINGS))
+        return f"SELECT ({sql}), {settings}", [
+            *params, *(part for pair in zip(_KEY_ORDER_SETTINGS, self._session_key_order(),
+                                             strict=True) for part in pair)]
+
+    def _set_key_order(self, pinned: bool) -> None:
+        """Set (or put back) the planner's key order on its own, in a statement of its own
+        (where no statement of the lock step's own could carry it)."""
+        if self._vendor != "postgresql" or self._key_order_pinned == pinned:
+            return
+        values = list(_KEY_ORDER_SETTINGS.values()) if pinned else self._session_key_order()
+        with connections[self._alias].cursor() as cursor:
+            cursor.execute("SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(values)),
+                           [part for pair in zip(_KEY_ORDER_SETTINGS, values, strict=True)
+                            for part in pair])
+        self._key_order_pinned = pinned
 
     def _bounds(self, after: Key | None, upto: Key) -> Q:
         name = self._key.name
@@ -191,33 +249,63 @@ class DjangoBatchTarget:
         """With a todo that joins: the batch's key range is found on the key's index alone
         (the ``limit``-th key of the table after ``after``, at most ``upto``), and todo is
         applied inside it, so a batch's cost follows its range, never the whole table."""
+        self._set_key_order(pinned=True)
         name = self._key.name
-        found = list(self._todo.model._base_manager.db_manager(self._alias)
-                     .filter(self._bounds(after, upto)).order_by(name)
-                     .values_list(name, flat=True)[limit - 1:limit])
-        return found[0] if found else upto
+        sql, params = (self._todo.model._base_manager.db_manager(self._alias)
+                       .filter(self._bounds(after, upto)).order_by(name)
+                       .values_list(name, flat=True)[limit - 1:limit]
+                       .query.get_compiler(using=self._alias).as_sql())
+        sql, params = self._key_order_ending(sql, params)
+        with connections[self._alias].cursor() as cursor:
+            cursor.execute(sql, params)
+            found = cursor.fetchone()
+        return upto if found is None or found[0] is None else found[0]
 
     def lock_rows(self, after: Key | None, upto: Key, limit: int) -> tuple[int, Key | None]:
         """The batch's rows: their count and last key, locked first unless the batch runs
         optimistically (nothing contending: the writes lock them themselves). With a todo
-        that joins, the narrowest window of the key's index that holds ``limit`` rows to do
-        (or all that are left): fewer would let the engine take the batch's last key for
-        the end of what it covered, and a split batch skip rows."""
+        that joins, see _lock_window."""
         locking_first = self._reads_first
         if self._contended_attempts:
             self._contended_attempts -= 1
-        if self._within is None:
-            return self._lock_rows(after, upto, limit, locking_first)
+        try:
+            found = self._lock_window(after, upto, limit, locking_first) if self._within \
+                else self._lock_rows(after, upto, limit, locking_first)
+        except Exception:
+            self._key_order_pinned = False  # gone with the transaction (or savepoint)
+            raise
+        self._set_key_order(pinned=False)
+        return found
+
+    def _lock_window(self, after: Key | None, upto: Key, limit: int,
+                     locking_first: bool) -> tuple[int, Key | None]:
+        """With a todo that joins: the narrowest window of the key's index that holds
+        ``limit`` rows to do (or all that are left), found from how many keys of the table
+        each one took so far. Fewer would let the engine take the batch's last key for the
+        end of what it covered, and a split batch skip rows.
+
+        A set-based batch that does not lock first is the window itself, holding from
+        ``limit`` rows to a quarter more: they are counted, and the window's end is the
+        batch's last key, so the join runs twice per batch (once to count, once in the
+        work), not three times (to find the last row to do, to count, to work)."""
+        whole = self._forward is not None and not locking_first
         start = after
-        # a window wide enough for ``limit`` rows to do, from how many keys of the table
-        # each one took so far (half the items to do: twice the keys)
-        span = int(limit * min(max(self._keys_per_row * 1.2, 1.0), _MAX_KEYS_PER_ROW))
-        while True:
+        span = int(limit * min(max(self._keys_per_row * 1.1, 1.0), _MAX_KEYS_PER_ROW))
+        for attempt in count():
             window = self._window(start, upto, span)
-            rows, last = self._lock_rows(start, window, limit, locking_first)
+            if whole:
+                rows: int = self._range(start, window).order_by().count()
+                last: Key | None = window
+                if rows > limit * 1.25 and span > 1 and attempt < _NARROWINGS:
+                    # denser than the estimate: narrower, same start
+                    span = max(1, int(span * limit / rows * 1.05))
+                    continue
+            else:
+                rows, last = self._lock_rows(start, window, limit, locking_first)
             if rows >= limit or window == upto:
-                if rows >= limit:  # dense enough: let the estimate come down, slowly
-                    self._keys_per_row = max(1.0, self._keys_per_row * 0.95)
+                if rows >= limit:  # follow the density found, the latest window weighing most
+                    found = max(1.0, span / rows)
+                    self._keys_per_row = min(self._keys_per_row * 0.5 + found * 0.5, found)
                 return rows, last
             if rows:  # fewer than limit here, and more may lie beyond: wider, same start,
                 # as wide as this window's density says limit rows need (and a tenth more)
@@ -226,7 +314,8 @@ class DjangoBatchTarget:
             else:  # none to do in this window: on from its end, wider
                 start = window
                 self._keys_per_row = min(self._keys_per_row * 4, _MAX_KEYS_PER_ROW)
-                span = int(limit * min(self._keys_per_row * 1.2, _MAX_KEYS_PER_ROW))
+                span = int(limit * min(self._keys_per_row * 1.1, _MAX_KEYS_PER_ROW))
+        raise AssertionError("unreachable")
 
     def _lock_rows(self, after: Key | None, upto: Key, limit: int,
                    locking_first: bool) -> tuple[int, Key | None]:
@@ -269,11 +358,13 @@ class DjangoBatchTarget:
         if after is not None:
             above = f" AND {key} > %s"
             bounds.append(self._key.get_db_prep_value(after, connection))
+        sql, values = self._key_order_ending(
+            f"SELECT {key} FROM ({inner}) todo WHERE {key} <= %s{above} "
+            f"ORDER BY {key} OFFSET %s LIMIT 1", [*params, *bounds, limit - 1])
         with connection.cursor() as cursor:
-            cursor.execute(f"SELECT {key} FROM ({inner}) todo WHERE {key} <= %s{above} "
-                           f"ORDER BY {key} OFFSET %s LIMIT 1", [*params, *bounds, limit - 1])
+            cursor.execute(sql, values)
             found = cursor.fetchone()
-        return None if found is None else found[0]
+        return None if found is None or found[0] is None else found[0]
 
     def _keys_sql(self, query: QuerySet[Any]) -> tuple[str, tuple[Any, ...]]:
         """SQL selecting ``query``'s keys as the column named _KEY, which a query around
@@ -330,10 +421,18 @@ class DjangoBatchTarget:
         locking = self._todo.filter(**{f"{name}__in": keys}).order_by(name)
         if self._vendor == "postgresql":
             locking = locking.select_for_update(no_key=True, of=("self",))
-        if self._forward is not None:
-            return list(locking.values_list(name, flat=True))
-        self._rows = list(starmap(self._row_class, self._fetch(self._reading(locking))))
-        return [getattr(row, self._key.attname) for row in self._rows]
+        try:
+            if self._forward is not None:
+                keys = list(locking.values_list(name, flat=True))
+            else:
+                self._rows = list(starmap(self._row_class,
+                                          self._fetch(self._reading(locking))))
+                keys = [getattr(row, self._key.attname) for row in self._rows]
+        except Exception:
+            self._key_order_pinned = False  # gone with the transaction
+            raise
+        self._set_key_order(pinned=False)
+        return keys
 
     def apply_keys(self, keys: Sequence[Key]) -> None:
         """The work on the rows lock_keys() just locked, whose keys are ``keys``: the
@@ -389,6 +488,8 @@ class DjangoBatchTarget:
             f"held locks on {table} for {age}s" for pid, app, user, age, state in found)
 
     def reconnect(self) -> None:
+        self._session_settings = None
+        self._key_order_pinned = False
         connection = connections[self._alias]
         try:
             connection.close()

@@ -88,7 +88,7 @@ class CheckpointStore(Protocol):
 
     def lock(self, settings: Mapping[str, str] | None = None) -> CheckpointState:
         """Inside a transaction: lock the checkpoint row and read it. ``settings`` (the
-        target's timeouts, see BatchTarget.timeout_settings) hold for the rest of the
+        target's timeouts and the like, see BatchTarget.batch_settings) hold for the rest of the
         transaction, set in the same statement before the row's lock is waited for: a
         round trip less per batch than setting them on their own."""
 
@@ -119,10 +119,11 @@ class CheckpointStore(Protocol):
 class BatchTarget(Protocol):
     def transaction(self) -> AbstractContextManager[None]: ...
 
-    def timeout_settings(self, timeouts: Timeouts) -> Mapping[str, str]:
+    def batch_settings(self, timeouts: Timeouts) -> Mapping[str, str]:
         """The session settings (``SET LOCAL``) that put ``timeouts`` on the next batch's
-        transaction; empty where the database has none. The checkpoint store's lock()
-        sets them, first thing in the transaction."""
+        transaction, and any the target's lock step wants (it puts those back itself);
+        empty where the database has none. The checkpoint store's lock() sets them,
+        first thing in the transaction."""
         ...
 
     @property
@@ -496,7 +497,8 @@ class BatchRunner:
         batch = _Batch()
         try:
             with self._target.transaction():
-                state = self._store.lock(self._target.timeout_settings(self._settings.timeouts))
+                state = self._store.lock(self._target.batch_settings(
+                    self._settings.timeouts))
                 self._state = state
                 bound = state.high_water_key if upto is None else upto
                 if bound is None:
@@ -605,7 +607,7 @@ class BatchRunner:
             with self._target.transaction():
                 # the batch's timeouts, as every batch sets them: a probed row another
                 # session holds must not hold the run
-                self._store.lock(self._target.timeout_settings(self._settings.timeouts))
+                self._store.lock(self._target.batch_settings(self._settings.timeouts))
                 rows, _ = self._target.lock_rows(after, key, 1)
                 if rows:
                     self._target.apply(after, key)
