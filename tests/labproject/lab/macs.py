@@ -1,15 +1,18 @@
-"""A port's MAC address moved to a table of its own: batched with ``batch.insert`` (lab
-0012, 0013), and as a plain RunPython writes it, with ``bulk_create`` (the benchmark's
-baseline, bench/batch_context.py)."""
+"""A port's MAC address moved to a table of its own: batched with ``batch.insert_select``
+(lab 0012) and ``batch.insert`` (lab 0013), and as a plain RunPython writes it, with
+``bulk_create`` (the benchmark's baseline, bench/batch_context.py)."""
 
 from typing import Any
 
+from django.db.models import F
+from django.db.models.functions import Upper
+
 
 def copy_macs(apps: Any, schema_editor: Any, batch: Any) -> None:
-    """lab 0012: one PortMac per port of the batch, in one INSERT."""
+    """lab 0012: one PortMac per port of the batch, computed by the database in one
+    INSERT ... SELECT (no row through Python; ``added`` is set as create() sets it)."""
     port_mac = apps.get_model("lab", "PortMac")
-    batch.insert(port_mac, [port_mac(port_id=pk, address=mac.upper())
-                            for pk, mac in batch.values_list("pk", "mac_address")])
+    batch.insert_select(port_mac, port=F("pk"), address=Upper("mac_address"))
 
 
 def link_macs(apps: Any, schema_editor: Any, batch: Any) -> None:

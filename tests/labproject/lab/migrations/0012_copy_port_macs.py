@@ -1,4 +1,4 @@
-"""A new table filled from a column: one PortMac per port with a MAC, by batch.insert.
+"""A new table filled from a column: one PortMac per port with a MAC, by batch.insert_select.
 todo leaves out the ports already copied (an anti-join on the new table), so a run, a
 re-run or a run after a kill copies each port once."""
 
