@@ -32,6 +32,10 @@ sys.path[:0] = [str(REPO)]
 from tests.support.pgserver import PgServer, running_server  # noqa: E402
 
 LAB = REPO / "tests" / "labproject"
+#: 5k rows a batch indeed: batch.maxLockedFraction (0.5% of the rows to do, a cap for
+#: tables that writers share) would make them 500 rows here
+BATCHES = ("--batch-size", "5000", "--min-batch-size", "5000", "--max-batch-size", "5000",
+           "--max-locked-fraction", "1")
 CONTENDERS = {"todo across a relation (lab 0010)": "0010",
               "todo on the table (lab 0011)": "0011"}
 
@@ -67,7 +71,7 @@ def seed(server: PgServer, items: int) -> None:
 def run_once(server: PgServer, migration: str, copy: str) -> float:
     server.sql(f"CREATE DATABASE {copy} TEMPLATE joined_template")
     started = time.perf_counter()
-    done = manage(server, copy, "chunkwise_run", "lab", migration)
+    done = manage(server, copy, "chunkwise_run", "lab", migration, *BATCHES)
     seconds = time.perf_counter() - started
     assert done.returncode == 0, done.stderr
     server.sql(f"DROP DATABASE {copy}")
