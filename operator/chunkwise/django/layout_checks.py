@@ -26,7 +26,7 @@ from django.db.migrations.operations.base import Operation
 from .ensure import EnsureBatchedComplete
 from .operations import BatchedRunPython
 
-__all__ = ["chunkwise_leaf", "layout_problems", "where"]
+__all__ = ["RUNNER_MIGRATION", "layout_problems", "runner_schema", "where"]
 
 Node = tuple[str, str]
 Found = Sequence[tuple[Migration, int, Operation]]
@@ -58,10 +58,18 @@ def _label() -> str:
     return config.label
 
 
-def chunkwise_leaf(loader: MigrationLoader) -> Node:
-    """chunkwise's own latest migration: what a batched migration depends on."""
-    [(app_label, name)] = loader.graph.leaf_nodes(_label())
-    return str(app_label), str(name)
+#: chunkwise's newest migration that a batched run needs: the checkpoint and failed-row
+#: tables as the runner reads and writes them. Not simply chunkwise's latest: 0004 (the
+#: admin's run proxy, its permissions and the retry marks) is none of the runner's, and the
+#: migrations users wrote against this one must keep migrating when a plan puts 0004 after
+#: them. Move it on only with a migration whose schema the runner uses.
+RUNNER_MIGRATION = "0003_checkpoint_verification"
+
+
+def runner_schema() -> Node:
+    """What a batched migration depends on (E006's hint), and what migrate's guard
+    requires applied before one runs: :data:`RUNNER_MIGRATION` and its ancestors."""
+    return _label(), RUNNER_MIGRATION
 
 
 def layout_problems(loader: MigrationLoader, found: Found,
@@ -94,7 +102,7 @@ def _dependency_errors(loader: MigrationLoader,
             "its batched operations keep their checkpoints in chunkwise's tables, but it does "
             "not depend on chunkwise's migrations: migrate may run it before those tables "
             "exist",
-            hint=f"add {chunkwise_leaf(loader)!r} to `dependencies` in {where(migration)}",
+            hint=f"add {runner_schema()!r} to `dependencies` in {where(migration)}",
             obj=migration, id="chunkwise.E006"))
     return errors
 

@@ -19,6 +19,7 @@ from chunkwise.contract import Env, ExitCode
 from chunkwise.engine import SettingsError, parse_boolean
 
 from .ensure import EnsureBatchedComplete
+from .layout_checks import runner_schema
 from .operations import BatchedRunPython
 
 __all__ = ["refuse_unsafe_plans"]
@@ -84,22 +85,24 @@ def _refuse_retry_failed(first: Migration) -> None:
 
 def _refuse_before_checkpoint_tables(label: str, using: str, plan: Plan,
                                      batched: Plan) -> None:
-    """A batched migration planned before all of chunkwise's own migrations are applied
-    would find no checkpoint table (or an old one): refused, whichever dependency is
-    missing or stale, rather than failing half-way through a non-atomic migration."""
+    """A batched migration planned before the chunkwise migrations the runner needs are
+    applied would find no checkpoint table (or an old one): refused, whichever of them is
+    missing or stale, rather than failing half-way through a non-atomic migration. Only
+    those (:func:`.layout_checks.runner_schema` and its ancestors): a later one the runner
+    does not use (the admin's) may run after it."""
     connection = connections[using]
     applied = MigrationRecorder(connection).applied_migrations()
     graph = MigrationLoader(connection, ignore_no_migrations=True).graph
-    ours = [node for node in graph.nodes if node[0] == label]
+    needed = runner_schema()
+    ours = [node for node in graph.forwards_plan(needed) if node[0] == label]
     position = {(m.app_label, m.name): i for i, (m, _) in enumerate(plan)}
     for migration, _backwards in batched:
         at = position[(migration.app_label, migration.name)]
         missing = sorted(node for node in ours
                          if node not in applied and position.get(node, len(plan)) > at)
         if missing:
-            leaf = max(graph.leaf_nodes(label))
             raise CommandError(
                 f"{migration.app_label}.{migration.name} would run before chunkwise's "
                 f"migration {missing[0][1]} is applied, and it needs the checkpoint tables "
-                f"that makes: add {leaf!r} to its dependencies, or run `manage.py migrate "
+                f"that makes: add {needed!r} to its dependencies, or run `manage.py migrate "
                 f"{label}` first", returncode=ExitCode.USAGE)

@@ -65,5 +65,54 @@ class FailedRow(models.Model):
     message = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
 
+    class Meta:
+        indexes = [
+            # the admin's list of failed rows, newest first, by error class or by run: a
+            # page is a walk down one of these, never a sort of a million rows
+            models.Index(fields=["error_class", "id"], name="chunkwise_failed_by_class"),
+            models.Index(fields=["checkpoint", "id"], name="chunkwise_failed_by_run"),
+        ]
+
     def __str__(self) -> str:
         return f"{self.checkpoint}: key {self.key}: {self.error_class}"
+
+
+class Run(Checkpoint):
+    """The admin's face of the checkpoints: one run is an operation in one direction, its
+    shards folded into it (see :mod:`.runs`). A proxy, so that Django gives it a view
+    permission of its own and the one action, marking its failed rows for retry, a
+    permission of chunkwise's own; only view, since nothing may change a checkpoint by
+    hand."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "run"
+        default_permissions = ("view",)
+        permissions = [("retry_failed_rows", "Can mark a run's failed rows for retry")]
+
+
+class RetryRequest(models.Model):
+    """A run's failed rows marked for retry (in the admin): the next retry of that run
+    (``chunkwise_run --retry-failed``, or a plain ``chunkwise_run`` of it by hand, which
+    takes the mark up) runs them and removes the mark. A table of its own, not a column of
+    Checkpoint: the runner, which ``migrate`` runs before this table may exist, reads and
+    writes checkpoints and failed rows only (see :mod:`.retry_marks`)."""
+
+    app_label = models.CharField(max_length=100)
+    migration = models.CharField(max_length=255)
+    operation = models.PositiveIntegerField()
+    direction = models.CharField(max_length=8)
+    #: who asked (their username: chunkwise does not need django.contrib.auth)
+    requested_by = models.CharField(max_length=150)
+    requested_at = models.DateTimeField()
+
+    class Meta:
+        default_permissions = ()  # made by the admin's action, under its permission only
+        constraints = [
+            models.UniqueConstraint(fields=["app_label", "migration", "operation", "direction"],
+                                    name="chunkwise_retryrequest_identity")
+        ]
+
+    def __str__(self) -> str:
+        return (f"{OperationName(self.app_label, self.migration, self.operation)} "
+                f"{self.direction}: retry requested by {self.requested_by}")

@@ -1,6 +1,8 @@
 """Retry the rows a run recorded as failed, once the code (or the data) is fixed:
 ``manage.py chunkwise_run APP MIGRATION --retry-failed``, and ``spec.retryFailed`` in a
-DataMigration.
+DataMigration; a run marked for retry in the admin is retried by the next plain
+``chunkwise_run`` of it by hand (:mod:`.retry_marks`), and any retry that goes through
+every record removes the mark.
 
 The retry runs the operation's own code again, through the engine's batch loop, on the
 rows recorded as failed for the operation in one direction (every shard): the set-based
@@ -56,6 +58,7 @@ from .keys import Key, KeyCodec
 from .models import Checkpoint, FailedRow
 from .operation_ref import OperationRef
 from .progress import ProgressBar
+from .retry_marks import clear_mark
 from .target import DjangoBatchTarget, has_row_locks
 
 __all__ = ["RETRY_MAX_BATCH", "FailedRowRetry", "RetryCounts", "RetryRefused", "retold",
@@ -487,6 +490,7 @@ def retry_failed(
         stream.write(f"{ref} retry: done ({done.reason}): {done.message}\n")
         if reporter is not None:
             reporter.finished(done)  # the DataMigration's status says it too
+        clear_mark(ref, alias)
         return done
     if not recorded:
         raise RetryRefused(f"{knob}: {ref} has no failed rows recorded, so there is "
@@ -542,4 +546,6 @@ def retry_failed(
             outcome = retold(Outcome(exc.exit_code, type(exc).__name__, str(exc)),
                              retry.counts, caller)
             stream.write(f"{title}: {outcome.message}\n")
+    if outcome.exit_code == ExitCode.DONE:  # every record went through: the mark is served
+        clear_mark(ref, alias)
     return outcome

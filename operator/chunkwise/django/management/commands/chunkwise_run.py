@@ -36,6 +36,7 @@ from ...plan import plan_shards, shards_summary
 from ...progress import ProgressBar
 from ...reporters import NullReporter, with_plugins
 from ...retry import RetryRefused, retry_failed, switch
+from ...retry_marks import describe, mark_of
 from ...target import has_row_locks
 
 
@@ -219,7 +220,7 @@ class Command(BaseCommand):
             if dry_run:
                 return self._plan(operation, ref, state.apps, alias, settings,
                                   options["samples"], every_shard=shard is None)
-            if retry:
+            if retry or self._marked_for_retry(ref, alias, caller, shard):
                 return self._retry(operation, ref, state.apps, alias, settings, flags, caller)
             if shard is None and shards > 1:
                 return run_shards_here(operation, ref, state.apps, alias, settings, flags,
@@ -233,6 +234,22 @@ class Command(BaseCommand):
         except (SettingsError, ImproperlyConfigured) as exc:  # retrying cannot fix either
             raise CommandError(str(exc), returncode=ExitCode.USAGE) from None
         return int(outcome.exit_code)
+
+    @staticmethod
+    def _marked_for_retry(ref: OperationRef, alias: str, caller: Caller,
+                          shard: int | None) -> bool:
+        """A run by hand of the whole operation (not one shard of it, not a pod, which
+        does what its spec says) takes up a mark made in the admin: the run is done, so
+        instead of saying so it retries the failed rows someone asked to retry."""
+        if caller is not Caller.COMMAND or shard is not None:
+            return False
+        whole = OperationRef(ref.app_label, ref.migration, ref.operation, ref.direction)
+        mark = mark_of(whole, alias)
+        if mark is None:
+            return False
+        sys.stderr.write(f"{whole}: done, and {describe(mark)}: retrying them (as "
+                         "--retry-failed does)\n")
+        return True
 
     def _retry(self, operation: BatchedRunPython, ref: OperationRef, apps: Any, alias: str,
                settings: Any, flags: dict[str, Any], caller: Caller) -> int:
