@@ -194,7 +194,7 @@ class Env:
     TOOLING: Final = frozenset({
         "CHUNKWISE_TESTENV_CACHE", "CHUNKWISE_KEEP_TESTENV", "CHUNKWISE_IMAGE_CACHE",
         "CHUNKWISE_KEEP_IMAGES", "CHUNKWISE_DASHBOARD_DUMP", "CHUNKWISE_PG_BINDIR",
-        "CHUNKWISE_BENCH_APPLIES"})
+        "CHUNKWISE_BENCH_APPLIES", "CHUNKWISE_ADMIN_PICTURES"})
 
     @classmethod
     def names(cls) -> frozenset[str]:

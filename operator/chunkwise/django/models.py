@@ -90,6 +90,9 @@ class Run(Checkpoint):
         default_permissions = ("view",)
         permissions = [("retry_failed_rows", "Can mark a run's failed rows for retry")]
 
+    def __str__(self) -> str:  # the run, not its shard 0, whose row it is
+        return f"{OperationName(self.app_label, self.migration, self.operation)} {self.direction}"
+
 
 class RetryRequest(models.Model):
     """A run's failed rows marked for retry (in the admin): the next retry of that run

@@ -4,7 +4,13 @@ import os
 
 SECRET_KEY = "tests-only"
 USE_TZ = True
-INSTALLED_APPS = ["chunkwise.django", "lab", "later"]
+INSTALLED_APPS = ["chunkwise.django", "lab", "later",
+                  # chunkwise's admin pages, as a project that has the admin sees them
+                  # (tests/django/test_admin_*.py); the other tests migrate only the apps
+                  # they name, so these tables exist only where a test makes them
+                  "django.contrib.admin", "django.contrib.auth", "django.contrib.contenttypes",
+                  "django.contrib.sessions", "django.contrib.messages",
+                  "django.contrib.staticfiles"]
 if os.environ.get("LAB_MISTAKES"):  # operations that only the worker can tell are wrong
     INSTALLED_APPS.append("mistakes")
 if os.environ.get("LAB_BILLING"):  # a batched migration without chunkwise's (E006)
@@ -16,6 +22,24 @@ if os.environ.get("LAB_PORTING"):  # real migrations' shapes, ported (docs how-t
 if os.environ.get("LAB_SETTING_TYPO"):  # a misspelled setting (chunkwise.E007)
     CHUNKWISE_DEFFER = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+ROOT_URLCONF = "labsite.urls"
+ALLOWED_HOSTS = ["localhost", "127.0.0.1", "testserver"]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": [
+        "django.template.context_processors.request",
+        "django.contrib.auth.context_processors.auth",
+        "django.contrib.messages.context_processors.messages",
+    ]},
+}]
+STATIC_URL = "static/"
 # the lab keeps mistakes on purpose (lab 0005 is atomic, mistakes 0002 batches by a key
 # that is not unique, mistakes 0003 ensures a migration that does not exist) to test how a
 # run refuses them; the system checks that name them first would stop every command.
