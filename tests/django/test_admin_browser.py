@@ -199,7 +199,7 @@ class AdminInABrowser(StaticLiveServerTestCase):
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import Select
 
-        from chunkwise.django.models import RetryRequest
+        from chunkwise.django.models import Checkpoint, RetryRequest
 
         self.login("admin")
         names = self.texts("#result_list tbody th.field-name")
@@ -222,6 +222,7 @@ class AdminInABrowser(StaticLiveServerTestCase):
         assert halted.value_of_css_property("background-color") == "rgba(186, 33, 33, 1)"
         self.picture("admin-runs.png", width=2200)  # every column, unscrolled
 
+        before = list(Checkpoint.objects.order_by("pk").values())
         for run in ("lab.0002_bump_items[0]", "billing.0003_recompute_totals[0]"):
             self.row_of(run).find_element(By.CSS_SELECTOR, "input.action-select").click()
         Select(self.selenium.find_element(By.NAME, "action")).select_by_value(
@@ -239,6 +240,7 @@ class AdminInABrowser(StaticLiveServerTestCase):
             "the run, then mark it.")
         assert [(mark.app_label, mark.requested_by) for mark in RetryRequest.objects.all()] \
             == [("lab", "admin")]
+        assert list(Checkpoint.objects.order_by("pk").values()) == before  # not a field moved
 
         self.selenium.find_element(By.LINK_TEXT, "shop.0002_customer_status[0]").click()
         assert self.texts("table.chunkwise-shards tbody td:first-child") == [
