@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import copy
 from typing import Any
 
 import pytest
@@ -98,7 +99,7 @@ def test_binary_write_back_stores_every_binary_safe_type_as_django_would(
 
 
 def test_write_back_prepares_values_unless_every_one_is_already_plain(lab_db: LabDb) -> None:
-    from django.db import connection
+    from django.db import connection, connections
     from django.db.models import ForeignKey
     from lab.models import Item, Stamped
 
@@ -117,6 +118,17 @@ def test_write_back_prepares_values_unless_every_one_is_already_plain(lab_db: La
     keys = [4, None, 6]
     assert _prepared(item, connection, keys) is keys
     assert _prepared(item, connection, [4, "6"]) == [4, 6]
+    # ... unless the backend checks an auto field's values, as MySQL refuses 0: then each
+    # value is asked (Django 6 calls validate_autopk_value() from get_db_prep_save())
+    refuses_zero = copy(connections["default"])
+    refuses_zero.ops = type("RefusesZero", (type(refuses_zero.ops),), {
+        "validate_autopk_value": lambda ops, value: value or _refuse(value)})(refuses_zero)
+    with pytest.raises(ValueError, match="0 is refused"):
+        _prepared(item, refuses_zero, [4, 0])
+
+
+def _refuse(value: object) -> object:
+    raise ValueError(f"{value} is refused")
 
 
 def test_the_write_back_refuses_a_value_too_long_for_its_column(lab_db: LabDb) -> None:

@@ -22,7 +22,9 @@ from typing import Any
 
 from django.conf import settings
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import Field, ForeignKey, Model
+from django.db.models.fields import AutoFieldMixin
 
 _SQLITE_MAX_VARIABLES = 32_000
 
@@ -47,6 +49,23 @@ _PLAIN: dict[str, tuple[type, ...]] = {
 }
 
 
+#: the get_db_prep_save()s that return a value of the field's _PLAIN types unchanged:
+#: Field's, and since Django 6.0 an auto field's own (5.2 called the same steps from
+#: get_db_prep_value()), which adds the backend's validate_autopk_value()
+_PLAIN_SAVES = frozenset({Field.get_db_prep_save,
+                          getattr(AutoFieldMixin, "get_db_prep_save", Field.get_db_prep_save)})
+
+
+def _saves_plain_values_as_they_are(field: Field[Any, Any],
+                                    connection: BaseDatabaseWrapper) -> bool:
+    if type(field).get_db_prep_save not in _PLAIN_SAVES:
+        return False
+    # an auto field's values pass the backend's validate_autopk_value(), which returns
+    # them as they are unless the backend overrides it (MySQL refuses 0): then each is asked
+    return not isinstance(field, AutoFieldMixin) or \
+        type(connection.ops).validate_autopk_value is BaseDatabaseOperations.validate_autopk_value
+
+
 def _prepared(field: Field[Any, Any], connection: BaseDatabaseWrapper,
               values: list[Any]) -> list[Any]:
     """``get_db_prep_save()`` of each value, skipped when every value is of a type it
@@ -58,7 +77,7 @@ def _prepared(field: Field[Any, Any], connection: BaseDatabaseWrapper,
             _PLAIN.get(field.target_field.get_internal_type()) == (int,):
         field = field.target_field
     plain = _PLAIN.get(field.get_internal_type())
-    if plain is not None and type(field).get_db_prep_save is Field.get_db_prep_save \
+    if plain is not None and _saves_plain_values_as_they_are(field, connection) \
             and set(map(type, values)) <= {type(None), *plain}:  # bool is no int here
         return values
     return [field.get_db_prep_save(value, connection) for value in values]
