@@ -278,7 +278,7 @@ def test_batch_insert_select_fills_a_table_in_the_database_as_create_would(
         lab_db: LabDb, in_a_batch: None) -> None:
     """One INSERT ... SELECT for the batch, no row through Python: the fields given are
     computed from the batch's rows, those left out get what Model.objects.create gives
-    (auto_now_add the time; an order's quantity its default, its note its default)."""
+    (auto_now_add the time; a text field with no default the empty string)."""
     from django.db import transaction
     from django.db.models import F, Q
     from django.db.models.functions import Upper
@@ -308,9 +308,13 @@ def test_batch_insert_select_fills_a_table_in_the_database_as_create_would(
                                          r"each row; give id=<an expression>"):
         orders.apply(None, 3)
     for forward, refused in [
-        (lambda batch: batch.insert_select(PortMac, port=F("pk")),
-         "batch.insert_select: lab.PortMac.address has no default; give address=<an "
-         "expression over the batch's rows>"),
+        (lambda batch: batch.insert_select(PortMac, address=Upper("mac_address")),
+         "batch.insert_select: lab.PortMac.port has no default; give port=<an expression "
+         "over the batch's rows>"),
+        (lambda batch: batch.insert_select(PortMac, port=F("pk"), address=F("macs__address")),
+         "batch.insert_select: an expression follows the to-many relation 'macs' of "
+         "lab.Port, which would insert a row per related row; read one value per row with "
+         "a Subquery"),
         (lambda batch: batch.insert_select(PortMac),
          "batch.insert_select: give lab.PortMac's fields as keyword arguments, each an "
          "expression over the batch's rows, e.g. port=F('pk')"),
@@ -325,6 +329,9 @@ def test_batch_insert_select_fills_a_table_in_the_database_as_create_would(
             port_target(forward).apply(None, 50)
         assert str(raised.value) == refused
     assert PortMac._base_manager.count() == 45, "a refused insert_select inserted nothing"
+    port_target(lambda batch: batch.insert_select(PortMac, port=F("pk"))).apply(None, 10)
+    assert list(PortMac._base_manager.filter(address="").order_by("port_id").values_list(
+        "port_id", flat=True)) == list(range(1, 10)), "a text field left out: as create()"
 
 
 def copied(db: LabDb) -> int:

@@ -248,13 +248,10 @@ def test_a_transform_reads_unlocked_and_never_overwrites_a_concurrent_change(
                           "--max-locked-fraction", "0",
                           LAB_ROW_SLEEP="0.002")  # 2 s of Python per batch
     try:
-        # the runner has read its first batch and is transforming it: idle in transaction,
-        # its last statement the one that puts the planner's settings back after the read
+        # the runner has read its first batch and is transforming it: idle in transaction
         wait_until(lambda: lab_db.query(
             "SELECT 1 FROM pg_stat_activity WHERE state = 'idle in transaction' "
-            "AND query LIKE 'SELECT set_config(%%' AND query NOT LIKE '%%chunkwise_checkpoint%%' "
-            "AND backend_type = 'client backend' "
-            "AND datname = current_database()"),
+            "AND query LIKE 'SELECT %%FROM \"lab_item\"%%LIMIT 1000%%'"),
             "the runner read its first batch")
         with psycopg.connect(lab_db.server.dsn(lab_db.name), autocommit=True) as writer:
             writer.execute("SET lock_timeout = '200ms'")  # a locked row would fail this

@@ -7,11 +7,12 @@ locking, error codes and DDL differ in ways it does not handle."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.db import connections
 
-__all__ = ["SUPPORTED_VENDORS", "backend_problem", "vendor_of"]
+__all__ = ["SUPPORTED_VENDORS", "backend_problem", "set_local", "vendor_of"]
 
 SUPPORTED_VENDORS = ("postgresql", "sqlite")
 _NAMES = {"mysql": "MySQL/MariaDB", "oracle": "Oracle", "postgresql": "PostgreSQL",
@@ -36,3 +37,11 @@ def backend_problem(alias: str) -> str:
     engine = connections.settings.get(alias, {}).get("ENGINE", "?")
     return (f"database {alias!r} is {_NAMES.get(vendor, vendor)} ({engine}): chunkwise runs "
             f"batched migrations on PostgreSQL (production) and SQLite (local runs) only")
+
+
+def set_local(settings: Mapping[str, str]) -> tuple[str, list[str]]:
+    """PostgreSQL: select-list items that set ``settings`` for the rest of the transaction
+    (``SET LOCAL``, as ``set_config(name, value, true)``), and their parameters; what a
+    statement of its own or one that also reads something puts after its SELECT."""
+    items = ", ".join(["set_config(%s, %s, true)"] * len(settings))
+    return items, [part for item in settings.items() for part in item]

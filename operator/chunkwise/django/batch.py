@@ -20,14 +20,15 @@ from typing import Any
 from django.core.exceptions import FieldDoesNotExist
 from django.db import connections
 from django.db.models import Field, Model, QuerySet, Value
-from django.db.models.functions import Now
+from django.db.models.fields.reverse_related import ForeignObjectRel
+from django.db.models.sql import Query
 
 from .writeback import KeyRange, insert_rows, insertable, write_back
 
 #: what a field without db_default has there (Django 5.0+)
 _NOT_PROVIDED = Field().db_default
 
-__all__ = ["Batch", "BatchScope", "as_batch"]
+__all__ = ["Batch", "BatchScope", "as_batch", "to_many_relation"]
 
 
 @dataclass(frozen=True)
@@ -126,17 +127,20 @@ class Batch(QuerySet[Any]):
         what the server's own work costs; how many. ``values``: ``model``'s fields, each
         an expression over the batch's rows (``F("pk")``, ``Upper("mac_address")``,
         ``Concat(...)``) or a constant. A field left out gets what ``Model.objects.create``
-        would give it: ``auto_now``/``auto_now_add`` the time, a constant ``default`` its
-        value, a ``db_default`` or a primary key the database numbers theirs, a nullable
-        field NULL; one with none of these, or a default computed per row in Python
-        (``uuid4``), is refused, naming it."""
+        would give it (see _left_out); a default computed per row in Python (``uuid4``),
+        or no default at all, is refused, naming the field."""
         if not (isinstance(model, type) and issubclass(model, Model)):
             raise ValueError(f"batch.insert_select: expected a model class "
                              f"(apps.get_model('app_label', 'Model')), got {model!r}")
+        label = model._meta.label
+        if model._meta.parents:
+            raise ValueError(f"batch.insert_select: {label} inherits the table of "
+                             f"{next(iter(model._meta.parents))._meta.label} (multi-table "
+                             f"inheritance), which one INSERT cannot fill; use batch.insert")
         if not values:
-            raise ValueError(f"batch.insert_select: give {model._meta.label}'s fields as "
-                             f"keyword arguments, each an expression over the batch's rows, "
-                             f"e.g. port=F('pk')")
+            raise ValueError(f"batch.insert_select: give {label}'s fields as keyword "
+                             f"arguments, each an expression over the batch's rows, e.g. "
+                             f"port=F('pk')")
         given = {_concrete(model, name, "batch.insert_select"): value
                  for name, value in values.items()}
         for field in given:
@@ -149,26 +153,19 @@ class Batch(QuerySet[Any]):
                 value = given[field]
                 selected[field] = value if hasattr(value, "resolve_expression") else \
                     Value(value, output_field=field)
-            elif getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
-                selected[field] = Now()
-            elif not insertable(field) or getattr(field, "db_default", None) is not \
-                    _NOT_PROVIDED or field.null and not field.has_default():
-                continue  # the database gives it its value (or NULL)
-            elif field.has_default() and not callable(field.default):
-                selected[field] = Value(field.get_default(), output_field=field)
-            elif field.has_default():  # one value for every row would not be its default
-                raise ValueError(f"batch.insert_select: {model._meta.label}.{field.name}'s "
-                                 f"default is computed in Python for each row; give "
-                                 f"{field.name}=<an expression> (on PostgreSQL, a UUID: "
-                                 f"django.contrib.postgres.functions.RandomUUID())")
-            else:
-                raise ValueError(f"batch.insert_select: {model._meta.label}.{field.name} has "
-                                 f"no default; give {field.name}=<an expression over the "
-                                 f"batch's rows>")
+            elif (left_out := _left_out(model, field)) is not None:
+                selected[field] = left_out
         aliases = {f"chunkwise_{index}": expression
                    for index, expression in enumerate(selected.values())}
-        select, params = self.order_by().values(**aliases).query.get_compiler(
-            using=self.db).as_sql()
+        query = self.order_by().values(**aliases).query
+        relation = to_many_relation(query)
+        if relation is not None:  # the join would repeat the batch row once per match
+            raise ValueError(
+                f"batch.insert_select: an expression follows the to-many relation "
+                f"{relation.get_accessor_name() or relation.name!r} of "
+                f"{relation.model._meta.label}, which would insert a row per related row; "
+                f"read one value per row with a Subquery")
+        select, params = query.get_compiler(using=self.db).as_sql()
         connection = connections[self.db]
         quote = connection.ops.quote_name
         columns = ", ".join(quote(field.column) for field in selected)
@@ -176,6 +173,42 @@ class Batch(QuerySet[Any]):
             cursor.execute(f"INSERT INTO {quote(model._meta.db_table)} ({columns}) {select}",
                            params)
             return int(cursor.rowcount)
+
+
+def _left_out(model: type[Model], field: Field[Any, Any]) -> Any:
+    """What ``Model.objects.create()`` gives a field left out of ``insert_select``, as an
+    expression, in Django's order (Field._get_default): ``auto_now``/``auto_now_add``
+    the time (one value for the batch's rows); a constant ``default`` its value; None
+    where the database gives it its own (a ``db_default``, a primary key it numbers, a
+    generated column) or NULL; the empty string for a text field. A default computed
+    per row in Python, or none at all, is refused naming the field."""
+    label = f"{model._meta.label}.{field.name}"
+    if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+        return Value(field.pre_save(model(), True), output_field=field)
+    if field.has_default():
+        if callable(field.default):  # one value for every row would not be its default
+            raise ValueError(f"batch.insert_select: {label}'s default is computed in Python "
+                             f"for each row; give {field.name}=<an expression> (on "
+                             f"PostgreSQL, a UUID: django.contrib.postgres.functions"
+                             f".RandomUUID())")
+        return Value(field.get_default(), output_field=field)
+    if not insertable(field) or getattr(field, "db_default", None) is not _NOT_PROVIDED \
+            or field.null:
+        return None
+    if field.empty_strings_allowed and not field.primary_key:
+        return Value("", output_field=field)
+    raise ValueError(f"batch.insert_select: {label} has no default; give "
+                     f"{field.name}=<an expression over the batch's rows>")
+
+
+def to_many_relation(query: Query) -> ForeignObjectRel | None:
+    """A to-many relation ``query`` joins (a join Django trimmed from the SQL aside):
+    each row would come once per related row."""
+    for alias, join in query.alias_map.items():
+        relation = getattr(join, "join_field", None) if query.alias_refcount[alias] else None
+        if isinstance(relation, ForeignObjectRel) and relation.multiple:
+            return relation
+    return None
 
 
 def _concrete(model: type[Model], name: object, argument: str) -> Field[Any, Any]:

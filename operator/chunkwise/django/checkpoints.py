@@ -23,6 +23,7 @@ from chunkwise.engine import (
     Verification,
 )
 
+from .backends import set_local
 from .keys import Key, KeyCodec
 from .models import Checkpoint, FailedRow
 from .operation_ref import OperationRef, default_owner, owner_process_alive
@@ -314,12 +315,10 @@ class DjangoCheckpointStore:
                 # the settings (SET LOCAL: set_config(..., true)) are computed with the row,
                 # below the plan's LockRows step: lock_timeout holds while this very
                 # statement waits for the row's lock, and for the rest of the transaction
-                given = list((settings or {}).items())
-                cursor.execute(
-                    "SELECT " + "".join("set_config(%s, %s, true), " for _ in given)
-                    + f"{columns} FROM {table} WHERE id = %s FOR UPDATE",
-                    [*(part for item in given for part in item), self.checkpoint_id])
-                found = cursor.fetchone()[len(given):]
+                items, params = set_local(settings or {})
+                cursor.execute(f"SELECT {items}{', ' if items else ''}{columns} FROM {table} "
+                               "WHERE id = %s FOR UPDATE", [*params, self.checkpoint_id])
+                found = cursor.fetchone()[len(settings or {}):]
             else:  # take SQLite's write lock first, so the batch cannot deadlock on upgrade
                 if settings:
                     raise ValueError(f"SQLite has no session settings to set: {settings}")

@@ -136,13 +136,15 @@ def plan_run(operation: BatchedWork, ref: OperationRef, apps: StateApps,
     errors: list[str] = []
     try:
         with transaction.atomic(using=alias):
-            target.set_batch_settings(settings.timeouts)
             after = None
             for _ in range(samples if top is not None else 0):
                 started = time.perf_counter()
                 last = None
                 try:
                     with transaction.atomic(using=alias):  # a savepoint per sample
+                        # its settings in its own savepoint, as a batch's in its own
+                        # transaction: one rolled back takes only its own with it
+                        target.set_batch_settings(settings.timeouts)
                         count, last = target.lock_rows(after, top, sizer.size)
                         locked = time.perf_counter()
                         if not count:

@@ -52,6 +52,7 @@ from chunkwise.engine import (
     Verification,
 )
 
+from .backends import set_local
 from .checkpoints import DjangoCheckpointStore, _advisory_key
 from .execute import BatchedWork, _live_retune, rows_to_do, stop_on_signals, target_for
 from .keys import Key, KeyCodec
@@ -203,9 +204,8 @@ class FailedRowRetry:
         with connection.cursor() as cursor:
             if self._vendor == "postgresql":
                 if settings:
-                    cursor.execute("SELECT " + ", ".join(["set_config(%s, %s, true)"]
-                                                         * len(settings)),
-                                   [part for item in settings.items() for part in item])
+                    items, values = set_local(settings)
+                    cursor.execute(f"SELECT {items}", values)
                 cursor.execute(f"SELECT id FROM {table} WHERE id IN ({marks}) ORDER BY id "
                                "FOR UPDATE", self._ids)
             else:

@@ -7,19 +7,20 @@ are one transaction.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from itertools import count, starmap
+from itertools import starmap
 from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist, FieldError, ImproperlyConfigured
 from django.db import connections, transaction
 from django.db.models import F, Field, Model, Q, QuerySet
-from django.db.models.fields.reverse_related import ForeignObjectRel
 
 from chunkwise.engine import Timeouts, sqlstate_of
 
-from .batch import Batch, BatchScope, as_batch
+from .backends import set_local
+from .batch import Batch, BatchScope, as_batch, to_many_relation
 from .keys import Key
 from .rows import row_class
 from .writeback import KeyRange, binary_safe, write_back
@@ -72,15 +73,18 @@ _SERIALIZATION_FAILURE = "40001"
 #: rows to do, in multiples of the batch size (a sparser todo takes more windows)
 _MAX_KEYS_PER_ROW = 64
 #: how many times a set-based batch's window may be narrowed when it holds more than a
-#: quarter over the batch's rows (then it is taken as it is)
+#: quarter over the batch's rows (then the batch ends at its limit-th row to do instead)
 _NARROWINGS = 3
-#: on PostgreSQL, the batch's own statements that find its rows in key order (the window,
-#: the batch's last key, the rows locked or read) run with sorting priced out, so that the
-#: planner walks the key's index in order. Statistics older than the table's contents (a
-#: table filled or changed since its last ANALYZE) made it sort every remaining row for
-#: each batch instead, a bitmap scan of the rest of the table: 6-9 ms a batch at 100k
-#: rows and growing with the table. Set with the batch's timeouts (no round trip of its
-#: own) and put back before the user's code runs.
+#: on PostgreSQL, the one statement of a batch that finds where it ends (its last key, or
+#: with a todo that joins the end of its window of the key's index) runs with sorting
+#: priced out, so that the planner walks the key's index in order. Statistics older than
+#: the table's contents (a table filled or changed since its last ANALYZE) made it sort
+#: every remaining row for each batch instead, a bitmap scan of the rest of the table:
+#: 6-9 ms a batch at 100k rows and growing with the table. Set with the batch's timeouts
+#: (no round trip of its own) and put back by that statement itself, so no other
+#: statement runs with it: not the rows' read with their annotations, and never the
+#: migration's code. A todo with a subquery (Exists, Subquery, __in=queryset) keeps the
+#: planner's own settings: its subquery would be planned under them too.
 _KEY_ORDER_SETTINGS = {"enable_sort": "off"}
 #: the name the key goes by in the SQL around a subquery of the batch's keys
 _KEY = "chunkwise_key"
@@ -134,8 +138,10 @@ class DjangoBatchTarget:
         #: whether the planner's key order (_KEY_ORDER_SETTINGS) holds now, and the
         #: session's own values to put back
         self._key_order_pinned = False
-        self._session_settings: list[str] | None = None
-        if self._vendor == "postgresql":
+        self._session_settings: dict[str, str] | None = None
+        self._pins_key_order = self._vendor == "postgresql" and (
+            within is not None or not _has_subquery(todo, alias))  # a window: no todo in it
+        if self._pins_key_order:
             self._session_key_order()  # now, not in the first batch's transaction
         self._psycopg3 = uses_psycopg3(alias)
         self._binary_fetch = self._psycopg3 and all(map(binary_safe, read)) and all(
@@ -182,30 +188,30 @@ class DjangoBatchTarget:
             return {}  # SQLite has no lock_timeout: it is said once at start, not faked
         lock = timeouts.lock if self.locks_first else \
             min(timeouts.lock, OPTIMISTIC_LOCK_TIMEOUT)
-        self._key_order_pinned = True
+        self._key_order_pinned = self._pins_key_order
         return {"lock_timeout": f"{max(1, int(lock * 1000))}ms",
                 "statement_timeout": f"{int(timeouts.statement * 1000)}ms",
-                **_KEY_ORDER_SETTINGS}
+                **(_KEY_ORDER_SETTINGS if self._pins_key_order else {})}
 
     def set_batch_settings(self, timeouts: Timeouts) -> None:
-        """Set the batch's settings for the current transaction on their own (a plan's
-        samples)."""
+        """Set the batch's settings for the current transaction (or savepoint) on their
+        own: a plan's samples, each in a savepoint of its own."""
         settings = self.batch_settings(timeouts)
-        if not settings:
-            return
-        with connections[self._alias].cursor() as cursor:
-            cursor.execute("SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(settings)),
-                           [part for item in settings.items() for part in item])
+        if settings:
+            items, values = set_local(settings)
+            with connections[self._alias].cursor() as cursor:
+                cursor.execute(f"SELECT {items}", values)
 
-    def _session_key_order(self) -> list[str]:
-        """The session's own values of _KEY_ORDER_SETTINGS (what RESET gives), read once
-        per connection: pg_settings costs 0.8 ms a read."""
+    def _session_key_order(self) -> dict[str, str]:
+        """The session's own values of _KEY_ORDER_SETTINGS, to put back; read once per
+        connection (before any batch sets them)."""
         if self._session_settings is None:
             with connections[self._alias].cursor() as cursor:
-                cursor.execute("SELECT name, reset_val FROM pg_settings WHERE name = ANY(%s)",
-                               [list(_KEY_ORDER_SETTINGS)])
-                found = dict(cursor.fetchall())
-            self._session_settings = [found[name] for name in _KEY_ORDER_SETTINGS]
+                cursor.execute("SELECT " + ", ".join(["current_setting(%s)"]
+                                                     * len(_KEY_ORDER_SETTINGS)),
+                               list(_KEY_ORDER_SETTINGS))
+                self._session_settings = dict(zip(_KEY_ORDER_SETTINGS, cursor.fetchone(),
+                                                  strict=True))
         return self._session_settings
 
     def _key_order_ending(self, sql: str, params: Sequence[Any]
@@ -217,21 +223,18 @@ class DjangoBatchTarget:
         if not self._key_order_pinned:
             return sql, list(params)
         self._key_order_pinned = False
-        settings = ", ".join(["set_config(%s, %s, true)"] * len(_KEY_ORDER_SETTINGS))
-        return f"SELECT ({sql}), {settings}", [
-            *params, *(part for pair in zip(_KEY_ORDER_SETTINGS, self._session_key_order(),
-                                             strict=True) for part in pair)]
+        items, values = set_local(self._session_key_order())
+        return f"SELECT ({sql}), {items}", [*params, *values]
 
     def _set_key_order(self, pinned: bool) -> None:
-        """Set (or put back) the planner's key order on its own, in a statement of its own
-        (where no statement of the lock step's own could carry it)."""
-        if self._vendor != "postgresql" or self._key_order_pinned == pinned:
+        """Set (or put back) the planner's key order in a statement of its own: before a
+        window searched again, and after a lock step whose statements could not carry it."""
+        if not self._pins_key_order or self._key_order_pinned == pinned:
             return
-        values = list(_KEY_ORDER_SETTINGS.values()) if pinned else self._session_key_order()
+        items, values = set_local(_KEY_ORDER_SETTINGS if pinned else
+                                  self._session_key_order())
         with connections[self._alias].cursor() as cursor:
-            cursor.execute("SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(values)),
-                           [part for pair in zip(_KEY_ORDER_SETTINGS, values, strict=True)
-                            for part in pair])
+            cursor.execute(f"SELECT {items}", values)
         self._key_order_pinned = pinned
 
     def _bounds(self, after: Key | None, upto: Key) -> Q:
@@ -287,19 +290,26 @@ class DjangoBatchTarget:
         A set-based batch that does not lock first is the window itself, holding from
         ``limit`` rows to a quarter more: they are counted, and the window's end is the
         batch's last key, so the join runs twice per batch (once to count, once in the
-        work), not three times (to find the last row to do, to count, to work)."""
+        work), not three times (to find the last row to do, to count, to work). Where the
+        density of rows to do changes faster than a few narrowings follow, or is sparser
+        than windows search for, the batch ends at its ``limit``-th row to do instead, as
+        the other batches do."""
         whole = self._forward is not None and not locking_first
         start = after
         span = int(limit * min(max(self._keys_per_row * 1.1, 1.0), _MAX_KEYS_PER_ROW))
-        for attempt in count():
+        narrowed = 0
+        while True:
             window = self._window(start, upto, span)
             if whole:
                 rows: int = self._range(start, window).order_by().count()
                 last: Key | None = window
-                if rows > limit * 1.25 and span > 1 and attempt < _NARROWINGS:
-                    # denser than the estimate: narrower, same start
-                    span = max(1, int(span * limit / rows * 1.05))
-                    continue
+                if rows > limit * 1.25:  # denser than the estimate
+                    if narrowed < _NARROWINGS and span > 1:  # narrower, same start
+                        narrowed += 1
+                        span = max(1, int(span * limit / rows * 1.05))
+                        continue
+                    # the density changes too fast for windows: end at the limit-th row
+                    return self._lock_rows(start, window, limit, locking_first)
             else:
                 rows, last = self._lock_rows(start, window, limit, locking_first)
             if rows >= limit or window == upto:
@@ -309,20 +319,25 @@ class DjangoBatchTarget:
                 return rows, last
             if rows:  # fewer than limit here, and more may lie beyond: wider, same start,
                 # as wide as this window's density says limit rows need (and a tenth more)
+                if span >= limit * _MAX_KEYS_PER_ROW:  # sparser than windows search for:
+                    return self._lock_rows(start, upto, limit, locking_first)  # the rest
                 self._keys_per_row = min(span / rows, _MAX_KEYS_PER_ROW)
-                span = int(span * limit / rows * 1.1) + 1
+                span = min(int(span * limit / rows * 1.1) + 1, limit * _MAX_KEYS_PER_ROW)
             else:  # none to do in this window: on from its end, wider
                 start = window
                 self._keys_per_row = min(self._keys_per_row * 4, _MAX_KEYS_PER_ROW)
                 span = int(limit * min(self._keys_per_row * 1.1, _MAX_KEYS_PER_ROW))
-        raise AssertionError("unreachable")
 
     def _lock_rows(self, after: Key | None, upto: Key, limit: int,
                    locking_first: bool) -> tuple[int, Key | None]:
-        if self._forward is not None and not locking_first and self._within is None:
+        if self._within is None and (self._key_order_pinned or (
+                self._forward is not None and not locking_first)):
+            # the batch's end first, in one index step (which puts the key order back)
             found_upper = self._limit_th_key(after, upto, limit)
             if found_upper is not None:
-                return limit, found_upper
+                if self._forward is not None and not locking_first:
+                    return limit, found_upper  # the writes take the locks themselves
+                upto = found_upper  # the rows to lock or read: (after, their last key]
         locking = self._range(after, upto).order_by(self._key.name)
         if self._vendor == "postgresql" and locking_first:
             locking = locking.select_for_update(no_key=True, of=("self",))
@@ -417,6 +432,7 @@ class DjangoBatchTarget:
         UPDATE where the database has row locks, whatever the batches do) and, for a
         transform, read; their keys, in key order. A key whose row has left todo, or the
         table, is not among them."""
+        self._set_key_order(pinned=False)  # given keys: no index step to find them
         name = self._key.name
         locking = self._todo.filter(**{f"{name}__in": keys}).order_by(name)
         if self._vendor == "postgresql":
@@ -531,20 +547,26 @@ def _annotations(rows: QuerySet[Any], annotate: Mapping[str, Any]
             query = rows.annotate(**{name: expression}).query
         except (FieldError, ValueError, TypeError) as exc:
             raise ImproperlyConfigured(f"BatchedRunPython annotate: {name!r}: {exc}") from None
-        for alias, join in query.alias_map.items():
-            relation = getattr(join, "join_field", None) if query.alias_refcount[alias] \
-                else None  # a join Django trimmed from the SQL
-            if isinstance(relation, ForeignObjectRel) and relation.multiple:
-                raise ImproperlyConfigured(
-                    f"BatchedRunPython annotate: {name!r} follows the to-many relation "
-                    f"{relation.get_accessor_name() or relation.name!r} of "
-                    f"{relation.model._meta.label}, which would repeat a row once per related "
-                    f"row; read one value per row with a Subquery (Subquery(Related.objects"
-                    f".filter(...=OuterRef('pk')).values('field')[:1])), or load the related "
-                    f"rows once per batch with prepare=")
+        relation = to_many_relation(query)
+        if relation is not None:
+            raise ImproperlyConfigured(
+                f"BatchedRunPython annotate: {name!r} follows the to-many relation "
+                f"{relation.get_accessor_name() or relation.name!r} of "
+                f"{relation.model._meta.label}, which would repeat a row once per related "
+                f"row; read one value per row with a Subquery (Subquery(Related.objects"
+                f".filter(...=OuterRef('pk')).values('field')[:1])), or load the related "
+                f"rows once per batch with prepare=")
         expression = query.annotations[name]
         try:
             resolved.append((expression, expression.output_field))
         except FieldError as exc:  # mixed types: Django asks for an output_field
             raise ImproperlyConfigured(f"BatchedRunPython annotate: {name!r}: {exc}") from None
     return resolved
+
+
+def _has_subquery(todo: QuerySet[Any], alias: str) -> bool:
+    """Whether ``todo``'s SQL holds a subquery (``Exists``, ``Subquery``,
+    ``__in=<queryset>``): planned in the same statement as the batch's end, it would be
+    planned under _KEY_ORDER_SETTINGS too."""
+    sql, _ = todo.query.get_compiler(using=alias).as_sql()
+    return len(re.findall(r"\bSELECT\b", sql, flags=re.IGNORECASE)) > 1
