@@ -1,6 +1,12 @@
 """Test settings: "default" is the throwaway PostgreSQL (libpq env vars), "lite" SQLite."""
 
 import os
+import warnings
+
+# chunkwise's own deprecated calls are errors in the lab's manage.py runs too, as in pytest
+# (pyproject.toml's filterwarnings), on each Django of the matrix (noxfile.py)
+for category in (DeprecationWarning, PendingDeprecationWarning):
+    warnings.filterwarnings("error", category=category, module=r"chunkwise(\.|$)")
 
 SECRET_KEY = "tests-only"
 USE_TZ = True
