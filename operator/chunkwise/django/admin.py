@@ -156,7 +156,7 @@ class RunAdmin(_RunAdmin):
     def has_retry_failed_rows_permission(self, request: HttpRequest) -> bool:
         # the admin's users all have has_perm (PermissionsMixin, AnonymousUser); the stubs
         # type a user as AbstractBaseUser, which does not declare it
-        return request.user.has_perm(  # type: ignore[union-attr]
+        return request.user.has_perm(  # type: ignore[union-attr, unused-ignore]
             f"{self.opts.app_label}.{RETRY_PERMISSION}")
 
     @admin.action(permissions=[RETRY_PERMISSION],
@@ -389,7 +389,7 @@ class _RunFilter(admin.SimpleListFilter):
             return []
         chosen = Run.objects.filter(pk=value)  # its identity, in the same query
         self._shards = list(Run.objects.filter(
-            **{name: Subquery(chosen.values(name)) for name in IDENTITY}).order_by("shard"))
+            **{name: Subquery(chosen.values(name)[:1]) for name in IDENTITY}).order_by("shard"))
         if not self._shards:
             return []
         run = self._shards[0]

@@ -19,6 +19,7 @@ from django.db.models import (
     Aggregate,
     Case,
     F,
+    Field,
     IntegerField,
     Max,
     Min,
@@ -55,7 +56,11 @@ def _folded(field: str, aggregate: type[Aggregate]) -> Combinable:
     """``aggregate(field)`` over the run's shards; a run of one shard is its own row."""
     over_shards = Subquery(_shards_of_outer().order_by().values(*IDENTITY)
                            .annotate(total=aggregate(field)).values("total")[:1])
-    return Case(When(shard_count=1, then=F(field)), default=over_shards)
+    # the column's own field as the output: SQLite returns a subquery's datetime as text,
+    # which Django converts only for an expression that says it is one
+    column = Checkpoint._meta.get_field(field)
+    assert isinstance(column, Field)
+    return Case(When(shard_count=1, then=F(field)), default=over_shards, output_field=column)
 
 
 def _urgency() -> Case:
