@@ -48,6 +48,11 @@ def admin_database(pg: PgServer, template: str) -> Iterator[LabDb]:
 
 #: runs of one shard, and of four (10,000 runs in all)
 SINGLE_RUNS, SHARDED_RUNS = 9_700, 300
+INSERT_CHECKPOINTS = (
+    "INSERT INTO chunkwise_checkpoint (app_label, migration, operation, direction, shard, "
+    "shard_count, model, key_field, last_key, high_water_key, rows_estimated, "
+    "rows_processed, failed_rows, batches, consecutive_failed_batches, lock_wait_seconds, "
+    "state, message, owner, planned, started_at, heartbeat_at, completed_at)")
 
 
 def fill(db: LabDb) -> dict[str, int]:
@@ -55,11 +60,7 @@ def fill(db: LabDb) -> dict[str, int]:
     1,000,000 failed rows: 900,000 of one big run, 100,000 of a sharded one, in five error
     classes. Returns the big run's and the sharded run's page ids."""
     db.execute(f"""
-        INSERT INTO chunkwise_checkpoint (app_label, migration, operation, direction, shard,
-            shard_count, model, key_field, last_key, high_water_key, rows_estimated,
-            rows_processed, failed_rows, batches, consecutive_failed_batches,
-            lock_wait_seconds, state, message, owner, planned, started_at, heartbeat_at,
-            completed_at)
+        {INSERT_CHECKPOINTS}
         SELECT 'app' || lpad((g %% 20)::text, 2, '0'), lpad(g::text, 5, '0') || '_backfill', 0,
             CASE WHEN g %% 10 = 0 THEN 'backward' ELSE 'forward' END, 0, 1, 'lab.Item', 'id',
             (g * 10)::text, '100000', 100000, CASE WHEN g %% 50 < 5 THEN g * 10 ELSE 100000 END,
@@ -70,11 +71,7 @@ def fill(db: LabDb) -> dict[str, int]:
             CASE WHEN g %% 50 >= 5 THEN now() - g * interval '5 second' END
         FROM generate_series(1, {SINGLE_RUNS}) g""")
     db.execute(f"""
-        INSERT INTO chunkwise_checkpoint (app_label, migration, operation, direction, shard,
-            shard_count, model, key_field, last_key, high_water_key, rows_estimated,
-            rows_processed, failed_rows, batches, consecutive_failed_batches,
-            lock_wait_seconds, state, message, owner, planned, started_at, heartbeat_at,
-            completed_at)
+        {INSERT_CHECKPOINTS}
         SELECT 'sharded', lpad(h::text, 5, '0') || '_split', 0, 'forward', s, 4, 'lab.Item',
             'id', (s * 250000 + 1000)::text, ((s + 1) * 250000)::text, 250000, 1000, 0, 1, 0,
             0.5, CASE WHEN h %% 2 = 0 AND s = 2 THEN 'running' ELSE 'done' END, '',

@@ -81,32 +81,34 @@ def _moment(value: datetime.datetime | None) -> str:
     return f"{max(seconds, 0):.0f} seconds ago" if seconds < 60 else f"{timesince(value)} ago"
 
 
-class _StateFilter(admin.SimpleListFilter):
+class _FixedChoicesFilter(admin.SimpleListFilter):
+    """By one of a fixed list of values, known without asking the database."""
+
+    field: str
+    values: tuple[str, ...]
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, value) for value in self.values]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(**{self.field: value}) if value else queryset
+
+
+class _StateFilter(_FixedChoicesFilter):
     """By the run's state (its most urgent shard's, see :data:`.runs.STATE_URGENCY`)."""
 
-    title = "state"
-    parameter_name = "state"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(state.value, state.value) for state in STATE_URGENCY]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        value = self.value()
-        return queryset.filter(run_state=value) if value else queryset
+    title = parameter_name = "state"
+    field = "run_state"
+    values = tuple(state.value for state in STATE_URGENCY)
 
 
-class _DirectionFilter(admin.SimpleListFilter):
-    """By direction: the two of the contract, without asking the database for them."""
+class _DirectionFilter(_FixedChoicesFilter):
+    """By direction: the two of the contract."""
 
-    title = "direction"
-    parameter_name = "direction"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(direction.value, direction.value) for direction in Direction]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        value = self.value()
-        return queryset.filter(direction=value) if value else queryset
+    title = parameter_name = "direction"
+    field = "direction"
+    values = tuple(direction.value for direction in Direction)
 
 
 @admin.register(Run)
