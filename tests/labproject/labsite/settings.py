@@ -1,7 +1,9 @@
-"""Test settings: "default" is the throwaway PostgreSQL (libpq env vars), "lite" SQLite."""
+"""Test settings: "default" is the throwaway PostgreSQL (libpq env vars), or with
+LAB_DATABASE=mariadb the throwaway MariaDB (MARIADB_* env vars); "lite" is SQLite."""
 
 import os
 import warnings
+from typing import Any
 
 # chunkwise's own deprecated calls are errors in the lab's manage.py runs too, as in pytest
 # (pyproject.toml's filterwarnings), on each Django of the matrix (noxfile.py)
@@ -52,7 +54,7 @@ STATIC_URL = "static/"
 # LAB_CHECKS=1 lets them speak.
 SILENCED_SYSTEM_CHECKS = [] if os.environ.get("LAB_CHECKS") else \
     ["chunkwise.E001", "chunkwise.E004", "chunkwise.E005"]
-DATABASES = {
+DATABASES: dict[str, dict[str, Any]] = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": os.environ.get("PGDATABASE", "postgres"),
@@ -65,5 +67,16 @@ DATABASES = {
         "NAME": os.environ.get("LAB_SQLITE_PATH", "/tmp/chunkwise-lab.sqlite3"),
     },
 }
+# the throwaway MariaDB of tests/support/mariaserver.py (MariaDbServer.env sets these)
+if os.environ.get("LAB_DATABASE") == "mariadb":
+    DATABASES["default"] = {
+        "ENGINE": "django.db.backends.mysql",
+        "NAME": os.environ.get("MARIADB_DATABASE", "mysql"),
+        "HOST": os.environ.get("MARIADB_HOST", "127.0.0.1"),
+        "PORT": os.environ.get("MARIADB_PORT", "3306"),
+        "USER": os.environ.get("MARIADB_USER", "root"),
+        "PASSWORD": "",
+        "OPTIONS": {"charset": "utf8mb4"},
+    }
 if os.environ.get("LAB_OTHER_ENGINE"):  # a database chunkwise does not run on (E003)
     DATABASES["other"] = {"ENGINE": os.environ["LAB_OTHER_ENGINE"], "NAME": "other"}
