@@ -74,7 +74,6 @@ def test_a_worker_stopped_by_a_check_exits_64_not_retried(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(("engine", "name", "driver"), [
-    ("django.db.backends.mysql", "MySQL/MariaDB", "MySQLdb"),  # mysqlclient: not installed
     ("django.db.backends.oracle", "Oracle", "oracledb"),  # installed (the test group)
 ])
 def test_a_database_chunkwise_does_not_run_on_is_refused(tmp_path: Path, engine: str,
@@ -92,8 +91,19 @@ def test_a_database_chunkwise_does_not_run_on_is_refused(tmp_path: Path, engine:
         return
     [line] = errors_of(result.stderr)["chunkwise.E003"][:1]
     assert line == (f"other: (chunkwise.E003) database 'other' is {name} ({engine}): chunkwise "
-                    f"runs batched migrations on PostgreSQL (production) and SQLite (local "
-                    f"runs) only; the batched migrations of lab, later, mistakes would run there")
+                    f"runs batched migrations on PostgreSQL and MariaDB/MySQL (production) and "
+                    f"SQLite (local runs) only; the batched migrations of lab, later, mistakes "
+                    f"would run there")
+
+
+def test_a_mysql_database_without_a_router_blocks_no_command(tmp_path: Path) -> None:
+    """A project with a MySQL secondary database (no server behind it here, no router)
+    passes `check`: MariaDB and MySQL are databases chunkwise runs on, and `check`
+    without --database asks no server."""
+    lab = lab_on_sqlite(tmp_path / "lab.sqlite3", LAB_OTHER_ENGINE="django.db.backends.mysql")
+    result = lab("check")
+    assert result.returncode == 0, result.stderr
+    assert "chunkwise.E003" not in result.stderr
 
 
 def test_postgresql_and_sqlite_pass(tmp_path: Path) -> None:

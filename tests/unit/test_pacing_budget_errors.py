@@ -105,6 +105,25 @@ def test_classify_by_sqlstate_through_wrappers(sqlstate: str, kind: ErrorKind) -
     assert classify(wrapped) is kind
 
 
+@pytest.mark.parametrize(("errno", "kind"), [
+    (1205, ErrorKind.LOCK_TIMEOUT), (1213, ErrorKind.DEADLOCK),
+    (1969, ErrorKind.STATEMENT_TIMEOUT), (3024, ErrorKind.STATEMENT_TIMEOUT),
+    (2006, ErrorKind.CONNECTION), (2013, ErrorKind.CONNECTION), (1927, ErrorKind.CONNECTION),
+    (1053, ErrorKind.SHUTDOWN), (1062, ErrorKind.ROW_ERROR), (1366, ErrorKind.ROW_ERROR),
+    (4025, ErrorKind.ROW_ERROR),  # MariaDB's CHECK constraint failed
+])
+def test_classify_mariadb_error_numbers_through_djangos_wrapper(errno: int,
+                                                                kind: ErrorKind) -> None:
+    """mysqlclient's exceptions carry the server's error number as args[0]; Django wraps
+    them in its own, with the driver's as the cause."""
+    import MySQLdb
+    from django.db.utils import OperationalError as DjangoOperationalError
+
+    wrapped = DjangoOperationalError(errno, "as the server said it")
+    wrapped.__cause__ = MySQLdb.OperationalError(errno, "as the server said it")
+    assert classify(wrapped) is kind
+
+
 def test_classify_sqlite_and_plain_exceptions() -> None:
     assert classify(OperationalError("database is locked")) is ErrorKind.LOCK_TIMEOUT
     assert classify(OperationalError("server closed the connection unexpectedly")) is (

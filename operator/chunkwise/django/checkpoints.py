@@ -5,7 +5,6 @@ a batch and its checkpoint commit in one transaction. Also the runner lock."""
 from __future__ import annotations
 
 import datetime
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,13 +22,14 @@ from chunkwise.engine import (
     Verification,
 )
 
-from .backends import set_local
+from .backends import backend_for
 from .keys import Key, KeyCodec
 from .models import Checkpoint, FailedRow
 from .operation_ref import OperationRef, default_owner, owner_process_alive
 from .shards import split
 
-__all__ = ["STALE_AFTER", "DjangoCheckpointStore", "holder_alive", "runner_alive"]
+__all__ = ["STALE_AFTER", "DjangoCheckpointStore", "holder_alive", "runner_alive",
+           "runner_lock_name"]
 
 #: where there is no runner lock to ask (SQLite) and the runner is not a process of this
 #: host: seconds without a heartbeat after which a "running" checkpoint is taken for one
@@ -39,12 +39,10 @@ __all__ = ["STALE_AFTER", "DjangoCheckpointStore", "holder_alive", "runner_alive
 STALE_AFTER = 120.0
 
 
-def _advisory_key(ref: OperationRef, purpose: str = "") -> int:
-    """The PostgreSQL advisory lock key of ``ref``'s runner (or of its ``purpose``)."""
-    name = f"chunkwise:{ref}" if not purpose else \
+def runner_lock_name(ref: OperationRef, purpose: str = "") -> str:
+    """The name of the session lock of ``ref``'s runner (or of its ``purpose``)."""
+    return f"chunkwise:{ref}" if not purpose else \
         f"chunkwise-{purpose}:{ref.operation_name} {ref.direction}"
-    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
 
 
 def holder_alive(owner: str, heartbeat_at: datetime.datetime | None) -> bool:
@@ -59,20 +57,10 @@ def holder_alive(owner: str, heartbeat_at: datetime.datetime | None) -> bool:
 
 
 def runner_alive(alias: str, ref: OperationRef) -> bool | None:
-    """PostgreSQL: whether a live session holds ``ref``'s runner lock, which a runner holds
-    from start to finish and a dead one's session lets go of at once; a heartbeat's age
-    only guesses that. None where there is no such lock (SQLite)."""
-    if connections[alias].vendor != "postgresql":
-        return None
-    key = _advisory_key(ref)
-    with connections[alias].cursor() as cursor:
-        # a bigint advisory key shows in pg_locks as classid (high half), objid (low half)
-        cursor.execute("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                       "AND database = (SELECT oid FROM pg_database "
-                       "WHERE datname = current_database()) "
-                       "AND classid = %s AND objid = %s AND objsubid = 1",
-                       [(key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF])
-        return cursor.fetchone() is not None
+    """Whether a live session holds ``ref``'s runner lock, which a runner holds from start
+    to finish and a dead one's session lets go of at once; a heartbeat's age only guesses
+    that. None where there is no such lock (SQLite)."""
+    return backend_for(alias).lock_taken(runner_lock_name(ref))
 
 
 class DjangoCheckpointStore:
@@ -100,7 +88,7 @@ class DjangoCheckpointStore:
         self._owner = owner or default_owner()
         self._id: int | None = None
         self._lock_held = False
-        self._vendor = connections[alias].vendor
+        self._backend = backend_for(alias)
 
     @property
     def checkpoint_id(self) -> int:
@@ -118,22 +106,21 @@ class DjangoCheckpointStore:
     # -- runner lock ------------------------------------------------------------------
 
     def _take_runner_lock(self) -> None:
-        """PostgreSQL: a session advisory lock keeps a second runner off this shard.
+        """A session lock keeps a second runner off this shard (PostgreSQL's advisory
+        lock, MySQL's GET_LOCK).
 
         SQLite has no such lock: a checkpoint that a live runner holds as running (see
         holder_alive) keeps a second one off instead, which would only take turns with it
         for SQLite's one writer and stop on "database is locked". Its single writer and the
         checkpoint re-read in every batch keep batches from repeating all the same."""
-        if self._vendor != "postgresql":
+        acquired = self._backend.try_lock(runner_lock_name(self._ref))
+        if acquired is None:
             held = (self._rows().filter(pk=self.checkpoint_id)
                     .values_list("state", "owner", "heartbeat_at").first())
             if held and held[0] == ShardState.RUNNING and held[1] != self._owner[:255] \
                     and holder_alive(held[1], held[2]):
                 raise self._another_runner(held[1], held[2])
             return
-        with connections[self._alias].cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [_advisory_key(self._ref)])
-            (acquired,) = cursor.fetchone()
         if not acquired:
             holder = (self._rows().filter(pk=self.checkpoint_id)
                       .values_list("owner", "heartbeat_at").first())
@@ -154,10 +141,13 @@ class DjangoCheckpointStore:
         self._take_runner_lock()
 
     def stop(self) -> None:
+        try:
+            self._backend.reset_settings()
+        except Exception:  # a lost session had them, and took them with it
+            pass
         if self._lock_held:
             try:
-                with connections[self._alias].cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s)", [_advisory_key(self._ref)])
+                self._backend.unlock(runner_lock_name(self._ref))
             except Exception:  # the lock ends with the session anyway
                 pass
             self._lock_held = False
@@ -205,11 +195,8 @@ class DjangoCheckpointStore:
         others find the rows. A split is fixed until the operation is done: a run with
         another shard count is refused, or, once every shard is done, told so."""
         ref = self._ref
-        with transaction.atomic(using=self._alias):
-            if self._vendor == "postgresql":
-                with connections[self._alias].cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_xact_lock(%s)",
-                                   [_advisory_key(self._ref, "split")])
+        with transaction.atomic(using=self._alias), \
+                self._backend.serialized(runner_lock_name(self._ref, "split")):
             existing = list(self._operation_rows().select_for_update())
             todo = self._todo
             if ref.shard_count > 1 and len(existing) == 1 and existing[0].batches == 0 \
@@ -307,27 +294,10 @@ class DjangoCheckpointStore:
                       "lock_wait_seconds", "state")
 
     def lock(self, settings: Mapping[str, str] | None = None) -> CheckpointState:
-        connection = connections[self._alias]
-        table = connection.ops.quote_name(Checkpoint._meta.db_table)
-        columns = ", ".join(self._STATE_COLUMNS)
-        with connection.cursor() as cursor:
-            if self._vendor == "postgresql":
-                # the settings (SET LOCAL: set_config(..., true)) are computed with the row,
-                # below the plan's LockRows step: lock_timeout holds while this very
-                # statement waits for the row's lock, and for the rest of the transaction
-                items, params = set_local(settings or {})
-                cursor.execute(f"SELECT {items}{', ' if items else ''}{columns} FROM {table} "
-                               "WHERE id = %s FOR UPDATE", [*params, self.checkpoint_id])
-                found = cursor.fetchone()[len(settings or {}):]
-            else:  # take SQLite's write lock first, so the batch cannot deadlock on upgrade
-                if settings:
-                    raise ValueError(f"SQLite has no session settings to set: {settings}")
-                cursor.execute(f"UPDATE {table} SET heartbeat_at = %s WHERE id = %s",
-                               [self._now(), self.checkpoint_id])
-                cursor.execute(f"SELECT {columns} FROM {table} WHERE id = %s",
-                               [self.checkpoint_id])
-                found = cursor.fetchone()
-            values = dict(zip(self._STATE_COLUMNS, found, strict=True))
+        table = connections[self._alias].ops.quote_name(Checkpoint._meta.db_table)
+        found = self._backend.lock_checkpoint(table, self._STATE_COLUMNS, self.checkpoint_id,
+                                              settings or {})
+        values = dict(zip(self._STATE_COLUMNS, found, strict=True))
         return self._with_totals(self._state_of(Checkpoint(**values)))
 
     def advance(self, last_key: Key, rows: int, lock_wait: float, tally: Tally) -> None:
@@ -367,6 +337,8 @@ class DjangoCheckpointStore:
         )
 
     def finish(self, state: ShardState, message: str = "") -> None:
+        # the batches' timeouts are the batches': not for the verification's count
+        self._backend.reset_settings()
         with transaction.atomic(using=self._alias):
             self._rows().filter(pk=self.checkpoint_id).update(
                 state=state, message=message[:4000], heartbeat_at=Now(),

@@ -5,8 +5,8 @@ touched. Each has an id, documented in docs/django-checks.md:
 - chunkwise.E001: a migration holding BatchedRunPython or EnsureBatchedComplete is atomic
   (a squashed migration is, unless edited);
 - chunkwise.E002: CHUNKWISE_DEFER (setting or environment variable) is not a boolean;
-- chunkwise.E003: a database the batched migrations would run on is not PostgreSQL or
-  SQLite (MySQL and Oracle are refused);
+- chunkwise.E003: a database the batched migrations would run on is not PostgreSQL,
+  MariaDB/MySQL or SQLite (Oracle is refused);
 - chunkwise.E004: ``key=`` names a field that is neither the primary key nor unique, as
   the model stands at that migration;
 - chunkwise.E005: an EnsureBatchedComplete names no migration with BatchedRunPython in it;
@@ -17,6 +17,8 @@ touched. Each has an id, documented in docs/django-checks.md:
 - chunkwise.E008: a schema operation in the same migration as a BatchedRunPython;
 - chunkwise.E009: a migration that changes the fields of a deferrable BatchedRunPython's
   model before an EnsureBatchedComplete of it;
+- chunkwise.E010: a table the batched migrations write on a database cannot roll back a
+  transaction (MyISAM);
 - chunkwise.W001: a migration mixes a BatchedRunPython with a RunPython or RunSQL, which
   re-run when ``migrate`` is run again after the batched one stopped.
 The layout ones (E006, E008, E009, W001) live in :mod:`.layout_checks`.
@@ -29,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from django.apps import AppConfig
+from django.apps import apps as django_apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
@@ -40,15 +43,16 @@ from django.db.migrations.operations.base import Operation
 from chunkwise.contract import Env
 from chunkwise.engine import SettingsError
 
-from .backends import backend_problem
+from .backends import backend_for, backend_problem
 from .config import SETTINGS, defer_by_default, known_env_names, misspelled
 from .ensure import EnsureBatchedComplete
 from .keys import key_problem
 from .layout_checks import layout_problems, where
+from .models import Checkpoint, FailedRow
 from .operations import BatchedRunPython
 
 __all__ = ["check_batched_migrations", "check_defer_setting", "check_migration_layout",
-           "check_names", "misspelled_names"]
+           "check_names", "check_transactional_tables", "misspelled_names"]
 
 _BATCHED = (BatchedRunPython, EnsureBatchedComplete)
 
@@ -128,6 +132,36 @@ def check_migration_layout(app_configs: Sequence[AppConfig] | None = None,
     return layout_problems(loader, list(_batched_migrations(app_configs, loader)), pending)
 
 
+@register(Tags.database)
+def check_transactional_tables(app_configs: Sequence[AppConfig] | None = None,
+                               databases: Sequence[str] | None = None,
+                               **kwargs: Any) -> list[CheckMessage]:
+    """E010: a table that batched migrations write on one of ``databases`` (the models'
+    and chunkwise's own) cannot roll back a transaction (MySQL's MyISAM): a batch's rows
+    and its checkpoint would not commit together. A database check: it asks the server."""
+    errors: list[CheckMessage] = []
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    tables = {Checkpoint._meta.db_table, FailedRow._meta.db_table}
+    for _migration, _index, operation in _batched_migrations(app_configs, loader):
+        if isinstance(operation, BatchedRunPython):
+            try:
+                tables.add(django_apps.get_model(operation.model)._meta.db_table)
+            except (LookupError, ValueError):  # a model the project no longer has
+                continue
+    for alias in databases or ():
+        if alias not in connections or backend_problem(alias):
+            continue
+        found = backend_for(alias).non_transactional(sorted(tables))
+        for table, engine in sorted(found.items()):
+            errors.append(Error(
+                f"table {table} of database {alias!r} is {engine}, which cannot roll back a "
+                "transaction: a batch's rows and its checkpoint must commit together",
+                hint=f"ALTER TABLE {table} ENGINE=InnoDB (and make InnoDB the server's "
+                     "default_storage_engine)",
+                obj=alias, id="chunkwise.E010"))
+    return errors
+
+
 def _key_problem(loader: MigrationLoader, migration: Migration, index: int,
                  operation: BatchedRunPython) -> str:
     """What is wrong with ``operation.key`` in the model as it stands at ``index``."""
@@ -164,7 +198,7 @@ def _backend_errors(targets: set[tuple[str, str | None]]) -> list[CheckMessage]:
         if apps:
             errors.append(Error(
                 f"{problem}; the batched migrations of {', '.join(apps)} would run there",
-                hint="route those apps' migrations to a PostgreSQL database "
+                hint="route those apps' migrations to a PostgreSQL or MariaDB database "
                      "(DATABASE_ROUTERS, allow_migrate), or migrate that database without "
                      "BatchedRunPython",
                 obj=alias, id="chunkwise.E003"))

@@ -23,12 +23,14 @@ from chunkwise.engine import (
     tunable_named,
 )
 
-__all__ = ["SETTINGS", "add_arguments", "defer_by_default", "known_env_names", "misspelled",
-           "parse_port",
-           "resolve_settings"]
+__all__ = ["REPLICAS", "SETTINGS", "add_arguments", "defer_by_default", "known_env_names",
+           "misspelled", "parse_port", "resolve_settings"]
 
+#: the Django setting naming the databases (aliases in DATABASES) that replicate a
+#: MariaDB/MySQL database, read for its replication lag (a primary does not know it)
+REPLICAS = "CHUNKWISE_REPLICAS"
 #: the Django settings chunkwise reads
-SETTINGS = frozenset({Env.DEFER})
+SETTINGS = frozenset({Env.DEFER, REPLICAS})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

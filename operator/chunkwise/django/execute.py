@@ -23,6 +23,7 @@ from django.db.models import Field, Q, QuerySet
 
 from chunkwise.contract import Direction, Env, ExitCode, ResourceRef, ShardState
 from chunkwise.engine import (
+    TUNABLES,
     AnotherRunnerActive,
     BatchRunner,
     Caller,
@@ -38,17 +39,16 @@ from chunkwise.engine import (
 )
 from chunkwise.metrics import MetricsReporter, RunLabels, serve_worker_metrics
 
-from .backends import backend_problem
+from .backends import DatabaseBackend, backend_for, backend_problem
 from .checkpoints import DjangoCheckpointStore
 from .config import parse_port, resolve_settings
-from .health import PostgresHealthProbe
 from .keys import key_problem
-from .models import Checkpoint
+from .models import Checkpoint, FailedRow
 from .noop import is_noop
 from .operation_ref import OperationRef
 from .progress import ProgressBar
 from .reporters import tuning_sources
-from .target import DjangoBatchTarget, has_row_locks, uses_psycopg3
+from .target import DjangoBatchTarget
 
 __all__ = ["BatchedWork", "execute", "plan_deferred", "recorded", "rows_to_do",
            "stop_on_signals", "target_for"]
@@ -244,29 +244,24 @@ def execute(
     target = target_for(operation, ref, apps, schema_editor, todo, key_field)
     base = operation.base_settings()
     run_settings = settings or resolve_settings(base, env, flags, caller)
-    if connection.vendor == "postgresql":
-        driver = "psycopg 3, binary fetch" if uses_psycopg3(connection.alias) \
-            else "psycopg2, text fetch"
-        stream.write(f"{ref}: PostgreSQL through {driver}\n")
-    else:
-        stream.write(f"{ref}: note: {connection.vendor} has no lock_timeout, statement_timeout "
-                     "or row locks, nor health figures to throttle on; those settings, "
-                     "batch.maxLockedFraction and throttle do not apply\n")
+    backend = backend_for(connection.alias)
+    refuse_non_transactional(backend, todo.model._meta.db_table)
+    refuse_unreadable(backend, run_settings, caller)
+    stream.write(f"{ref}: {backend.describe()}\n")
     at_once = 1 if shards_one_at_a_time else ref.shard_count
-    run_settings = _for_this_run(run_settings, ref, connection.vendor, stream, at_once)
+    run_settings = _for_this_run(run_settings, ref, backend.row_locks, stream, at_once)
     store = DjangoCheckpointStore(ref, connection.alias, todo, key_field,
                                   has_todo=(operation.todo if forward_direction
                                             else operation.reverse_todo) is not None,
                                   done=operation.done if forward_direction else None)
     stop = stop or threading.Event()
     reporter = reporter or ProgressBar(str(ref), stream,
-                                       lock_waits=has_row_locks(connection.alias))
+                                       lock_waits=backend.row_locks)
     if metrics_port:
         reporter = _with_metrics(reporter, ref, metrics_port, stream)
-    health = PostgresHealthProbe(connection.alias, todo.model._meta.db_table) \
-        if connection.vendor == "postgresql" else None
+    health = backend.health_probe(todo.model._meta.db_table)
     runner = BatchRunner(target, store, run_settings, reporter, stop,
-                         retune=_live_retune(base, flags, ref, connection.vendor, reporter,
+                         retune=_live_retune(base, flags, ref, backend.row_locks, reporter,
                                              stream, at_once, caller),
                          health=health, caller=caller)
     with stop_on_signals(stop, stream), _startup_heap_frozen():
@@ -364,8 +359,32 @@ def _with_metrics(reporter: Reporter, ref: OperationRef, port: int, stream: Text
     return Tee([reporter, MetricsReporter(metrics, labels)])
 
 
+def refuse_unreadable(backend: DatabaseBackend, settings: RunSettings, caller: Caller) -> None:
+    """A health figure the database cannot give is refused when a threshold asks for it:
+    read as "nothing to wait for", it would never throttle."""
+    refused = backend.unreadable()
+    for tunable in TUNABLES:
+        why = refused.get(tunable.spec)
+        if why and getattr(getattr(settings, tunable.group), tunable.field):
+            raise SettingsError(f"{caller.knob(tunable)}: {why}; unset it for database "
+                                f"{backend.alias!r} ({backend.name})")
+
+
+def refuse_non_transactional(backend: DatabaseBackend, table: str) -> None:
+    """A batch's rows and its checkpoint commit together or not at all: refused where
+    one of their tables cannot roll back (MyISAM), before anything runs."""
+    found = backend.non_transactional([table, Checkpoint._meta.db_table,
+                                       FailedRow._meta.db_table])
+    if found:
+        named = ", ".join(f"{name} ({engine})" for name, engine in sorted(found.items()))
+        raise ImproperlyConfigured(
+            f"table {named} of database {backend.alias!r} cannot roll back a transaction: "
+            "a batch's rows and its checkpoint must commit together; convert it to InnoDB "
+            "(ALTER TABLE ... ENGINE=InnoDB)")
+
+
 def _live_retune(base: RunSettings, flags: Mapping[str, Any] | None, ref: OperationRef,
-                 vendor: str, reporter: Reporter, stream: TextIO,
+                 row_locks: bool, reporter: Reporter, stream: TextIO,
                  at_once: int, caller: Caller) -> Retune | None:
     """New settings from the installed tuning sources (in a Job: the DataMigration's
     spec), resolved as at start: the operation's own, then the spec's values, then the
@@ -386,18 +405,18 @@ def _live_retune(base: RunSettings, flags: Mapping[str, Any] | None, ref: Operat
             except SettingsError as exc:  # the API server checks these; say it, keep going
                 reporter.notice(f"spec generation {generation} not applied: {exc}")
                 continue
-            return generation, _for_this_run(settings, ref, vendor, stream, at_once)
+            return generation, _for_this_run(settings, ref, row_locks, stream, at_once)
         return None
 
     return retune
 
 
-def _for_this_run(settings: RunSettings, ref: OperationRef, vendor: str, stream: TextIO,
-                  at_once: int) -> RunSettings:
+def _for_this_run(settings: RunSettings, ref: OperationRef, row_locks: bool,
+                  stream: TextIO, at_once: int) -> RunSettings:
     """Settings as this run uses them, at start and after a retune: SQLite locks the whole
     database in a batch, so the share of rows a batch locks means nothing there; shards
     share the limits set for the whole run."""
-    if vendor != "postgresql":
+    if not row_locks:
         settings = dataclasses.replace(settings, batch=dataclasses.replace(
             settings.batch, max_locked_fraction=0.0))
     if ref.shard_count > 1:

@@ -20,7 +20,7 @@ from django.db import connections, transaction
 
 from chunkwise.engine import HealthReading, RunSettings, SettingsError, wanted_figures
 
-__all__ = ["PostgresHealthProbe"]
+__all__ = ["PostgresHealthProbe", "query_value"]
 
 N = TypeVar("N", int, float)
 
@@ -75,13 +75,18 @@ class PostgresHealthProbe:
                            [f"{int(statement_timeout * 1000)}ms"])
             cursor.execute(sql)
             row = cursor.fetchone() if cursor.description else None
-        value = None if row is None else row[0]
-        if value is None:
-            return 0.0
-        if isinstance(value, bool | int | float | Decimal):
-            return float(value)
-        raise SettingsError(f"throttle.query: expected its first value to be a number or a "
-                            f"boolean (above 0 or true waits), got {value!r}")
+        return query_value(row)
+
+
+def query_value(row: Any) -> float:
+    """The throttle query's first value (of the row it returned) as a number."""
+    value = None if row is None else row[0]
+    if value is None:
+        return 0.0
+    if isinstance(value, bool | int | float | Decimal):
+        return float(value)
+    raise SettingsError(f"throttle.query: expected its first value to be a number or a "
+                        f"boolean (above 0 or true waits), got {value!r}")
 
 
 def _number(value: Any, kind: Callable[[Any], N]) -> N | None:

@@ -29,10 +29,10 @@ from chunkwise.engine import (
     Throttle,
 )
 
+from .backends import backend_for
 from .execute import BatchedWork, execute, stop_on_signals
 from .operation_ref import OperationRef
 from .progress import ProgressBar
-from .target import has_row_locks
 
 __all__ = ["MAX_SHARDS", "run_shards_here"]
 
@@ -92,10 +92,11 @@ def run_shards_here(operation: BatchedWork, ref: OperationRef, apps: StateApps, 
                     caller: Caller = Caller.COMMAND) -> int:
     stop = threading.Event()
     title = f"{ref.operation_name} {ref.direction} ({ref.shard_count} shards)"
-    shared = _SharedBar(ProgressBar(title, sys.stderr, lock_waits=has_row_locks(alias)), stop)
+    backend = backend_for(alias)
+    shared = _SharedBar(ProgressBar(title, sys.stderr, lock_waits=backend.row_locks), stop)
     outcomes: dict[int, int] = {}
 
-    one_at_a_time = connections[alias].vendor != "postgresql"
+    one_at_a_time = not backend.parallel_writers
 
     def run(shard: int) -> None:
         mine = dataclasses.replace(ref, shard=shard)

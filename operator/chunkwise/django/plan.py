@@ -8,30 +8,25 @@ It writes nothing: no row of the table, no checkpoint, no runner lock.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import transaction
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.state import StateApps
 from django.db.models import QuerySet
 
 from chunkwise.engine import BatchSizer, RunSettings, format_duration
 
+from .backends import EXACT_COUNT_LIMIT, backend_for
 from .execute import BatchedWork, rows_to_do, target_for
 from .keys import Key
 from .operation_ref import OperationRef
 from .shards import split
 
 __all__ = ["EXACT_COUNT_LIMIT", "Plan", "plan_run", "plan_shards", "shards_summary"]
-
-#: above this many rows in the table (the planner's reltuples), the rows to do are
-#: estimated from the planner's statistics instead of counted: an exact count of a
-#: 100M-row table is minutes of sequential scan, for a figure that only sizes an ETA
-EXACT_COUNT_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -176,16 +171,4 @@ def plan_run(operation: BatchedWork, ref: OperationRef, apps: StateApps,
 
 def _rows(todo: QuerySet[Any], alias: str) -> tuple[int, bool]:
     """(rows to do, whether counted exactly)."""
-    connection = connections[alias]
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
-                           [todo.model._meta.db_table])
-            found = cursor.fetchone()
-            if found and found[0] > EXACT_COUNT_LIMIT:
-                sql, params = todo.query.sql_with_params()
-                cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
-                (explained,) = cursor.fetchone()
-                plan = explained if isinstance(explained, list) else json.loads(explained)
-                return int(plan[0]["Plan"]["Plan Rows"]), False
-    return todo.count(), True
+    return backend_for(alias).estimate_rows(todo)

@@ -52,15 +52,15 @@ from chunkwise.engine import (
     Verification,
 )
 
-from .backends import set_local
-from .checkpoints import DjangoCheckpointStore, _advisory_key
+from .backends import backend_for
+from .checkpoints import DjangoCheckpointStore, runner_lock_name
 from .execute import BatchedWork, _live_retune, rows_to_do, stop_on_signals, target_for
 from .keys import Key, KeyCodec
 from .models import Checkpoint, FailedRow
 from .operation_ref import OperationRef
 from .progress import ProgressBar
 from .retry_marks import clear_mark
-from .target import DjangoBatchTarget, has_row_locks
+from .target import DjangoBatchTarget
 
 __all__ = ["RETRY_MAX_BATCH", "FailedRowRetry", "RetryCounts", "RetryRefused", "retold",
            "retry_failed", "switch"]
@@ -126,8 +126,8 @@ class FailedRowRetry:
         self._codec = KeyCodec(key_field)
         self._has_todo = has_todo
         self._done = done  # the operation's done=: rows verification leaves out
-        self._vendor = connections[alias].vendor
-        self._locks: list[int] = []
+        self._backend = backend_for(alias)
+        self._locks: list[str] = []
         self._committed = _Pass()
         self._staged: _Pass | None = None
         self._high_water: int | None = None
@@ -162,24 +162,22 @@ class FailedRowRetry:
         return self._state(self._run_totals())
 
     def _take_runner_locks(self) -> None:
-        """PostgreSQL: the advisory lock of every shard's runner, so no runner and no
-        other retry works on the operation meanwhile (SQLite has none: there its single
-        writer makes the batches of two processes take turns, and each batch reads the
-        records that are left after it has the write lock)."""
-        if self._vendor != "postgresql":
-            return
-        with connections[self._alias].cursor() as cursor:
-            for shard in self._shard_refs():
-                key = _advisory_key(shard)
-                cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
-                (acquired,) = cursor.fetchone()
-                if not acquired:
-                    self.stop()
-                    raise AnotherRunnerActive(
-                        f"{shard} is being run, or its failed rows retried, by another "
-                        "process now (it holds the runner lock); not retrying meanwhile. "
-                        "Wait for it to finish, or stop it.")
-                self._locks.append(key)
+        """The session lock of every shard's runner, so no runner and no other retry works
+        on the operation meanwhile (SQLite has none: there its single writer makes the
+        batches of two processes take turns, and each batch reads the records that are
+        left after it has the write lock)."""
+        for shard in self._shard_refs():
+            key = runner_lock_name(shard)
+            acquired = self._backend.try_lock(key)
+            if acquired is None:
+                return
+            if not acquired:
+                self.stop()
+                raise AnotherRunnerActive(
+                    f"{shard} is being run, or its failed rows retried, by another "
+                    "process now (it holds the runner lock); not retrying meanwhile. "
+                    "Wait for it to finish, or stop it.")
+            self._locks.append(key)
 
     def reconnected(self) -> None:
         self._locks = []  # they went with the lost session
@@ -187,9 +185,9 @@ class FailedRowRetry:
 
     def stop(self) -> None:
         try:
-            with connections[self._alias].cursor() as cursor:
-                for key in self._locks:
-                    cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+            self._backend.reset_settings()
+            for key in self._locks:
+                self._backend.unlock(key)
         except Exception:  # the locks end with the session anyway
             pass
         self._locks = []
@@ -198,21 +196,8 @@ class FailedRowRetry:
         """Inside the batch's transaction: its timeouts, then every shard's checkpoint row
         locked (on SQLite: the database's write lock, taken first as a run's batch does),
         so the records read next are the ones left by whoever wrote last."""
-        connection = connections[self._alias]
-        table = connection.ops.quote_name(Checkpoint._meta.db_table)
-        marks = ", ".join(["%s"] * len(self._ids))
-        with connection.cursor() as cursor:
-            if self._vendor == "postgresql":
-                if settings:
-                    items, values = set_local(settings)
-                    cursor.execute(f"SELECT {items}", values)
-                cursor.execute(f"SELECT id FROM {table} WHERE id IN ({marks}) ORDER BY id "
-                               "FOR UPDATE", self._ids)
-            else:
-                if settings:
-                    raise ValueError(f"SQLite has no session settings to set: {settings}")
-                cursor.execute(f"UPDATE {table} SET failed_rows = failed_rows "
-                               f"WHERE id IN ({marks})", self._ids)
+        table = connections[self._alias].ops.quote_name(Checkpoint._meta.db_table)
+        self._backend.lock_checkpoints(table, self._ids, settings or {})
         self._records, self._matched, self._staged = [], [], None
         return self._state(self._run_totals())
 
@@ -268,7 +253,9 @@ class FailedRowRetry:
 
     def finish(self, state: ShardState, message: str = "") -> None:
         """Nothing to write: the run's checkpoints keep their state (done), and a pass
-        that stopped early leaves its records to the next."""
+        that stopped early leaves its records to the next. The batches' timeouts are
+        theirs, not the verification's."""
+        self._backend.reset_settings()
 
     def heartbeat(self) -> None:
         """Nothing to beat: the retry holds no checkpoint of its own."""
@@ -331,7 +318,7 @@ class FailedRowRetry:
 
     @property
     def locks_first(self) -> bool:
-        return has_row_locks(self._alias)
+        return self._backend.row_locks
 
     def lock_rows(self, after: Key | None, upto: Key, limit: int) -> tuple[int, Key | None]:
         """The next ``limit`` records after ``after`` up to ``upto``, and their rows
@@ -446,7 +433,7 @@ def retold(outcome: Outcome, counts: RetryCounts, caller: Caller) -> Outcome:
                                message=f"in this retry, {why}; so far {counts.describe()}{left}")
 
 
-def _for_retry(settings: RunSettings, vendor: str) -> RunSettings:
+def _for_retry(settings: RunSettings) -> RunSettings:
     """The run's settings as a retry uses them: batches of at most RETRY_MAX_BATCH keys,
     and no cap by batch.maxLockedFraction, which is a share of the table's rows to do
     while a retry's batch locks a few rows scattered over it (SQLite has none anyway)."""
@@ -521,23 +508,23 @@ def retry_failed(
     retry = FailedRowRetry(ref, alias, checkpoints, data, todo, key_field,
                            has_todo=direction_todo is not None,
                            done=operation.done if ref.direction == Direction.FORWARD else None)
-    vendor = schema_editor.connection.vendor
+    row_locks = backend_for(alias).row_locks
     title = f"{ref} retry"
     reports = _RetryReports(reporter or ProgressBar(title, stream,
-                                                    lock_waits=has_row_locks(alias)),
+                                                    lock_waits=row_locks),
                             retry, caller)
-    live = _live_retune(operation.base_settings(), flags, ref, vendor, reports, stream, 1,
+    live = _live_retune(operation.base_settings(), flags, ref, row_locks, reports, stream, 1,
                         caller)
 
     def retune() -> tuple[int, RunSettings] | None:
         update = live() if live is not None else None
-        return None if update is None else (update[0], _for_retry(update[1], vendor))
+        return None if update is None else (update[0], _for_retry(update[1]))
 
     stream.write(f"{title}: {recorded:,} failed row{'' if recorded == 1 else 's'} recorded "
                  f"over {len(checkpoints)} shard{'' if len(checkpoints) == 1 else 's'}; "
                  "running the operation's code on them again\n")
     stop = stop or threading.Event()
-    runner = BatchRunner(retry, retry, _for_retry(settings, vendor), reports, stop,
+    runner = BatchRunner(retry, retry, _for_retry(settings), reports, stop,
                          retune=retune if live is not None else None, caller=caller)
     with stop_on_signals(stop, stream):
         try:

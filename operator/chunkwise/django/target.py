@@ -19,33 +19,13 @@ from django.db.models import F, Field, Model, Q, QuerySet
 
 from chunkwise.engine import Timeouts, sqlstate_of
 
-from .backends import set_local
+from .backends import backend_for
 from .batch import Batch, BatchScope, as_batch, to_many_relation
 from .keys import Key
 from .rows import row_class
 from .writeback import KeyRange, binary_safe, write_back
 
-__all__ = ["DjangoBatchTarget", "RowTransform", "SetBasedWork", "has_row_locks",
-           "uses_psycopg3"]
-
-
-def has_row_locks(alias: str) -> bool:
-    """Whether batches on ``alias`` lock their rows, so that there is lock wait to measure
-    and report: PostgreSQL (FOR NO KEY UPDATE). SQLite locks the whole database file on
-    write and has no row locks; reading its rows first is not waiting for any."""
-    return connections[alias].vendor == "postgresql"
-
-
-def uses_psycopg3(alias: str) -> bool:
-    """Whether ``alias`` is PostgreSQL through psycopg 3 (the app's choice: Django takes
-    psycopg 3 when it can import it, else psycopg2; chunkwise never installs either)."""
-    if connections[alias].vendor != "postgresql":
-        return False
-    from django.db.backends.postgresql.psycopg_any import (  # type: ignore[import-untyped]
-        is_psycopg3,
-    )
-
-    return bool(is_psycopg3)
+__all__ = ["DjangoBatchTarget", "RowTransform", "SetBasedWork"]
 
 
 SetBasedWork = Callable[[QuerySet[Any]], None]
@@ -129,21 +109,21 @@ class DjangoBatchTarget:
         self._row_class = row_class(todo.model, self._attnames, list(self._annotate))
         annotations = _annotations(todo.model._base_manager.db_manager(alias), self._annotate)
         self._rows: list[Any] = []
-        self._vendor = connections[alias].vendor
+        self._backend = backend_for(alias)
         # PostgreSQL: no lock step while nothing contends (see above); a plan measures
         # lock waits in every sample batch, so it locks first
-        self._optimistic = self._vendor == "postgresql" and not lock_first
+        self._optimistic = self._backend.optimistic_batches and not lock_first
         self._contended_attempts = 0
         self._todo_keys: tuple[str, tuple[Any, ...]] | None = None
         #: whether the planner's key order (_KEY_ORDER_SETTINGS) holds now, and the
         #: session's own values to put back
         self._key_order_pinned = False
         self._session_settings: dict[str, str] | None = None
-        self._pins_key_order = self._vendor == "postgresql" and (
+        self._pins_key_order = self._backend.pins_key_order and (
             within is not None or not _has_subquery(todo, alias))  # a window: no todo in it
         if self._pins_key_order:
             self._session_key_order()  # now, not in the first batch's transaction
-        self._psycopg3 = uses_psycopg3(alias)
+        self._psycopg3 = self._backend.psycopg3
         self._binary_fetch = self._psycopg3 and all(map(binary_safe, read)) and all(
             binary_safe(output) for _, output in annotations)
         #: what Django does to an annotation's values once read (Decimal() of a numeric
@@ -178,40 +158,30 @@ class DjangoBatchTarget:
     @property
     def locks_first(self) -> bool:
         # the engine times the lock step as lock wait: only a step that locks rows is one
-        return self._vendor == "postgresql" and self._reads_first
+        return self._backend.row_locks and self._reads_first
 
     def batch_settings(self, timeouts: Timeouts) -> dict[str, str]:
         """The batch's lock_timeout and statement_timeout, and the planner's key order
         (_KEY_ORDER_SETTINGS), for the checkpoint store to set (SET LOCAL) in the statement
         that locks the checkpoint row."""
-        if self._vendor != "postgresql":
+        if not self._backend.batch_timeouts:
             return {}  # SQLite has no lock_timeout: it is said once at start, not faked
         lock = timeouts.lock if self.locks_first else \
             min(timeouts.lock, OPTIMISTIC_LOCK_TIMEOUT)
         self._key_order_pinned = self._pins_key_order
-        return {"lock_timeout": f"{max(1, int(lock * 1000))}ms",
-                "statement_timeout": f"{int(timeouts.statement * 1000)}ms",
+        return {**self._backend.batch_settings(lock, timeouts.statement),
                 **(_KEY_ORDER_SETTINGS if self._pins_key_order else {})}
 
     def set_batch_settings(self, timeouts: Timeouts) -> None:
         """Set the batch's settings for the current transaction (or savepoint) on their
         own: a plan's samples, each in a savepoint of its own."""
-        settings = self.batch_settings(timeouts)
-        if settings:
-            items, values = set_local(settings)
-            with connections[self._alias].cursor() as cursor:
-                cursor.execute(f"SELECT {items}", values)
+        self._backend.apply_settings(self.batch_settings(timeouts))
 
     def _session_key_order(self) -> dict[str, str]:
         """The session's own values of _KEY_ORDER_SETTINGS, to put back; read once per
         connection (before any batch sets them)."""
         if self._session_settings is None:
-            with connections[self._alias].cursor() as cursor:
-                cursor.execute("SELECT " + ", ".join(["current_setting(%s)"]
-                                                     * len(_KEY_ORDER_SETTINGS)),
-                               list(_KEY_ORDER_SETTINGS))
-                self._session_settings = dict(zip(_KEY_ORDER_SETTINGS, cursor.fetchone(),
-                                                  strict=True))
+            self._session_settings = self._backend.current_settings(list(_KEY_ORDER_SETTINGS))
         return self._session_settings
 
     def _key_order_ending(self, sql: str, params: Sequence[Any]
@@ -223,7 +193,7 @@ class DjangoBatchTarget:
         if not self._key_order_pinned:
             return sql, list(params)
         self._key_order_pinned = False
-        items, values = set_local(self._session_key_order())
+        items, values = self._backend.setting_items(self._session_key_order())
         return f"SELECT ({sql}), {items}", [*params, *values]
 
     def _set_key_order(self, pinned: bool) -> None:
@@ -231,10 +201,8 @@ class DjangoBatchTarget:
         window searched again, and after a lock step whose statements could not carry it."""
         if not self._pins_key_order or self._key_order_pinned == pinned:
             return
-        items, values = set_local(_KEY_ORDER_SETTINGS if pinned else
-                                  self._session_key_order())
-        with connections[self._alias].cursor() as cursor:
-            cursor.execute(f"SELECT {items}", values)
+        self._backend.apply_settings(_KEY_ORDER_SETTINGS if pinned else
+                                     self._session_key_order())
         self._key_order_pinned = pinned
 
     def _bounds(self, after: Key | None, upto: Key) -> Q:
@@ -339,8 +307,8 @@ class DjangoBatchTarget:
                     return limit, found_upper  # the writes take the locks themselves
                 upto = found_upper  # the rows to lock or read: (after, their last key]
         locking = self._range(after, upto).order_by(self._key.name)
-        if self._vendor == "postgresql" and locking_first:
-            locking = locking.select_for_update(no_key=True, of=("self",))
+        if locking_first:
+            locking = self._backend.for_update(locking)
         if self._forward is not None:
             # return only (last key, count) from a subquery: shipping every key of every
             # batch to Python was a third of the set-based path's overhead
@@ -375,7 +343,7 @@ class DjangoBatchTarget:
             bounds.append(self._key.get_db_prep_value(after, connection))
         sql, values = self._key_order_ending(
             f"SELECT {key} FROM ({inner}) todo WHERE {key} <= %s{above} "
-            f"ORDER BY {key} OFFSET %s LIMIT 1", [*params, *bounds, limit - 1])
+            f"ORDER BY {key} LIMIT 1 OFFSET %s", [*params, *bounds, limit - 1])
         with connection.cursor() as cursor:
             cursor.execute(sql, values)
             found = cursor.fetchone()
@@ -435,8 +403,7 @@ class DjangoBatchTarget:
         self._set_key_order(pinned=False)  # given keys: no index step to find them
         name = self._key.name
         locking = self._todo.filter(**{f"{name}__in": keys}).order_by(name)
-        if self._vendor == "postgresql":
-            locking = locking.select_for_update(no_key=True, of=("self",))
+        locking = self._backend.for_update(locking)
         try:
             if self._forward is not None:
                 keys = list(locking.values_list(name, flat=True))
@@ -485,23 +452,8 @@ class DjangoBatchTarget:
             raise
 
     def lock_holders(self) -> str:
-        """Who holds locks on the table now, as PostgreSQL tells it (pg_locks and
-        pg_stat_activity): a transaction that locked rows holds a table lock too."""
-        if self._vendor != "postgresql":
-            return ""
-        table = self._todo.model._meta.db_table
-        with connections[self._alias].cursor() as cursor:
-            cursor.execute(
-                "SELECT DISTINCT a.pid, a.application_name, a.usename, "
-                "extract(epoch FROM now() - a.xact_start)::int, a.state "
-                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.relation = %s::regclass AND l.granted "
-                "AND l.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL "
-                "ORDER BY 4 DESC LIMIT 5", [table])
-            found = cursor.fetchall()
-        return "; ".join(
-            f"pid {pid} (application_name {app or '(none)'!r}, user {user}, {state}) has "
-            f"held locks on {table} for {age}s" for pid, app, user, age, state in found)
+        """Who holds locks on the table now, as the database tells it."""
+        return self._backend.lock_holders(self._todo.model._meta.db_table)
 
     def reconnect(self) -> None:
         self._session_settings = None

@@ -6,6 +6,7 @@ bound server-side. The key range matters: without it the planner merge-joins fro
 the start of the primary key index, so every batch would cost more than the last.
 SQLite: the same shape with ``FROM (VALUES ...)`` (SQLite >= 3.33), chunked under
 its limit of bound variables. Never ``bulk_update`` (a CASE per row) nor ``save()``.
+Each database's statement is its backend's (backends/).
 
 :func:`insert_rows` fills a table the same way: ``INSERT INTO t (...) SELECT
 unnest(%s::type[]), ...`` on PostgreSQL, one statement per batch, ``VALUES`` chunks on
@@ -26,7 +27,7 @@ from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import Field, ForeignKey, Model
 from django.db.models.fields import AutoFieldMixin
 
-_SQLITE_MAX_VARIABLES = 32_000
+from .backends import backend_for
 
 #: field types whose psycopg 3 binary format carries exactly Django's values, read and
 #: written (no converters; timestamps UTC-aware with USE_TZ). Others take the text path.
@@ -141,68 +142,23 @@ def write_back(
     no faster)."""
     if not rows or not fields:
         return 0
-    keys = list(map(attrgetter(key.attname), rows))  # loaded from the database: no prep
-    values = [keys] + [
-        _prepared(field, connection, list(map(attrgetter(field.attname), rows)))
-        for field in fields
-    ]
+    # keys prepared too: only PostgreSQL binds every key as Django read it (a UUID key is
+    # read as uuid.UUID); for integer keys that is one pass over their types
+    values = [_prepared(field, connection, list(map(attrgetter(field.attname), rows)))
+              for field in [key, *fields]]
     columns = [key, *fields]
     quote = connection.ops.quote_name
     table = quote(model._meta.db_table)
     key_column = f"{table}.{quote(key.column)}"
-    assignments = ", ".join(f"{quote(f.column)} = v.{quote(f.column)}" for f in fields)
-    if connection.vendor == "postgresql":
-        # unnest() per array in the select list, not one unnest(a, b, ...) in FROM: both
-        # pair the arrays' elements in order, but this one streams them where that one
-        # fills a tuplestore first (0.6 ms of a 14 ms write-back of 5k rows)
-        arrays = ", ".join(
-            f"unnest(%{'b' if psycopg3 and binary_safe(c) else 's'}::"
-            f"{array_type(c, connection)}) AS {quote(c.column)}"
-            for c in columns
-        )
-        if within is None:
-            bounds, bound_params = (f" AND {key_column} >= %s AND {key_column} <= %s",
-                                    [keys[0], keys[-1]])
-        else:
-            bounds, bound_params = _range_sql(connection, key, key_column, within)
-        sql = (f"UPDATE {table} SET {assignments} FROM (SELECT {arrays}) AS v "
-               f"WHERE {key_column} = v.{quote(key.column)}{bounds}")
-        return _execute_pg(connection, sql, [*values, *bound_params], psycopg3)[0]
-    # SQLite cannot bind every key as read: Django reads a UUID key as uuid.UUID there
-    values[0] = _prepared(key, connection, keys)
-    bounds, bound_params = ("", []) if within is None else \
-        _range_sql(connection, key, key_column, within)
-    per_chunk = max(1, (_SQLITE_MAX_VARIABLES - len(bound_params)) // len(columns))
-    written = 0
-    with connection.cursor() as cursor:
-        for start in range(0, len(rows), per_chunk):
-            chunk = list(zip(*(column[start:start + per_chunk] for column in values), strict=True))
-            placeholders = ", ".join("(" + ", ".join(["%s"] * len(columns)) + ")" for _ in chunk)
-            select = ", ".join(f"column{i + 1} AS {quote(c.column)}" for i, c in enumerate(columns))
-            cursor.execute(
-                f"UPDATE {table} SET {assignments} FROM (SELECT {select} FROM (VALUES "
-                f"{placeholders})) AS v WHERE {key_column} = v.{quote(key.column)}{bounds}",
-                [*(value for row in chunk for value in row), *bound_params],
-            )
-            written += cursor.rowcount
-    return written
-
-
-def _execute_pg(connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any],
-                psycopg3: bool, fetch: bool = False) -> tuple[int, list[Any]]:
-    """Run one statement with array parameters on PostgreSQL: (rows it touched, the
-    first column of the rows it returned, with ``fetch``)."""
-    if psycopg3:
-        import psycopg
-
-        # a server-binding cursor: the one Django's connection makes binds client-side,
-        # quoting every array element into the SQL text in Python
-        with psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(sql, params, prepare=False)
-            return cursor.rowcount, [row[0] for row in cursor.fetchall()] if fetch else []
-    with connection.connection.cursor() as cursor:  # psycopg2 binds client-side
-        cursor.execute(sql, params)
-        return cursor.rowcount, [row[0] for row in cursor.fetchall()] if fetch else []
+    if within is None:
+        bounds, bound_params = (f" AND {key_column} >= %s AND {key_column} <= %s",
+                                [values[0][0], values[0][-1]])
+    else:
+        bounds, bound_params = _range_sql(connection, key, key_column, within)
+    return backend_for(connection.alias).update_from_values(
+        table, key_column, [quote(c.column) for c in columns], values, bounds, bound_params,
+        [psycopg3 and binary_safe(c) for c in columns],
+        [array_type(c, connection) for c in columns])
 
 
 def insertable(field: Field[Any, Any]) -> bool:
@@ -236,32 +192,11 @@ def insert_rows(
     pk = model._meta.pk
     returned = pk if pk is not None and pk not in fields and not insertable(pk) else None
     quote = connection.ops.quote_name
-    table = quote(model._meta.db_table)
-    names = ", ".join(quote(field.column) for field in fields)
-    returning = f" RETURNING {quote(returned.column)}" if returned is not None else ""
-    if connection.vendor == "postgresql":
-        arrays = ", ".join(
-            f"unnest(%{'b' if psycopg3 and binary_safe(f) else 's'}::"
-            f"{array_type(f, connection)})"
-            for f in fields)
-        count, keys = _execute_pg(connection, f"INSERT INTO {table} ({names}) SELECT "
-                                  f"{arrays}{returning}", values, psycopg3,
-                                  fetch=returned is not None)
-    else:
-        count, keys = 0, []
-        per_chunk = max(1, _SQLITE_MAX_VARIABLES // max(1, len(fields)))
-        with connection.cursor() as cursor:
-            for start in range(0, len(rows), per_chunk):
-                chunk = list(zip(*(column[start:start + per_chunk] for column in values),
-                                 strict=True))
-                placeholders = ", ".join("(" + ", ".join(["%s"] * len(fields)) + ")"
-                                         for _ in chunk)
-                cursor.execute(f"INSERT INTO {table} ({names}) VALUES {placeholders}"
-                               f"{returning}", [value for row in chunk for value in row])
-                if returned is not None:
-                    keys += [row[0] for row in cursor.fetchall()]
-                count += len(chunk)
-    if returned is not None:
+    count, keys = backend_for(connection.alias).insert_values(
+        quote(model._meta.db_table), [quote(field.column) for field in fields], values,
+        None if returned is None else quote(returned.column),
+        [psycopg3 and binary_safe(f) for f in fields], [array_type(f, connection) for f in fields])
+    if returned is not None and keys is not None:  # MySQL returns none, as bulk_create
         for row, key in zip(rows, keys, strict=True):
             setattr(row, returned.attname, key)
     return count

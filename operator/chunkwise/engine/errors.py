@@ -1,9 +1,9 @@
 """What a failed batch means: retry it, isolate its bad rows, or stop.
 
-Classification is by SQLSTATE (PostgreSQL) found anywhere in the exception's
-cause chain, so it works for psycopg errors and for the Django wrappers around
-them. SQLite has no SQLSTATE; its "database is locked" is treated as a lock
-timeout.
+Classification is by SQLSTATE (PostgreSQL) or server error number (MariaDB and
+MySQL) found anywhere in the exception's cause chain, so it works for the drivers'
+errors and for the Django wrappers around them. SQLite has neither; its "database
+is locked" is treated as a lock timeout.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ __all__ = [
     "LockWaitsExhausted",
     "RetriesExhausted",
     "classify",
+    "mysql_errno_of",
     "sqlstate_of",
 ]
 
 
 class ErrorKind(enum.Enum):
-    LOCK_TIMEOUT = "lock_timeout"  # 55P03, SQLite busy
-    STATEMENT_TIMEOUT = "statement_timeout"  # 57014
-    DEADLOCK = "deadlock"  # 40P01
+    LOCK_TIMEOUT = "lock_timeout"  # 55P03, MySQL 1205, SQLite busy
+    STATEMENT_TIMEOUT = "statement_timeout"  # 57014, MariaDB 1969, MySQL 3024
+    DEADLOCK = "deadlock"  # 40P01, MySQL 1213
     SERIALIZATION = "serialization"  # 40001
     SHUTDOWN = "shutdown"  # 57P01-57P03: admin/crash shutdown, cannot connect now
     CONNECTION = "connection"  # class 08 or a dropped socket
@@ -53,6 +54,40 @@ _BY_SQLSTATE: Final = {
     "57P02": ErrorKind.SHUTDOWN,
     "57P03": ErrorKind.SHUTDOWN,
 }
+
+
+#: MariaDB's and MySQL's server and client error numbers (their drivers' exceptions,
+#: and Django's wrappers of them, carry the number as args[0])
+_BY_MYSQL_ERRNO: Final = {
+    1205: ErrorKind.LOCK_TIMEOUT,  # innodb_lock_wait_timeout exceeded
+    1213: ErrorKind.DEADLOCK,
+    1969: ErrorKind.STATEMENT_TIMEOUT,  # MariaDB's max_statement_time exceeded
+    3024: ErrorKind.STATEMENT_TIMEOUT,  # MySQL's max_execution_time exceeded
+    1317: ErrorKind.STATEMENT_TIMEOUT,  # interrupted (KILL QUERY)
+    1053: ErrorKind.SHUTDOWN,  # server shutdown in progress
+    1927: ErrorKind.CONNECTION,  # MariaDB: connection was killed
+    2002: ErrorKind.CONNECTION,  # cannot connect (socket)
+    2003: ErrorKind.CONNECTION,  # cannot connect (TCP)
+    2006: ErrorKind.CONNECTION,  # server has gone away
+    2013: ErrorKind.CONNECTION,  # lost connection during a query
+    2055: ErrorKind.CONNECTION,  # lost connection at handshake
+    4031: ErrorKind.CONNECTION,  # MySQL: disconnected by the server (idle)
+}
+_MYSQL_DRIVERS: Final = ("MySQLdb", "pymysql")
+
+
+def mysql_errno_of(exc: BaseException) -> int | None:
+    """The first MariaDB/MySQL error number found along ``__cause__``/``__context__``:
+    args[0] of a driver's exception (mysqlclient's or PyMySQL's)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if type(current).__module__.split(".")[0] in _MYSQL_DRIVERS and current.args \
+                and isinstance(current.args[0], int):
+            return current.args[0]
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def sqlstate_of(exc: BaseException) -> str | None:
@@ -92,6 +127,9 @@ def classify(exc: BaseException) -> ErrorKind:
         if state.startswith("08"):
             return ErrorKind.CONNECTION
         return ErrorKind.ROW_ERROR
+    errno = mysql_errno_of(exc)
+    if errno is not None:
+        return _BY_MYSQL_ERRNO.get(errno, ErrorKind.ROW_ERROR)
     if "database is locked" in str(exc) or "database table is locked" in str(exc):
         return ErrorKind.LOCK_TIMEOUT
     if type(exc).__name__ in {"OperationalError", "InterfaceError"} and _is_connection_loss(exc):

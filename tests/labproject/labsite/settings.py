@@ -78,5 +78,9 @@ if os.environ.get("LAB_DATABASE") == "mariadb":
         "PASSWORD": "",
         "OPTIONS": {"charset": "utf8mb4"},
     }
+    if os.environ.get("MARIADB_REPLICA_PORT"):  # a replica of it, read for replication lag
+        DATABASES["replica"] = {**DATABASES["default"],
+                                "PORT": os.environ["MARIADB_REPLICA_PORT"]}
+        CHUNKWISE_REPLICAS = ["replica"]
 if os.environ.get("LAB_OTHER_ENGINE"):  # a database chunkwise does not run on (E003)
     DATABASES["other"] = {"ENGINE": os.environ["LAB_OTHER_ENGINE"], "NAME": "other"}

@@ -26,6 +26,7 @@ from django.db.migrations.migration import Migration
 from chunkwise.contract import Direction, Env, ExitCode
 from chunkwise.engine import Caller, Outcome, SettingsError, parse_boolean
 
+from ...backends import backend_for
 from ...config import add_arguments, parse_port, resolve_settings
 from ...execute import execute
 from ...local_shards import MAX_SHARDS, run_shards_here
@@ -37,7 +38,6 @@ from ...progress import ProgressBar
 from ...reporters import NullReporter, with_plugins
 from ...retry import RetryRefused, retry_failed, switch
 from ...retry_marks import describe, mark_of
-from ...target import has_row_locks
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -226,7 +226,7 @@ class Command(BaseCommand):
                 return run_shards_here(operation, ref, state.apps, alias, settings, flags,
                                        caller)
             reporter = with_plugins(ProgressBar(str(ref), sys.stderr,
-                                                lock_waits=has_row_locks(alias)))
+                                                lock_waits=backend_for(alias).row_locks))
             with connection.schema_editor(atomic=False) as schema_editor:
                 outcome = execute(operation, ref, state.apps, schema_editor, settings=settings,
                                   env={}, stream=sys.stderr, reporter=reporter,
@@ -256,7 +256,7 @@ class Command(BaseCommand):
         """The failed rows of every shard, in one process: the shard flags do not apply."""
         whole = OperationRef(ref.app_label, ref.migration, ref.operation, ref.direction)
         reporter = with_plugins(ProgressBar(f"{whole} retry", sys.stderr,
-                                            lock_waits=has_row_locks(alias)))
+                                            lock_waits=backend_for(alias).row_locks))
         with connections[alias].schema_editor(atomic=False) as schema_editor:
             try:
                 outcome = retry_failed(operation, whole, apps, schema_editor, settings=settings,
@@ -281,9 +281,9 @@ class Command(BaseCommand):
             [(shard, plan)] = plans
             said = "; ".join(" ".join(line.split()) for line in plan.lines(str(shard))[1:])
             status: Any = plan.as_status()
-        else:  # shards of one process: run here, they run at once on PostgreSQL only
+        else:  # shards of one process: run here, at once where the database has many writers
             said = shards_summary(ref, [plan for _, plan in plans],
-                                  at_once=connections[alias].vendor == "postgresql")
+                                  at_once=backend_for(alias).parallel_writers)
             lines.append(said)
             status = None
         self.stdout.write("\n".join(lines))
