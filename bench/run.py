@@ -1,8 +1,10 @@
-"""chunkwise against the alternatives, side by side in one run, on one throwaway PostgreSQL.
+"""chunkwise against the alternatives, side by side in one run, on one throwaway PostgreSQL
+(or, with ``--database mariadb``, MariaDB).
 
     .venv/bin/python bench/run.py                  # 1M rows, 5 runs each, memory at 10M
     .venv/bin/python bench/run.py --rows 100000 --memory-rows 0 --repeat 2   # a quick look
     .venv/bin/python bench/run.py --topology both  # pinned, then shared, reported side by side
+    .venv/bin/python bench/run.py --database mariadb   # the same on MariaDB (results/mariadb.*)
 
 Every contender makes the same change (classify customers by last login) on a
 fresh copy of the same seeded database. Phase 1 measures speed alone (median of
@@ -14,9 +16,14 @@ Ratios, not absolute numbers, are the result: these machines are noisy.
 
 Topology (``--topology``): by default ``pinned``, as users deploy it: the migration
 runner (every contender's client: the hand-written loops in this process, manage.py,
-the Django scripts) on a CPU of its own, PostgreSQL (the postmaster, so every backend
-it forks) and the application traffic on the others. ``shared`` leaves every process
-free to run on every CPU, as before; ``both`` measures one and then the other.
+the Django scripts) on a CPU of its own, the database (PostgreSQL's postmaster, so every
+backend it forks; every thread of mariadbd, so every thread it starts) and the
+application traffic on the others. ``shared`` leaves every process free to run on every
+CPU, as before; ``both`` measures one and then the other.
+
+What differs between the databases (the server, seeding and copies, the hand-written
+SQL, the traffic's connection, the lock waits, the server's processes) is in
+bench/databases.py.
 """
 
 from __future__ import annotations
@@ -34,22 +41,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = REPO / "bench" / "benchproject"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(PROJECT))
 
-from tests.support.pgserver import PgServer, free_port, running_server  # noqa: E402
+from tests.support.pgserver import free_port  # noqa: E402
 
-from traffic import APPLICATION_NAME as TRAFFIC  # noqa: E402
-
-TABLE = "benchapp_customer"
-BATCH = 5000
-CUTOFF_SQL = "timestamptz '2025-01-01 00:00:00+00'"  # benchapp.logic.CUTOFF
-CASE = (f"CASE WHEN last_login IS NULL OR last_login < {CUTOFF_SQL} THEN 'inactive' "
-        "ELSE 'active' END")
+from databases import BATCH, DATABASES, TABLE, BenchDatabase, cpu_list  # noqa: E402
 
 
 @dataclass
@@ -78,7 +77,8 @@ class Impact:
     read_p99_ms: float
     ops_per_second: float
     writes: int = 0
-    #: writes that waited over 1 ms for a row lock (PostgreSQL's log_lock_waits): what the
+    #: writes that waited over 1 ms for a row lock (PostgreSQL's log_lock_waits; on MariaDB
+    #: InnoDB's row lock waits of every session, see databases.MariaDB): what the
     #: migration's locks cost the writers, apart from the CPU they share with it
     lock_waits: int = 0
     runs: int = 1
@@ -88,18 +88,18 @@ class Impact:
     read_ms: list[float] = field(default_factory=list)
 
 
-def project_env(server: PgServer, database: str) -> dict[str, str]:
+def project_env(database: BenchDatabase, name: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHUNKWISE_")}
-    env.update(server.env(database), DJANGO_SETTINGS_MODULE="benchsite.settings",
+    env.update(database.env(name), DJANGO_SETTINGS_MODULE="benchsite.settings",
                PYTHONPATH=os.pathsep.join([str(PROJECT), str(REPO / "operator")]))
     return env
 
 
-def manage(server: PgServer, database: str, *args: str) -> tuple[float, float]:
+def manage(database: BenchDatabase, name: str, *args: str) -> tuple[float, float]:
     """Run manage.py; returns (wall seconds, peak RSS MB of that process)."""
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(PROJECT / "manage.py"), *args],
-                            env=project_env(server, database), stdout=subprocess.DEVNULL,
+                            env=project_env(database, name), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - started
@@ -109,94 +109,90 @@ def manage(server: PgServer, database: str, *args: str) -> tuple[float, float]:
     return elapsed, usage.ru_maxrss / 1024
 
 
-def seed(server: PgServer, database: str, rows: int) -> None:
-    server.sql(f"CREATE DATABASE {database}")
-    manage(server, database, "migrate", "-v0", "benchapp", "0001")
-    manage(server, database, "migrate", "-v0", "chunkwise")
-    with psycopg.connect(server.dsn(database), autocommit=True) as conn:
-        conn.execute(
-            f"INSERT INTO {TABLE} (id, email, last_login, status, touched) "
-            "SELECT g, 'customer' || g || '@example.com', "
-            "timestamptz '2026-01-01 00:00:00+00' - (g::bigint * 7919 %% 1095) * interval '1 day', "
-            "NULL, 0 FROM generate_series(1, %s) g", (rows,))
-        conn.execute(f"VACUUM ANALYZE {TABLE}")
+def seed(database: BenchDatabase, name: str, rows: int) -> None:
+    database.create(name)
+    manage(database, name, "migrate", "-v0", "benchapp", "0001")
+    manage(database, name, "migrate", "-v0", "chunkwise")
+    database.fill(name, rows)
 
 
 class Copies:
     """A fresh copy of the seeded database for every run."""
 
-    def __init__(self, server: PgServer, template: str) -> None:
-        self.server, self.template, self.n = server, template, 0
+    def __init__(self, database: BenchDatabase, template: str) -> None:
+        self.database, self.template, self.n = database, template, 0
 
     def make(self) -> str:
         self.n += 1
         name = f"run_{self.n}"
-        self.server.sql(f"CREATE DATABASE {name} TEMPLATE {self.template}")
-        with psycopg.connect(self.server.dsn(name), autocommit=True) as conn:
-            conn.execute(f"SELECT count(*) FROM {TABLE}")  # warm the cache like every other run
+        self.database.copy(self.template, name)
+        with self.database.connect(name, autocommit=True) as conn:  # warm the cache like
+            conn.cursor().execute(f"SELECT count(*) FROM {TABLE}")  # every other run
         return name
 
     def drop(self, name: str) -> None:
-        self.server.sql(f"DROP DATABASE {name} WITH (FORCE)")
+        self.database.drop(name)
 
 
 # -- contenders: each returns (rows changed, seconds, peak RSS MB or None) --------------
 
-def single_update(server: PgServer, db: str, rows: int) -> tuple[int, float, float | None]:
-    with psycopg.connect(server.dsn(db), autocommit=True) as conn:
+Run = Callable[[BenchDatabase, str, int], tuple[int, float, float | None]]
+
+
+def single_update(database: BenchDatabase, db: str, rows: int
+                  ) -> tuple[int, float, float | None]:
+    with database.connect(db, autocommit=True) as conn:
+        cursor = conn.cursor()
         started = time.perf_counter()
-        cursor = conn.execute(f"UPDATE {TABLE} SET status = {CASE}")
-        return cursor.rowcount, time.perf_counter() - started, None
+        cursor.execute(database.single_update)
+        return int(cursor.rowcount), time.perf_counter() - started, None
 
 
-def keyset_loop(server: PgServer, db: str, rows: int, checkpoint: bool = False
+def keyset_loop(database: BenchDatabase, db: str, rows: int, checkpoint: bool = False
                 ) -> tuple[int, float, float | None]:
     """The hand-written loop. With ``checkpoint``, each batch also does by hand what makes
     chunkwise's batches resumable and bounded: the timeouts for this transaction, set in
-    the statement that locks and reads the progress row (as chunkwise does), and the row
-    advanced in the same transaction as the work."""
+    the statement that locks and reads the progress row (as chunkwise does; MariaDB, which
+    has no SET LOCAL, bounds each of the batch's statements in the statement itself), and
+    the row advanced in the same transaction as the work."""
+    sql = database.keyset_sql(checkpoint)
     done, last = 0, 0
-    with psycopg.connect(server.dsn(db)) as conn:
-        if checkpoint:
-            conn.execute("CREATE TABLE bench_progress (id int PRIMARY KEY, last_id bigint, "
-                         "rows bigint)")
-            conn.execute("INSERT INTO bench_progress VALUES (1, 0, 0)")
-            conn.commit()
+    with database.connect(db) as conn:
+        cursor = conn.cursor()
+        for statement in sql.create_progress:
+            cursor.execute(statement)
+        conn.commit()
         started = time.perf_counter()
         while True:
             if checkpoint:
-                last = conn.execute("SELECT set_config('lock_timeout', '5000ms', true), "
-                                    "set_config('statement_timeout', '600000ms', true), "
-                                    "last_id FROM bench_progress WHERE id = 1 FOR UPDATE"
-                                    ).fetchone()[2]  # type: ignore[index]
-            upper = conn.execute(f"SELECT id FROM {TABLE} WHERE id > %s ORDER BY id "
-                                 f"OFFSET {BATCH - 1} LIMIT 1", (last,)).fetchone()
+                cursor.execute(sql.lock_progress)
+                last = cursor.fetchone()[-1]
+            cursor.execute(sql.next_upper, (last,))
+            upper = cursor.fetchone()
             if upper is None:
-                upper = conn.execute(f"SELECT max(id) FROM {TABLE} WHERE id > %s",
-                                     (last,)).fetchone()
+                cursor.execute(sql.last_upper, (last,))
+                upper = cursor.fetchone()
                 if upper is None or upper[0] is None:
                     conn.commit()
                     break
-            changed = conn.execute(f"UPDATE {TABLE} SET status = {CASE} WHERE id > %s AND "
-                                   "id <= %s", (last, upper[0])).rowcount
+            cursor.execute(sql.update, (last, upper[0]))
+            changed = int(cursor.rowcount)
             if checkpoint:
-                conn.execute("UPDATE bench_progress SET last_id = %s, rows = rows + %s "
-                             "WHERE id = 1", (upper[0], changed))
+                cursor.execute(sql.advance_progress, (upper[0], changed))
             conn.commit()
             done += changed
             last = upper[0]
         return done, time.perf_counter() - started, None
 
 
-def resumable_keyset_loop(server: PgServer, db: str, rows: int
+def resumable_keyset_loop(database: BenchDatabase, db: str, rows: int
                           ) -> tuple[int, float, float | None]:
-    return keyset_loop(server, db, rows, checkpoint=True)
+    return keyset_loop(database, db, rows, checkpoint=True)
 
 
 def chunkwise(migration: str, fixed: bool, metrics: bool = False, shards: int = 1,
-              yield_cpu: bool = False
-              ) -> Callable[[PgServer, str, int], tuple[int, float, float | None]]:
-    def run(server: PgServer, db: str, rows: int) -> tuple[int, float, float | None]:
+              yield_cpu: bool = False) -> Run:
+    def run(database: BenchDatabase, db: str, rows: int) -> tuple[int, float, float | None]:
         args = ["chunkwise_run", "benchapp", migration, "--shards", str(shards)]
         if metrics:  # serving /metrics, every batch counted into the histograms
             args += ["--metrics-port", str(free_port())]
@@ -207,18 +203,17 @@ def chunkwise(migration: str, fixed: bool, metrics: bool = False, shards: int = 
                      "--max-batch-size", str(BATCH)]
         # connected before the run, as the hand-written loops are: a backend started after
         # it would compete with the traffic inside its window for the bench's bookkeeping
-        with psycopg.connect(server.dsn(db)) as conn:
-            _, rss = manage(server, db, *args)
-            done, seconds = conn.execute(  # every shard: first start to last end
-                "SELECT sum(rows_processed), extract(epoch FROM max(completed_at) - "
-                "min(started_at)) FROM chunkwise_checkpoint").fetchone()  # type: ignore[misc]
-        return int(done), float(seconds), rss  # the run itself, without interpreter start-up
+        with database.connect(db) as conn:
+            _, rss = manage(database, db, *args)
+            # every shard: first start to last end
+            done, seconds = database.chunkwise_figures(conn)
+        return done, seconds, rss  # the run itself, without interpreter start-up
     return run
 
 
-def django_code(kind: str) -> Callable[[PgServer, str, int], tuple[int, float, float | None]]:
+def django_code(kind: str) -> Run:
     """bulk_update in 1k batches, or save() per row over .iterator() (the blog recipe)."""
-    def run(server: PgServer, db: str, rows: int) -> tuple[int, float, float | None]:
+    def run(database: BenchDatabase, db: str, rows: int) -> tuple[int, float, float | None]:
         code = f"""
 import time
 from django.db import transaction
@@ -246,7 +241,7 @@ else:
 print(done, time.perf_counter() - started)
 """
         out = subprocess.run([sys.executable, "-c", "import django; django.setup()\n" + code],
-                             env=project_env(server, db), capture_output=True, text=True,
+                             env=project_env(database, db), capture_output=True, text=True,
                              check=True, cwd=PROJECT)
         done, seconds = out.stdout.split()
         return int(done), float(seconds), None
@@ -255,29 +250,9 @@ print(done, time.perf_counter() - started)
 
 # -- topology ----------------------------------------------------------------------------
 
-def _parent_of(pid: int) -> int:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # gone meanwhile
-        return -1
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def server_processes(server: PgServer) -> list[int]:
-    """The postmaster and the processes it has forked (checkpointer, backends, ...)."""
-    postmaster = int((server.datadir / "postmaster.pid").read_text().split()[0])
-    children = [int(entry) for entry in os.listdir("/proc")
-                if entry.isdigit() and _parent_of(int(entry)) == postmaster]
-    return [postmaster, *children]
-
-
-def cpu_list(cpus: frozenset[int]) -> str:
-    return ",".join(map(str, sorted(cpus)))
-
-
 @dataclass(frozen=True)
 class Topology:
-    """Which CPUs the migration runner, and PostgreSQL with the application, run on."""
+    """Which CPUs the migration runner, and the database with the application, run on."""
 
     name: str
     runner: frozenset[int]
@@ -293,30 +268,26 @@ class Topology:
                              "use --topology shared")
         return Topology(name, frozenset(cpus[:1]), frozenset(cpus[1:]))
 
-    def apply(self, server: PgServer) -> None:
-        """Pin PostgreSQL's processes, and this process with the contenders it starts.
-        New backends are forked by the postmaster and inherit its CPUs."""
-        for pid in server_processes(server):
+    def apply(self, database: BenchDatabase) -> None:
+        """Pin the database's processes (or threads), and this process with the contenders
+        it starts. The ones the server starts later inherit their starter's CPUs."""
+        for task in database.server_tasks():
             try:
-                os.sched_setaffinity(pid, self.server)
+                os.sched_setaffinity(task, self.server)
             except ProcessLookupError:
                 pass
         os.sched_setaffinity(0, self.runner)
 
-    def describe(self, server: PgServer) -> str:
-        """What the processes run on now, as the kernel says (a new backend asked)."""
-        with psycopg.connect(server.dsn("postgres")) as conn:
-            found = conn.execute("SELECT pg_backend_pid()").fetchone()
-            backend = int(found[0]) if found else 0
-            backend_cpus = cpu_list(frozenset(os.sched_getaffinity(backend)))
+    def describe(self, database: BenchDatabase) -> str:
+        """What the processes run on now, as the kernel says (a new session asked)."""
+        server = database.new_session_cpus()
         runner = cpu_list(frozenset(os.sched_getaffinity(0)))
         if self.name == "shared":
-            return (f"topology: shared (unpinned) - the migration runner, PostgreSQL and the "
-                    f"application traffic all free to run on CPUs {runner}")
+            return (f"topology: shared (unpinned) - the migration runner, {database.label} "
+                    f"and the application traffic all free to run on CPUs {runner}")
         return (f"topology: pinned, as deployed - the migration runner (the hand-written "
-                f"loops, manage.py, the Django scripts) on CPU {runner}; PostgreSQL (a new "
-                f"backend: CPU {backend_cpus}) and the application traffic on CPU "
-                f"{cpu_list(self.server)}")
+                f"loops, manage.py, the Django scripts) on CPU {runner}; {server} and the "
+                f"application traffic on CPU {cpu_list(self.server)}")
 
 
 ALL_CPUS = frozenset(os.sched_getaffinity(0))
@@ -325,11 +296,11 @@ ALL_CPUS = frozenset(os.sched_getaffinity(0))
 # -- traffic -----------------------------------------------------------------------------
 
 class Traffic:
-    def __init__(self, server: PgServer, db: str, max_id: int, connections: int,
+    def __init__(self, database: BenchDatabase, db: str, max_id: int, connections: int,
                  rate: float, cpus: frozenset[int]) -> None:
         self._out = tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False)
         self._proc = subprocess.Popen([
-            sys.executable, str(REPO / "bench" / "traffic.py"), "--dsn", server.dsn(db),
+            sys.executable, str(REPO / "bench" / "traffic.py"), *database.traffic_args(db),
             "--max-id", str(max_id), "--connections", str(connections), "--rate", str(rate),
             "--out", self._out.name], preexec_fn=lambda: os.sched_setaffinity(0, cpus))
 
@@ -373,22 +344,9 @@ def pooled(runs: list[Impact]) -> Impact:
                   [i.write_p99_ms for i in runs], [t for i in runs for t in i.timeline], reads)
 
 
-#: server settings under which every lock wait over 1 ms is logged, with the database and
-#: application it came from: what writer_lock_waits() reads
-LOCK_WAIT_LOG = {"log_lock_waits": "on", "deadlock_timeout": "1ms", "log_line_prefix": "%d %a "}
-
-
-def writer_lock_waits(server: PgServer, db: str) -> int:
-    """Lock waits of the traffic's writes in ``db`` that outlasted deadlock_timeout (1 ms),
-    as a server with LOCK_WAIT_LOG logged them."""
-    with open(server.datadir.parent / "postgres.log", errors="replace") as log:
-        return sum(1 for line in log if line.startswith(f"{db} {TRAFFIC} ")
-                   and "still waiting for" in line)
-
-
 # -- the run -----------------------------------------------------------------------------
 
-Contender = tuple[str, Callable[[PgServer, str, int], tuple[int, float, float | None]], bool]
+Contender = tuple[str, Run, bool]
 IDLE = "idle (no migration)"
 BARE = "bare keyset loop (SQL, 5k)"
 SET_BASED = "chunkwise set-based (5k fixed)"
@@ -398,6 +356,7 @@ SET_BASED = "chunkwise set-based (5k fixed)"
 class Measured:
     """One topology's figures."""
 
+    database: type[BenchDatabase]
     topology: Topology
     described: str
     results: dict[str, Result]
@@ -408,10 +367,10 @@ def log(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def measure(args: argparse.Namespace, server: PgServer, copies: Copies,
+def measure(args: argparse.Namespace, database: BenchDatabase, copies: Copies,
             contenders: list[Contender], topology: Topology) -> Measured:
-    topology.apply(server)
-    described = topology.describe(server)
+    topology.apply(database)
+    described = topology.describe(database)
     log(described)
     # speed alone: every contender once per round, rounds interleaved, so that a slow
     # minute of a shared machine costs every contender alike
@@ -422,7 +381,7 @@ def measure(args: argparse.Namespace, server: PgServer, copies: Copies,
                 continue  # minutes per million rows: one run of a sample
             rows = args.sample // (2 if "save" in name else 1) if sampled else args.rows
             db = copies.make()
-            done, seconds, rss = run(server, db, min(rows, args.rows))
+            done, seconds, rss = run(database, db, min(rows, args.rows))
             copies.drop(db)
             runs.setdefault(name, []).append((seconds, done, rss))
             log(f"[{topology.name} {round_ + 1}/{args.repeat}] {name}: {done:,} rows in "
@@ -443,21 +402,23 @@ def measure(args: argparse.Namespace, server: PgServer, copies: Copies,
             if sampled:
                 continue  # their impact is not the question
             db = copies.make()
-            traffic = Traffic(server, db, args.rows, args.connections, args.rate,
+            mark = database.lock_wait_mark()
+            traffic = Traffic(database, db, args.rows, args.connections, args.rate,
                               topology.server)
             time.sleep(1.0)
             start = time.time()
             if work is None:
                 time.sleep(args.idle_seconds)
             else:
-                work(server, db, args.rows)
+                work(database, db, args.rows)
             end = time.time()
-            tries.setdefault(name, []).append(impact_of(name, traffic.stop(), start, end,
-                                                        writer_lock_waits(server, db)))
+            ops = traffic.stop()
+            tries.setdefault(name, []).append(impact_of(name, ops, start, end,
+                                                        database.writer_lock_waits(db, mark)))
             copies.drop(db)
             log(f"[{topology.name} {round_ + 1}/{args.repeat}] {name} under traffic: "
                 f"writers p99 {tries[name][-1].write_p99_ms:.1f} ms")
-    return Measured(topology, described, results,
+    return Measured(type(database), topology, described, results,
                     {name: pooled(measured) for name, measured in tries.items()})
 
 
@@ -471,21 +432,32 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5,
                         help="interleaved runs per contender, alone and under traffic each "
                              "(default 5)")
+    parser.add_argument("--database", choices=sorted(DATABASES), default="postgresql",
+                        help="the database measured (default postgresql); each has a throwaway "
+                             "server of its own (bench/databases.py)")
     parser.add_argument("--topology", choices=("pinned", "shared", "both"), default="pinned",
-                        help="pinned (default): the runner on a CPU of its own, PostgreSQL and "
-                             "the traffic on the others; shared: unpinned; both: one, then "
-                             "the other, reported side by side")
+                        help="pinned (default): the runner on a CPU of its own, the database "
+                             "and the traffic on the others; shared: unpinned; both: one, "
+                             "then the other, reported side by side")
     parser.add_argument("--memory-rows", type=int, default=10_000_000,
                         help="second table size for the runner's peak RSS (0 = skip)")
     parser.add_argument("--connections", type=int, default=4, help="traffic connections")
     parser.add_argument("--rate", type=float, default=100.0, help="traffic ops/s per connection")
     parser.add_argument("--idle-seconds", type=float, default=5.0)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.json")
-    parser.add_argument("--plot", type=Path, default=REPO / "bench" / "results" / "latest.png")
+    parser.add_argument("--out", type=Path,
+                        help="the figures as JSON (default bench/results/latest.json; "
+                             "mariadb.json with --database mariadb)")
+    parser.add_argument("--plot", type=Path,
+                        help="the plot (default bench/results/latest.png; mariadb.png with "
+                             "--database mariadb)")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--memory-only", action="store_true",
                         help="only the peak-RSS check (prints no speed table)")
     args = parser.parse_args()
+    kind = DATABASES[args.database]
+    results = REPO / "bench" / "results"
+    args.out = args.out or results / f"{kind.results_name}.json"
+    args.plot = args.plot or results / f"{kind.results_name}.png"
 
     contenders: list[Contender] = [
         ("single UPDATE", single_update, False),
@@ -509,15 +481,15 @@ def main() -> None:
     topologies = [Topology.of(name) for name in names]
     measured: list[Measured] = []
     memory: list[dict[str, Any]] = []
-    with running_server(LOCK_WAIT_LOG) as server:
-        log(f"seeding {args.rows:,} rows")
-        seed(server, "seed", args.rows)
-        copies = Copies(server, "seed")
+    with kind.running() as database:
+        log(f"seeding {args.rows:,} rows on {database.label}")
+        seed(database, "seed", args.rows)
+        copies = Copies(database, "seed")
         for topology in ([] if args.memory_only else topologies):
-            measured.append(measure(args, server, copies, contenders, topology))
+            measured.append(measure(args, database, copies, contenders, topology))
         if args.memory_rows:
-            topologies[0].apply(server)
-            memory = memory_check(args, server)
+            topologies[0].apply(database)
+            memory = memory_check(args, database)
     if args.memory_only:
         for m in memory:
             print(f"{m['path']:10} {int(m['rows']):>12,} rows  peak RSS {m['rss_mb']:7.1f} MB")
@@ -525,7 +497,7 @@ def main() -> None:
     report(args, measured, memory)
 
 
-def memory_check(args: argparse.Namespace, server: PgServer) -> list[dict[str, Any]]:
+def memory_check(args: argparse.Namespace, database: BenchDatabase) -> list[dict[str, Any]]:
     """The runner's peak RSS at --rows and at --memory-rows, fixed 5k batches: memory
     must not grow with the table (the auto-tuner may pick bigger batches on bigger
     tables, which is a different question)."""
@@ -533,14 +505,14 @@ def memory_check(args: argparse.Namespace, server: PgServer) -> list[dict[str, A
     for rows in (args.rows, args.memory_rows):
         if rows != args.rows:
             log(f"seeding {rows:,} rows for the memory check")
-            server.sql("DROP DATABASE IF EXISTS memseed")
-            seed(server, "memseed", rows)
+            database.drop("memseed")
+            seed(database, "memseed", rows)
         template = "seed" if rows == args.rows else "memseed"
         for migration in ("0002", "0003"):
-            mem_copies = Copies(server, template)
+            mem_copies = Copies(database, template)
             mem_copies.n = 1000 + len(memory)
             db = mem_copies.make()
-            _, _, rss = chunkwise(migration, fixed=True)(server, db, rows)
+            _, _, rss = chunkwise(migration, fixed=True)(database, db, rows)
             mem_copies.drop(db)
             memory.append({"rows": rows, "path": "set-based" if migration == "0002"
                            else "transform", "rss_mb": round(rss or 0, 1)})
@@ -657,7 +629,8 @@ def report(args: argparse.Namespace, measured: list[Measured],
 def as_json(args: argparse.Namespace, m: Measured, memory: list[dict[str, Any]],
             judged: list[Target]) -> dict[str, object]:
     return {
-        "rows": args.rows, "repeat": args.repeat, "cores": os.cpu_count(),
+        "database": m.database.label, "rows": args.rows, "repeat": args.repeat,
+        "cores": os.cpu_count(),
         "topology": {"name": m.topology.name, "runner_cpus": sorted(m.topology.runner),
                      "server_cpus": sorted(m.topology.server), "described": m.described},
         "results": [asdict(r) | {"rows_per_second": r.rows_per_second}
@@ -675,8 +648,8 @@ def report_one(args: argparse.Namespace, m: Measured, memory: list[dict[str, Any
     results, impacts = m.results, m.impacts
     update = results["single UPDATE"].rows_per_second
     keyset = results[BARE].rows_per_second
-    print(f"\nchunkwise benchmark: {args.rows:,} rows, PostgreSQL, {os.cpu_count()} cores, "
-          f"median of {args.repeat} interleaved runs (samples: 1 run)")
+    print(f"\nchunkwise benchmark: {args.rows:,} rows, {m.database.label}, "
+          f"{os.cpu_count()} cores, median of {args.repeat} interleaved runs (samples: 1 run)")
     print(m.described + "\n")
     print(f"{'contender':38} {'rows':>10} {'seconds':>8} {'rows/s':>10} {'vs UPDATE':>9} "
           f"{'vs keyset':>9} {'runs: min-max s':>16} {'RSS MB':>7}")
@@ -692,7 +665,7 @@ def report_one(args: argparse.Namespace, m: Measured, memory: list[dict[str, Any
           f"{args.repeat} runs' operations pooled (an idle window in every round)")
     print(f"{'while running':38} {'write p50':>9} {'write p99':>9} {'runs p99 min-max':>16} "
           f"{'write max':>9} {'read p99':>8} {'ops/s':>6} {'p99/idle':>8} {'p99/loop':>8} "
-          f"{'lock waits >1ms':>17}")
+          f"{m.database.lock_waits_heading:>17}")
     idle, loop = impacts[IDLE].write_p99_ms, impacts[BARE].write_p99_ms
     for i in impacts.values():
         spread = f"{min(i.run_write_p99_ms):.2f}-{max(i.run_write_p99_ms):.2f}"

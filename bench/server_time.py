@@ -25,18 +25,18 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]  # the repository (tests.support) and bench/
 
-from tests.support.pgserver import PgServer, running_server  # noqa: E402
+from tests.support.pgserver import running_server  # noqa: E402
 from tests.support.statement_log import SETTINGS, statement_times, transactions  # noqa: E402
 
+from databases import TABLE, PostgreSQL  # noqa: E402
 from run import (  # noqa: E402
-    TABLE,
     Copies,
+    Run,
     Topology,
     chunkwise,
     keyset_loop,
@@ -46,7 +46,7 @@ from run import (  # noqa: E402
     single_update,
 )
 
-CONTENDERS: dict[str, Callable[[PgServer, str, int], tuple[int, float, float | None]]] = {
+CONTENDERS: dict[str, Run] = {
     "single UPDATE": single_update,
     "bare keyset loop (SQL, 5k)": keyset_loop,
     "keyset loop + checkpoint row (SQL, 5k)": resumable_keyset_loop,
@@ -72,16 +72,17 @@ def main() -> None:
     args = parser.parse_args()
     sent: dict[str, int] = {}
     with running_server(SETTINGS) as server:
-        seed(server, "seed", args.rows)
-        copies = Copies(server, "seed")
+        postgresql = PostgreSQL(server)
+        seed(postgresql, "seed", args.rows)
+        copies = Copies(postgresql, "seed")
         log = server.datadir.parent / "postgres.log"
         topology = Topology.of(args.topology)
-        topology.apply(server)
+        topology.apply(postgresql)
         print(f"where the time goes: {args.rows:,} rows, PostgreSQL's statement log")
-        print(topology.describe(server) + "\n")
+        print(topology.describe(postgresql) + "\n")
         for name, run in CONTENDERS.items():
             database = copies.make()
-            done, seconds, _ = run(server, database, args.rows)
+            done, seconds, _ = run(postgresql, database, args.rows)
             copies.drop(database)
             times = statement_times(log, database)
             server_ms = sum(sum(ms) for ms in times.values())
@@ -103,7 +104,7 @@ def main() -> None:
                     print(f"    {text}")
             print()
         database = copies.make()
-        per_batch_seconds = orm_update_seconds(server, database)
+        per_batch_seconds = orm_update_seconds(postgresql, database)
         copies.drop(database)
         print(f"client side: Django turns the set-based migration's batch.update(...) into SQL "
               f"in {per_batch_seconds * 1000:.3f} ms per batch (median; the migration's own "
@@ -120,10 +121,10 @@ def main() -> None:
           f"{'met' if chunk <= least + 1 else 'MISSED'} ({chunk} <= {least + 1})")
 
 
-def orm_update_seconds(server: PgServer, database: str, batches: int = 2000) -> float:
+def orm_update_seconds(postgresql: PostgreSQL, database: str, batches: int = 2000) -> float:
     """What Django alone costs the set-based migration per batch: its classify_batch()
     called on a batch's queryset, with the UPDATE compiled to SQL but not sent."""
-    env = project_env(server, database)
+    env = project_env(postgresql, database)
     os.environ.update(env)
     sys.path[:0] = env["PYTHONPATH"].split(os.pathsep)  # the project and chunkwise, as manage.py
     import django

@@ -25,7 +25,8 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]  # the repository (tests.support)
 
 from tests.support.pgserver import running_server  # noqa: E402
 
-from run import BATCH, Copies, manage, seed  # noqa: E402
+from databases import BATCH, PostgreSQL  # noqa: E402
+from run import Copies, manage, seed  # noqa: E402
 
 LAG = ["--throttle-replication-lag", "10s"]
 EVERY = [*LAG, "--throttle-transaction-age", "1h", "--throttle-active-backends", "1000",
@@ -49,12 +50,13 @@ def main() -> None:
     seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
     batches = 0
     with running_server() as server:
-        seed(server, "seed", args.rows)
-        copies = Copies(server, "seed")
+        postgresql = PostgreSQL(server)
+        seed(postgresql, "seed", args.rows)
+        copies = Copies(postgresql, "seed")
         for _ in range(args.repeat):
             for name, flags in VARIANTS.items():  # interleaved: drift hits every variant
                 db = copies.make()
-                manage(server, db, "chunkwise_run", "benchapp", "0002", "--batch-size",
+                manage(postgresql, db, "chunkwise_run", "benchapp", "0002", "--batch-size",
                        str(BATCH), "--min-batch-size", str(BATCH), "--max-batch-size",
                        str(BATCH), *flags)
                 with psycopg.connect(server.dsn(db)) as conn:

@@ -13,7 +13,9 @@ from pathlib import Path
 from types import ModuleType
 
 import psycopg
+import pytest
 
+from tests.support.mariaserver import running_mariadb
 from tests.support.pgserver import running_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,6 +66,45 @@ def test_benchmark_runs_every_contender_and_prints_ratios(tmp_path: Path) -> Non
     assert "writers' p99, set-based 5k, yield CPU <= 1.2x the bare loop's" in table
     assert len(data["results"]) == 13 and all(r["rows"] > 0 for r in data["results"])
     assert {m["rows"] for m in data["memory"]} == {10000, 20000}
+    rates = {r["name"]: r["rows_per_second"] for r in data["results"]}
+    assert rates["chunkwise transform (5k fixed)"] > rates["Django save() per row"]
+
+
+@pytest.mark.mariadb
+def test_the_benchmark_runs_every_contender_on_mariadb(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--database", "mariadb",
+         "--rows", "10000", "--sample", "1000", "--repeat", "1", "--memory-rows", "0",
+         "--idle-seconds", "1", "--no-plot", "--out", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout
+    data = json.loads(out.read_text())
+    assert data["database"] == "MariaDB"
+    assert "chunkwise benchmark: 10,000 rows, MariaDB, " in table
+    # the same contenders as on PostgreSQL, every one of them changing rows
+    assert len(data["results"]) == 13 and all(r["rows"] > 0 for r in data["results"])
+    for name in ("single UPDATE", "bare keyset loop (SQL, 5k)",
+                 "keyset loop + checkpoint row (SQL, 5k)", "chunkwise set-based (5k fixed)",
+                 "chunkwise set-based (5k, 2 shards)", "chunkwise transform (5k fixed)",
+                 "Django bulk_update (1k) [sample]", "Django save() per row [sample]",
+                 "idle (no migration)"):
+        assert name in table, name
+    # the same topology: the runner on a CPU of its own; mariadbd's threads, a new
+    # connection's among them, and the traffic on the other, as the kernel reports them
+    server_cpu = data["topology"]["server_cpus"][0]
+    assert set(data["topology"]["runner_cpus"]).isdisjoint(data["topology"]["server_cpus"])
+    assert (f"MariaDB (a new connection's thread: CPU {server_cpu}; all of mariadbd's "
+            f"threads: CPU {server_cpu})") in table
+    # the traffic ran (through MySQLdb), and InnoDB's row lock waits were counted
+    impacts = {i["name"]: i for i in data["impact"]}
+    assert impacts["idle (no migration)"]["writes"] > 0
+    assert "row lock waits" in table and all(i["lock_waits"] >= 0 for i in data["impact"])
+    for target in ("set-based (5k fixed) >= 0.9x bare keyset loop",
+                   "writers' p99, set-based 5k <= 1.2x the bare loop's",
+                   "transform >= 15x bulk_update"):
+        assert re.search(rf"^  (met   |MISSED)  {re.escape(target)}", table, re.M), target
     rates = {r["name"]: r["rows_per_second"] for r in data["results"]}
     assert rates["chunkwise transform (5k fixed)"] > rates["Django save() per row"]
 
@@ -126,8 +167,8 @@ def _bench_module(name: str) -> ModuleType:
 
 
 def test_the_traffic_phase_counts_only_the_traffic_writers_lock_waits() -> None:
-    run, traffic = _bench_module("run"), _bench_module("traffic")
-    with running_server(run.LOCK_WAIT_LOG) as server:
+    databases, traffic = _bench_module("databases"), _bench_module("traffic")
+    with running_server(databases.PostgreSQL.LOCK_WAIT_LOG) as server:
         server.sql("CREATE DATABASE waits")
         dsn = server.dsn("waits")
         with psycopg.connect(dsn, autocommit=True) as setup:
@@ -152,7 +193,35 @@ def test_the_traffic_phase_counts_only_the_traffic_writers_lock_waits() -> None:
             holder.commit()
         for writer in writers:
             writer.join(timeout=30)
-        assert run.writer_lock_waits(server, "waits") == 1
+        assert databases.PostgreSQL(server).writer_lock_waits("waits", 0) == 1
+
+
+@pytest.mark.mariadb
+def test_the_traffic_phase_counts_innodb_row_lock_waits_on_mariadb() -> None:
+    databases = _bench_module("databases")
+    with running_mariadb() as server:
+        server.sql("CREATE DATABASE waits")
+        server.sql("CREATE TABLE t (id int PRIMARY KEY, n int)", "waits")
+        server.sql("INSERT INTO t VALUES (1, 0), (2, 0)", "waits")
+        maria = databases.MariaDB(server)
+        mark = maria.lock_wait_mark()
+        writer = threading.Thread(
+            target=server.sql, args=("UPDATE t SET n = n + 1 WHERE id = 1", "waits"))
+        holder = server.connect("waits", autocommit=False)
+        try:
+            holder.cursor().execute("UPDATE t SET n = n + 1 WHERE id = 1")  # holds the row
+            writer.start()
+            deadline = time.monotonic() + 30
+            while server.sql("SELECT count(*) FROM information_schema.INNODB_TRX "
+                             "WHERE trx_state = 'LOCK WAIT'") != [(1,)]:
+                assert time.monotonic() < deadline, "the writer never waited for the row"
+                time.sleep(0.05)
+            holder.commit()
+        finally:
+            holder.close()
+        writer.join(timeout=30)
+        server.sql("UPDATE t SET n = n + 1 WHERE id = 2", "waits")  # no wait: not counted
+        assert maria.writer_lock_waits("waits", mark) == 1
 
 
 def test_the_joined_todo_benchmark_times_both_todos_and_prints_the_ratio() -> None:
