@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LabDb
+from tests.conftest import LabDatabase, LabDb
 
 pytestmark = pytest.mark.postgres
 
@@ -30,12 +30,12 @@ def seed_items(
         db.execute("UPDATE lab_item SET payload = %s WHERE id = %s", (payload, key))
 
 
-def counters(db: LabDb, table: str = "lab_item") -> dict[int, int]:
+def counters(db: LabDatabase, table: str = "lab_item") -> dict[int, int]:
     rows = db.query(f"SELECT counter, count(*) FROM {table} GROUP BY counter")
     return {int(c): int(n) for c, n in rows}  # type: ignore[call-overload]
 
 
-def wait_for_batches(db: LabDb, more_than: int = 0, timeout: float = 30) -> None:
+def wait_for_batches(db: LabDatabase, more_than: int = 0, timeout: float = 30) -> None:
     wait_until(lambda: db.query("SELECT 1 FROM chunkwise_checkpoint WHERE batches > %s",
                                 (more_than,)), f"the runner committed {more_than + 1} batches",
                timeout)
@@ -48,7 +48,7 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = 30) 
         time.sleep(0.02)
 
 
-def checkpoint(db: LabDb, migration: str, operation: int = 0) -> dict[str, object]:
+def checkpoint(db: LabDatabase, migration: str, operation: int = 0) -> dict[str, object]:
     rows = db.query(
         "SELECT state, rows_processed, failed_rows, batches, last_key, high_water_key, "
         "lock_wait_seconds, rows_estimated, message FROM chunkwise_checkpoint "

@@ -4,6 +4,7 @@ guarantees test_batches_pg.py proves on PostgreSQL, on InnoDB."""
 from __future__ import annotations
 
 import random
+import re
 import signal
 import threading
 import time
@@ -26,6 +27,17 @@ def seed_items(db: Any, count: int, gap: int = 1,
                f"SELECT seq * %s, 0, '', 0 FROM seq_1_to_{int(count)}", (gap,))
     for key, payload in (payload_at or {}).items():
         db.execute("UPDATE lab_item SET payload = %s WHERE id = %s", (payload, key))
+
+
+def innodb_view(db: Any, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    """A query of InnoDB's information_schema views (INNODB_TRX, INNODB_LOCK_WAITS),
+    read at most every INNODB_VIEW_EVERY s: InnoDB refreshes their cache only when it was
+    last read longer than 0.1 s ago, so a poll in a tighter loop never sees a change."""
+    time.sleep(INNODB_VIEW_EVERY)
+    return [tuple(row) for row in db.query(sql, params)]
+
+
+INNODB_VIEW_EVERY = 0.15
 
 
 def other_sessions(db: Any) -> int:
@@ -136,12 +148,21 @@ def test_lock_contention_waits_retries_and_reports_lock_wait(maria_lab_db: Any,
     holder = _holder(db)
     holder.cursor().execute("SELECT id FROM lab_item WHERE id BETWEEN 400 AND 600 FOR UPDATE")
 
+    def waiting() -> set[str]:
+        return {str(trx) for (trx,) in innodb_view(
+            db, "SELECT requesting_trx_id FROM information_schema.INNODB_LOCK_WAITS")}
+
     def release_after_a_timed_out_wait() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not db.query(
-                "SELECT 1 FROM information_schema.INNODB_LOCK_WAITS"):
-            time.sleep(0.01)
-        time.sleep(1.5)  # the contention this test is about: one timed-out wait or more
+        """Hold the rows until a batch's wait has timed out and its retry waits again (a
+        transaction of its own, so another waiting transaction id), then let it through."""
+        first: set[str] = set()
+
+        def a_batch_waits() -> bool:
+            first.update(waiting())
+            return bool(first)
+
+        wait_until(a_batch_waits, "a batch waits", 120)
+        wait_until(lambda: bool(waiting() - first), "a retried batch waits again", 120)
         holder.rollback()
 
     release = threading.Thread(target=release_after_a_timed_out_wait)
@@ -176,7 +197,10 @@ def test_a_lock_held_past_the_retry_budget_stops_naming_the_holder(maria_lab_db:
         holder.close()
     assert stopped.returncode == 1, stopped.stderr  # retryable: a Job would run it again
     message = stopped.stderr
-    assert "lock waits: all 2 attempts of a batch timed out" in message
+    assert "note: --lock-timeout 0.5s waits 1s on MariaDB/MySQL, which counts lock waits in " \
+        "whole seconds (innodb_lock_wait_timeout)" in message
+    assert "lock waits: all 2 attempts of a batch timed out waiting 1s (timeouts.lock)" \
+        in message
     assert f"thread {thread} (user root, host 127.0.0.1:" in message
     assert "Sleep) has held 202 row lock(s) in a transaction for" in message
     assert "Traceback" not in message
@@ -260,7 +284,8 @@ def test_a_table_that_cannot_roll_back_is_refused_before_any_row(maria_lab_db: A
     assert counters(db, "lab_uuiditem") == {0: 100}
 
 
-def test_lost_connection_reconnects_and_rereads_the_checkpoint(maria_lab_db: Any) -> None:
+def test_a_killed_connection_is_retried_on_a_new_one_and_loses_nothing(
+        maria_lab_db: Any) -> None:
     db = maria_lab_db
     seed_items(db, 4000)
     runner = db.popen("chunkwise_run", "lab", "0002", "--batch-size", "100",
@@ -281,14 +306,16 @@ def test_lost_connection_reconnects_and_rereads_the_checkpoint(maria_lab_db: Any
     output, _ = runner.communicate(timeout=120)
     assert runner.returncode == 0, output
     assert killed >= 1
-    assert "connection" in output
+    assert re.search(r"connection, retry 1 in", output), output
     assert counters(db) == {1: 4000}
+    cp = checkpoint(db, "0002_bump_items")
+    assert (cp["state"], cp["rows_processed"]) == ("done", 4000)
 
 
 def test_the_batches_session_settings_end_with_the_run(maria_lab_db: Any) -> None:
     """MariaDB has no SET LOCAL: the batches' timeouts are session variables, put back when
-    the run ends, so that what runs after it on the same connection (the next migrations
-    of a migrate) is not cut short by them."""
+    the run ends (done, or halted) and after a plan's samples, so that what runs after
+    them on the same connection (the next migrations of a migrate) is not cut short."""
     db = maria_lab_db
     seed_items(db, 500)
     script = "\n".join([
@@ -299,15 +326,31 @@ def test_the_batches_session_settings_end_with_the_run(maria_lab_db: Any) -> Non
         "                 '--lock-timeout', '3s')",
         "except SystemExit:",
         "    pass",
-        "cursor = connection.cursor()",
-        "cursor.execute('SELECT @@SESSION.max_statement_time, "
+        "def show(after):",
+        "    cursor = connection.cursor()",
+        "    cursor.execute('SELECT @@SESSION.max_statement_time, "
         "@@SESSION.innodb_lock_wait_timeout')",
-        "print('after the run:', *cursor.fetchone())",
+        "    print(after, *cursor.fetchone())",
+        "show('after the run:')",
+        "try:",
+        "    call_command('chunkwise_plan', 'lab', '0002', '--statement-timeout', '8s')",
+        "except SystemExit:",
+        "    pass",
+        "show('after a plan:')",
+        "try:",
+        "    call_command('chunkwise_run', 'lab', '0002', '--statement-timeout', '9s',",
+        "                 '--halt-failed-rows', '0')",
+        "except SystemExit:",
+        "    pass",
+        "show('after a halt:')",
     ])
+    db.execute("UPDATE lab_item SET payload = 'raise' WHERE id = 7")
     result = db.manage("shell", "-c", script)
     assert result.returncode == 0, result.stderr
-    assert counters(db) == {1: 500}
-    assert "after the run: 0.0 50" in result.stdout, result.stdout + result.stderr
+    assert "HALTED (FailedRowsExceeded)" in result.stderr, result.stderr
+    assert checkpoint(db, "0003_setbased_items")["rows_processed"] == 500
+    for line in ("after the run: 0.0 50", "after a plan: 0.0 50", "after a halt: 0.0 50"):
+        assert line in result.stdout, result.stdout + result.stderr
 
 
 def _batches_in_general_log(db: Any) -> dict[int, list[list[str]]]:
@@ -436,8 +479,8 @@ def test_throttles_on_running_threads_an_old_transaction_and_a_throttle_query(
     holder = _holder(db)
     try:
         holder.cursor().execute("SELECT count(*) FROM lab_item")  # a transaction left open
-        wait_until(lambda: db.query(
-            "SELECT 1 FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = %s "
+        wait_until(lambda: innodb_view(
+            db, "SELECT 1 FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = %s "
             "AND trx_started < NOW() - INTERVAL 1 SECOND", (holder.thread_id(),)),
             "the transaction is more than 1 s old")
         run = Run(db, tmp_path, "0003", "--batch-size", "300",
@@ -553,6 +596,7 @@ def test_a_replica_whose_replication_is_stopped_halts_the_run_naming_it(
     db = maria_lab_db
     seed_items(db, 600)
     with running_mariadb_replica(db.server) as replica:
+        replica.catch_up(db.server, timeout=120)  # the lab's database is there
         replica.sql("STOP SLAVE SQL_THREAD")
         result = db.manage("chunkwise_run", "lab", "0002", "--throttle-replication-lag", "5s",
                            MARIADB_REPLICA_PORT=str(replica.port))
@@ -561,3 +605,51 @@ def test_a_replica_whose_replication_is_stopped_halts_the_run_naming_it(
     assert "replica 'replica' (settings.CHUNKWISE_REPLICAS) has no replication lag to tell: " \
         "Slave_IO_Running=Yes, Slave_SQL_Running=No" in result.stderr
     assert counters(db) == {0: 600}
+
+
+def test_a_server_restart_and_a_crash_mid_run_lose_nothing() -> None:
+    """On a server of its own: mariadbd stopped cleanly and started again mid-run, inside
+    the retry budget: the run goes on. Then SIGKILLed (InnoDB's crash recovery on the next
+    start) and down for longer than the budget: the run exits with the retryable status
+    naming the database, and the next run resumes. Every row once."""
+    from tests.conftest import MariaLabDb
+    from tests.support.mariaserver import running_mariadb
+
+    with running_mariadb() as server:
+        server.sql("CREATE DATABASE lab_faults")
+        db = MariaLabDb(server, "lab_faults")
+        for target in (["lab", "0001"], ["chunkwise"]):
+            migrated = db.manage("migrate", *target, "-v0")
+            assert migrated.returncode == 0, migrated.stderr
+        seed_items(db, 20_000)
+        runner = db.popen("chunkwise_run", "lab", "0002", "--batch-size", "200",
+                          "--max-rows-per-second", "10000", "--max-attempts", "30",
+                          "--backoff", "200ms", "--max-backoff", "1s")
+        wait_for_batches(db, more_than=5)
+        server.stop()
+        server.start()
+        output, _ = runner.communicate(timeout=180)
+        assert runner.returncode == 0, output
+        assert re.search(r"(connection|shutdown), retry \d", output), output
+        assert counters(db) == {1: 20_000}
+
+        runner = db.popen("chunkwise_run", "lab", "0003", "--batch-size", "200",
+                          "--max-rows-per-second", "10000", "--max-attempts", "3",
+                          "--backoff", "100ms", "--max-backoff", "100ms")
+        wait_until(lambda: db.query("SELECT 1 FROM chunkwise_checkpoint "
+                                    "WHERE migration = '0003_setbased_items' AND batches > 5"),
+                   "the set-based run committed batches")
+        server.kill()
+        try:
+            output, _ = runner.communicate(timeout=120)
+        finally:
+            server.start()
+        assert runner.returncode == 1, output  # retryable: a Job would run it again
+        assert "database unreachable: all 3 attempts of a batch lost or could not open " \
+            "their connection" in output
+        assert f"database 'default' is mysql 'lab_faults' at 127.0.0.1:{server.port}" in output
+        assert "Traceback" not in output
+        resumed = db.manage("chunkwise_run", "lab", "0003")
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resuming after key" in resumed.stderr
+        assert counters(db) == {2: 20_000}

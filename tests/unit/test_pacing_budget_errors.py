@@ -124,6 +124,16 @@ def test_classify_mariadb_error_numbers_through_djangos_wrapper(errno: int,
     assert classify(wrapped) is kind
 
 
+def test_a_closed_connection_under_pymysql_is_a_lost_connection() -> None:
+    """PyMySQL says a connection the server closed is closed with InterfaceError(0, ''):
+    error 0 is the client's, not a row's."""
+    import MySQLdb
+
+    assert classify(MySQLdb.InterfaceError(0, "")) is ErrorKind.CONNECTION
+    assert classify(MySQLdb.OperationalError(2000, "Unknown MySQL error")) is \
+        ErrorKind.ROW_ERROR  # a client error that says nothing of the connection
+
+
 def test_classify_sqlite_and_plain_exceptions() -> None:
     assert classify(OperationalError("database is locked")) is ErrorKind.LOCK_TIMEOUT
     assert classify(OperationalError("server closed the connection unexpectedly")) is (

@@ -36,6 +36,7 @@ from chunkwise.engine import (
     RunSettings,
     SettingsError,
     Tee,
+    tunable_named,
 )
 from chunkwise.metrics import MetricsReporter, RunLabels, serve_worker_metrics
 
@@ -246,10 +247,9 @@ def execute(
     run_settings = settings or resolve_settings(base, env, flags, caller)
     backend = backend_for(connection.alias)
     refuse_non_transactional(backend, todo.model._meta.db_table)
-    refuse_unreadable(backend, run_settings, caller)
     stream.write(f"{ref}: {backend.describe()}\n")
     at_once = 1 if shards_one_at_a_time else ref.shard_count
-    run_settings = _for_this_run(run_settings, ref, backend.row_locks, stream, at_once)
+    run_settings = _for_this_run(run_settings, ref, backend, stream, at_once, caller)
     store = DjangoCheckpointStore(ref, connection.alias, todo, key_field,
                                   has_todo=(operation.todo if forward_direction
                                             else operation.reverse_todo) is not None,
@@ -261,7 +261,7 @@ def execute(
         reporter = _with_metrics(reporter, ref, metrics_port, stream)
     health = backend.health_probe(todo.model._meta.db_table)
     runner = BatchRunner(target, store, run_settings, reporter, stop,
-                         retune=_live_retune(base, flags, ref, backend.row_locks, reporter,
+                         retune=_live_retune(base, flags, ref, backend, reporter,
                                              stream, at_once, caller),
                          health=health, caller=caller)
     with stop_on_signals(stop, stream), _startup_heap_frozen():
@@ -384,7 +384,7 @@ def refuse_non_transactional(backend: DatabaseBackend, table: str) -> None:
 
 
 def _live_retune(base: RunSettings, flags: Mapping[str, Any] | None, ref: OperationRef,
-                 row_locks: bool, reporter: Reporter, stream: TextIO,
+                 backend: DatabaseBackend, reporter: Reporter, stream: TextIO,
                  at_once: int, caller: Caller) -> Retune | None:
     """New settings from the installed tuning sources (in a Job: the DataMigration's
     spec), resolved as at start: the operation's own, then the spec's values, then the
@@ -405,18 +405,32 @@ def _live_retune(base: RunSettings, flags: Mapping[str, Any] | None, ref: Operat
             except SettingsError as exc:  # the API server checks these; say it, keep going
                 reporter.notice(f"spec generation {generation} not applied: {exc}")
                 continue
-            return generation, _for_this_run(settings, ref, row_locks, stream, at_once)
+            try:
+                return generation, _for_this_run(settings, ref, backend, stream, at_once,
+                                                 caller)
+            except SettingsError as exc:  # a figure this database cannot give
+                reporter.notice(f"spec generation {generation} not applied: {exc}")
+                continue
         return None
 
     return retune
 
 
-def _for_this_run(settings: RunSettings, ref: OperationRef, row_locks: bool,
-                  stream: TextIO, at_once: int) -> RunSettings:
-    """Settings as this run uses them, at start and after a retune: SQLite locks the whole
-    database in a batch, so the share of rows a batch locks means nothing there; shards
-    share the limits set for the whole run."""
-    if not row_locks:
+def _for_this_run(settings: RunSettings, ref: OperationRef, backend: DatabaseBackend,
+                  stream: TextIO, at_once: int, caller: Caller) -> RunSettings:
+    """Settings as this run uses them, at start and after a retune: a health figure the
+    database cannot give is refused, a timeout it counts in coarser units is given as it
+    counts it (and said); SQLite locks the whole database in a batch, so the share of rows
+    a batch locks means nothing there; shards share the limits set for the whole run."""
+    refuse_unreadable(backend, settings, caller)
+    honoured = backend.honoured(settings.timeouts)
+    if honoured != settings.timeouts:
+        lock = tunable_named("timeouts.lock")
+        stream.write(f"{ref}: note: {caller.knob(lock)} {settings.timeouts.lock:g}s waits "
+                     f"{honoured.lock:g}s on {backend.name}, which counts lock waits in "
+                     "whole seconds (innodb_lock_wait_timeout)\n")
+        settings = dataclasses.replace(settings, timeouts=honoured)
+    if not backend.row_locks:
         settings = dataclasses.replace(settings, batch=dataclasses.replace(
             settings.batch, max_locked_fraction=0.0))
     if ref.shard_count > 1:

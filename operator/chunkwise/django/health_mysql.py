@@ -15,23 +15,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 
-from chunkwise.engine import HealthReading, RunSettings, wanted_figures
+from chunkwise.engine import HealthReading, RunSettings, mysql_errno_of, wanted_figures
 
-from .backends.mysql import replicas
+from .backends.mysql import MySQLBackend, replicas
 from .config import REPLICAS
 from .health import query_value
 
 __all__ = ["MySQLHealthProbe"]
 
-_FIGURES = {
-    "active_backends": "SELECT VARIABLE_VALUE - 1 FROM information_schema.GLOBAL_STATUS "
-                       "WHERE VARIABLE_NAME = 'THREADS_RUNNING'",
-    "transaction_age": "SELECT COALESCE(MAX(TIMESTAMPDIFF(SECOND, trx_started, NOW())), 0) "
-                       "FROM information_schema.INNODB_TRX "
-                       "WHERE trx_mysql_thread_id <> CONNECTION_ID()",
-}
+#: the oldest transaction of another session, in seconds
+_TRANSACTION_AGE = ("SELECT COALESCE(MAX(TIMESTAMPDIFF(SECOND, trx_started, NOW())), 0) "
+                    "FROM information_schema.INNODB_TRX "
+                    "WHERE trx_mysql_thread_id <> CONNECTION_ID()")
+#: ER_SPECIFIC_ACCESS_DENIED_ERROR: INNODB_TRX without the PROCESS privilege
+_NEEDS_PROCESS = 1227
 
 
 class MySQLHealthProbe:
@@ -44,21 +43,31 @@ class MySQLHealthProbe:
     def read(self, settings: RunSettings) -> HealthReading:
         # autovacuum (and replication lag without replicas): refused before the run
         # (MySQLBackend.unreadable)
-        asked = wanted_figures(settings)
-        wanted = [name for name in asked if name in _FIGURES]
-        figures: dict[str, Any] = {}
-        if wanted:
-            with connections[self._alias].cursor() as cursor:
-                cursor.execute("SELECT " + ", ".join(f"({_FIGURES[name]})" for name in wanted))
-                figures = dict(zip(wanted, cursor.fetchone(), strict=True))
+        wanted = wanted_figures(settings)
+        active = age = None
+        with connections[self._alias].cursor() as cursor:
+            if "active_backends" in wanted:  # SHOW: MySQL 8 has no information_schema's
+                cursor.execute("SHOW GLOBAL STATUS LIKE 'Threads_running'")
+                active = int(cursor.fetchone()[1]) - 1  # this session's own is running
+            if "transaction_age" in wanted:
+                age = self._transaction_age(cursor)
         query = settings.throttle.query.strip()
         return HealthReading(
-            active_backends=None if "active_backends" not in figures
-            else int(figures["active_backends"]),
-            transaction_age=None if "transaction_age" not in figures
-            else float(figures["transaction_age"]),
-            replication_lag=self._lag() if "replication_lag" in asked else None,
+            active_backends=active, transaction_age=age,
+            replication_lag=self._lag() if "replication_lag" in wanted else None,
             query_value=self._query(query, settings.timeouts.statement) if query else None)
+
+    @staticmethod
+    def _transaction_age(cursor: Any) -> float | None:
+        """Without the PROCESS privilege INNODB_TRX is refused: read as nothing to wait
+        for, as PostgreSQL's other sessions are without pg_monitor."""
+        try:
+            cursor.execute(_TRANSACTION_AGE)
+        except DatabaseError as exc:
+            if mysql_errno_of(exc) == _NEEDS_PROCESS:
+                return None
+            raise
+        return float(cursor.fetchone()[0])
 
     def _lag(self) -> float:
         worst = 0.0
@@ -82,7 +91,5 @@ class MySQLHealthProbe:
         connection = connections[self._alias]
         with transaction.atomic(using=self._alias), connection.cursor() as cursor:
             cursor.execute("SET TRANSACTION READ ONLY")
-            if connection.mysql_is_mariadb:  # type: ignore[attr-defined]
-                sql = f"SET STATEMENT max_statement_time = {statement_timeout:.3f} FOR {sql}"
-            cursor.execute(sql)
+            cursor.execute(MySQLBackend(self._alias).limited(sql, statement_timeout))
             return query_value(cursor.fetchone() if cursor.description else None)

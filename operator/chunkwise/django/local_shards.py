@@ -119,7 +119,7 @@ def run_shards_here(operation: BatchedWork, ref: OperationRef, apps: StateApps, 
     if one_at_a_time:
         # SQLite has one writer: threads would only take turns (or fail to upgrade
         # their read locks), so the shards run one after another, same split
-        sys.stderr.write(f"{title}: note: {connections[alias].vendor} has one writer; the "
+        sys.stderr.write(f"{title}: note: {backend.name} has one writer; the "
                          "shards run one after another\n")
         with stop_on_signals(stop, sys.stderr):
             for shard in range(ref.shard_count):

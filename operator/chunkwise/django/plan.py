@@ -138,7 +138,8 @@ def plan_run(operation: BatchedWork, ref: OperationRef, apps: StateApps,
                 try:
                     with transaction.atomic(using=alias):  # a savepoint per sample
                         # its settings in its own savepoint, as a batch's in its own
-                        # transaction: one rolled back takes only its own with it
+                        # transaction: one rolled back takes only its own with it (on
+                        # PostgreSQL; MySQL's are the session's, put back at the end)
                         target.set_batch_settings(settings.timeouts)
                         count, last = target.lock_rows(after, top, sizer.size)
                         locked = time.perf_counter()
@@ -158,6 +159,8 @@ def plan_run(operation: BatchedWork, ref: OperationRef, apps: StateApps,
             raise _Rollback
     except _Rollback:
         pass
+    finally:  # the samples' timeouts, where they are the session's (MySQL), end with them
+        backend_for(alias).reset_settings()
     sample_rows = sum(t[0] for t in timings)
     rate = sample_rows / sum(t[1] for t in timings) if timings else 0.0
     return Plan(rows=rows, rows_counted=counted, sample_batches=len(timings),

@@ -186,6 +186,9 @@ class FailedRowRetry:
     def stop(self) -> None:
         try:
             self._backend.reset_settings()
+        except Exception:  # a lost session had them, and took them with it
+            pass
+        try:
             for key in self._locks:
                 self._backend.unlock(key)
         except Exception:  # the locks end with the session anyway
@@ -508,12 +511,12 @@ def retry_failed(
     retry = FailedRowRetry(ref, alias, checkpoints, data, todo, key_field,
                            has_todo=direction_todo is not None,
                            done=operation.done if ref.direction == Direction.FORWARD else None)
-    row_locks = backend_for(alias).row_locks
+    backend = backend_for(alias)
     title = f"{ref} retry"
     reports = _RetryReports(reporter or ProgressBar(title, stream,
-                                                    lock_waits=row_locks),
+                                                    lock_waits=backend.row_locks),
                             retry, caller)
-    live = _live_retune(operation.base_settings(), flags, ref, row_locks, reports, stream, 1,
+    live = _live_retune(operation.base_settings(), flags, ref, backend, reports, stream, 1,
                         caller)
 
     def retune() -> tuple[int, RunSettings] | None:

@@ -15,6 +15,7 @@ from .errors import (
     LockWaitsExhausted,
     RetriesExhausted,
     classify,
+    mysql_errno_of,
     sqlstate_of,
 )
 from .health import (
@@ -66,7 +67,8 @@ __all__ = [
     "Outcome", "Progress", "RateLimiter", "RateWindow", "Reporter", "RetriesExhausted",
     "RetrySettings", "RowFailure", "RunSettings", "SettingsError", "Tally", "Tee", "Timeouts",
     "Tunable", "Verification", "backoff_seconds", "check_budget", "classify",
-    "format_duration", "parse_boolean", "parse_duration", "progress_of", "sqlstate_of", "Retune",
+    "format_duration", "parse_boolean", "parse_duration", "progress_of", "sqlstate_of",
+    "mysql_errno_of", "Retune",
     "changed_tunables", "spec_env", "tunable_named", "HEALTH_REASONS", "HealthProbe",
     "HealthReading", "Throttle", "ThrottleSettings", "judge", "wanted_figures", "watched",
 ]

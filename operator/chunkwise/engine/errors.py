@@ -128,8 +128,12 @@ def classify(exc: BaseException) -> ErrorKind:
             return ErrorKind.CONNECTION
         return ErrorKind.ROW_ERROR
     errno = mysql_errno_of(exc)
-    if errno is not None:
-        return _BY_MYSQL_ERRNO.get(errno, ErrorKind.ROW_ERROR)
+    if errno in _BY_MYSQL_ERRNO:
+        return _BY_MYSQL_ERRNO[errno]
+    # a server's error is the row's; the client's own (0: PyMySQL's "the connection is
+    # closed", 2000-2999: the client library's) are judged as any driver's below
+    if errno is not None and errno != 0 and not 2000 <= errno < 3000:
+        return ErrorKind.ROW_ERROR
     if "database is locked" in str(exc) or "database table is locked" in str(exc):
         return ErrorKind.LOCK_TIMEOUT
     if type(exc).__name__ in {"OperationalError", "InterfaceError"} and _is_connection_loss(exc):

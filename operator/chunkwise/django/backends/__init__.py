@@ -14,11 +14,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import QuerySet
 
-from chunkwise.engine import HealthProbe
+from chunkwise.engine import HealthProbe, Timeouts
 
 __all__ = ["EXACT_COUNT_LIMIT", "SUPPORTED_VENDORS", "DatabaseBackend", "backend_for",
            "backend_problem", "vendor_of"]
@@ -62,6 +63,10 @@ class DatabaseBackend:
     def connection(self) -> BaseDatabaseWrapper:
         return connections[self.alias]
 
+    def reset_settings(self) -> None:
+        """Put back the session's own values of what apply_settings() set, where they
+        outlive the batch's transaction (MySQL); the run's end calls it."""
+
     @property
     def psycopg3(self) -> bool:
         """Whether the connection is psycopg 3's, which reads and binds in binary format."""
@@ -101,6 +106,10 @@ class DatabaseBackend:
         yield
 
     # -- a batch ---------------------------------------------------------------------------
+
+    def honoured(self, timeouts: Timeouts) -> Timeouts:
+        """``timeouts`` as the database honours them (in its units)."""
+        return timeouts
 
     def batch_settings(self, lock: float, statement: float) -> dict[str, str]:
         """The session settings that give a batch these timeouts (seconds)."""
@@ -206,10 +215,6 @@ class DatabaseBackend:
             chunks.append(([value for each in rows for value in each], len(rows)))
         return chunks
 
-    def reset_settings(self) -> None:
-        """Put back the session's own values of what apply_settings() set, where they
-        outlive the batch's transaction (MySQL); the run's end calls it."""
-
 
 def vendor_of(alias: str) -> str:
     """The backend's vendor; from the ENGINE path when the backend cannot load (a missing
@@ -237,8 +242,8 @@ _NAMES = {"mysql": "MySQL/MariaDB", "oracle": "Oracle", "postgresql": "PostgreSQ
 def backend_for(alias: str) -> DatabaseBackend:
     """The backend of the database ``alias``; refused when chunkwise cannot run there."""
     problem = backend_problem(alias)
-    if problem:
-        raise ValueError(problem)
+    if problem:  # a usage error (exit 64), as the system check chunkwise.E003 says it
+        raise ImproperlyConfigured(problem)
     return _classes()[vendor_of(alias)](alias)
 
 

@@ -9,20 +9,22 @@ change there."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from django.db import transaction
 from django.db.models import QuerySet
 
-from chunkwise.engine import HealthProbe
+from chunkwise.engine import HealthProbe, Timeouts
 
 from ..config import REPLICAS
 from . import EXACT_COUNT_LIMIT, DatabaseBackend
 
-__all__ = ["SPLIT_WAIT", "MySQLBackend", "replicas"]
+__all__ = ["SPLIT_WAIT", "MySQLBackend", "replicas", "whole_seconds"]
 
 #: seconds a process waits for another to finish splitting an operation into shards
 SPLIT_WAIT = 60
@@ -41,7 +43,8 @@ def replicas(alias: str) -> list[str]:
 
     given: Any = getattr(settings, REPLICAS, [])
     named = given.get(alias, []) if isinstance(given, Mapping) else given
-    if isinstance(named, str) or not all(isinstance(name, str) for name in named):
+    if not isinstance(named, list | tuple) or \
+            not all(isinstance(name, str) for name in named):
         raise SettingsError(f"settings.{REPLICAS}: expected a list of database aliases (or "
                             f"a dict of them by primary), got {given!r}")
     for name in named:
@@ -58,6 +61,9 @@ class MySQLBackend(DatabaseBackend):
     row_locks = True
     parallel_writers = True
     batch_timeouts = True
+    #: the driver binds client-side: the limit is max_allowed_packet (16 MiB by default),
+    #: which 200,000 values of a write-back stay well below; a batch is one statement
+    max_parameters = 200_000
 
     def unreadable(self) -> dict[str, str]:
         refused = {"throttle.autovacuum": "MariaDB and MySQL have no autovacuum"}
@@ -74,8 +80,7 @@ class MySQLBackend(DatabaseBackend):
     def describe(self) -> str:
         server = "MariaDB" if self.is_mariadb else "MySQL"
         version = ".".join(map(str, self.connection.mysql_version))  # type: ignore[attr-defined]
-        return (f"{server} {version} through {self._driver()}; timeouts.lock is whole "
-                "seconds there (innodb_lock_wait_timeout), a fraction is rounded up")
+        return f"{server} {version} through {self._driver()}"
 
     def _driver(self) -> str:
         module = type(self.connection.connection).__module__.split(".")[0]
@@ -109,6 +114,9 @@ class MySQLBackend(DatabaseBackend):
 
     @contextmanager
     def serialized(self, name: str) -> Iterator[None]:
+        """GET_LOCK is the session's, not the transaction's: it is let go of once the
+        transaction has committed (as PostgreSQL's transaction-scoped lock is), or at
+        once when the block fails (its transaction then rolls back)."""
         lock = self._lock_name(name)
         with self.connection.cursor() as cursor:
             cursor.execute("SELECT GET_LOCK(%s, %s)", [lock, SPLIT_WAIT])
@@ -116,11 +124,17 @@ class MySQLBackend(DatabaseBackend):
         if acquired != 1:
             raise TimeoutError(f"another process has been splitting this operation into "
                                f"shards for {SPLIT_WAIT}s; try again")
-        try:
-            yield
-        finally:
+
+        def release() -> None:
             with self.connection.cursor() as cursor:
                 cursor.execute("SELECT RELEASE_LOCK(%s)", [lock])
+
+        try:
+            yield
+        except BaseException:
+            release()
+            raise
+        transaction.on_commit(release, using=self.alias)
 
     # -- a batch ---------------------------------------------------------------------------
 
@@ -129,15 +143,27 @@ class MySQLBackend(DatabaseBackend):
         # max_execution_time (milliseconds, SELECT only)
         return "max_statement_time" if self.is_mariadb else "max_execution_time"
 
+    def honoured(self, timeouts: Timeouts) -> Timeouts:
+        return dataclasses.replace(timeouts, lock=float(whole_seconds(timeouts.lock)))
+
     def batch_settings(self, lock: float, statement: float) -> dict[str, str]:
         limit = f"{statement:.3f}" if self.is_mariadb else str(int(statement * 1000))
-        return {"innodb_lock_wait_timeout": str(max(1, math.ceil(lock))),
+        return {"innodb_lock_wait_timeout": str(whole_seconds(lock)),
                 self._statement_variable(): limit}
+
+    def limited(self, sql: str, seconds: float) -> str:
+        """``sql`` run under a statement timeout of its own (MariaDB's SET STATEMENT; MySQL's
+        optimizer hint reaches SELECTs only: there the query is given as it is)."""
+        if self.is_mariadb:
+            return f"SET STATEMENT max_statement_time = {seconds:.3f} FOR {sql}"
+        return sql
 
     def apply_settings(self, settings: Mapping[str, str]) -> None:
         """SET SESSION, only when they differ from what this session has: they hold until
         changed (there is no SET LOCAL), so most batches send nothing; the session's own
         values are put back by reset_settings()."""
+        if not settings:  # a checkpoint's lock outside a batch (a failed row's record)
+            return
         connection = self.connection
         raw = connection.connection
         saved = getattr(connection, _SAVED, None)
@@ -170,10 +196,14 @@ class MySQLBackend(DatabaseBackend):
         if saved is None:
             return
         setattr(connection, _SAVED, None)
-        if saved[0] is connection.connection and saved[2]:
+        if saved[0] is connection.connection and saved[2] and saved[1]:
             self._set(saved[1])
 
     def for_update(self, rows: QuerySet[Any]) -> QuerySet[Any]:
+        # OF: only the model's rows, not a joined todo's (MySQL 8; MariaDB has no OF and
+        # locks the joined rows too)
+        if self.connection.features.has_select_for_update_of:
+            return rows.select_for_update(of=("self",))
         return rows.select_for_update()
 
     def lock_holders(self, table: str) -> str:
@@ -243,6 +273,11 @@ class MySQLBackend(DatabaseBackend):
                                f"WHERE TRUE{bounds}", [*chunk, *bound_params])
                 written += cursor.rowcount
         return written
+
+
+def whole_seconds(seconds: float) -> int:
+    """innodb_lock_wait_timeout's unit: whole seconds, at least one, a fraction rounded up."""
+    return max(1, math.ceil(seconds))
 
 
 def _number(value: str) -> int | float:
