@@ -291,6 +291,13 @@ class Shop:
         with psycopg.connect(self.pg.dsn(self.database), autocommit=True) as conn:
             return list(conn.execute(sql.encode()).fetchall())
 
+    def set_secret(self, values: dict[str, str]) -> None:
+        """The worker's DB Secret (``shop-db``): made, or replaced by ``values``."""
+        literals = [f"--from-literal={k}={v}" for k, v in values.items()]
+        made = self.k8s.kubectl("create", "secret", "generic", "shop-db", "-n", self.namespace,
+                                *literals, "--dry-run=client", "-o", "yaml").stdout
+        self.k8s.kubectl("apply", "-n", self.namespace, "-f", "-", input=made)
+
     def apply(self, manifest: Path | str) -> None:
         text = manifest.read_text() if isinstance(manifest, Path) else manifest
         self.k8s.kubectl("apply", "-n", self.namespace, "-f", "-", input=text)
@@ -371,9 +378,9 @@ def new_shop(k8s: Cluster, node: Node, pg: PgServer, template: str) -> Shop:
     k8s.kubectl("label", "namespace", namespace, RESTRICTED)
     k8s.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "k8s" /
                                                     "worker-rbac.yaml"))
-    secret = [f"--from-literal={k}={v}" for k, v in pg.env(database).items()]
-    k8s.kubectl("create", "secret", "generic", "shop-db", "-n", namespace, *secret)
-    return Shop(k8s, node, pg, namespace, database)
+    shop = Shop(k8s, node, pg, namespace, database)
+    shop.set_secret(pg.env(database))
+    return shop
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """Settings of the example shop. SQLite by default; PostgreSQL when PGDATABASE is set
-(libpq's usual PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE variables)."""
+(libpq's usual PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE variables); MariaDB or
+MySQL when MYSQL_DATABASE is set (MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_PASSWORD,
+and MYSQL_REPLICA_HOST/MYSQL_REPLICA_PORT for a replica read for replication lag)."""
 
 import os
 from pathlib import Path
@@ -24,6 +26,29 @@ if os.environ.get("PGDATABASE"):
             "PASSWORD": os.environ.get("PGPASSWORD", ""),
         }
     }
+elif os.environ.get("MYSQL_DATABASE"):
+    try:
+        import MySQLdb  # noqa: F401  (mysqlclient, Django's recommended driver)
+    except ImportError:  # the image's: PyMySQL, pure Python, no compiler needed
+        import pymysql
+
+        pymysql.install_as_MySQLdb()
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": os.environ["MYSQL_DATABASE"],
+            "HOST": os.environ.get("MYSQL_HOST", ""),
+            "PORT": os.environ.get("MYSQL_PORT", ""),
+            "USER": os.environ.get("MYSQL_USER", ""),
+            "PASSWORD": os.environ.get("MYSQL_PASSWORD", ""),
+            "OPTIONS": {"charset": "utf8mb4"},
+        }
+    }
+    if os.environ.get("MYSQL_REPLICA_PORT"):
+        DATABASES["replica"] = {**DATABASES["default"],
+                                "HOST": os.environ.get("MYSQL_REPLICA_HOST", ""),
+                                "PORT": os.environ["MYSQL_REPLICA_PORT"]}
+        CHUNKWISE_REPLICAS = ["replica"]
 else:
     DATABASES = {
         "default": {
