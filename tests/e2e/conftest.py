@@ -264,14 +264,19 @@ def pg_shop_env(server: PgServer, database: str) -> dict[str, str]:
     return shop_env(server.env(database))
 
 
-@pytest.fixture(scope="session")
-def shop_template(pg: PgServer) -> str:
-    pg.sql("CREATE DATABASE shop_template")
-    env = pg_shop_env(pg, "shop_template")
+def seed_shop(env: dict[str, str]) -> None:
+    """The shop's tables (chunkwise's, and shop 0001) and SEEDED customers, in the
+    database ``env`` points the shop at."""
     for args in (["migrate", "-v0", "chunkwise"], ["migrate", "-v0", "shop", "0001"],
                  ["seed_customers", str(SEEDED)]):
         subprocess.run([sys.executable, str(SHOP / "manage.py"), *args], env=env, cwd=SHOP,
                        check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def shop_template(pg: PgServer) -> str:
+    pg.sql("CREATE DATABASE shop_template")
+    seed_shop(pg_shop_env(pg, "shop_template"))
     return "shop_template"
 
 

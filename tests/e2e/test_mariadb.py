@@ -6,8 +6,6 @@ metrics are the same as on PostgreSQL."""
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.django.test_mariadb import INNODB_VIEW_EVERY
-from tests.e2e.conftest import RESTRICTED, SEEDED, OperatorDeployment, Shop
+from tests.e2e.conftest import RESTRICTED, SEEDED, OperatorDeployment, Shop, seed_shop
 from tests.e2e.test_metrics import prometheus  # noqa: F401  (the module's Prometheus)
 from tests.e2e.test_user_path import count_visit, visits, wait_rows
 from tests.e2e.testenv.cluster import Cluster
@@ -60,11 +58,7 @@ def maria(control_plane: Cluster) -> Iterator[MariaDbServer]:
 @pytest.fixture(scope="module")
 def maria_shop_template(maria: MariaDbServer) -> str:
     maria.sql("CREATE DATABASE shop_template")
-    env = shop_env(maria_env(maria, "shop_template"))
-    for args in (["migrate", "-v0", "chunkwise"], ["migrate", "-v0", "shop", "0001"],
-                 ["seed_customers", str(SEEDED)]):
-        subprocess.run([sys.executable, str(SHOP / "manage.py"), *args], env=env, cwd=SHOP,
-                       check=True, capture_output=True)
+    seed_shop(shop_env(maria_env(maria, "shop_template")))
     return "shop_template"
 
 

@@ -258,15 +258,23 @@ class MySQLBackend(DatabaseBackend):
                            values: Sequence[list[Any]], bounds: str,
                            bound_params: Sequence[Any], binary: Sequence[bool],
                            types: Sequence[str]) -> int:
-        """``UPDATE t JOIN (SELECT %s AS k, %s AS c UNION ALL SELECT %s, %s ...) AS v ON
-        t.k = v.k SET t.c = v.c``: one statement per batch (MySQL has no arrays to bind,
-        and its VALUES rows name their columns differently from MariaDB's)."""
+        """``UPDATE t JOIN (SELECT %s AS k, %s AS c UNION ALL VALUES (%s, %s), ...) AS v
+        ON t.k = v.k SET t.c = v.c``: one statement per batch (there are no arrays to
+        bind). The first row names the columns; MariaDB takes the others as a table value
+        constructor, which it parses in two thirds of the time of as many SELECTs (68.6 ms
+        against 108.8 ms for 5,000 rows, bench/README.md); MySQL's VALUES wants ROW(), so
+        there they are SELECTs."""
         assignments = ", ".join(f"{table}.{column} = v.{column}" for column in columns[1:])
-        first = ", ".join(f"%s AS {column}" for column in columns)
-        other = "SELECT " + ", ".join(["%s"] * len(columns))
+        first = "SELECT " + ", ".join(f"%s AS {column}" for column in columns)
+        row = ", ".join(["%s"] * len(columns))
         written = 0
         for chunk, rows in self._chunks(values, len(bound_params)):
-            derived = " UNION ALL ".join([f"SELECT {first}", *[other] * (rows - 1)])
+            if rows == 1:
+                derived = first
+            elif self.is_mariadb:
+                derived = f"{first} UNION ALL VALUES " + ", ".join([f"({row})"] * (rows - 1))
+            else:
+                derived = " UNION ALL ".join([first, *[f"SELECT {row}"] * (rows - 1)])
             with self.connection.cursor() as cursor:
                 cursor.execute(f"UPDATE {table} JOIN ({derived}) AS v "
                                f"ON {key_column} = v.{columns[0]} SET {assignments} "
