@@ -13,13 +13,13 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import DatabaseError, connections, transaction
 
 from chunkwise.engine import HealthReading, RunSettings, mysql_errno_of, wanted_figures
 
-from .backends.mysql import MySQLBackend, replicas
 from .config import REPLICAS
 from .health import query_value
 
@@ -36,9 +36,14 @@ _NEEDS_PROCESS = 1227
 class MySQLHealthProbe:
     """Reads the health of the server ``alias`` points at."""
 
-    def __init__(self, alias: str, table: str) -> None:
+    def __init__(self, alias: str, table: str, replicas: Sequence[str],
+                 limited: Callable[[str, float], str]) -> None:
         self._alias = alias
         self._table = table
+        #: the aliases of the databases that replicate it (settings.CHUNKWISE_REPLICAS)
+        self._replicas = list(replicas)
+        #: ``sql`` under a statement timeout of its own, as the server says it
+        self._limited = limited
 
     def read(self, settings: RunSettings) -> HealthReading:
         # autovacuum (and replication lag without replicas): refused before the run
@@ -71,7 +76,7 @@ class MySQLHealthProbe:
 
     def _lag(self) -> float:
         worst = 0.0
-        for alias in replicas(self._alias):
+        for alias in self._replicas:
             with connections[alias].cursor() as cursor:
                 cursor.execute("SHOW REPLICA STATUS")
                 row = cursor.fetchone()
@@ -91,5 +96,5 @@ class MySQLHealthProbe:
         connection = connections[self._alias]
         with transaction.atomic(using=self._alias), connection.cursor() as cursor:
             cursor.execute("SET TRANSACTION READ ONLY")
-            cursor.execute(MySQLBackend(self._alias).limited(sql, statement_timeout))
+            cursor.execute(self._limited(sql, statement_timeout))
             return query_value(cursor.fetchone() if cursor.description else None)

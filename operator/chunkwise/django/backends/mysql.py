@@ -227,7 +227,7 @@ class MySQLBackend(DatabaseBackend):
     def health_probe(self, table: str) -> HealthProbe:
         from ..health_mysql import MySQLHealthProbe
 
-        return MySQLHealthProbe(self.alias, table)
+        return MySQLHealthProbe(self.alias, table, replicas(self.alias), self.limited)
 
     def non_transactional(self, tables: Sequence[str]) -> dict[str, str]:
         if not tables:
