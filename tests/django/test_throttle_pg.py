@@ -112,11 +112,16 @@ def test_replication_lag_on_a_real_replica_throttles_counts_and_then_halts(
         # saw it would halt the next run before its first batch
         wait_until(lambda: replay_lag(primary) < 0.5, "the replica caught up", timeout=60)
 
-        # a critical level halts instead: the next operation, replay paused again
-        replica.sql("SELECT pg_wal_replay_pause()")
+        # a critical level halts instead: the next operation, replay paused once it has
+        # committed a batch (paused before its start, the lag that autovacuum's and the
+        # checkpoints' WAL build up while Django starts could halt it before any batch)
         run = Run(db, tmp_path, "0003", "--batch-size", "200", "--max-batch-size", "200",
-                  "--max-rows-per-second", "2000", "--throttle-replication-lag", "1s",
+                  "--max-rows-per-second", "500", "--throttle-replication-lag", "1s",
                   "--halt-replication-lag", "2s", "--throttle-check-interval", "200ms")
+        wait_until(lambda: db.query("SELECT 1 FROM chunkwise_checkpoint WHERE migration = "
+                                    "'0003_setbased_items' AND rows_processed > 0"),
+                   "the run committed a batch")
+        replica.sql("SELECT pg_wal_replay_pause()")
         code, output = run.finish()
         replica.sql("SELECT pg_wal_replay_resume()")
     assert code == ExitCode.HALTED, output
