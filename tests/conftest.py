@@ -42,14 +42,19 @@ def lab_env(server: LabServer, database: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def migrate_lab(server: LabServer, database: str) -> None:
+    """The lab tables (migration 0001) and chunkwise's tables in ``database``."""
+    env = lab_env(server, database)
+    for target in (["lab", "0001"], ["chunkwise"]):
+        subprocess.run([sys.executable, str(LAB / "manage.py"), "migrate", *target, "-v0"],
+                       env=env, check=True)
+
+
 @pytest.fixture(scope="session")
 def lab_template(pg: PgServer) -> str:
     """A database with the lab tables (migration 0001) and chunkwise's tables."""
     pg.sql("CREATE DATABASE lab_template")
-    env = lab_env(pg, "lab_template")
-    for target in (["lab", "0001"], ["chunkwise"]):
-        subprocess.run([sys.executable, str(LAB / "manage.py"), "migrate", *target, "-v0"],
-                       env=env, check=True)
+    migrate_lab(pg, "lab_template")
     return "lab_template"
 
 
@@ -137,10 +142,7 @@ def maria() -> Iterator[MariaDbServer]:
 def maria_lab_template(maria: MariaDbServer) -> str:
     """On MariaDB, a database with the lab tables (migration 0001) and chunkwise's tables."""
     maria.sql("CREATE DATABASE lab_template")
-    env = lab_env(maria, "lab_template")
-    for target in (["lab", "0001"], ["chunkwise"]):
-        subprocess.run([sys.executable, str(LAB / "manage.py"), "migrate", *target, "-v0"],
-                       env=env, check=True)
+    migrate_lab(maria, "lab_template")
     return "lab_template"
 
 

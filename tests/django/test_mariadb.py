@@ -612,15 +612,13 @@ def test_a_server_restart_and_a_crash_mid_run_lose_nothing() -> None:
     the retry budget: the run goes on. Then SIGKILLed (InnoDB's crash recovery on the next
     start) and down for longer than the budget: the run exits with the retryable status
     naming the database, and the next run resumes. Every row once."""
-    from tests.conftest import MariaLabDb
+    from tests.conftest import MariaLabDb, migrate_lab
     from tests.support.mariaserver import running_mariadb
 
     with running_mariadb() as server:
         server.sql("CREATE DATABASE lab_faults")
+        migrate_lab(server, "lab_faults")
         db = MariaLabDb(server, "lab_faults")
-        for target in (["lab", "0001"], ["chunkwise"]):
-            migrated = db.manage("migrate", *target, "-v0")
-            assert migrated.returncode == 0, migrated.stderr
         seed_items(db, 20_000)
         runner = db.popen("chunkwise_run", "lab", "0002", "--batch-size", "200",
                           "--max-rows-per-second", "10000", "--max-attempts", "30",
