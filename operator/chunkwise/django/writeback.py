@@ -142,10 +142,11 @@ def write_back(
     no faster)."""
     if not rows or not fields:
         return 0
-    # keys prepared too: only PostgreSQL binds every key as Django read it (a UUID key is
-    # read as uuid.UUID); for integer keys that is one pass over their types
-    values = [_prepared(field, connection, list(map(attrgetter(field.attname), rows)))
-              for field in [key, *fields]]
+    backend = backend_for(connection.alias)
+    keys = list(map(attrgetter(key.attname), rows))  # loaded from the database
+    values = [keys if backend.binds_keys_as_read else _prepared(key, connection, keys)] + [
+        _prepared(field, connection, list(map(attrgetter(field.attname), rows)))
+        for field in fields]
     columns = [key, *fields]
     quote = connection.ops.quote_name
     table = quote(model._meta.db_table)
@@ -155,7 +156,7 @@ def write_back(
                                 [values[0][0], values[0][-1]])
     else:
         bounds, bound_params = _range_sql(connection, key, key_column, within)
-    return backend_for(connection.alias).update_from_values(
+    return backend.update_from_values(
         table, key_column, [quote(c.column) for c in columns], values, bounds, bound_params,
         [psycopg3 and binary_safe(c) for c in columns],
         [array_type(c, connection) for c in columns])

@@ -55,6 +55,9 @@ class DatabaseBackend:
     pins_key_order: ClassVar[bool] = False
     #: the most parameters one statement of a write-back may bind
     max_parameters: ClassVar[int] = 32_000
+    #: keys can be bound as Django read them (a UUID key as uuid.UUID), with no
+    #: get_db_prep_save() per key in the write-back
+    binds_keys_as_read: ClassVar[bool] = False
 
     def __init__(self, alias: str) -> None:
         self.alias = alias

@@ -40,6 +40,7 @@ class PostgreSQLBackend(DatabaseBackend):
     batch_timeouts = True
     optimistic_batches = True
     pins_key_order = True
+    binds_keys_as_read = True
 
     @property
     def psycopg3(self) -> bool:
