@@ -15,7 +15,7 @@ from types import ModuleType
 import psycopg
 import pytest
 
-from tests.support.mariaserver import running_mariadb
+from tests.support.mariaserver import INNODB_VIEW_EVERY, running_mariadb
 from tests.support.pgserver import running_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,14 +208,16 @@ def test_the_traffic_phase_counts_innodb_row_lock_waits_on_mariadb() -> None:
         writer = threading.Thread(
             target=server.sql, args=("UPDATE t SET n = n + 1 WHERE id = 1", "waits"))
         holder = server.connect("waits", autocommit=False)
+        waiting = ("SELECT count(*) FROM information_schema.INNODB_TRX "
+                   "WHERE trx_state = 'LOCK WAIT'")
         try:
             holder.cursor().execute("UPDATE t SET n = n + 1 WHERE id = 1")  # holds the row
+            assert server.sql(waiting) == [(0,)]
             writer.start()
             deadline = time.monotonic() + 30
-            while server.sql("SELECT count(*) FROM information_schema.INNODB_TRX "
-                             "WHERE trx_state = 'LOCK WAIT'") != [(1,)]:
+            while server.sql(waiting) != [(1,)]:
                 assert time.monotonic() < deadline, "the writer never waited for the row"
-                time.sleep(0.05)
+                time.sleep(INNODB_VIEW_EVERY)
             holder.commit()
         finally:
             holder.close()

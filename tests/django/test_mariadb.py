@@ -16,6 +16,7 @@ import pytest
 from chunkwise.contract import ExitCode
 from tests.django.test_batches_pg import checkpoint, counters, wait_for_batches, wait_until
 from tests.django.test_throttle_pg import Run
+from tests.support.mariaserver import INNODB_VIEW_EVERY
 
 pytestmark = pytest.mark.mariadb
 
@@ -31,13 +32,9 @@ def seed_items(db: Any, count: int, gap: int = 1,
 
 def innodb_view(db: Any, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
     """A query of InnoDB's information_schema views (INNODB_TRX, INNODB_LOCK_WAITS),
-    read at most every INNODB_VIEW_EVERY s: InnoDB refreshes their cache only when it was
-    last read longer than 0.1 s ago, so a poll in a tighter loop never sees a change."""
+    read at most every INNODB_VIEW_EVERY s (see there)."""
     time.sleep(INNODB_VIEW_EVERY)
     return [tuple(row) for row in db.query(sql, params)]
-
-
-INNODB_VIEW_EVERY = 0.15
 
 
 def other_sessions(db: Any) -> int:

@@ -13,13 +13,17 @@ from typing import Any
 
 import pytest
 
-from tests.django.test_mariadb import INNODB_VIEW_EVERY
 from tests.e2e.conftest import RESTRICTED, SEEDED, OperatorDeployment, Shop, seed_shop
 from tests.e2e.test_metrics import prometheus  # noqa: F401  (the module's Prometheus)
 from tests.e2e.test_user_path import count_visit, visits, wait_rows
 from tests.e2e.testenv.cluster import Cluster
 from tests.e2e.testenv.node import Node
-from tests.support.mariaserver import MariaDbServer, running_mariadb, running_mariadb_replica
+from tests.support.mariaserver import (
+    INNODB_VIEW_EVERY,
+    MariaDbServer,
+    running_mariadb,
+    running_mariadb_replica,
+)
 from tests.support.pgserver import PgServer
 from tests.support.prometheus import PrometheusServer
 from tests.support.shop import SHOP, shop_env

@@ -27,7 +27,13 @@ from typing import Any
 
 from tests.support.pgserver import free_port
 
-__all__ = ["MariaDbServer", "find_mariadbd", "running_mariadb", "running_mariadb_replica"]
+__all__ = ["INNODB_VIEW_EVERY", "MariaDbServer", "find_mariadbd", "running_mariadb",
+           "running_mariadb_replica"]
+
+#: how often a poll may read InnoDB's information_schema views (INNODB_TRX,
+#: INNODB_LOCK_WAITS): InnoDB refreshes their cache only when it was last read more than
+#: 0.1 s ago, and every read counts, so a tighter loop sees the first answer for ever
+INNODB_VIEW_EVERY = 0.15
 
 #: what a real server would have but a throwaway one does not need: each line is safe
 #: under a killed ``mariadbd`` (only an operating system crash would lose commits), as
