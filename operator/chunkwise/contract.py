@@ -335,7 +335,7 @@ class ThrottleStatus(TypedDict):
     next batch; absent while it does not. The operator mirrors it into the Throttled
     condition."""
 
-    reason: str  #: CamelCase: ReplicationLag, TransactionAge, ActiveBackends, Autovacuum, ...
+    reason: str  #: CamelCase: ReplicationLag, TransactionAge, HistoryListLength, ...
     message: str  #: the latest reading against its threshold: "replication lag 12.3s > 5s"
     since: str  #: when this reason began to hold the run back
 

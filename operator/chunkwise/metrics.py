@@ -141,7 +141,8 @@ class WorkerMetrics:
         self.throttled = Counter(
             Name.THROTTLED, "Seconds the worker waited instead of running the next batch, by "
             "reason (pace: batch.pause and batch.maxRowsPerSecond; the database's health: "
-            "replication_lag, transaction_age, active_backends, autovacuum, throttle_query).",
+            "replication_lag, transaction_age, active_backends, history_list_length, "
+            "autovacuum, throttle_query).",
             (*labels, "reason"), registry=registry)
         self.batch_size = Gauge(
             Name.BATCH_SIZE, "Rows the next batch will take (the tuner's current size).",

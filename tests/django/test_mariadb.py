@@ -509,6 +509,48 @@ def test_throttles_on_running_threads_an_old_transaction_and_a_throttle_query(
     assert db.query("SELECT count(*) FROM hold_migrations") == [(0,)]
 
 
+def _history_list_length(db: Any) -> int:
+    return int(db.query("SHOW GLOBAL STATUS LIKE 'Innodb_history_list_length'")[0][1])
+
+
+def test_purge_lag_throttles_and_at_a_critical_length_halts(maria_lab_db: Any,
+                                                           tmp_path: Path) -> None:
+    """InnoDB's history list (undo its purge has not yet removed) grows while a read
+    view older than the writes is open: the run waits above throttle.historyListLength
+    without committing a batch, goes on once purge has caught up, and halts above the
+    critical level, each row once."""
+    db = maria_lab_db
+    seed_items(db, 3000)
+    snapshot = _holder(db)
+    try:
+        snapshot.cursor().execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        for _ in range(60):  # each commit is one undo log the snapshot keeps from purge
+            db.execute("UPDATE lab_item SET score = score + 1 WHERE id = 1")
+        wait_until(lambda: _history_list_length(db) >= 60, "the history list grew")
+        run = Run(db, tmp_path, "0002", "--batch-size", "300",
+                  "--throttle-history-list-length", "40", "--throttle-check-interval", "100ms")
+        run.wait_for(r"throttled: InnoDB history list length \d+ > 40 "
+                     r"\(throttle\.historyListLength\)")
+        assert checkpoint(db, "0002_bump_items")["rows_processed"] == 0
+        snapshot.commit()
+        code, output = run.finish()
+        assert code == ExitCode.DONE and counters(db) == {1: 3000}, output
+        assert "no longer throttled, after" in output
+
+        snapshot.cursor().execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        for _ in range(60):
+            db.execute("UPDATE lab_item SET score = score + 1 WHERE id = 1")
+        run = Run(db, tmp_path, "0003", "--batch-size", "300",
+                  "--halt-history-list-length", "40", "--throttle-check-interval", "100ms")
+        code, output = run.finish()
+    finally:
+        snapshot.close()
+    assert code == ExitCode.HALTED, output
+    assert re.search(r"HALTED \(CriticalHistoryListLength\): critical load: InnoDB history "
+                     r"list length \d+ > 40 \(--halt-history-list-length\)", output), output
+    assert counters(db) == {1: 3000}
+
+
 def test_a_figure_the_primary_cannot_read_is_refused_before_any_row(maria_lab_db: Any) -> None:
     """A MariaDB primary does not know its replicas' lag, and there is no autovacuum: a
     threshold on them is refused in one line, not left to read as "nothing to wait for"."""

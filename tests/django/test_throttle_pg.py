@@ -233,3 +233,17 @@ def test_active_backends_an_old_transaction_and_a_throttle_query(lab_db: LabDb,
     assert code == ExitCode.HALTED, output
     assert "HealthCheckFailed" in output and "read-only transaction" in output
     assert lab_db.query("SELECT count(*) FROM hold_migrations") == [(0,)]
+
+
+def test_innodb_history_list_thresholds_are_refused_on_postgresql(lab_db: LabDb) -> None:
+    """PostgreSQL has no undo history to read: a history list threshold is refused in one
+    line naming the flag and what to use instead, not read as "nothing to wait for"."""
+    seed_items(lab_db, 300)
+    for flag in ("--throttle-history-list-length", "--halt-history-list-length"):
+        refused = lab_db.manage("chunkwise_run", "lab", "0002", flag, "1000")
+        assert refused.returncode == ExitCode.USAGE, refused.stderr
+        assert refused.stderr.count(f"{flag}: ") == 1, refused.stderr
+        assert "(throttle.transactionAge)" in refused.stderr
+        assert "unset it for database 'default' (PostgreSQL)" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert counters(lab_db) == {0: 300}

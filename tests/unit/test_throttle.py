@@ -57,6 +57,19 @@ def test_critical_comes_before_throttle_and_names_its_own_reason() -> None:
                              "replication lag 29.0s > 5s (throttle.replicationLag)")
 
 
+def test_the_history_list_length_is_a_count_with_both_levels() -> None:
+    run = with_health(history_list_length=5000, halt={"history_list_length": 50_000})
+    assert judge(HealthReading(history_list_length=5000), run) is None
+    assert judge(HealthReading(history_list_length=5001), run) == Throttle(
+        "history_list_length",
+        "InnoDB history list length 5001 > 5000 (throttle.historyListLength)")
+    critical = judge(HealthReading(history_list_length=60_000), run)
+    assert critical is not None and critical.condition_reason == "CriticalHistoryListLength"
+    with pytest.raises(SettingsError, match=r"^haltOn\.historyListLength: expected a value "
+                       r"above throttle\.historyListLength"):
+        with_health(history_list_length=5000, halt={"history_list_length": 5000})
+
+
 def test_autovacuum_and_the_throttle_query_wait_only_when_asked_for() -> None:
     reading = HealthReading(autovacuum="autovacuum on shop_customer for 3s (scanning heap)",
                             query_value=2)

@@ -8,6 +8,9 @@ privilege, which docs/how-to/mariadb.md says). A primary does not know its repli
 it is read from each replica named in settings.CHUNKWISE_REPLICAS (``SHOW REPLICA
 STATUS``, the worst ``Seconds_Behind_Master``; a replica whose replication is stopped
 has no lag to tell, and fails the reading rather than read as none, as gh-ost does). The
+history list length (undo InnoDB has yet to purge) is MariaDB's status variable
+``Innodb_history_list_length``; MySQL has it only as the ``trx_rseg_history_len`` counter
+of ``information_schema.INNODB_METRICS`` (PROCESS privilege, as INNODB_TRX). The
 user's throttle query runs in a read-only transaction under ``timeouts.statement``, as on
 PostgreSQL."""
 
@@ -29,6 +32,9 @@ __all__ = ["MySQLHealthProbe"]
 _TRANSACTION_AGE = ("SELECT COALESCE(MAX(TIMESTAMPDIFF(SECOND, trx_started, NOW())), 0) "
                     "FROM information_schema.INNODB_TRX "
                     "WHERE trx_mysql_thread_id <> CONNECTION_ID()")
+#: MySQL's history list length (MariaDB's is a status variable, which needs no privilege)
+_HISTORY_METRIC = ("SELECT `COUNT` FROM information_schema.INNODB_METRICS "
+                   "WHERE NAME = 'trx_rseg_history_len'")
 #: ER_SPECIFIC_ACCESS_DENIED_ERROR: INNODB_TRX without the PROCESS privilege
 _NEEDS_PROCESS = 1227
 
@@ -49,30 +55,28 @@ class MySQLHealthProbe:
         # autovacuum (and replication lag without replicas): refused before the run
         # (MySQLBackend.unreadable)
         wanted = wanted_figures(settings)
-        active = age = None
+        active = age = history = None
         with connections[self._alias].cursor() as cursor:
             if "active_backends" in wanted:  # SHOW: MySQL 8 has no information_schema's
                 cursor.execute("SHOW GLOBAL STATUS LIKE 'Threads_running'")
                 active = int(cursor.fetchone()[1]) - 1  # this session's own is running
             if "transaction_age" in wanted:
-                age = self._transaction_age(cursor)
+                age = _readable_with_process(cursor, _TRANSACTION_AGE)
+            if "history_list_length" in wanted:
+                history = self._history_list_length(cursor)
         query = settings.throttle.query.strip()
         return HealthReading(
-            active_backends=active, transaction_age=age,
+            active_backends=active, transaction_age=age, history_list_length=history,
             replication_lag=self._lag() if "replication_lag" in wanted else None,
             query_value=self._query(query, settings.timeouts.statement) if query else None)
 
     @staticmethod
-    def _transaction_age(cursor: Any) -> float | None:
-        """Without the PROCESS privilege INNODB_TRX is refused: read as nothing to wait
-        for, as PostgreSQL's other sessions are without pg_monitor."""
-        try:
-            cursor.execute(_TRANSACTION_AGE)
-        except DatabaseError as exc:
-            if mysql_errno_of(exc) == _NEEDS_PROCESS:
-                return None
-            raise
-        return float(cursor.fetchone()[0])
+    def _history_list_length(cursor: Any) -> int | None:
+        cursor.execute("SHOW GLOBAL STATUS LIKE 'Innodb_history_list_length'")
+        row = cursor.fetchone()
+        if row is None:  # MySQL
+            return _readable_with_process(cursor, _HISTORY_METRIC)
+        return int(row[1])
 
     def _lag(self) -> float:
         worst = 0.0
@@ -98,3 +102,17 @@ class MySQLHealthProbe:
             cursor.execute("SET TRANSACTION READ ONLY")
             cursor.execute(self._limited(sql, statement_timeout))
             return query_value(cursor.fetchone() if cursor.description else None)
+
+
+def _readable_with_process(cursor: Any, sql: str) -> int | None:
+    """The number ``sql`` reads from InnoDB's information_schema views, which refuse a
+    user without the PROCESS privilege: then nothing to wait for, as PostgreSQL's other
+    sessions read without pg_monitor."""
+    try:
+        cursor.execute(sql)
+    except DatabaseError as exc:
+        if mysql_errno_of(exc) == _NEEDS_PROCESS:
+            return None
+        raise
+    row = cursor.fetchone()
+    return None if row is None else int(row[0])

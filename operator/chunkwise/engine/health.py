@@ -28,6 +28,8 @@ class HealthReading:
     replication_lag: float | None = None
     #: seconds, the oldest open transaction of another session
     transaction_age: float | None = None
+    #: undo log entries InnoDB has yet to purge (MariaDB/MySQL)
+    history_list_length: int | None = None
     #: how autovacuum is working on the table ("autovacuum on shop_customer for 12s
     #: (scanning heap)"), None when it is not
     autovacuum: str | None = None
@@ -61,7 +63,8 @@ class Throttle:
 #: Checked in this order; their spec names come from the tunables table.
 _GAUGES: Final = (("replication_lag", "replication lag", True),
                   ("transaction_age", "oldest transaction", True),
-                  ("active_backends", "active backends", False))
+                  ("active_backends", "active backends", False),
+                  ("history_list_length", "InnoDB history list length", False))
 #: (figure, critical) -> the tunable that sets its level, for the messages
 _LEVELS: Final = {(halt.field, critical): tunable for halt, throttle in critical_pairs()
                   for tunable, critical in ((halt, True), (throttle, False))}

@@ -175,6 +175,8 @@ class HaltThresholds:
     replication_lag: float = 0.0
     #: seconds the oldest open transaction of another session has been running
     transaction_age: float = 0.0
+    #: undo log entries InnoDB has yet to purge (MariaDB/MySQL)
+    history_list_length: int = 0
 
     def __post_init__(self) -> None:
         _check_bounds(self, "halt_on")
@@ -196,6 +198,10 @@ class ThrottleSettings:
     #: seconds the oldest open transaction of another session has been running; while it
     #: runs, vacuum cannot remove the dead rows every batch leaves behind.
     transaction_age: float = 0.0
+    #: undo log entries InnoDB has yet to purge (MariaDB/MySQL's history list length):
+    #: every batch adds its rows' old versions, and while purge lags, reads and writes
+    #: walk longer version chains (Percona's tools throttle on it too).
+    history_list_length: int = 0
     #: wait while autovacuum works on the migrated table: GitLab's batched migrations do,
     #: so vacuum catches up with the dead rows instead of racing them.
     autovacuum: bool = False
@@ -443,12 +449,19 @@ TUNABLES: tuple[Tunable, ...] = (
     _t("halt-transaction-age", "haltOn.transactionAge", "halt_on.transaction_age",
        "duration", "halt (critical load) when another transaction is older, 0 = off",
        minimum=0),
+    _t("halt-history-list-length", "haltOn.historyListLength", "halt_on.history_list_length",
+       "integer", "halt (critical load) above this InnoDB history list length, 0 = off",
+       minimum=0),
     _t("throttle-active-backends", "throttle.activeBackends", "throttle.active_backends",
        "integer", "wait while more backends than this are active, 0 = off", minimum=0),
     _t("throttle-replication-lag", "throttle.replicationLag", "throttle.replication_lag",
        "duration", "wait while a replica lags more than this, 0 = off", minimum=0),
     _t("throttle-transaction-age", "throttle.transactionAge", "throttle.transaction_age",
        "duration", "wait while another transaction is older than this, 0 = off", minimum=0),
+    _t("throttle-history-list-length", "throttle.historyListLength",
+       "throttle.history_list_length", "integer",
+       "wait while InnoDB's history list is longer than this (MariaDB/MySQL), 0 = off",
+       minimum=0),
     _t("throttle-autovacuum", "throttle.autovacuum", "throttle.autovacuum", "boolean",
        "wait while autovacuum works on the migrated table (true/false)"),
     _t("throttle-query", "throttle.query", "throttle.query", "text",

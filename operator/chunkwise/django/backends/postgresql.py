@@ -137,6 +137,12 @@ class PostgreSQLBackend(DatabaseBackend):
             f"pid {pid} (application_name {app or '(none)'!r}, user {user}, {state}) has "
             f"held locks on {table} for {age}s" for pid, app, user, age, state in found)
 
+    def unreadable(self) -> dict[str, str]:
+        why = ("PostgreSQL keeps old row versions in the table, not in an undo history; "
+               "what holds their cleanup back is an old transaction "
+               "(throttle.transactionAge) or a busy autovacuum (throttle.autovacuum)")
+        return {"throttle.historyListLength": why, "haltOn.historyListLength": why}
+
     def health_probe(self, table: str) -> HealthProbe:
         from ..health import PostgresHealthProbe
 
