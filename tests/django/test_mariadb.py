@@ -266,6 +266,24 @@ def test_uuid_and_text_keys_follow_the_database(maria_lab_db: Any) -> None:
     assert counters(db, "lab_textitem") == {1: 991}
 
 
+def test_uuid_keys_kept_as_32_hex_characters_are_bound_as_the_column_holds_them(
+        maria_lab_db: Any) -> None:
+    """The char(32) UUID column of MySQL and of MariaDB before 10.7, through the field
+    Django's release notes give for it: keys are compared as the hex the column holds
+    (a hyphenated UUID would sort after every hex key that starts with the same digit)."""
+    db = maria_lab_db
+    assert db.query("SELECT DATA_TYPE, CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS "
+                    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'lab_hexuuiditem' "
+                    "AND COLUMN_NAME = 'id'") == [("char", 32)]
+    db.execute("INSERT INTO lab_hexuuiditem (id, counter) "
+               "SELECT REPLACE(UUID(), '-', ''), 0 FROM seq_1_to_1234")
+    for operation in ("0", "1"):
+        result = db.manage("chunkwise_run", "lab", "0017", "--operation", operation,
+                           "--batch-size", "100")
+        assert result.returncode == 0, result.stderr
+    assert counters(db, "lab_hexuuiditem") == {2: 1234}  # set-based + transform
+
+
 def test_a_table_that_cannot_roll_back_is_refused_before_any_row(maria_lab_db: Any) -> None:
     db = maria_lab_db
     db.execute("INSERT INTO lab_uuiditem (id, counter) SELECT UUID(), 0 FROM seq_1_to_100")

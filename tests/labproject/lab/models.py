@@ -1,4 +1,5 @@
 import uuid
+from typing import Any
 
 from django.db import models
 
@@ -16,6 +17,24 @@ class Item(models.Model):
 
 class UuidItem(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    counter = models.IntegerField(default=0)
+
+
+class HexUuidField(models.UUIDField):  # type: ignore[type-arg]
+    """A UUID kept as 32 hex characters: the column a UUIDField has on MySQL and on
+    MariaDB before 10.7, and the field Django 5.0's release notes give MariaDB projects
+    that keep such columns after upgrading."""
+
+    def db_type(self, connection: Any) -> str:
+        return "char(32)"
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        value = super().get_db_prep_value(value, connection, prepared)
+        return value.hex if isinstance(value, uuid.UUID) else value
+
+
+class HexUuidItem(models.Model):
+    id = HexUuidField(primary_key=True, default=uuid.uuid4)
     counter = models.IntegerField(default=0)
 
 

@@ -5,6 +5,8 @@ import uuid
 import django.db.models.deletion
 from django.db import migrations, models
 
+import lab.models
+
 
 class Migration(migrations.Migration):
 
@@ -39,6 +41,13 @@ class Migration(migrations.Migration):
             name='UuidItem',
             fields=[
                 ('id', models.UUIDField(default=uuid.uuid4, primary_key=True, serialize=False)),
+                ('counter', models.IntegerField(default=0)),
+            ],
+        ),
+        migrations.CreateModel(
+            name='HexUuidItem',
+            fields=[
+                ('id', lab.models.HexUuidField(default=uuid.uuid4, primary_key=True, serialize=False)),
                 ('counter', models.IntegerField(default=0)),
             ],
         ),
