@@ -47,10 +47,14 @@ class DatabaseBackend:
     parallel_writers: ClassVar[bool] = False
     #: batches run under timeouts.lock and timeouts.statement
     batch_timeouts: ClassVar[bool] = False
-    #: batches may skip the lock step while nothing contends: a write conflict with a
-    #: row read earlier in the batch is refused by the database itself (PostgreSQL's
-    #: REPEATABLE READ, 40001), so no concurrent change is overwritten
-    optimistic_batches: ClassVar[bool] = False
+    #: set-based batches may skip the lock step while nothing contends: their UPDATEs
+    #: lock the rows they change as they go and change each row's latest committed
+    #: version (PostgreSQL's and InnoDB's writes alike), so no concurrent change is lost
+    optimistic_set_based: ClassVar[bool] = False
+    #: per-row transforms may skip it too: a write-back of a row another transaction
+    #: changed since the batch read it is refused by the database itself (PostgreSQL's
+    #: REPEATABLE READ, 40001; InnoDB's would overwrite the change)
+    optimistic_transforms: ClassVar[bool] = False
     #: statements that walk the key's index can be told to (PostgreSQL's planner settings)
     pins_key_order: ClassVar[bool] = False
     #: the most parameters one statement of a write-back may bind

@@ -2,10 +2,11 @@
 lock, the batch's timeouts as session variables, row locks FOR UPDATE, the write-back as
 one UPDATE joined with a derived table of the new values.
 
-Batches always lock their rows first: InnoDB's REPEATABLE READ does not refuse a write
-to a row another transaction changed since it was read (PostgreSQL's does, 40001), so
-the optimistic path that skips the lock step on PostgreSQL could overwrite a concurrent
-change there."""
+A per-row transform's batches always lock their rows first: InnoDB's REPEATABLE READ does
+not refuse a write to a row another transaction changed since it was read (PostgreSQL's
+does, 40001), so skipping the lock step could overwrite a concurrent change with a value
+computed from the old one. Set-based batches skip it while nothing contends, as on
+PostgreSQL: their UPDATEs lock and change each row's latest version themselves."""
 
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ class MySQLBackend(DatabaseBackend):
     name = "MariaDB/MySQL"
     row_locks = True
     parallel_writers = True
+    optimistic_set_based = True
     batch_timeouts = True
     #: the driver binds client-side: the limit is max_allowed_packet (16 MiB by default),
     #: which 200,000 values of a write-back stay well below; a batch is one statement

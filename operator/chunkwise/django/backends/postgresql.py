@@ -38,7 +38,8 @@ class PostgreSQLBackend(DatabaseBackend):
     row_locks = True
     parallel_writers = True
     batch_timeouts = True
-    optimistic_batches = True
+    optimistic_set_based = True
+    optimistic_transforms = True
     pins_key_order = True
     binds_keys_as_read = True
 
