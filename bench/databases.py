@@ -138,13 +138,38 @@ class BenchDatabase(ABC):
         """Where a new session of the server runs, as the kernel says: "PostgreSQL (a new
         backend: CPU 1)"."""
 
+    # -- the cost -----------------------------------------------------------------------------
 
-def _parent_of(pid: int) -> int:
+    @abstractmethod
+    def server_cpu_seconds(self) -> float:
+        """CPU seconds the server has used so far, every process or thread of it (the
+        ones gone included), as the kernel counts them: what a contender cost a shared
+        database is the difference across its run."""
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command, from the state on (field 3); None
+    when the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:  # gone meanwhile
-        return -1
-    return int(stat.rsplit(")", 1)[1].split()[1])
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _parent_of(pid: int) -> int:
+    fields = _stat(pid)
+    return -1 if fields is None else int(fields[1])
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(fields: list[str], reaped_children: bool) -> float:
+    """utime + stime (fields 14, 15), with ``reaped_children`` their cutime + cstime (16,
+    17): the CPU of its children that exited and were waited for."""
+    ticks = sum(int(fields[i]) for i in ((11, 12, 13, 14) if reaped_children else (11, 12)))
+    return ticks / _TICK
 
 
 def cpu_list(cpus: frozenset[int] | set[int]) -> str:
@@ -245,9 +270,28 @@ class PostgreSQL(BenchDatabase):
         """The postmaster and the processes it has forked (checkpointer, backends, ...);
         new backends are forked by the postmaster and inherit its CPUs."""
         postmaster = int((self.server.datadir / "postmaster.pid").read_text().split()[0])
-        children = [int(entry) for entry in os.listdir("/proc")
-                    if entry.isdigit() and _parent_of(int(entry)) == postmaster]
-        return [postmaster, *children]
+        return [postmaster, *self._children(postmaster)]
+
+    def server_cpu_seconds(self) -> float:
+        """The postmaster's CPU, its reaped children's (backends that exited: cutime), and
+        its live children's. Read again until no child exited meanwhile, so that a backend
+        reaped between two reads is counted once: a run's own backend holds most of it."""
+        postmaster = int((self.server.datadir / "postmaster.pid").read_text().split()[0])
+        while True:
+            before = self._children(postmaster)
+            own = _stat(postmaster)
+            children = {pid: _stat(pid) for pid in before}
+            if own is None:
+                raise RuntimeError("the PostgreSQL server stopped")
+            if self._children(postmaster) == before and all(children.values()):
+                return _cpu_seconds(own, reaped_children=True) + sum(
+                    _cpu_seconds(fields, reaped_children=False)
+                    for fields in children.values() if fields)
+
+    @staticmethod
+    def _children(postmaster: int) -> set[int]:
+        return {int(entry) for entry in os.listdir("/proc")
+                if entry.isdigit() and _parent_of(int(entry)) == postmaster}
 
     def new_session_cpus(self) -> str:
         import psycopg
@@ -364,6 +408,13 @@ class MariaDB(BenchDatabase):
         session), so this is every session's, the migration's own waits for a writer's row
         included. One copy is used at a time, so they are all this copy's."""
         return self._row_lock_waits() - mark
+
+    def server_cpu_seconds(self) -> float:
+        """mariadbd is one process: its CPU counts every thread's, the ones that ended too."""
+        fields = _stat(self.server.pid)
+        if fields is None:
+            raise RuntimeError("the MariaDB server stopped")
+        return _cpu_seconds(fields, reaped_children=False)
 
     def server_tasks(self) -> list[int]:
         """Every thread of mariadbd (taskset -a): the threads it starts later (a new
