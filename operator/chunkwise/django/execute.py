@@ -285,6 +285,8 @@ def execute(
             outcome = Outcome(ExitCode.INTERRUPTED, "Interrupted", ABORTED)
             stream.write(f"\n{ref}: {outcome.message}\n")
             _mark_stopped(store, outcome.message)
+        finally:
+            target.close()
     if outcome.exit_code == 0:
         _forget_other_direction(ref, connection.alias)
     failed = outcome.state.tally.failed_rows if outcome.state else 0

@@ -8,6 +8,7 @@ are one transaction.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from itertools import starmap
@@ -15,13 +16,15 @@ from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist, FieldError, ImproperlyConfigured
 from django.db import connections, transaction
-from django.db.models import F, Field, Model, Q, QuerySet
+from django.db.models import BigIntegerField, F, Field, Model, Q, QuerySet
+from django.db.models.expressions import RawSQL
 
 from chunkwise.engine import ErrorKind, Timeouts, classify
 
 from .backends import backend_for
 from .batch import Batch, BatchScope, as_batch, to_many_relation
 from .keys import Key
+from .prefetch import ROW_VERSION, Ahead, Cancelled, ReadAhead, RowsChangedSinceRead, versioned
 from .rows import row_class
 from .writeback import KeyRange, binary_safe, write_back
 
@@ -127,6 +130,19 @@ class DjangoBatchTarget:
         if self._pins_key_order:
             self._session_key_order()  # now, not in the first batch's transaction
         self._psycopg3 = self._backend.psycopg3
+        #: the next batch read and transformed ahead, on a connection of its own, while
+        #: this one writes (prefetch.py): a transform that runs optimistically on a plain
+        #: todo, with no prepare (whose queries belong in the batch's transaction), and
+        #: nothing read from other rows (annotate=, a todo's subquery), which the rows'
+        #: versions do not cover
+        self._ahead = ReadAhead(alias) if (
+            self._optimistic and transform is not None and prepare is None
+            and within is None and not annotate and not _has_subquery(todo, alias)
+            and self._backend.row_versions) else None
+        #: the current batch's rows' versions and its transform's error, when read ahead
+        self._versions: list[int] | None = None
+        self._ahead_error: BaseException | None = None
+        self._timeouts: Timeouts | None = None
         self._binary_fetch = self._psycopg3 and all(map(binary_safe, read)) and all(
             binary_safe(output) for _, output in annotations)
         #: what Django does to an annotation's values once read (Decimal() of a numeric
@@ -169,11 +185,14 @@ class DjangoBatchTarget:
         that locks the checkpoint row."""
         if not self._backend.batch_timeouts:
             return {}  # SQLite has no lock_timeout: it is said once at start, not faked
+        self._timeouts = timeouts
         lock = timeouts.lock if self.locks_first else \
             min(timeouts.lock, OPTIMISTIC_LOCK_TIMEOUT)
-        self._key_order_pinned = self._pins_key_order
+        # a batch read ahead finds no rows on this connection: nothing to pin for
+        self._key_order_pinned = self._pins_key_order and not (
+            self._ahead is not None and self._ahead.pending and not self.locks_first)
         return {**self._backend.batch_settings(lock, timeouts.statement),
-                **(_KEY_ORDER_SETTINGS if self._pins_key_order else {})}
+                **(_KEY_ORDER_SETTINGS if self._key_order_pinned else {})}
 
     def set_batch_settings(self, timeouts: Timeouts) -> None:
         """Set the batch's settings for the current transaction (or savepoint) on their
@@ -196,7 +215,15 @@ class DjangoBatchTarget:
         if not self._key_order_pinned:
             return sql, list(params)
         self._key_order_pinned = False
-        items, values = self._backend.setting_items(self._session_key_order())
+        return self._restoring(self._session_key_order(), sql, params)
+
+    def _restoring(self, settings: Mapping[str, str], sql: str, params: Sequence[Any]
+                   ) -> tuple[str, list[Any]]:
+        """``sql``, a query of one value, as a statement that also sets ``settings``
+        (for the statements after it), or as it is without any."""
+        if not settings:
+            return sql, list(params)
+        items, values = self._backend.setting_items(settings)
         return f"SELECT ({sql}), {items}", [*params, *values]
 
     def _set_key_order(self, pinned: bool) -> None:
@@ -242,14 +269,90 @@ class DjangoBatchTarget:
         locking_first = self._reads_first
         if self._contended_attempts:
             self._contended_attempts -= 1
+        self._versions = None
         try:
+            if self._ahead is not None:
+                ahead = None if locking_first else self._ahead.take(self._bounds_key(after,
+                                                                                     upto))
+                if ahead is not None:
+                    return self._use_ahead(ahead, upto, limit)
+                self._ahead.discard()
+                self._set_key_order(pinned=True)  # batch_settings left it out for one
             found = self._lock_window(after, upto, limit, locking_first) if self._within \
                 else self._lock_rows(after, upto, limit, locking_first)
         except Exception:
             self._key_order_pinned = False  # gone with the transaction (or savepoint)
             raise
         self._set_key_order(pinned=False)
+        if self._ahead is not None and not locking_first and found[0] == limit:
+            self._read_ahead(found[1], upto, limit)
         return found
+
+    def _bounds_key(self, after: Key | None, upto: Key) -> tuple[Key | None, Key]:
+        """(after, upto) as the key field reads them: the checkpoint's keys come back
+        through to_python(), a batch's last key as the driver gave it."""
+        return (None if after is None else self._key.to_python(after),
+                self._key.to_python(upto))
+
+    def _use_ahead(self, ahead: Ahead, upto: Key, limit: int) -> tuple[int, Key | None]:
+        """The batch read ahead, its first ``limit`` rows (the batch size may have changed
+        since: its first rows are a batch all the same, (after, their last key])."""
+        rows = ahead.rows[:limit]
+        self._rows, self._versions, self._ahead_error = rows, ahead.versions[:limit], \
+            ahead.error
+        if not rows:
+            return 0, None
+        last = getattr(rows[-1], self._key.attname)
+        self._read_ahead(last, upto, limit)
+        return len(rows), last
+
+    def _read_ahead(self, after: Key | None, upto: Key, limit: int) -> None:
+        """Read the batch after this one, (``after``, its limit-th key], and transform
+        it, on the read-ahead's own connection and thread (prefetch.py): in a transaction
+        of its own under the batch's statement timeout, the limit-th key found with the
+        key order pinned, as a batch finds it, and the rows read with their versions."""
+        assert self._ahead is not None and self._transform is not None
+        transform, alias, row_class = self._transform, self._alias, self._row_class
+        settings = {**(self._backend.batch_settings(self._timeouts.lock,
+                                                    self._timeouts.statement)
+                       if self._timeouts is not None else {}),
+                    "transaction_read_only": "on",  # it reads, and must never write
+                    **(_KEY_ORDER_SETTINGS if self._pins_key_order else {})}
+        restore = self._session_key_order() if self._pins_key_order else {}
+        if self._todo_keys is None:
+            self._todo_keys = self._keys_sql(self._todo.order_by())
+        version = RawSQL(self._backend.row_version(
+            connections[alias].ops.quote_name(self._todo.model._meta.db_table)), (),
+            output_field=BigIntegerField())
+        bounds = self._bounds_key(after, upto)
+
+        def read(cancelled: threading.Event) -> Ahead:
+            with transaction.atomic(using=alias):
+                self._backend.apply_settings(settings)
+                last = self._fetch_one(*self._restoring(
+                    restore, *self._limit_th_key_sql(after, upto, limit)))
+                rows = self._range(after, upto if last is None else last)
+                fetched, versions = versioned(self._fetch(self._reading(
+                    rows.annotate(**{ROW_VERSION: version}).order_by(self._key.name),
+                    ROW_VERSION)[:limit]))
+            batch = list(starmap(row_class, fetched))
+            try:
+                for row in batch:
+                    if cancelled.is_set():
+                        raise Cancelled
+                    transform(row)
+            except Cancelled:
+                raise
+            except Exception as exc:  # the row's: raised when the batch is applied
+                return Ahead(bounds, batch, versions, exc)
+            return Ahead(bounds, batch, versions)
+
+        self._ahead.start(bounds, read)
+
+    def close(self) -> None:
+        """End the read-ahead's thread and connection, if there is one."""
+        if self._ahead is not None:
+            self._ahead.close()
 
     def _lock_window(self, after: Key | None, upto: Key, limit: int,
                      locking_first: bool) -> tuple[int, Key | None]:
@@ -334,9 +437,22 @@ class DjangoBatchTarget:
 
         The todo's keys are compiled once and bounded here with parameters: building and
         compiling the range's queryset for every batch cost 0.4 ms of a 14 ms batch."""
-        connection = connections[self._alias]
         if self._todo_keys is None:
             self._todo_keys = self._keys_sql(self._todo.order_by())
+        return self._fetch_one(*self._key_order_ending(
+            *self._limit_th_key_sql(after, upto, limit)))
+
+    def _fetch_one(self, sql: str, params: Sequence[Any]) -> Any:
+        """The first value of the first row of ``sql``, or None."""
+        with connections[self._alias].cursor() as cursor:
+            cursor.execute(sql, params)
+            found = cursor.fetchone()
+        return None if found is None else found[0]
+
+    def _limit_th_key_sql(self, after: Key | None, upto: Key, limit: int
+                          ) -> tuple[str, list[Any]]:
+        assert self._todo_keys is not None
+        connection = connections[self._alias]
         inner, params = self._todo_keys
         key = f"todo.{_KEY}"
         bounds = [self._key.get_db_prep_value(upto, connection)]
@@ -344,13 +460,8 @@ class DjangoBatchTarget:
         if after is not None:
             above = f" AND {key} > %s"
             bounds.append(self._key.get_db_prep_value(after, connection))
-        sql, values = self._key_order_ending(
-            f"SELECT {key} FROM ({inner}) todo WHERE {key} <= %s{above} "
-            f"ORDER BY {key} LIMIT 1 OFFSET %s", [*params, *bounds, limit - 1])
-        with connection.cursor() as cursor:
-            cursor.execute(sql, values)
-            found = cursor.fetchone()
-        return None if found is None or found[0] is None else found[0]
+        return (f"SELECT {key} FROM ({inner}) todo WHERE {key} <= %s{above} "
+                f"ORDER BY {key} LIMIT 1 OFFSET %s", [*params, *bounds, limit - 1])
 
     def _keys_sql(self, query: QuerySet[Any]) -> tuple[str, tuple[Any, ...]]:
         """SQL selecting ``query``'s keys as the column named _KEY, which a query around
@@ -382,12 +493,12 @@ class DjangoBatchTarget:
                 row[position] = converter(row[position], expression, connection)
         return converted
 
-    def _reading(self, rows: QuerySet[Any]) -> QuerySet[Any]:
+    def _reading(self, rows: QuerySet[Any], *extra: str) -> QuerySet[Any]:
         """What a transform's lock step reads of ``rows``: the fields, then the
-        annotations, in the row class's order."""
+        annotations, in the row class's order, then ``extra`` annotations of ``rows``."""
         if self._annotate:
             rows = rows.annotate(**self._annotate)
-        return rows.values_list(*self._attnames, *self._annotate)
+        return rows.values_list(*self._attnames, *self._annotate, *extra)
 
     def keys_in(self, after: Key | None, upto: Key) -> Sequence[Key]:
         return list(self._range(after, upto).order_by(self._key.name)
@@ -404,6 +515,7 @@ class DjangoBatchTarget:
         transform, read; their keys, in key order. A key whose row has left todo, or the
         table, is not among them."""
         self._set_key_order(pinned=False)  # given keys: no index step to find them
+        self._versions = None
         name = self._key.name
         locking = self._todo.filter(**{f"{name}__in": keys}).order_by(name)
         locking = self._backend.for_update(locking)
@@ -437,6 +549,9 @@ class DjangoBatchTarget:
                 return
             assert self._transform is not None
             rows, self._rows = self._rows, []
+            if self._versions is not None:  # read and transformed ahead
+                self._write_ahead(rows)
+                return
             if self._prepare is not None:
                 context = self._prepare(batch())
                 for row in rows:
@@ -448,11 +563,26 @@ class DjangoBatchTarget:
                        rows, psycopg3=self._psycopg3)
         except Exception as exc:
             if self._optimistic and classify(exc) in (ErrorKind.LOCK_TIMEOUT,
-                                                      ErrorKind.SERIALIZATION):
+                                                      ErrorKind.SERIALIZATION,
+                                                      ErrorKind.DEADLOCK):
                 # a holder outlasted the short timeout, or a row changed since it was read:
                 # lock first for a while
                 self._contended_attempts = CONTENDED_ATTEMPTS
             raise
+
+    def _write_ahead(self, rows: list[Any]) -> None:
+        """Write back a batch read ahead: only its rows still as they were read; if any
+        changed (or went) meanwhile, the batch is refused, rolled back and retried."""
+        versions, self._versions = self._versions, None
+        error, self._ahead_error = self._ahead_error, None
+        if error is not None:
+            raise error
+        written = write_back(connections[self._alias], self._todo.model, self._key,
+                             self._fields, rows, psycopg3=self._psycopg3, versions=versions)
+        if written != len(rows):
+            raise RowsChangedSinceRead(
+                f"{len(rows) - written} of the batch's {len(rows)} rows changed since they "
+                "were read ahead; the batch is retried reading its rows itself")
 
     def lock_holders(self) -> str:
         """Who holds locks on the table now, as the database tells it."""

@@ -131,6 +131,7 @@ def write_back(
     rows: Sequence[Any],
     psycopg3: bool = False,
     within: KeyRange | None = None,
+    versions: Sequence[int] | None = None,
 ) -> int:
     """Write ``fields`` of ``rows`` to the rows with their keys; how many rows it wrote.
     Without ``within``, ``rows`` are in key order (as the lock step returned them) and
@@ -139,7 +140,8 @@ def write_back(
     arrays of 5k elements cost about 2.2 ms more to write and parse), and the statement
     is not prepared: each batch gets a plan made for its own key range (psycopg would
     prepare it after five runs, and PostgreSQL then reuse a generic plan; that measured
-    no faster)."""
+    no faster). With ``versions`` (the rows' versions as read ahead, prefetch.py), a row
+    changed since is not written."""
     if not rows or not fields:
         return 0
     backend = backend_for(connection.alias)
@@ -159,7 +161,7 @@ def write_back(
     return backend.update_from_values(
         table, key_column, [quote(c.column) for c in columns], values, bounds, bound_params,
         [psycopg3 and binary_safe(c) for c in columns],
-        [array_type(c, connection) for c in columns])
+        [array_type(c, connection) for c in columns], versions)
 
 
 def insertable(field: Field[Any, Any]) -> bool:

@@ -55,6 +55,10 @@ class DatabaseBackend:
     #: changed since the batch read it is refused by the database itself (PostgreSQL's
     #: REPEATABLE READ, 40001; InnoDB's would overwrite the change)
     optimistic_transforms: ClassVar[bool] = False
+    #: a row's version can be read and compared (PostgreSQL's xmin), so a transform's
+    #: next batch can be read ahead on another connection and written back only where
+    #: its rows are still as read (prefetch.py)
+    row_versions: ClassVar[bool] = False
     #: statements that walk the key's index can be told to (PostgreSQL's planner settings)
     pins_key_order: ClassVar[bool] = False
     #: the most parameters one statement of a write-back may bind
@@ -179,14 +183,20 @@ class DatabaseBackend:
     def update_from_values(self, table: str, key_column: str, columns: Sequence[str],
                            values: Sequence[list[Any]], bounds: str,
                            bound_params: Sequence[Any], binary: Sequence[bool],
-                           types: Sequence[str]) -> int:
+                           types: Sequence[str], versions: Sequence[int] | None = None) -> int:
         """One UPDATE (or as few as the parameter limit allows) setting ``columns[1:]`` of
         ``table``'s rows whose ``key_column`` is ``values[0]``'s to the other lists' values
         (lists by column, ``columns[0]`` the key's), within ``bounds`` (SQL ANDed to the
         WHERE clause, with ``bound_params``); how many rows it wrote. ``binary`` and
         ``types`` say per column whether it may be bound in binary format, and its array
-        type, where the backend binds arrays."""
+        type, where the backend binds arrays. With ``versions`` (one per row, as
+        row_version() read them; only where row_versions), a row whose version is no
+        longer the one given is not written."""
         raise NotImplementedError
+
+    def row_version(self, table: str) -> str:
+        """SQL of a row's version in ``table``, as a bigint (where row_versions)."""
+        raise NotImplementedError(f"{self.name} has no row versions")
 
     def insert_values(self, table: str, columns: Sequence[str], values: Sequence[list[Any]],
                       returning: str | None, binary: Sequence[bool], types: Sequence[str]

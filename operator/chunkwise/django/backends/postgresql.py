@@ -13,6 +13,7 @@ from django.db.models import QuerySet
 
 from chunkwise.engine import HealthProbe
 
+from ..prefetch import ROW_VERSION
 from . import EXACT_COUNT_LIMIT, DatabaseBackend
 
 __all__ = ["PostgreSQLBackend", "set_local"]
@@ -40,6 +41,7 @@ class PostgreSQLBackend(DatabaseBackend):
     batch_timeouts = True
     optimistic_set_based = True
     optimistic_transforms = True
+    row_versions = True
     pins_key_order = True
     binds_keys_as_read = True
 
@@ -179,12 +181,20 @@ class PostgreSQLBackend(DatabaseBackend):
     def update_from_values(self, table: str, key_column: str, columns: Sequence[str],
                            values: Sequence[list[Any]], bounds: str,
                            bound_params: Sequence[Any], binary: Sequence[bool],
-                           types: Sequence[str]) -> int:
+                           types: Sequence[str], versions: Sequence[int] | None = None) -> int:
         assignments = ", ".join(f"{column} = v.{column}" for column in columns[1:])
+        if versions is not None:  # a column of the derived table, compared, not assigned
+            columns, values = [*columns, ROW_VERSION], [*values, list(versions)]
+            binary, types = [*binary, True], [*types, "bigint[]"]
+            bounds = f" AND {self.row_version(table)} = v.{ROW_VERSION}{bounds}"
         sql = (f"UPDATE {table} SET {assignments} FROM "
                f"(SELECT {self._arrays(columns, binary, types, named=True)}) AS v "
                f"WHERE {key_column} = v.{columns[0]}{bounds}")
         return self._execute(sql, [*values, *bound_params])[0]
+
+    def row_version(self, table: str) -> str:
+        # xmin: the transaction that wrote the row version; any update makes a new one
+        return f"{table}.xmin::text::bigint"
 
     def insert_values(self, table: str, columns: Sequence[str], values: Sequence[list[Any]],
                       returning: str | None, binary: Sequence[bool], types: Sequence[str]

@@ -3,11 +3,12 @@
 from django.db import migrations
 
 from chunkwise.django import BatchedRunPython
-from lab.knobs import code_error, note_frozen_objects, row_sleep
+from lab.knobs import code_error, note_frozen_objects, pause_at, row_sleep
 
 
 def bump(item):
     row_sleep()
+    pause_at(item.pk)
     note_frozen_objects()
     code_error()
     if item.payload == "raise":
