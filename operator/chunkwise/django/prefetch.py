@@ -62,8 +62,8 @@ class Ahead:
     #: what it was read for: the key it starts after and the bound it ends at or before
     bounds: Hashable
     rows: list[Any]
-    #: each row's version as read, in the order of ``rows``
-    versions: list[int]
+    #: each row's version as read (text), in the order of ``rows``
+    versions: list[str]
     #: what the transform raised, to raise again when the batch is applied
     error: BaseException | None = None
     read_at: float = field(default_factory=time.monotonic)
@@ -139,6 +139,6 @@ class ReadAhead:
             raise
 
 
-def versioned(rows: Sequence[Sequence[Any]]) -> tuple[list[Sequence[Any]], list[int]]:
+def versioned(rows: Sequence[Sequence[Any]]) -> tuple[list[Sequence[Any]], list[str]]:
     """Split rows read with their version as the last value."""
-    return [row[:-1] for row in rows], [int(row[-1]) for row in rows]
+    return [row[:-1] for row in rows], [row[-1] for row in rows]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from itertools import starmap
@@ -16,7 +17,7 @@ from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist, FieldError, ImproperlyConfigured
 from django.db import connections, transaction
-from django.db.models import BigIntegerField, F, Field, Model, Q, QuerySet
+from django.db.models import F, Field, Model, Q, QuerySet, TextField
 from django.db.models.expressions import RawSQL
 
 from chunkwise.engine import ErrorKind, Timeouts, classify
@@ -72,6 +73,8 @@ _NARROWINGS = 3
 _KEY_ORDER_SETTINGS = {"enable_sort": "off"}
 #: the name the key goes by in the SQL around a subquery of the batch's keys
 _KEY = "chunkwise_key"
+#: rows a read-ahead transforms between two offers of the GIL to the run's thread
+_YIELD_EVERY = 128
 
 
 class DjangoBatchTarget:
@@ -140,7 +143,7 @@ class DjangoBatchTarget:
             and within is None and not annotate and not _has_subquery(todo, alias)
             and self._backend.row_versions) else None
         #: the current batch's rows' versions and its transform's error, when read ahead
-        self._versions: list[int] | None = None
+        self._versions: list[str] | None = None
         self._ahead_error: BaseException | None = None
         self._timeouts: Timeouts | None = None
         self._binary_fetch = self._psycopg3 and all(map(binary_safe, read)) and all(
@@ -323,7 +326,7 @@ class DjangoBatchTarget:
             self._todo_keys = self._keys_sql(self._todo.order_by())
         version = RawSQL(self._backend.row_version(
             connections[alias].ops.quote_name(self._todo.model._meta.db_table)), (),
-            output_field=BigIntegerField())
+            output_field=TextField())
         bounds = self._bounds_key(after, upto)
 
         def read(cancelled: threading.Event) -> Ahead:
@@ -337,9 +340,11 @@ class DjangoBatchTarget:
                     ROW_VERSION)[:limit]))
             batch = list(starmap(row_class, fetched))
             try:
-                for row in batch:
-                    if cancelled.is_set():
-                        raise Cancelled
+                for number, row in enumerate(batch):
+                    if not number % _YIELD_EVERY:
+                        if cancelled.is_set():
+                            raise Cancelled
+                        time.sleep(0)  # the GIL to the run's thread, if its answer came
                     transform(row)
             except Cancelled:
                 raise

