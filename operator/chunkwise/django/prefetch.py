@@ -1,11 +1,14 @@
-"""The next batch of a per-row transform, read and transformed while this one commits.
+"""The next batches of a per-row transform, read and transformed while this one commits.
 
 A transform's batch is serial: the database reads the rows out while the runner waits,
 the runner transforms them while the database waits, the database writes them back.
 Neither side is busy for more than two thirds of it. So, where the database can tell a
-row's version (PostgreSQL's ``xmin``), the next batch's rows are read on a connection of
-their own (read-only), in a thread of their own, and transformed there, while this
-batch's write-back and checkpoint advance commit on the run's connection.
+row's version (PostgreSQL's ``xmin``), a thread of its own, on a connection of its own
+(read-only), reads the coming batches' rows and transforms them, one after another,
+while the run's connection writes back and commits the current one. It keeps at most
+one batch ready beyond the one it works on, so the read of batch N+2 and the transform
+of batch N+1 go on while batch N is written: the database and the runner's Python both
+stay busy.
 
 Nothing here writes, and nothing here touches the checkpoint: the batch that uses what
 was read still runs as every batch does, on the run's connection, in one transaction
@@ -15,17 +18,17 @@ version is still the one read; if any row changed meanwhile (or went), the batch
 refused as a serialization failure and retried reading its rows itself, as a batch
 whose rows changed under it always is. A killed runner leaves nothing of a read-ahead
 behind. A read-ahead is used fresh or not at all (``FRESH_FOR``): rows that came to
-match ``todo`` after it was read would otherwise be passed over for longer than one
+match ``todo`` after it was read would otherwise be passed over for longer than a
 batch's time, where a batch that reads its own rows passes over only those that match
 after its read.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,79 +67,116 @@ class Ahead:
     rows: list[Any]
     #: each row's version as read (text), in the order of ``rows``
     versions: list[str]
+    #: the key of its last row: where the batch after it starts
+    last: Any = None
     #: what the transform raised, to raise again when the batch is applied
     error: BaseException | None = None
+    #: whether it had as many rows as were asked for (so more may follow)
+    full: bool = False
     read_at: float = field(default_factory=time.monotonic)
 
 
+#: read(after, limit, cancelled): the batch after ``after``, transformed
+Reader = Callable[[Any, int, threading.Event], Ahead]
+
+
 class ReadAhead:
-    """At most one batch read ahead, on one worker thread with its own connection."""
+    """A worker thread with its own connection that reads and transforms the batches
+    after a given key, one after another, keeping one ready beyond the one it works on."""
 
     def __init__(self, alias: str) -> None:
         self._alias = alias
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkwise-ahead")
-        self._pending: tuple[Hashable, Future[Ahead], threading.Event] | None = None
+        self._ready: queue.Queue[Ahead | BaseException] | None = None
+        self._cancelled = threading.Event()
+        self._thread: threading.Thread | None = None
         self._failures = 0
+        #: the batch size the next read asks for: the run's latest
+        self.limit = 0
 
     @property
     def pending(self) -> bool:
-        """Whether a batch is being (or has been) read ahead."""
-        return self._pending is not None
+        """Whether batches are being read ahead."""
+        return self._thread is not None
 
-    def start(self, bounds: Hashable, read: Callable[[threading.Event], Ahead]) -> None:
-        """Read (and transform) the batch ``bounds`` names, in the background; ``read``
-        stops with Cancelled once its event is set."""
+    def start(self, after: Any, read: Reader) -> None:
+        """Read the batches after ``after`` (and transform them), in the background."""
         self.discard()
         if self._failures >= _GIVE_UP_AFTER:
             return
+        ready: queue.Queue[Ahead | BaseException] = queue.Queue(maxsize=1)
         cancelled = threading.Event()
-        self._pending = (bounds, self._worker.submit(self._guarded, read, cancelled),
-                         cancelled)
+        self._ready, self._cancelled = ready, cancelled
+        self._thread = threading.Thread(target=self._produce, args=(after, read, ready,
+                                                                    cancelled),
+                                        name="chunkwise-ahead", daemon=True)
+        self._thread.start()
 
     def take(self, bounds: Hashable) -> Ahead | None:
-        """The batch read ahead for ``bounds``, once it is ready; None if what was read
-        ahead was for other bounds (a retried batch), is stale, failed, or nothing was.
+        """The next batch read ahead, once it is ready, if it is the one for ``bounds``
+        and fresh; else None, and reading ahead stops (a retried batch starts elsewhere).
         A failure of the read-ahead's own connection is not the batch's: the batch reads
         its rows itself, and after a few in a row the run stops reading ahead."""
-        pending, self._pending = self._pending, None
-        if pending is None:
+        if self._ready is None:
             return None
-        if pending[0] != bounds:
-            pending[2].set()
-            return None
-        try:
-            ahead = pending[1].result()
-        except Exception:
+        got = self._ready.get()
+        if isinstance(got, BaseException):
             self._failures += 1
+            self.discard()
             return None
         self._failures = 0
-        return ahead if time.monotonic() - ahead.read_at <= FRESH_FOR else None
+        if got.bounds != bounds or time.monotonic() - got.read_at > FRESH_FOR:
+            self.discard()
+            return None
+        if not got.full:  # the last batch: nothing follows
+            self.discard()
+        return got
 
     def discard(self) -> None:
-        """Drop what is read ahead; a transform under way stops at its next row."""
-        if self._pending is not None:
-            self._pending[2].set()
-            self._pending = None
+        """Stop reading ahead; a transform under way stops at its next row, and the
+        worker waits for no one to take what it read."""
+        if self._thread is None:
+            return
+        self._cancelled.set()
+        assert self._ready is not None
+        while self._thread.is_alive():
+            try:  # make room for a put() that may be waiting
+                self._ready.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread, self._ready = None, None
 
     def close(self) -> None:
-        """Stop the read under way (at its next row), then close the worker's connection."""
+        """Stop reading ahead (its connection is closed by its thread on the way out)."""
         self.discard()
-        self._worker.submit(self._close_connection).result()  # the worker's own
-        self._worker.shutdown(wait=True)
 
-    def _close_connection(self) -> None:
-        connections[self._alias].close()
-
-    def _guarded(self, read: Callable[[threading.Event], Ahead],
-                 cancelled: threading.Event) -> Ahead:
+    def _produce(self, after: Any, read: Reader, ready: queue.Queue[Ahead | BaseException],
+                 cancelled: threading.Event) -> None:
         try:
-            return read(cancelled)
-        except Cancelled:
-            raise
-        except BaseException:
-            # a broken connection is not reused by the next read: it connects again
-            self._close_connection()
-            raise
+            while not cancelled.is_set():
+                try:
+                    ahead = read(after, self.limit, cancelled)
+                except Cancelled:
+                    return
+                except BaseException as exc:  # the connection's, not the batch's
+                    self._put(ready, cancelled, exc)
+                    return
+                if not self._put(ready, cancelled, ahead) or not ahead.full:
+                    return
+                after = ahead.last
+        finally:
+            connections[self._alias].close()  # this thread's own
+
+    @staticmethod
+    def _put(ready: queue.Queue[Ahead | BaseException], cancelled: threading.Event,
+             item: Ahead | BaseException) -> bool:
+        """Hand ``item`` over once there is room; False if reading ahead stopped first."""
+        while not cancelled.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
 
 
 def versioned(rows: Sequence[Sequence[Any]]) -> tuple[list[Sequence[Any]], list[str]]:

@@ -275,10 +275,11 @@ class DjangoBatchTarget:
         self._versions = None
         try:
             if self._ahead is not None:
+                self._ahead.limit = limit  # what the batches it reads from now on ask for
                 ahead = None if locking_first else self._ahead.take(self._bounds_key(after,
                                                                                      upto))
                 if ahead is not None:
-                    return self._use_ahead(ahead, upto, limit)
+                    return self._use_ahead(ahead)
                 self._ahead.discard()
                 self._set_key_order(pinned=True)  # batch_settings left it out for one
             found = self._lock_window(after, upto, limit, locking_first) if self._within \
@@ -288,7 +289,7 @@ class DjangoBatchTarget:
             raise
         self._set_key_order(pinned=False)
         if self._ahead is not None and not locking_first and found[0] == limit:
-            self._read_ahead(found[1], upto, limit)
+            self._ahead.start(found[1], self._reader(upto))
         return found
 
     def _bounds_key(self, after: Key | None, upto: Key) -> tuple[Key | None, Key]:
@@ -297,24 +298,19 @@ class DjangoBatchTarget:
         return (None if after is None else self._key.to_python(after),
                 self._key.to_python(upto))
 
-    def _use_ahead(self, ahead: Ahead, upto: Key, limit: int) -> tuple[int, Key | None]:
-        """The batch read ahead, its first ``limit`` rows (the batch size may have changed
-        since: its first rows are a batch all the same, (after, their last key])."""
-        rows = ahead.rows[:limit]
-        self._rows, self._versions, self._ahead_error = rows, ahead.versions[:limit], \
+    def _use_ahead(self, ahead: Ahead) -> tuple[int, Key | None]:
+        """The batch read ahead, as it was read: if the batch size changed since, this
+        one still has the size it was read with, (after, its last key]."""
+        self._rows, self._versions, self._ahead_error = ahead.rows, ahead.versions, \
             ahead.error
-        if not rows:
-            return 0, None
-        last = getattr(rows[-1], self._key.attname)
-        self._read_ahead(last, upto, limit)
-        return len(rows), last
+        return (len(ahead.rows), ahead.last) if ahead.rows else (0, None)
 
-    def _read_ahead(self, after: Key | None, upto: Key, limit: int) -> None:
-        """Read the batch after this one, (``after``, its limit-th key], and transform
-        it, on the read-ahead's own connection and thread (prefetch.py): in a transaction
-        of its own under the batch's statement timeout, the limit-th key found with the
-        key order pinned, as a batch finds it, and the rows read with their versions."""
-        assert self._ahead is not None and self._transform is not None
+    def _reader(self, upto: Key) -> Callable[[Key | None, int, threading.Event], Ahead]:
+        """How the read-ahead's thread reads the batch after a key up to ``upto`` and
+        transforms it (prefetch.py): in a transaction of its own under the batch's
+        statement timeout, read-only, the limit-th key found with the key order pinned,
+        as a batch finds it, and the rows read with their versions."""
+        assert self._transform is not None
         transform, alias, row_class = self._transform, self._alias, self._row_class
         settings = {**(self._backend.batch_settings(self._timeouts.lock,
                                                     self._timeouts.statement)
@@ -327,9 +323,8 @@ class DjangoBatchTarget:
         version = RawSQL(self._backend.row_version(
             connections[alias].ops.quote_name(self._todo.model._meta.db_table)), (),
             output_field=TextField())
-        bounds = self._bounds_key(after, upto)
-
-        def read(cancelled: threading.Event) -> Ahead:
+        def read(after: Key | None, limit: int, cancelled: threading.Event) -> Ahead:
+            bounds = self._bounds_key(after, upto)
             with transaction.atomic(using=alias):
                 self._backend.apply_settings(settings)
                 last = self._fetch_one(*self._restoring(
@@ -339,6 +334,7 @@ class DjangoBatchTarget:
                     rows.annotate(**{ROW_VERSION: version}).order_by(self._key.name),
                     ROW_VERSION)[:limit]))
             batch = list(starmap(row_class, fetched))
+            last = getattr(batch[-1], self._key.attname) if batch else None
             try:
                 for number, row in enumerate(batch):
                     if not number % _YIELD_EVERY:
@@ -349,10 +345,10 @@ class DjangoBatchTarget:
             except Cancelled:
                 raise
             except Exception as exc:  # the row's: raised when the batch is applied
-                return Ahead(bounds, batch, versions, exc)
-            return Ahead(bounds, batch, versions)
+                return Ahead(bounds, batch, versions, last, exc, len(batch) == limit)
+            return Ahead(bounds, batch, versions, last, None, len(batch) == limit)
 
-        self._ahead.start(bounds, read)
+        return read
 
     def close(self) -> None:
         """End the read-ahead's thread and connection, if there is one."""
