@@ -53,24 +53,22 @@ def test_a_kill_while_the_next_batch_is_transformed_ahead_loses_nothing(
 
 def test_a_row_changed_after_it_was_read_ahead_is_not_overwritten(
         lab_db: LabDb, tmp_path: Path) -> None:
-    """Batch 1 is transformed on the run's thread, batch 2 (keys 101-200) meanwhile read
-    ahead and transformed on the other; an application adds 100 to row 160 after that
-    read and before batch 2's transaction begins, so only the rows' versions can tell.
-    Batch 2's write-back finds row 160 changed, the batch is redone reading its rows
-    itself, and row 160 keeps the application's 100 and gets the run's 1."""
+    """Batch 2 (keys 101-200) is read ahead and transformed on the read-ahead thread
+    while batch 1 commits; an application adds 100 to row 160 after that read. Batch 2's
+    write-back does not overwrite it with the value transformed from the old row (the
+    row's version no longer matches, or, if batch 2's transaction began first,
+    PostgreSQL refuses the write), the batch is redone reading its rows itself, and row
+    160 keeps the application's 100 and gets the run's 1."""
     seed_items(lab_db, 300)
     pause = tmp_path / "paused"
     runner = lab_db.popen("chunkwise_run", "lab", "0002", *FIXED_100,
                           "--max-locked-fraction", "0",
-                          LAB_PAUSE_AT="50,150", LAB_PAUSE_MARK=str(pause))
+                          LAB_PAUSE_AT="150", LAB_PAUSE_MARK=str(pause))
     try:
-        for key in (50, 150):
-            wait_until(Path(f"{pause}.{key}").exists, f"the transform reached key {key}", 60)
-        assert Path(f"{pause}.50").read_text() == "MainThread"
+        wait_until(Path(f"{pause}.150").exists, "the transform reached key 150", 60)
         assert Path(f"{pause}.150").read_text().startswith("chunkwise-ahead")
         lab_db.execute("UPDATE lab_item SET counter = counter + 100 WHERE id = 160")
         Path(f"{pause}.150.go").touch()
-        Path(f"{pause}.50.go").touch()
         output, _ = runner.communicate(timeout=120)
     finally:
         runner.kill()
@@ -112,3 +110,39 @@ def test_application_writes_to_rows_read_ahead_are_never_lost(lab_db: LabDb) -> 
     assert found == {key: 1 + 100 * times for key, times in bumped.items()}
     # some rows the application changed had been read ahead: their batches were redone
     assert "serialization, retry" in result.stderr, result.stderr[-2000:]
+
+
+def test_a_row_inserted_into_a_range_read_ahead_is_not_passed_over(
+        lab_db: LabDb, tmp_path: Path) -> None:
+    """Batch 2 (keys 202-400, every other key) is read ahead; before batch 2's
+    transaction begins (the run is held in its health reading by a throttle query on a
+    locked table), the application inserts key 301 into that range. Batch 2's rows are
+    still as read, but its range now holds one more row to do: the batch is refused and
+    redone reading its rows itself, and row 301 is changed too."""
+    seed_items(lab_db, 300, gap=2)
+    lab_db.execute("CREATE TABLE hold_runs (reason text)")
+    pause = tmp_path / "paused"
+    with psycopg.connect(lab_db.server.dsn(lab_db.name)) as holder:
+        runner = lab_db.popen("chunkwise_run", "lab", "0002", *FIXED_100,
+                              "--max-locked-fraction", "0",
+                              "--throttle-query", "SELECT count(*) FROM hold_runs",
+                              "--throttle-check-interval", "1ms",
+                              LAB_PAUSE_AT="50,250", LAB_PAUSE_MARK=str(pause))
+        try:
+            # batch 1 is in its transform, its health reading done: the next one waits
+            wait_until(Path(f"{pause}.50").exists, "batch 1 is transformed", 60)
+            holder.execute("LOCK TABLE hold_runs IN ACCESS EXCLUSIVE MODE")
+            Path(f"{pause}.50.go").touch()
+            wait_until(Path(f"{pause}.250").exists, "batch 2 was read ahead", 60)
+            wait_until(lambda: checkpoint(lab_db, "0002_bump_items")["rows_processed"]
+                       == 100, "batch 1 committed", 30)
+            lab_db.execute("INSERT INTO lab_item (id, counter, payload, score) "
+                           "VALUES (301, 0, '', 0)")
+            Path(f"{pause}.250.go").touch()
+            holder.rollback()  # the run's health reading, and batch 2, go on
+            output, _ = runner.communicate(timeout=120)
+        finally:
+            runner.kill()
+    assert runner.returncode == 0, output
+    assert counters(lab_db) == {1: 301}
+    assert "serialization, retry 1" in output, output

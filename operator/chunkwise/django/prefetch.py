@@ -73,6 +73,7 @@ class Ahead:
     error: BaseException | None = None
     #: whether it had as many rows as were asked for (so more may follow)
     full: bool = False
+    #: when its read began
     read_at: float = field(default_factory=time.monotonic)
 
 
@@ -105,26 +106,37 @@ class ReadAhead:
             return
         ready: queue.Queue[Ahead | BaseException] = queue.Queue(maxsize=1)
         cancelled = threading.Event()
-        self._ready, self._cancelled = ready, cancelled
-        self._thread = threading.Thread(target=self._produce, args=(after, read, ready,
-                                                                    cancelled),
-                                        name="chunkwise-ahead", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._produce, args=(after, read, ready, cancelled),
+                                  name="chunkwise-ahead", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: the batches read their own rows
+            self._failures += 1
+            return
+        self._thread, self._ready, self._cancelled = thread, ready, cancelled
 
     def take(self, bounds: Hashable) -> Ahead | None:
         """The next batch read ahead, once it is ready, if it is the one for ``bounds``
         and fresh; else None, and reading ahead stops (a retried batch starts elsewhere).
         A failure of the read-ahead's own connection is not the batch's: the batch reads
         its rows itself, and after a few in a row the run stops reading ahead."""
-        if self._ready is None:
+        if self._ready is None or self._thread is None:
             return None
-        got = self._ready.get()
+        while True:
+            try:
+                got = self._ready.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._ready.empty():
+                    self.discard()  # it ended with nothing more to give
+                    return None
         if isinstance(got, BaseException):
             self._failures += 1
             self.discard()
             return None
         self._failures = 0
-        if got.bounds != bounds or time.monotonic() - got.read_at > FRESH_FOR:
+        if got.bounds != bounds or time.monotonic() - got.read_at > FRESH_FOR \
+                or not got.rows:  # an empty range is read by the batch: never on old news
             self.discard()
             return None
         if not got.full:  # the last batch: nothing follows

@@ -146,6 +146,10 @@ class DjangoBatchTarget:
         self._versions: list[str] | None = None
         self._ahead_error: BaseException | None = None
         self._timeouts: Timeouts | None = None
+        #: where the read-ahead starts once this batch's rows are transformed, and the
+        #: range of the batch read ahead that is being applied
+        self._ahead_from: tuple[Key, Key] | None = None
+        self._ahead_span: tuple[Key | None, Key | None] = (None, None)
         self._binary_fetch = self._psycopg3 and all(map(binary_safe, read)) and all(
             binary_safe(output) for _, output in annotations)
         #: what Django does to an annotation's values once read (Decimal() of a numeric
@@ -273,13 +277,14 @@ class DjangoBatchTarget:
         if self._contended_attempts:
             self._contended_attempts -= 1
         self._versions = None
+        self._ahead_from = None
         try:
             if self._ahead is not None:
                 self._ahead.limit = limit  # what the batches it reads from now on ask for
                 ahead = None if locking_first else self._ahead.take(self._bounds_key(after,
                                                                                      upto))
                 if ahead is not None:
-                    return self._use_ahead(ahead)
+                    return self._use_ahead(ahead, after)
                 self._ahead.discard()
                 self._set_key_order(pinned=True)  # batch_settings left it out for one
             found = self._lock_window(after, upto, limit, locking_first) if self._within \
@@ -289,7 +294,9 @@ class DjangoBatchTarget:
             raise
         self._set_key_order(pinned=False)
         if self._ahead is not None and not locking_first and found[0] == limit:
-            self._ahead.start(found[1], self._reader(upto))
+            # started once this batch's rows are transformed (_apply): never two
+            # transforms at once
+            self._ahead_from = (found[1], upto)
         return found
 
     def _bounds_key(self, after: Key | None, upto: Key) -> tuple[Key | None, Key]:
@@ -298,12 +305,13 @@ class DjangoBatchTarget:
         return (None if after is None else self._key.to_python(after),
                 self._key.to_python(upto))
 
-    def _use_ahead(self, ahead: Ahead) -> tuple[int, Key | None]:
+    def _use_ahead(self, ahead: Ahead, after: Key | None) -> tuple[int, Key | None]:
         """The batch read ahead, as it was read: if the batch size changed since, this
         one still has the size it was read with, (after, its last key]."""
         self._rows, self._versions, self._ahead_error = ahead.rows, ahead.versions, \
             ahead.error
-        return (len(ahead.rows), ahead.last) if ahead.rows else (0, None)
+        self._ahead_span = (after, ahead.last)
+        return len(ahead.rows), ahead.last
 
     def _reader(self, upto: Key) -> Callable[[Key | None, int, threading.Event], Ahead]:
         """How the read-ahead's thread reads the batch after a key up to ``upto`` and
@@ -324,7 +332,7 @@ class DjangoBatchTarget:
             connections[alias].ops.quote_name(self._todo.model._meta.db_table)), (),
             output_field=TextField())
         def read(after: Key | None, limit: int, cancelled: threading.Event) -> Ahead:
-            bounds = self._bounds_key(after, upto)
+            bounds, started = self._bounds_key(after, upto), time.monotonic()
             with transaction.atomic(using=alias):
                 self._backend.apply_settings(settings)
                 last = self._fetch_one(*self._restoring(
@@ -345,8 +353,8 @@ class DjangoBatchTarget:
             except Cancelled:
                 raise
             except Exception as exc:  # the row's: raised when the batch is applied
-                return Ahead(bounds, batch, versions, last, exc, len(batch) == limit)
-            return Ahead(bounds, batch, versions, last, None, len(batch) == limit)
+                return Ahead(bounds, batch, versions, last, exc, len(batch) == limit, started)
+            return Ahead(bounds, batch, versions, last, None, len(batch) == limit, started)
 
         return read
 
@@ -560,6 +568,9 @@ class DjangoBatchTarget:
             else:
                 for row in rows:
                     self._transform(row)
+            if self._ahead is not None and self._ahead_from is not None:
+                self._ahead.start(self._ahead_from[0], self._reader(self._ahead_from[1]))
+                self._ahead_from = None
             write_back(connections[self._alias], self._todo.model, self._key, self._fields,
                        rows, psycopg3=self._psycopg3)
         except Exception as exc:
@@ -573,11 +584,19 @@ class DjangoBatchTarget:
 
     def _write_ahead(self, rows: list[Any]) -> None:
         """Write back a batch read ahead: only its rows still as they were read; if any
-        changed (or went) meanwhile, the batch is refused, rolled back and retried."""
+        changed (or went) meanwhile, or a row came to be one to do in its range (inserted,
+        or changed to match todo) before this transaction began, the batch is refused,
+        rolled back and retried reading its rows itself."""
         versions, self._versions = self._versions, None
         error, self._ahead_error = self._ahead_error, None
         if error is not None:
             raise error
+        after, last = self._ahead_span
+        now = self._range(after, last).order_by().count()
+        if now != len(rows):
+            raise RowsChangedSinceRead(
+                f"{now} rows of the batch's range are to do now, {len(rows)} were read "
+                "ahead; the batch is retried reading its rows itself")
         written = write_back(connections[self._alias], self._todo.model, self._key,
                              self._fields, rows, psycopg3=self._psycopg3, versions=versions)
         if written != len(rows):
