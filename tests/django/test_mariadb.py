@@ -570,8 +570,14 @@ def test_throttles_on_running_threads_an_old_transaction_and_a_throttle_query(
     assert db.query("SELECT count(*) FROM hold_migrations") == [(0,)]
 
 
-def _history_list_length(db: Any) -> int:
-    return int(db.query("SHOW GLOBAL STATUS LIKE 'Innodb_history_list_length'")[0][1])
+def _grow_the_history_list(db: Any, snapshot: Any) -> None:
+    """A read view opened on ``snapshot``, then 60 commits, each an undo log the view
+    keeps from purge: InnoDB's history list is at least 60 long until it ends."""
+    snapshot.cursor().execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+    for _ in range(60):
+        db.execute("UPDATE lab_item SET score = score + 1 WHERE id = 1")
+    wait_until(lambda: int(db.query("SHOW GLOBAL STATUS LIKE 'Innodb_history_list_length'")
+                           [0][1]) >= 60, "the history list grew")
 
 
 def test_purge_lag_throttles_and_at_a_critical_length_halts(maria_lab_db: Any,
@@ -584,10 +590,7 @@ def test_purge_lag_throttles_and_at_a_critical_length_halts(maria_lab_db: Any,
     seed_items(db, 3000)
     snapshot = _holder(db)
     try:
-        snapshot.cursor().execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-        for _ in range(60):  # each commit is one undo log the snapshot keeps from purge
-            db.execute("UPDATE lab_item SET score = score + 1 WHERE id = 1")
-        wait_until(lambda: _history_list_length(db) >= 60, "the history list grew")
+        _grow_the_history_list(db, snapshot)
         run = Run(db, tmp_path, "0002", "--batch-size", "300",
                   "--throttle-history-list-length", "40", "--throttle-check-interval", "100ms")
         run.wait_for(r"throttled: InnoDB history list length \d+ > 40 "
@@ -598,9 +601,7 @@ def test_purge_lag_throttles_and_at_a_critical_length_halts(maria_lab_db: Any,
         assert code == ExitCode.DONE and counters(db) == {1: 3000}, output
         assert "no longer throttled, after" in output
 
-        snapshot.cursor().execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-        for _ in range(60):
-            db.execute("UPDATE lab_item SET score = score + 1 WHERE id = 1")
+        _grow_the_history_list(db, snapshot)
         run = Run(db, tmp_path, "0003", "--batch-size", "300",
                   "--halt-history-list-length", "40", "--throttle-check-interval", "100ms")
         code, output = run.finish()
