@@ -5,9 +5,11 @@ and under application writes to the rows read ahead."""
 
 from __future__ import annotations
 
+import functools
 import random
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -146,3 +148,145 @@ def test_a_row_inserted_into_a_range_read_ahead_is_not_passed_over(
     assert runner.returncode == 0, output
     assert counters(lab_db) == {1: 301}
     assert "serialization, retry 1" in output, output
+
+
+def sessions_opened(db: LabDb, run: Callable[[], None]) -> int:
+    """How many sessions ``run`` opened on the database, as PostgreSQL counts them
+    (``pg_stat_database.sessions``, flushed when each session ends); the reading's own
+    session is taken off."""
+    def count() -> int:
+        [(sessions,)] = db.query(
+            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+        assert isinstance(sessions, int)
+        return sessions
+
+    before = count()
+    run()
+    return count() - before - 1  # the session that read ``before``
+
+
+def test_a_paced_run_opens_no_read_ahead_per_batch(lab_db: LabDb) -> None:
+    """Batches 1.2 s apart (``--pause``) come further apart than a read-ahead is used for
+    (FRESH_FOR): the first one read ahead is dropped as stale, and then the run reads
+    no more ahead, where it used to start a thread and open a connection for every
+    batch, and drop each. Counted against the same paced run of a set-based migration,
+    which never reads ahead."""
+    def paced(migration: str) -> Callable[[], None]:
+        def run() -> None:
+            result = lab_db.manage("chunkwise_run", "lab", migration, *FIXED_100,
+                                   "--max-locked-fraction", "0", "--pause", "1.2s")
+            assert result.returncode == 0, result.stderr
+        return run
+
+    seed_items(lab_db, 600)
+    set_based = sessions_opened(lab_db, paced("0003"))
+    lab_db.execute("UPDATE lab_item SET counter = 0")
+    lab_db.execute("DELETE FROM chunkwise_checkpoint")
+    transform = sessions_opened(lab_db, paced("0002"))
+    assert counters(lab_db) == {1: 600}
+    assert transform - set_based <= 1, (transform, set_based)
+
+
+def test_an_isolated_batch_reads_no_batch_ahead(lab_db: LabDb) -> None:
+    """A batch with a failing row is split in halves until the row is found; each part
+    ends at its own last key, so nothing lies beyond it to read ahead, and no part
+    starts a read-ahead (each one used to start a thread and a connection, to find an
+    empty range). Counted against the same run without the failing row."""
+    def run() -> None:
+        result = lab_db.manage("chunkwise_run", "lab", "0002", *FIXED_100)
+        assert result.returncode == 0, result.stderr
+
+    seed_items(lab_db, 200)
+    clean = sessions_opened(lab_db, run)
+    lab_db.execute("DELETE FROM lab_item")
+    lab_db.execute("DELETE FROM chunkwise_checkpoint")
+    seed_items(lab_db, 200, payload_at={42: "raise"})
+    isolated = sessions_opened(lab_db, run)
+    assert counters(lab_db) == {1: 199, 0: 1}
+    assert isolated - clean <= 1, (isolated, clean)
+
+
+def test_the_read_ahead_is_named_after_its_run_and_not_counted_as_load(
+        lab_db: LabDb, tmp_path: Path) -> None:
+    """While the read-ahead thread transforms batch 2, its connection shows in
+    pg_stat_activity as ``chunkwise read-ahead of <the run's pid>``, and a health
+    reading from that run's session leaves it out of active backends and of the oldest
+    transaction, while the same work under another session's name counts."""
+    from django.db import connections
+
+    from chunkwise.django.health import PostgresHealthProbe
+    from chunkwise.django.prefetch import HELPER_NAME
+    from chunkwise.engine import RunSettings, ThrottleSettings
+
+    seed_items(lab_db, 300)
+    pause = tmp_path / "paused"
+    runner = lab_db.popen("chunkwise_run", "lab", "0002", *FIXED_100,
+                          "--max-locked-fraction", "0",
+                          LAB_PAUSE_AT="150", LAB_PAUSE_MARK=str(pause))
+    try:
+        wait_until(Path(f"{pause}.150").exists, "the transform reached key 150", 60)
+        named = lab_db.query(
+            "SELECT count(*) FROM pg_stat_activity helper JOIN pg_stat_activity run "
+            "ON helper.application_name = %s || run.pid", (HELPER_NAME,))
+        Path(f"{pause}.150.go").touch()
+        output, _ = runner.communicate(timeout=120)
+    finally:
+        runner.kill()
+    assert runner.returncode == 0, output
+    assert named == [(1,)]
+
+    settings = RunSettings(throttle=ThrottleSettings(active_backends=5, transaction_age=60))
+    probe = PostgresHealthProbe("default", "lab_item")
+    me = connections["default"]
+    me.ensure_connection()
+    mine = f"{HELPER_NAME}{me.connection.info.backend_pid}"
+    for name, counted in ((mine, 0), (f"{HELPER_NAME}1", 1), ("", 1)):
+        with psycopg.connect(lab_db.server.dsn(lab_db.name)) as helper:
+            helper.execute("SELECT set_config('application_name', %s, false)", (name,))
+            busy = threading.Thread(target=helper.execute, args=("SELECT pg_sleep(2)",))
+            busy.start()
+            wait_until(functools.partial(
+                lab_db.query, "SELECT 1 FROM pg_stat_activity WHERE pid = %s "
+                "AND state = 'active'", (helper.info.backend_pid,)), "the helper is busy", 10)
+            reading = probe.read(settings)
+            busy.join()
+        assert (reading.active_backends, reading.transaction_age is not None
+                and reading.transaction_age > 0) == (counted, bool(counted)), name
+
+
+def test_reading_ahead_stops_while_batches_come_far_apart_and_resumes_after(
+        django_setup: None) -> None:
+    """On a clock the test moves: a batch read ahead and taken 1.5 s later (the run was
+    paced) is dropped as stale, and the next batches start no read-ahead while they
+    come further apart than FRESH_FOR; once a batch follows the last within it, the
+    one after is read ahead again and used."""
+    from chunkwise.django.prefetch import FRESH_FOR, Ahead, ReadAhead
+
+    now = [100.0]
+    reads: list[int] = []
+
+    def read(after: int, limit: int, cancelled: threading.Event) -> Ahead:
+        reads.append(after)
+        return Ahead((after, 10_000), [object()] * limit, ["1"] * limit, after + limit,
+                     full=False, read_at=now[0])  # one batch, then the thread ends
+
+    ahead = ReadAhead("default", clock=lambda: now[0])
+    ahead.limit = 100
+
+    def batch(after: int, gap: float) -> Ahead | None:
+        """A batch after ``gap`` seconds: what it takes, then the offer of the next."""
+        now[0] += gap
+        taken = ahead.take((after, 10_000))
+        ahead.discard()
+        ahead.start(after + 100, read)
+        return taken
+
+    ahead.start(0, read)
+    assert batch(0, FRESH_FOR * 1.5) is None  # read at once, taken stale: dropped
+    assert reads == [0]
+    assert batch(100, FRESH_FOR * 1.5) is None  # still far apart: nothing read
+    assert batch(200, FRESH_FOR * 0.5) is None  # closer: the next one is read ahead
+    taken = batch(300, FRESH_FOR * 0.5)
+    assert reads[:2] == [0, 300]  # and 400 is offered next
+    assert taken is not None and taken.last == 400
+    ahead.close()

@@ -20,11 +20,15 @@ from django.db import connections, transaction
 
 from chunkwise.engine import HealthReading, RunSettings, SettingsError, wanted_figures
 
+from .prefetch import HELPER_NAME
+
 __all__ = ["PostgresHealthProbe", "query_value"]
 
 N = TypeVar("N", int, float)
 
-_SESSIONS = "backend_type = 'client backend' AND pid <> pg_backend_pid()"
+#: other clients' sessions: neither the run's own nor its read-ahead's (prefetch.py)
+_SESSIONS = ("backend_type = 'client backend' AND pid <> pg_backend_pid() "
+             f"AND application_name IS DISTINCT FROM '{HELPER_NAME}' || pg_backend_pid()")
 #: one scalar subquery per figure; a reading asks only for those with a threshold (planning
 #: all four views each time cost about 1 ms, several times their execution)
 _FIGURES = {

@@ -20,7 +20,13 @@ whose rows changed under it always is. A killed runner leaves nothing of a read-
 behind. A read-ahead is used fresh or not at all (``FRESH_FOR``): rows that came to
 match ``todo`` after it was read would otherwise be passed over for longer than a
 batch's time, where a batch that reads its own rows passes over only those that match
-after its read.
+after its read. So a run whose batches are further apart than that (paced, throttled)
+reads no batch ahead until they follow each other closely again: every read-ahead
+would be dropped, each costing a thread, a connection and a read.
+
+The read-ahead's connection goes by a name that says whose it is (``HELPER_NAME`` and
+the run's own session), so that the run's health readings do not count it as another
+session's load.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import Any
 
 from django.db import connections
 
-__all__ = ["FRESH_FOR", "ROW_VERSION", "Ahead", "Cancelled", "ReadAhead",
+__all__ = ["FRESH_FOR", "HELPER_NAME", "ROW_VERSION", "Ahead", "Cancelled", "ReadAhead",
            "RowsChangedSinceRead", "versioned"]
 
 #: the name a row's version goes by, read ahead and in the write-back that checks it
@@ -42,6 +48,9 @@ ROW_VERSION = "chunkwise_row_version"
 #: seconds a read-ahead is used for: older (the run paced or throttled meanwhile), it is
 #: dropped and the batch reads its own rows
 FRESH_FOR = 1.0
+#: the application name of a read-ahead's connection, followed by the run's own session's
+#: id: the run's health readings leave out the sessions named after their own
+HELPER_NAME = "chunkwise read-ahead of "
 #: read-aheads that failed in a row (a second connection refused, a statement timeout)
 #: after which the run reads every batch itself
 _GIVE_UP_AFTER = 3
@@ -85,14 +94,19 @@ class ReadAhead:
     """A worker thread with its own connection that reads and transforms the batches
     after a given key, one after another, keeping one ready beyond the one it works on."""
 
-    def __init__(self, alias: str) -> None:
+    def __init__(self, alias: str, clock: Callable[[], float] = time.monotonic) -> None:
         self._alias = alias
+        self._clock = clock  # the one Ahead.read_at is taken from
         self._ready: queue.Queue[Ahead | BaseException] | None = None
         self._cancelled = threading.Event()
         self._thread: threading.Thread | None = None
         self._failures = 0
         #: the batch size the next read asks for: the run's latest
         self.limit = 0
+        #: whether the run's batches follow each other within FRESH_FOR, so that what is
+        #: read ahead is used; and when the last one offered to read ahead
+        self._follows = True
+        self._offered_at: float | None = None
 
     @property
     def pending(self) -> bool:
@@ -100,9 +114,11 @@ class ReadAhead:
         return self._thread is not None
 
     def start(self, after: Any, read: Reader) -> None:
-        """Read the batches after ``after`` (and transform them), in the background."""
+        """Read the batches after ``after`` (and transform them), in the background,
+        unless the last batches came too far apart to use what is read (see take())."""
         self.discard()
-        if self._failures >= _GIVE_UP_AFTER:
+        self._offered_at = self._clock()
+        if self._failures >= _GIVE_UP_AFTER or not self._follows:
             return
         ready: queue.Queue[Ahead | BaseException] = queue.Queue(maxsize=1)
         cancelled = threading.Event()
@@ -119,7 +135,14 @@ class ReadAhead:
         """The next batch read ahead, once it is ready, if it is the one for ``bounds``
         and fresh; else None, and reading ahead stops (a retried batch starts elsewhere).
         A failure of the read-ahead's own connection is not the batch's: the batch reads
-        its rows itself, and after a few in a row the run stops reading ahead."""
+        its rows itself, and after a few in a row the run stops reading ahead.
+
+        Called at every batch read ahead or not: the time since the last start() says
+        whether the batches follow each other closely enough for a read-ahead to be used
+        fresh; a read-ahead found stale says they do not."""
+        if self._offered_at is not None:
+            self._follows = self._clock() - self._offered_at < FRESH_FOR
+            self._offered_at = None
         if self._ready is None or self._thread is None:
             return None
         while True:
@@ -135,9 +158,12 @@ class ReadAhead:
             self.discard()
             return None
         self._failures = 0
-        if got.bounds != bounds or time.monotonic() - got.read_at > FRESH_FOR \
-                or not got.rows:  # an empty range is read by the batch: never on old news
+        if self._clock() - got.read_at > FRESH_FOR:  # the run paced or throttled
+            self._follows = False
             self.discard()
+            return None
+        if got.bounds != bounds or not got.rows:  # an empty range is read by the batch:
+            self.discard()  # never on old news
             return None
         if not got.full:  # the last batch: nothing follows
             self.discard()

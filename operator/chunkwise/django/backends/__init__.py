@@ -198,6 +198,15 @@ class DatabaseBackend:
         """SQL of a row's version in ``table``, as text (where row_versions)."""
         raise NotImplementedError(f"{self.name} has no row versions")
 
+    def session_id(self) -> int:
+        """The database's id of the connection's session, as its activity views show it
+        (where row_versions: what a read-ahead's connection is named after)."""
+        raise NotImplementedError(f"{self.name} names no helper sessions")
+
+    def name_session(self, name: str) -> None:
+        """Name the connection's session (this thread's) in the database's activity views."""
+        raise NotImplementedError(f"{self.name} names no helper sessions")
+
     def insert_values(self, table: str, columns: Sequence[str], values: Sequence[list[Any]],
                       returning: str | None, binary: Sequence[bool], types: Sequence[str]
                       ) -> tuple[int, list[Any] | None]:

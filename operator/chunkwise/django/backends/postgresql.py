@@ -192,6 +192,18 @@ class PostgreSQLBackend(DatabaseBackend):
                f"WHERE {key_column} = v.{columns[0]}{bounds}")
         return self._execute(sql, [*values, *bound_params])[0]
 
+    def session_id(self) -> int:
+        # the driver knows it (libpq's PQbackendPID): no round trip
+        raw = self.connection.connection
+        if raw is None:
+            self.connection.ensure_connection()
+            raw = self.connection.connection
+        return int(raw.info.backend_pid if self.psycopg3 else raw.get_backend_pid())
+
+    def name_session(self, name: str) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('application_name', %s, false)", [name])
+
     def row_version(self, table: str) -> str:
         # xmin: the transaction that wrote the row version; any update makes a new one.
         # As text (xid has no cheap cast to a number): compared as xid in the write-back,
