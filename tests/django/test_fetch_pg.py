@@ -53,11 +53,14 @@ def test_fields_with_converters_use_the_text_path(lab_db: LabDb) -> None:
     assert fetched == expected and fetched[0][1] == {"a": [1, 2]}
 
 
+@pytest.mark.parametrize("staged", [False, True], ids=["arrays", "staged"])
 def test_binary_write_back_stores_every_binary_safe_type_as_django_would(
-        lab_db: LabDb) -> None:
-    """Each BINARY_SAFE column is bound in binary format by the psycopg 3 write-back;
+        lab_db: LabDb, staged: bool) -> None:
+    """Each BINARY_SAFE column is bound in binary format by the psycopg 3 write-back, as
+    arrays or (a batch's own write-back) through a binary COPY into the session's table;
     the values read back are the ones the transform set (None included). A column that
-    is not BINARY_SAFE (JSON) takes the text path in the same statement."""
+    is not BINARY_SAFE (JSON) takes the text path in the same statement, and is never
+    staged."""
     import datetime
     import decimal
     import uuid
@@ -85,7 +88,12 @@ def test_binary_write_back_stores_every_binary_safe_type_as_django_would(
     rows[2].note = "third"
     setattr(rows[2], "item_id", None)  # noqa: B010  # the FK attname
     with transaction.atomic():
-        write_back(connection, Stamped, Stamped._meta.pk, fields, rows, psycopg3=True)
+        write_back(connection, Stamped, Stamped._meta.pk, fields, rows, psycopg3=True,
+                   staged=staged)
+    with connection.cursor() as cursor:  # the session's staging table, if it staged
+        cursor.execute("SELECT count(*) FROM pg_class WHERE relpersistence = 't' AND "
+                       "relname LIKE 'chunkwise_writeback_%%' AND pg_table_is_visible(oid)")
+        assert cursor.fetchone()[0] == int(staged)
     stored = list(Stamped._base_manager.order_by("pk").values_list("pk", *new))
     assert stored[:2] == [(pk, *new.values()) for pk in row_ids[:2]]
     assert stored[2][7] == "third" and stored[2][8] is None
@@ -94,7 +102,8 @@ def test_binary_write_back_stores_every_binary_safe_type_as_django_would(
     document.data = {"b": [1, None, "x"]}
     with transaction.atomic():
         write_back(connection, Document, Document._meta.pk,
-                   Document._meta.concrete_fields[1:], [document], psycopg3=True)
+                   Document._meta.concrete_fields[1:], [document], psycopg3=True,
+                   staged=staged)
     assert Document._base_manager.get().data == {"b": [1, None, "x"]}
 
 
@@ -132,8 +141,9 @@ def _refuse(value: object) -> object:
 
 
 def test_the_write_back_refuses_a_value_too_long_for_its_column(lab_db: LabDb) -> None:
-    """A CharField value past max_length fails the row, as Django's own UPDATE does. The
-    arrays were cast to the column's type, varchar(10)[], and an explicit cast to
+    """A CharField value past max_length fails the row, as Django's own UPDATE does
+    (arrays or staged: the staging table's column has no length, the assignment checks
+    it). The arrays were cast to the column's type, varchar(10)[], and an explicit cast to
     varchar(n) cuts a string to n characters without a word: the row was stored cut."""
     import psycopg
     from django.db import connection, transaction
@@ -143,8 +153,32 @@ def test_the_write_back_refuses_a_value_too_long_for_its_column(lab_db: LabDb) -
 
     lab_db.execute("INSERT INTO lab_item (id, counter, payload, score) VALUES (1, 0, '', 0)")
     row = type("Row", (), {"id": 1, "status": "x" * 15})()
-    for psycopg3 in (True, False):
+    for psycopg3, staged in ((True, False), (True, True), (False, False)):
         with pytest.raises(psycopg.errors.StringDataRightTruncation), transaction.atomic():
             write_back(connection, Item, Item._meta.pk, [Item._meta.get_field("status")],
-                       [row], psycopg3=psycopg3)
+                       [row], psycopg3=psycopg3, staged=staged)
     assert lab_db.query("SELECT status FROM lab_item") == [(None,)]
+
+
+def test_a_value_out_of_its_columns_range_fails_its_row_either_way(lab_db: LabDb) -> None:
+    """An integer too large for its column fails the row (a row error, isolated and
+    recorded like any other), whether bound as an array or staged: psycopg's C COPY
+    writer put 2**40 into an integer column's binary format as 0, without a word, so
+    staging widens integer columns to bigint and the UPDATE's assignment refuses it;
+    past bigint, psycopg refuses it."""
+    from django.db import connection, transaction
+    from lab.models import Item
+
+    from chunkwise.django.writeback import write_back
+    from chunkwise.engine import ErrorKind, classify
+
+    lab_db.execute("INSERT INTO lab_item (id, counter, payload, score) VALUES (1, 0, '', 0)")
+    for value in (2**40, -(2**40), 2**70):
+        row = type("Row", (), {"id": 1, "counter": value})()
+        for staged in (False, True):
+            with pytest.raises(Exception) as raised, transaction.atomic():
+                write_back(connection, Item, Item._meta.pk,
+                           [Item._meta.get_field("counter")], [row], psycopg3=True,
+                           staged=staged)
+            assert classify(raised.value) is ErrorKind.ROW_ERROR, (staged, raised.value)
+    assert lab_db.query("SELECT counter FROM lab_item") == [(0,)]

@@ -61,6 +61,54 @@ def test_a_set_based_batch_sends_one_statement_more_than_a_hand_written_loop() -
         assert advance.startswith('UPDATE "chunkwise_checkpoint" SET last_key')
 
 
+def test_a_transform_batch_stages_its_write_back_unless_the_role_may_not() -> None:
+    """A per-row transform's batch writes its rows back through a binary COPY into the
+    session's own table and one UPDATE ... FROM it (backends/staging.py), in the batch's
+    transaction. A role that may not create temporary tables gets the arrays bound to
+    the UPDATE instead, and the run is the same."""
+    fixed_100 = ("--batch-size", "100", "--min-batch-size", "100", "--max-batch-size", "100")
+    with running_server(SETTINGS) as server:
+        server.sql("CREATE DATABASE staging")
+        env = lab_env(server, "staging")
+
+        def manage(*args: str, **extra: str) -> None:
+            done = subprocess.run([sys.executable, str(LAB / "manage.py"), *args],
+                                  env={**env, **extra}, capture_output=True, text=True,
+                                  timeout=300)
+            assert done.returncode == 0, done.stderr[-3000:]
+
+        manage("migrate", "lab", "0001", "-v0")
+        manage("migrate", "chunkwise", "-v0")
+        server.sql("INSERT INTO lab_item (id, counter, payload, score) "
+                   "SELECT g, 0, '', 0 FROM generate_series(1, 1000) g", "staging")
+        manage("chunkwise_run", "lab", "0002", *fixed_100)
+        # the same run as a role without the TEMPORARY privilege
+        for statement in ("CREATE ROLE app LOGIN",
+                          "REVOKE TEMPORARY ON DATABASE staging FROM PUBLIC"):
+            server.sql(statement)
+        for statement in ("GRANT ALL ON ALL TABLES IN SCHEMA public TO app",
+                          "GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO app",
+                          "DELETE FROM chunkwise_checkpoint"):
+            server.sql(statement, "staging")
+        manage("chunkwise_run", "lab", "0002", *fixed_100, PGUSER="app")
+        batches = transactions(server.datadir.parent / "postgres.log", "staging", "lab_item")
+        with psycopg.connect(server.dsn("staging")) as conn:
+            counters = conn.execute("SELECT counter, count(*) FROM lab_item GROUP BY 1"
+                                    ).fetchall()
+    assert counters == [(2, 1000)]
+    assert len(batches) == 20, batches
+    for statements in batches[:10]:
+        copies = [s for s in statements if s.startswith("COPY chunkwise_writeback_")]
+        writes = [s for s in statements if s.startswith('UPDATE "lab_item"')]
+        assert len(copies) == 1 and copies[0].endswith("FROM STDIN (FORMAT BINARY)"), statements
+        assert len(writes) == 1 and " FROM chunkwise_writeback_" in writes[0], statements
+        assert statements.index(copies[0]) < statements.index(writes[0])
+    for statements in batches[10:]:
+        assert not any(s.startswith("COPY") for s in statements), statements
+        assert any(s.startswith('UPDATE "lab_item" SET "counter" = v."counter" FROM '
+                                "(SELECT unnest(") for s in statements), statements
+
+
 def test_the_timeouts_hold_while_the_checkpoint_row_is_locked_in_the_same_statement(
         lab_db: LabDb) -> None:
     from django.db import OperationalError, connection, transaction

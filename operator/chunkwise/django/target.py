@@ -605,7 +605,7 @@ class DjangoBatchTarget:
                 self._ahead.start(self._ahead_from[0], self._reader(self._ahead_from[1]))
                 self._ahead_from = None
             write_back(connections[self._alias], self._todo.model, self._key, self._fields,
-                       rows, psycopg3=self._psycopg3)
+                       rows, psycopg3=self._psycopg3, staged=True)
         except Exception as exc:
             if self._optimistic and classify(exc) in (ErrorKind.LOCK_TIMEOUT,
                                                       ErrorKind.SERIALIZATION,
@@ -631,7 +631,8 @@ class DjangoBatchTarget:
                 f"{now} rows of the batch's range are to do now, {len(rows)} were read "
                 "ahead; the batch is retried reading its rows itself")
         written = write_back(connections[self._alias], self._todo.model, self._key,
-                             self._fields, rows, psycopg3=self._psycopg3, versions=versions)
+                             self._fields, rows, psycopg3=self._psycopg3, versions=versions,
+                             staged=True)
         if written != len(rows):
             raise RowsChangedSinceRead(
                 f"{len(rows) - written} of the batch's {len(rows)} rows changed since they "

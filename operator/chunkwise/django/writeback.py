@@ -2,8 +2,10 @@
 
 PostgreSQL: ``UPDATE t SET c = v.c FROM (SELECT unnest(%s::type[]) AS k, unnest(...) AS c)
 AS v WHERE t.k = v.k AND t.k BETWEEN first AND last``, one array parameter per column,
-bound server-side. The key range matters: without it the planner merge-joins from
-the start of the primary key index, so every batch would cost more than the last.
+bound server-side; a transform's batch with psycopg 3 copies its rows into a table of
+the session's own instead and updates from it (backends/staging.py). The key range
+matters: without it the planner merge-joins from the start of the primary key index, so
+every batch would cost more than the last.
 SQLite: the same shape with ``FROM (VALUES ...)`` (SQLite >= 3.33), chunked under
 its limit of bound variables. Never ``bulk_update`` (a CASE per row) nor ``save()``.
 Each database's statement is its backend's (backends/).
@@ -132,6 +134,7 @@ def write_back(
     psycopg3: bool = False,
     within: KeyRange | None = None,
     versions: Sequence[str] | None = None,
+    staged: bool = False,
 ) -> int:
     """Write ``fields`` of ``rows`` to the rows with their keys; how many rows it wrote.
     Without ``within``, ``rows`` are in key order (as the lock step returned them) and
@@ -141,7 +144,8 @@ def write_back(
     is not prepared: each batch gets a plan made for its own key range (psycopg would
     prepare it after five runs, and PostgreSQL then reuse a generic plan; that measured
     no faster). With ``versions`` (the rows' versions as read ahead, prefetch.py), a row
-    changed since is not written."""
+    changed since is not written. ``staged``: a batch's own write-back, the only one in
+    its transaction, which may stage its rows (backends/staging.py)."""
     if not rows or not fields:
         return 0
     backend = backend_for(connection.alias)
@@ -161,7 +165,7 @@ def write_back(
     return backend.update_from_values(
         table, key_column, [quote(c.column) for c in columns], values, bounds, bound_params,
         [psycopg3 and binary_safe(c) for c in columns],
-        [array_type(c, connection) for c in columns], versions)
+        [array_type(c, connection) for c in columns], versions, staged)
 
 
 def insertable(field: Field[Any, Any]) -> bool:

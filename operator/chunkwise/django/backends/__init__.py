@@ -183,7 +183,8 @@ class DatabaseBackend:
     def update_from_values(self, table: str, key_column: str, columns: Sequence[str],
                            values: Sequence[list[Any]], bounds: str,
                            bound_params: Sequence[Any], binary: Sequence[bool],
-                           types: Sequence[str], versions: Sequence[str] | None = None) -> int:
+                           types: Sequence[str], versions: Sequence[str] | None = None,
+                           staged: bool = False) -> int:
         """One UPDATE (or as few as the parameter limit allows) setting ``columns[1:]`` of
         ``table``'s rows whose ``key_column`` is ``values[0]``'s to the other lists' values
         (lists by column, ``columns[0]`` the key's), within ``bounds`` (SQL ANDed to the
@@ -191,7 +192,9 @@ class DatabaseBackend:
         ``types`` say per column whether it may be bound in binary format, and its array
         type, where the backend binds arrays. With ``versions`` (one per row, as
         row_version() read them; only where row_versions), a row whose version is no
-        longer the one given is not written."""
+        longer the one given is not written. ``staged``: the batch's own write-back, the
+        only one in its transaction, which may go through a table of the session's own
+        (PostgreSQL, staging.py)."""
         raise NotImplementedError
 
     def row_version(self, table: str) -> str:

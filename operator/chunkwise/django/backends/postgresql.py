@@ -15,6 +15,7 @@ from chunkwise.engine import HealthProbe
 
 from ..prefetch import ROW_VERSION
 from . import EXACT_COUNT_LIMIT, DatabaseBackend
+from .staging import stage_and_update, stageable
 
 __all__ = ["PostgreSQLBackend", "set_local"]
 
@@ -181,7 +182,14 @@ class PostgreSQLBackend(DatabaseBackend):
     def update_from_values(self, table: str, key_column: str, columns: Sequence[str],
                            values: Sequence[list[Any]], bounds: str,
                            bound_params: Sequence[Any], binary: Sequence[bool],
-                           types: Sequence[str], versions: Sequence[str] | None = None) -> int:
+                           types: Sequence[str], versions: Sequence[str] | None = None,
+                           staged: bool = False) -> int:
+        elements = [kind.removesuffix("[]") for kind in types]
+        if staged and self.psycopg3 and all(binary) and stageable(
+                self.connection.connection, elements, versions is not None):
+            return stage_and_update(self.connection.connection, table, key_column, columns,
+                                    values, bounds, bound_params, elements, versions,
+                                    ROW_VERSION)
         assignments = ", ".join(f"{column} = v.{column}" for column in columns[1:])
         if versions is not None:  # a column of the derived table, compared, not assigned
             columns, values = [*columns, ROW_VERSION], [*values, list(versions)]
