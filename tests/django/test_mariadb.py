@@ -62,6 +62,33 @@ def test_transform_and_set_based_forward_and_reverse_change_every_row_once(
     assert (cp["state"], cp["rows_processed"], cp["failed_rows"]) == ("done", 3000, 0)
 
 
+def test_a_server_in_another_time_zone_gets_the_checkpoints_times_in_utc(
+        maria_lab_db: Any) -> None:
+    """Django keeps times in UTC on MySQL and MariaDB (USE_TZ), but CURRENT_TIMESTAMP,
+    which Django's Now() is there, is the server's local time: on a server at +05:00 a
+    run's heartbeat and completion (and verification) were stored five hours ahead of its
+    start, so its heartbeat looked fresh for hours after the runner died. Every time on
+    the checkpoint is now the runner's UTC clock, as the start's always was."""
+    import datetime
+
+    db = maria_lab_db
+    seed_items(db, 300)
+    db.execute("SET GLOBAL time_zone = '+05:00'")  # the runner's new sessions take it
+    try:
+        assert db.manage("chunkwise_run", "lab", "0002").returncode == 0
+        [(zone,)] = db.query("SELECT @@session.time_zone")
+        times = db.query("SELECT started_at, heartbeat_at, completed_at "
+                         "FROM chunkwise_checkpoint WHERE migration = '0002_bump_items'")
+    finally:
+        db.execute("SET GLOBAL time_zone = 'SYSTEM'")
+    assert zone == "+05:00"
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # stored naive, in UTC
+    for name, moment in zip(("started_at", "heartbeat_at", "completed_at"), times[0],
+                            strict=True):
+        assert moment is not None and abs(now - moment) < datetime.timedelta(minutes=5), \
+            (name, moment, now)
+
+
 @pytest.mark.every_leg
 def test_migrate_runs_a_batched_migration_and_its_reverse(maria_lab_db: Any) -> None:
     db = maria_lab_db

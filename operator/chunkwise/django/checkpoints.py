@@ -10,7 +10,6 @@ from typing import Any
 
 from django.db import connections, transaction
 from django.db.models import Count, Field, Q, QuerySet, Sum
-from django.db.models.functions import Now
 from django.utils import timezone
 
 from chunkwise.contract import ShardState
@@ -333,16 +332,20 @@ class DjangoCheckpointStore:
             last_key=self._codec.dump(key),
             failed_rows=tally.failed_rows,
             consecutive_failed_batches=tally.consecutive_failed_batches,
-            heartbeat_at=Now(),
+            heartbeat_at=timezone.now(),  # not Now(): see finish()
         )
 
     def finish(self, state: ShardState, message: str = "") -> None:
         # the batches' timeouts are the batches': not for the verification's count
         self._backend.reset_settings()
         with transaction.atomic(using=self._alias):
+            # the runner's clock in UTC, as the start (auto_now_add) and the heartbeats of
+            # the batches take it: Django's Now() is CURRENT_TIMESTAMP on MySQL and
+            # MariaDB, the server's local time, where Django keeps times in UTC
+            now = timezone.now()
             self._rows().filter(pk=self.checkpoint_id).update(
-                state=state, message=message[:4000], heartbeat_at=Now(),
-                completed_at=Now() if state == ShardState.DONE else None,
+                state=state, message=message[:4000], heartbeat_at=now,
+                completed_at=now if state == ShardState.DONE else None,
             )
 
     def verify(self) -> Verification | None:
@@ -361,7 +364,7 @@ class DjangoCheckpointStore:
         if row.high_water_key is None:
             result = Verification(null_keys, 0, None, null_keys)
             self._rows().filter(pk=row.pk).update(rows_remaining=null_keys,
-                                                  rows_missed=null_keys, verified_at=Now())
+                                                  rows_missed=null_keys, verified_at=timezone.now())
             return result
         remaining = todo.filter(**{f"{name}__lte": self._codec.load(row.high_water_key)})
         if row.lower_key is not None:
@@ -375,7 +378,7 @@ class DjangoCheckpointStore:
                 failed += remaining.filter(**{f"{name}__in": keys[start:start + 1000]}).count()
         result = Verification(count, failed, self._codec.load(row.high_water_key), null_keys)
         self._rows().filter(pk=row.pk).update(rows_remaining=count, rows_missed=result.missed,
-                                              verified_at=Now())
+                                              verified_at=timezone.now())
         return result
 
     def _state_of(self, row: Checkpoint) -> CheckpointState:

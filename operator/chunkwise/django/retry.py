@@ -32,7 +32,7 @@ from django.db import connections, transaction
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.state import StateApps
 from django.db.models import Count, F, Field, Max, Q, QuerySet, Sum
-from django.db.models.functions import Now
+from django.utils import timezone
 
 from chunkwise.contract import RETRIED_FAILED_ROWS, Direction, ExitCode, ShardState
 from chunkwise.engine import (
@@ -237,7 +237,7 @@ class FailedRowRetry:
         record says so, with the new error and time, and stays."""
         self._records_of_run().filter(pk=key).update(
             error_class=type(error).__name__[:200], message=str(error)[:4000],
-            created_at=Now())
+            created_at=timezone.now())  # not Now(): see checkpoints.py finish()
         before = self._committed
         self._stage(dataclasses.replace(
             before, cursor=key, tally=dataclasses.replace(tally),
