@@ -161,6 +161,24 @@ def test_the_throttle_cost_benchmark_runs_every_variant() -> None:
     assert "20,000 rows in 4 batches of 5,000" in result.stdout
 
 
+def test_the_write_back_forms_benchmark_compares_arrays_and_copy_side_by_side() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "writeback_forms.py"),
+                             "--rows", "30000", "--rounds", "1", "--seed", "7"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "30,000 rows, 1 passes, order seed 7" in out
+    medians = re.findall(r"  (.+): median ([0-9.]+) ms per batch \((\d+) batches\)", out)
+    assert [name for name, _, _ in medians] == [
+        "arrays bound to one UPDATE", "arrays bound to one UPDATE (twin)",
+        "binary COPY into a temp table + UPDATE ... FROM"], out
+    assert all(float(ms) > 0 for _, ms, _ in medians)
+    assert sum(int(batches) for _, _, batches in medians) == 6  # each batch written once
+    assert re.search(r"noise floor \(A/A, the arrays form twice\): [0-9.]+x", out), out
+    assert re.search(r"COPY form against the faster arrays twin: [0-9.]+x as fast: "
+                     r"(faster|slower), beyond the floor|within the floor", out), out
+
+
 def test_the_server_time_benchmark_reads_the_statement_log() -> None:
     result = subprocess.run([sys.executable, str(REPO / "bench" / "server_time.py"),
                              "--rows", "20000"], capture_output=True, text=True, timeout=300)

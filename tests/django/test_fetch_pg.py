@@ -89,7 +89,7 @@ def test_binary_write_back_stores_every_binary_safe_type_as_django_would(
     setattr(rows[2], "item_id", None)  # noqa: B010  # the FK attname
     with transaction.atomic():
         write_back(connection, Stamped, Stamped._meta.pk, fields, rows, psycopg3=True,
-                   staged=staged)
+                   may_stage=staged)
     with connection.cursor() as cursor:  # the session's staging table, if it staged
         cursor.execute("SELECT count(*) FROM pg_class WHERE relpersistence = 't' AND "
                        "relname LIKE 'chunkwise_writeback_%%' AND pg_table_is_visible(oid)")
@@ -103,7 +103,7 @@ def test_binary_write_back_stores_every_binary_safe_type_as_django_would(
     with transaction.atomic():
         write_back(connection, Document, Document._meta.pk,
                    Document._meta.concrete_fields[1:], [document], psycopg3=True,
-                   staged=staged)
+                   may_stage=staged)
     assert Document._base_manager.get().data == {"b": [1, None, "x"]}
 
 
@@ -156,7 +156,7 @@ def test_the_write_back_refuses_a_value_too_long_for_its_column(lab_db: LabDb) -
     for psycopg3, staged in ((True, False), (True, True), (False, False)):
         with pytest.raises(psycopg.errors.StringDataRightTruncation), transaction.atomic():
             write_back(connection, Item, Item._meta.pk, [Item._meta.get_field("status")],
-                       [row], psycopg3=psycopg3, staged=staged)
+                       [row], psycopg3=psycopg3, may_stage=staged)
     assert lab_db.query("SELECT status FROM lab_item") == [(None,)]
 
 
@@ -179,6 +179,6 @@ def test_a_value_out_of_its_columns_range_fails_its_row_either_way(lab_db: LabDb
             with pytest.raises(Exception) as raised, transaction.atomic():
                 write_back(connection, Item, Item._meta.pk,
                            [Item._meta.get_field("counter")], [row], psycopg3=True,
-                           staged=staged)
+                           may_stage=staged)
             assert classify(raised.value) is ErrorKind.ROW_ERROR, (staged, raised.value)
     assert lab_db.query("SELECT counter FROM lab_item") == [(0,)]

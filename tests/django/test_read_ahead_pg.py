@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import random
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -166,24 +167,24 @@ def sessions_opened(db: LabDb, run: Callable[[], None]) -> int:
 
 
 def test_a_paced_run_opens_no_read_ahead_per_batch(lab_db: LabDb) -> None:
-    """Batches 1.2 s apart (``--pause``) come further apart than a read-ahead is used for
-    (FRESH_FOR): the first one read ahead is dropped as stale, and then the run reads
-    no more ahead, where it used to start a thread and open a connection for every
-    batch, and drop each. Counted against the same paced run of a set-based migration,
-    which never reads ahead."""
-    def paced(migration: str) -> Callable[[], None]:
-        def run() -> None:
+    """Batches 2.5 s apart (``--pause``): a batch read ahead is two batches' time old at
+    its turn, older than it is used for (FRESH_FOR, 4 s), so the run stops reading ahead
+    after the first; it used to start a thread and open a connection for every batch,
+    and drop each. Counted against a set-based run of the same batches, which never
+    reads ahead."""
+    def run(migration: str, *args: str) -> Callable[[], None]:
+        def go() -> None:
             result = lab_db.manage("chunkwise_run", "lab", migration, *FIXED_100,
-                                   "--max-locked-fraction", "0", "--pause", "1.2s")
+                                   "--max-locked-fraction", "0", *args)
             assert result.returncode == 0, result.stderr
-        return run
+        return go
 
-    seed_items(lab_db, 600)
-    set_based = sessions_opened(lab_db, paced("0003"))
+    seed_items(lab_db, 400)
+    set_based = sessions_opened(lab_db, run("0003"))
     lab_db.execute("UPDATE lab_item SET counter = 0")
     lab_db.execute("DELETE FROM chunkwise_checkpoint")
-    transform = sessions_opened(lab_db, paced("0002"))
-    assert counters(lab_db) == {1: 600}
+    transform = sessions_opened(lab_db, run("0002", "--pause", "2.5s"))
+    assert counters(lab_db) == {1: 400}
     assert transform - set_based <= 1, (transform, set_based)
 
 
@@ -209,13 +210,14 @@ def test_an_isolated_batch_reads_no_batch_ahead(lab_db: LabDb) -> None:
 def test_the_read_ahead_is_named_after_its_run_and_not_counted_as_load(
         lab_db: LabDb, tmp_path: Path) -> None:
     """While the read-ahead thread transforms batch 2, its connection shows in
-    pg_stat_activity as ``chunkwise read-ahead of <the run's pid>``, and a health
-    reading from that run's session leaves it out of active backends and of the oldest
-    transaction, while the same work under another session's name counts."""
+    pg_stat_activity as ``chunkwise read-ahead of <host>:<the runner's pid>``; a health
+    reading leaves a session with its own process's read-ahead name out of active
+    backends and of the oldest transaction, while one named for another process, or
+    not named, counts."""
     from django.db import connections
 
     from chunkwise.django.health import PostgresHealthProbe
-    from chunkwise.django.prefetch import HELPER_NAME
+    from chunkwise.django.prefetch import helper_name
     from chunkwise.engine import RunSettings, ThrottleSettings
 
     seed_items(lab_db, 300)
@@ -225,30 +227,34 @@ def test_the_read_ahead_is_named_after_its_run_and_not_counted_as_load(
                           LAB_PAUSE_AT="150", LAB_PAUSE_MARK=str(pause))
     try:
         wait_until(Path(f"{pause}.150").exists, "the transform reached key 150", 60)
-        named = lab_db.query(
-            "SELECT count(*) FROM pg_stat_activity helper JOIN pg_stat_activity run "
-            "ON helper.application_name = %s || run.pid", (HELPER_NAME,))
+        named = lab_db.query("SELECT application_name FROM pg_stat_activity "
+                             "WHERE application_name LIKE 'chunkwise read-ahead of %%'")
         Path(f"{pause}.150.go").touch()
         output, _ = runner.communicate(timeout=120)
     finally:
         runner.kill()
     assert runner.returncode == 0, output
-    assert named == [(1,)]
+    assert named == [(f"chunkwise read-ahead of {socket.gethostname()}:{runner.pid}",)]
 
     settings = RunSettings(throttle=ThrottleSettings(active_backends=5, transaction_age=60))
     probe = PostgresHealthProbe("default", "lab_item")
-    me = connections["default"]
-    me.ensure_connection()
-    mine = f"{HELPER_NAME}{me.connection.info.backend_pid}"
-    for name, counted in ((mine, 0), (f"{HELPER_NAME}1", 1), ("", 1)):
-        with psycopg.connect(lab_db.server.dsn(lab_db.name)) as helper:
+    connections["default"].ensure_connection()
+    lab_db.execute("SELECT 1")  # a session of the test's own, not busy
+    for name, counted in ((helper_name(), 0), ("chunkwise read-ahead of elsewhere:1", 1),
+                          ("", 1)):
+        with psycopg.connect(lab_db.server.dsn(lab_db.name), autocommit=True) as holder, \
+                psycopg.connect(lab_db.server.dsn(lab_db.name)) as helper:
+            holder.execute("SELECT pg_advisory_lock(42)")
             helper.execute("SELECT set_config('application_name', %s, false)", (name,))
-            busy = threading.Thread(target=helper.execute, args=("SELECT pg_sleep(2)",))
-            busy.start()
+            busy = threading.Thread(target=helper.execute,
+                                    args=("SELECT pg_advisory_lock(42)",))
+            busy.start()  # waits on the lock: active, in a transaction, until released
             wait_until(functools.partial(
                 lab_db.query, "SELECT 1 FROM pg_stat_activity WHERE pid = %s "
-                "AND state = 'active'", (helper.info.backend_pid,)), "the helper is busy", 10)
+                "AND wait_event_type = 'Lock'", (helper.info.backend_pid,)),
+                "the helper waits", 10)
             reading = probe.read(settings)
+            holder.execute("SELECT pg_advisory_unlock(42)")
             busy.join()
         assert (reading.active_backends, reading.transaction_age is not None
                 and reading.transaction_age > 0) == (counted, bool(counted)), name
@@ -256,37 +262,45 @@ def test_the_read_ahead_is_named_after_its_run_and_not_counted_as_load(
 
 def test_reading_ahead_stops_while_batches_come_far_apart_and_resumes_after(
         django_setup: None) -> None:
-    """On a clock the test moves: a batch read ahead and taken 1.5 s later (the run was
-    paced) is dropped as stale, and the next batches start no read-ahead while they
-    come further apart than FRESH_FOR; once a batch follows the last within it, the
-    one after is read ahead again and used."""
+    """On a clock the test moves: batches more than half of FRESH_FOR apart (a batch read
+    ahead is two batches' time old at its turn) start no read-ahead; once one follows
+    the last closely, the next is read ahead again; a read-ahead older than FRESH_FOR is
+    dropped."""
     from chunkwise.django.prefetch import FRESH_FOR, Ahead, ReadAhead
 
     now = [100.0]
     reads: list[int] = []
+    read_once = threading.Event()
 
     def read(after: int, limit: int, cancelled: threading.Event) -> Ahead:
         reads.append(after)
+        read_once.set()
         return Ahead((after, 10_000), [object()] * limit, ["1"] * limit, after + limit,
                      full=False, read_at=now[0])  # one batch, then the thread ends
 
     ahead = ReadAhead("default", clock=lambda: now[0])
     ahead.limit = 100
 
+    def start(after: int, reads_now: bool) -> None:
+        read_once.clear()
+        ahead.start(after, read)
+        if reads_now:  # the read is stamped before the clock moves on
+            assert read_once.wait(10)
+
     def batch(after: int, gap: float) -> Ahead | None:
-        """A batch after ``gap`` seconds: what it takes, then the offer of the next."""
         now[0] += gap
         taken = ahead.take((after, 10_000))
         ahead.discard()
-        ahead.start(after + 100, read)
         return taken
 
-    ahead.start(0, read)
-    assert batch(0, FRESH_FOR * 1.5) is None  # read at once, taken stale: dropped
-    assert reads == [0]
-    assert batch(100, FRESH_FOR * 1.5) is None  # still far apart: nothing read
-    assert batch(200, FRESH_FOR * 0.5) is None  # closer: the next one is read ahead
-    taken = batch(300, FRESH_FOR * 0.5)
-    assert reads[:2] == [0, 300]  # and 400 is offered next
-    assert taken is not None and taken.last == 400
+    start(0, reads_now=True)
+    assert batch(0, FRESH_FOR * 0.3) is not None  # fresh: used
+    start(100, reads_now=True)
+    assert batch(100, FRESH_FOR * 0.6) is not None  # 0.6 apart: used, but no more
+    start(200, reads_now=False)
+    assert batch(200, FRESH_FOR * 0.3) is None  # closer again: the next is read ahead
+    start(300, reads_now=True)
+    assert batch(300, FRESH_FOR * 1.2) is None  # older than FRESH_FOR: dropped
+    start(400, reads_now=False)
+    assert reads == [0, 100, 300]
     ahead.close()

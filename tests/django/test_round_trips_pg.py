@@ -98,10 +98,10 @@ def test_a_transform_batch_stages_its_write_back_unless_the_role_may_not() -> No
     assert counters == [(2, 1000)]
     assert len(batches) == 20, batches
     for statements in batches[:10]:
-        copies = [s for s in statements if s.startswith("COPY chunkwise_writeback_")]
+        copies = [s for s in statements if s.startswith("COPY pg_temp.chunkwise_writeback_")]
         writes = [s for s in statements if s.startswith('UPDATE "lab_item"')]
         assert len(copies) == 1 and copies[0].endswith("FROM STDIN (FORMAT BINARY)"), statements
-        assert len(writes) == 1 and " FROM chunkwise_writeback_" in writes[0], statements
+        assert len(writes) == 1 and " FROM pg_temp.chunkwise_writeback_" in writes[0], statements
         assert statements.index(copies[0]) < statements.index(writes[0])
     for statements in batches[10:]:
         assert not any(s.startswith("COPY") for s in statements), statements

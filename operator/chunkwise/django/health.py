@@ -20,15 +20,16 @@ from django.db import connections, transaction
 
 from chunkwise.engine import HealthReading, RunSettings, SettingsError, wanted_figures
 
-from .prefetch import HELPER_NAME
+from .prefetch import helper_name
 
 __all__ = ["PostgresHealthProbe", "query_value"]
 
 N = TypeVar("N", int, float)
 
-#: other clients' sessions: neither the run's own nor its read-ahead's (prefetch.py)
+#: other clients' sessions: neither the run's own nor this process's read-ahead's, by
+#: its name (prefetch.py), the parameter
 _SESSIONS = ("backend_type = 'client backend' AND pid <> pg_backend_pid() "
-             f"AND application_name IS DISTINCT FROM '{HELPER_NAME}' || pg_backend_pid()")
+             "AND application_name IS DISTINCT FROM %s")
 #: one scalar subquery per figure; a reading asks only for those with a threshold (planning
 #: all four views each time cost about 1 ms, several times their execution)
 _FIGURES = {
@@ -57,7 +58,9 @@ class PostgresHealthProbe:
         wanted = wanted_figures(settings)
         if wanted:
             connection = connections[self._alias]
-            params = [connection.ops.quote_name(self._table)] if "autovacuum" in wanted else []
+            params = [param for name in wanted for param in (
+                [connection.ops.quote_name(self._table)] if name == "autovacuum"
+                else [helper_name()] if _SESSIONS in _FIGURES[name] else [])]
             with connection.cursor() as cursor:
                 cursor.execute("SELECT " + ", ".join(f"({_FIGURES[name]})" for name in wanted),
                                params)

@@ -20,18 +20,25 @@ whose rows changed under it always is. A killed runner leaves nothing of a read-
 behind. A read-ahead is used fresh or not at all (``FRESH_FOR``): rows that came to
 match ``todo`` after it was read would otherwise be passed over for longer than a
 batch's time, where a batch that reads its own rows passes over only those that match
-after its read. So a run whose batches are further apart than that (paced, throttled)
+after its read. (Since the batch counts its range's rows to do again, and refuses
+itself if they are not the rows read, freshness is no longer what keeps it exact: it
+keeps the run from writing back work that is likely to be refused.) A batch read ahead
+is about two batches' time old when its turn comes (one is ready, the next being read),
+so a run whose batches are further apart than half of FRESH_FOR (paced, throttled)
 reads no batch ahead until they follow each other closely again: every read-ahead
 would be dropped, each costing a thread, a connection and a read.
 
-The read-ahead's connection goes by a name that says whose it is (``HELPER_NAME`` and
-the run's own session), so that the run's health readings do not count it as another
-session's load.
+The read-ahead's connection goes by a name that says whose it is (helper_name(): the
+host and process it serves), so that the process's health readings do not count it as
+another session's load; the name is taken back before the connection is let go (a pool
+would hand it to someone else).
 """
 
 from __future__ import annotations
 
+import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -40,17 +47,23 @@ from typing import Any
 
 from django.db import connections
 
-__all__ = ["FRESH_FOR", "HELPER_NAME", "ROW_VERSION", "Ahead", "Cancelled", "ReadAhead",
-           "RowsChangedSinceRead", "versioned"]
+__all__ = ["FRESH_FOR", "ROW_VERSION", "Ahead", "Cancelled", "ReadAhead",
+           "RowsChangedSinceRead", "helper_name", "versioned"]
 
 #: the name a row's version goes by, read ahead and in the write-back that checks it
 ROW_VERSION = "chunkwise_row_version"
 #: seconds a read-ahead is used for: older (the run paced or throttled meanwhile), it is
 #: dropped and the batch reads its own rows
-FRESH_FOR = 1.0
-#: the application name of a read-ahead's connection, followed by the run's own session's
-#: id: the run's health readings leave out the sessions named after their own
-HELPER_NAME = "chunkwise read-ahead of "
+FRESH_FOR = 4.0
+#: how a session's name is cut (PostgreSQL keeps 63 bytes of application_name)
+_NAME_LENGTH = 63
+
+
+def helper_name() -> str:
+    """The application name of this process's read-ahead connections: the process's own
+    health readings leave them out."""
+    return f"chunkwise read-ahead of {socket.gethostname()}:{os.getpid()}"[:_NAME_LENGTH]
+
 #: read-aheads that failed in a row (a second connection refused, a statement timeout)
 #: after which the run reads every batch itself
 _GIVE_UP_AFTER = 3
@@ -94,19 +107,22 @@ class ReadAhead:
     """A worker thread with its own connection that reads and transforms the batches
     after a given key, one after another, keeping one ready beyond the one it works on."""
 
-    def __init__(self, alias: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, alias: str, clock: Callable[[], float] = time.monotonic,
+                 leaving: Callable[[], None] | None = None) -> None:
         self._alias = alias
-        self._clock = clock  # the one Ahead.read_at is taken from
+        self._clock = clock  # the clock of Ahead.read_at (the reader's, time.monotonic)
+        #: run on the worker thread as it ends, before its connection is let go
+        self._leaving = leaving
         self._ready: queue.Queue[Ahead | BaseException] | None = None
         self._cancelled = threading.Event()
         self._thread: threading.Thread | None = None
         self._failures = 0
         #: the batch size the next read asks for: the run's latest
         self.limit = 0
-        #: whether the run's batches follow each other within FRESH_FOR, so that what is
-        #: read ahead is used; and when the last one offered to read ahead
+        #: whether the run's batches follow each other closely enough for what is read
+        #: ahead to be used fresh (see take()), and when the last one was taken
         self._follows = True
-        self._offered_at: float | None = None
+        self._taken_at: float | None = None
 
     @property
     def pending(self) -> bool:
@@ -117,7 +133,6 @@ class ReadAhead:
         """Read the batches after ``after`` (and transform them), in the background,
         unless the last batches came too far apart to use what is read (see take())."""
         self.discard()
-        self._offered_at = self._clock()
         if self._failures >= _GIVE_UP_AFTER or not self._follows:
             return
         ready: queue.Queue[Ahead | BaseException] = queue.Queue(maxsize=1)
@@ -137,12 +152,13 @@ class ReadAhead:
         A failure of the read-ahead's own connection is not the batch's: the batch reads
         its rows itself, and after a few in a row the run stops reading ahead.
 
-        Called at every batch read ahead or not: the time since the last start() says
-        whether the batches follow each other closely enough for a read-ahead to be used
-        fresh; a read-ahead found stale says they do not."""
-        if self._offered_at is not None:
-            self._follows = self._clock() - self._offered_at < FRESH_FOR
-            self._offered_at = None
+        Called at every batch read ahead or not: the time since the last one says
+        whether the batches follow each other closely enough for a read-ahead, about two
+        batches' time old at its turn, to be used fresh."""
+        now = self._clock()
+        if self._taken_at is not None:
+            self._follows = (now - self._taken_at) * 2 < FRESH_FOR
+        self._taken_at = now
         if self._ready is None or self._thread is None:
             return None
         while True:
@@ -158,12 +174,9 @@ class ReadAhead:
             self.discard()
             return None
         self._failures = 0
-        if self._clock() - got.read_at > FRESH_FOR:  # the run paced or throttled
-            self._follows = False
+        if got.bounds != bounds or now - got.read_at > FRESH_FOR \
+                or not got.rows:  # an empty range is read by the batch: never on old news
             self.discard()
-            return None
-        if got.bounds != bounds or not got.rows:  # an empty range is read by the batch:
-            self.discard()  # never on old news
             return None
         if not got.full:  # the last batch: nothing follows
             self.discard()
@@ -202,6 +215,11 @@ class ReadAhead:
                     return
                 after = ahead.last
         finally:
+            if self._leaving is not None and connections[self._alias].connection is not None:
+                try:
+                    self._leaving()
+                except Exception:  # a broken connection: closed next, nothing to take back
+                    pass
             connections[self._alias].close()  # this thread's own
 
     @staticmethod

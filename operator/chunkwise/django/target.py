@@ -26,12 +26,12 @@ from .backends import backend_for
 from .batch import Batch, BatchScope, as_batch, to_many_relation
 from .keys import Key
 from .prefetch import (
-    HELPER_NAME,
     ROW_VERSION,
     Ahead,
     Cancelled,
     ReadAhead,
     RowsChangedSinceRead,
+    helper_name,
     versioned,
 )
 from .rows import row_class
@@ -146,7 +146,7 @@ class DjangoBatchTarget:
         #: todo, with no prepare (whose queries belong in the batch's transaction), and
         #: nothing read from other rows (annotate=, a todo's subquery), which the rows'
         #: versions do not cover
-        self._ahead = ReadAhead(alias) if (
+        self._ahead = ReadAhead(alias, leaving=lambda: self._backend.name_session("")) if (
             self._optimistic and transform is not None and prepare is None
             and within is None and not annotate and not _has_subquery(todo, alias)
             and self._backend.row_versions) else None
@@ -341,9 +341,9 @@ class DjangoBatchTarget:
         version = RawSQL(self._backend.row_version(
             connections[alias].ops.quote_name(self._todo.model._meta.db_table)), (),
             output_field=TextField())
-        # named after the run's session, for the people who read the activity views and
-        # for the run's health readings, which leave it out
-        name, named = f"{HELPER_NAME}{self._backend.session_id()}", False
+        # named after this process, for the people who read the activity views and for
+        # its health readings, which leave it out (taken back as the thread ends)
+        name, named = helper_name(), False
 
         def read(after: Key | None, limit: int, cancelled: threading.Event) -> Ahead:
             nonlocal named
@@ -605,7 +605,7 @@ class DjangoBatchTarget:
                 self._ahead.start(self._ahead_from[0], self._reader(self._ahead_from[1]))
                 self._ahead_from = None
             write_back(connections[self._alias], self._todo.model, self._key, self._fields,
-                       rows, psycopg3=self._psycopg3, staged=True)
+                       rows, psycopg3=self._psycopg3, may_stage=True)
         except Exception as exc:
             if self._optimistic and classify(exc) in (ErrorKind.LOCK_TIMEOUT,
                                                       ErrorKind.SERIALIZATION,
@@ -632,7 +632,7 @@ class DjangoBatchTarget:
                 "ahead; the batch is retried reading its rows itself")
         written = write_back(connections[self._alias], self._todo.model, self._key,
                              self._fields, rows, psycopg3=self._psycopg3, versions=versions,
-                             staged=True)
+                             may_stage=True)
         if written != len(rows):
             raise RowsChangedSinceRead(
                 f"{len(rows) - written} of the batch's {len(rows)} rows changed since they "

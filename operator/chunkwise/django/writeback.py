@@ -134,7 +134,7 @@ def write_back(
     psycopg3: bool = False,
     within: KeyRange | None = None,
     versions: Sequence[str] | None = None,
-    staged: bool = False,
+    may_stage: bool = False,
 ) -> int:
     """Write ``fields`` of ``rows`` to the rows with their keys; how many rows it wrote.
     Without ``within``, ``rows`` are in key order (as the lock step returned them) and
@@ -144,8 +144,8 @@ def write_back(
     is not prepared: each batch gets a plan made for its own key range (psycopg would
     prepare it after five runs, and PostgreSQL then reuse a generic plan; that measured
     no faster). With ``versions`` (the rows' versions as read ahead, prefetch.py), a row
-    changed since is not written. ``staged``: a batch's own write-back, the only one in
-    its transaction, which may stage its rows (backends/staging.py)."""
+    changed since is not written. ``may_stage``: a batch's own write-back (not
+    ``batch.write``'s), which may stage its rows (backends/staging.py)."""
     if not rows or not fields:
         return 0
     backend = backend_for(connection.alias)
@@ -165,7 +165,7 @@ def write_back(
     return backend.update_from_values(
         table, key_column, [quote(c.column) for c in columns], values, bounds, bound_params,
         [psycopg3 and binary_safe(c) for c in columns],
-        [array_type(c, connection) for c in columns], versions, staged)
+        [array_type(c, connection) for c in columns], versions, may_stage)
 
 
 def insertable(field: Field[Any, Any]) -> bool:

@@ -184,7 +184,7 @@ class DatabaseBackend:
                            values: Sequence[list[Any]], bounds: str,
                            bound_params: Sequence[Any], binary: Sequence[bool],
                            types: Sequence[str], versions: Sequence[str] | None = None,
-                           staged: bool = False) -> int:
+                           may_stage: bool = False) -> int:
         """One UPDATE (or as few as the parameter limit allows) setting ``columns[1:]`` of
         ``table``'s rows whose ``key_column`` is ``values[0]``'s to the other lists' values
         (lists by column, ``columns[0]`` the key's), within ``bounds`` (SQL ANDed to the
@@ -192,22 +192,18 @@ class DatabaseBackend:
         ``types`` say per column whether it may be bound in binary format, and its array
         type, where the backend binds arrays. With ``versions`` (one per row, as
         row_version() read them; only where row_versions), a row whose version is no
-        longer the one given is not written. ``staged``: the batch's own write-back, the
-        only one in its transaction, which may go through a table of the session's own
-        (PostgreSQL, staging.py)."""
+        longer the one given is not written. ``may_stage``: a batch's own write-back, whose
+        rows may go through a table of the session's own first (PostgreSQL, staging.py).
+        """
         raise NotImplementedError
 
     def row_version(self, table: str) -> str:
         """SQL of a row's version in ``table``, as text (where row_versions)."""
         raise NotImplementedError(f"{self.name} has no row versions")
 
-    def session_id(self) -> int:
-        """The database's id of the connection's session, as its activity views show it
-        (where row_versions: what a read-ahead's connection is named after)."""
-        raise NotImplementedError(f"{self.name} names no helper sessions")
-
     def name_session(self, name: str) -> None:
-        """Name the connection's session (this thread's) in the database's activity views."""
+        """Name the connection's session (this thread's) in the database's activity views
+        ("" takes the name back)."""
         raise NotImplementedError(f"{self.name} names no helper sessions")
 
     def insert_values(self, table: str, columns: Sequence[str], values: Sequence[list[Any]],

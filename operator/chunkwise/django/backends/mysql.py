@@ -260,7 +260,7 @@ class MySQLBackend(DatabaseBackend):
                            values: Sequence[list[Any]], bounds: str,
                            bound_params: Sequence[Any], binary: Sequence[bool],
                            types: Sequence[str], versions: Sequence[str] | None = None,
-                           staged: bool = False) -> int:
+                           may_stage: bool = False) -> int:
         """``UPDATE t JOIN (SELECT %s AS k, %s AS c UNION ALL VALUES (%s, %s), ...) AS v
         ON t.k = v.k SET t.c = v.c``: one statement per batch (there are no arrays to
         bind). The first row names the columns; MariaDB takes the others as a table value

@@ -1,5 +1,6 @@
 """PostgreSQL: advisory locks, SET LOCAL timeouts computed with the checkpoint row's lock,
-row locks FOR NO KEY UPDATE, arrays bound server-side for the write-back."""
+row locks FOR NO KEY UPDATE, arrays bound server-side for the write-back, or a batch's
+rows staged through a binary COPY (staging.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from chunkwise.engine import HealthProbe
 
 from ..prefetch import ROW_VERSION
 from . import EXACT_COUNT_LIMIT, DatabaseBackend
-from .staging import stage_and_update, stageable
+from .staging import stage_and_update
 
 __all__ = ["PostgreSQLBackend", "set_local"]
 
@@ -183,14 +184,15 @@ class PostgreSQLBackend(DatabaseBackend):
                            values: Sequence[list[Any]], bounds: str,
                            bound_params: Sequence[Any], binary: Sequence[bool],
                            types: Sequence[str], versions: Sequence[str] | None = None,
-                           staged: bool = False) -> int:
-        elements = [kind.removesuffix("[]") for kind in types]
-        if staged and self.psycopg3 and all(binary) and stageable(
-                self.connection.connection, elements, versions is not None):
-            return stage_and_update(self.connection.connection, table, key_column, columns,
-                                    values, bounds, bound_params, elements, versions,
-                                    ROW_VERSION)
+                           may_stage: bool = False) -> int:
         assignments = ", ".join(f"{column} = v.{column}" for column in columns[1:])
+        if may_stage and self.psycopg3 and all(binary) and not self.connection.savepoint_ids:
+            written = stage_and_update(
+                self.connection, table, key_column, columns, values, bounds, bound_params,
+                [kind.removesuffix("[]") for kind in types], versions, ROW_VERSION,
+                assignments)
+            if written is not None:
+                return written
         if versions is not None:  # a column of the derived table, compared, not assigned
             columns, values = [*columns, ROW_VERSION], [*values, list(versions)]
             binary, types = [*binary, False], [*types, "xid[]"]  # parsed once per row
@@ -199,14 +201,6 @@ class PostgreSQLBackend(DatabaseBackend):
                f"(SELECT {self._arrays(columns, binary, types, named=True)}) AS v "
                f"WHERE {key_column} = v.{columns[0]}{bounds}")
         return self._execute(sql, [*values, *bound_params])[0]
-
-    def session_id(self) -> int:
-        # the driver knows it (libpq's PQbackendPID): no round trip
-        raw = self.connection.connection
-        if raw is None:
-            self.connection.ensure_connection()
-            raw = self.connection.connection
-        return int(raw.info.backend_pid if self.psycopg3 else raw.get_backend_pid())
 
     def name_session(self, name: str) -> None:
         with self.connection.cursor() as cursor:

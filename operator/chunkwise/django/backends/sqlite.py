@@ -48,7 +48,7 @@ class SQLiteBackend(DatabaseBackend):
                            values: Sequence[list[Any]], bounds: str,
                            bound_params: Sequence[Any], binary: Sequence[bool],
                            types: Sequence[str], versions: Sequence[str] | None = None,
-                           staged: bool = False) -> int:
+                           may_stage: bool = False) -> int:
         assert versions is None, "no row versions here (row_versions)"
         assignments = ", ".join(f"{column} = v.{column}" for column in columns[1:])
         select = ", ".join(f"column{i + 1} AS {column}" for i, column in enumerate(columns))
