@@ -9,6 +9,7 @@ import functools
 import random
 import signal
 import socket
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,24 @@ from tests.django.test_batches_pg import checkpoint, counters, seed_items, wait_
 pytestmark = pytest.mark.postgres
 
 FIXED_100 = ("--batch-size", "100", "--min-batch-size", "100", "--max-batch-size", "100")
+
+
+def held_at_key_150(lab_db: LabDb, tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    """A transform's run over 300 rows in batches of 100, held while key 150 (batch 2's,
+    read ahead) is transformed: the runner, and the mark its transform wrote there (the
+    thread's name), which ``<mark>.go`` lets go on."""
+    seed_items(lab_db, 300)
+    pause = tmp_path / "paused"
+    runner = lab_db.popen("chunkwise_run", "lab", "0002", *FIXED_100,
+                          "--max-locked-fraction", "0",
+                          LAB_PAUSE_AT="150", LAB_PAUSE_MARK=str(pause))
+    mark = Path(f"{pause}.150")
+    try:
+        wait_until(mark.exists, "the transform reached key 150", 60)
+    except BaseException:
+        runner.kill()
+        raise
+    return runner, mark
 
 
 def test_a_kill_while_the_next_batch_is_transformed_ahead_loses_nothing(
@@ -62,16 +81,11 @@ def test_a_row_changed_after_it_was_read_ahead_is_not_overwritten(
     row's version no longer matches, or, if batch 2's transaction began first,
     PostgreSQL refuses the write), the batch is redone reading its rows itself, and row
     160 keeps the application's 100 and gets the run's 1."""
-    seed_items(lab_db, 300)
-    pause = tmp_path / "paused"
-    runner = lab_db.popen("chunkwise_run", "lab", "0002", *FIXED_100,
-                          "--max-locked-fraction", "0",
-                          LAB_PAUSE_AT="150", LAB_PAUSE_MARK=str(pause))
+    runner, mark = held_at_key_150(lab_db, tmp_path)
     try:
-        wait_until(Path(f"{pause}.150").exists, "the transform reached key 150", 60)
-        assert Path(f"{pause}.150").read_text().startswith("chunkwise-ahead")
+        assert mark.read_text().startswith("chunkwise-ahead")
         lab_db.execute("UPDATE lab_item SET counter = counter + 100 WHERE id = 160")
-        Path(f"{pause}.150.go").touch()
+        Path(f"{mark}.go").touch()
         output, _ = runner.communicate(timeout=120)
     finally:
         runner.kill()
@@ -220,16 +234,11 @@ def test_the_read_ahead_is_named_after_its_run_and_not_counted_as_load(
     from chunkwise.django.prefetch import helper_name
     from chunkwise.engine import RunSettings, ThrottleSettings
 
-    seed_items(lab_db, 300)
-    pause = tmp_path / "paused"
-    runner = lab_db.popen("chunkwise_run", "lab", "0002", *FIXED_100,
-                          "--max-locked-fraction", "0",
-                          LAB_PAUSE_AT="150", LAB_PAUSE_MARK=str(pause))
+    runner, mark = held_at_key_150(lab_db, tmp_path)
     try:
-        wait_until(Path(f"{pause}.150").exists, "the transform reached key 150", 60)
         named = lab_db.query("SELECT application_name FROM pg_stat_activity "
                              "WHERE application_name LIKE 'chunkwise read-ahead of %%'")
-        Path(f"{pause}.150.go").touch()
+        Path(f"{mark}.go").touch()
         output, _ = runner.communicate(timeout=120)
     finally:
         runner.kill()
