@@ -58,9 +58,10 @@ class PostgresHealthProbe:
         wanted = wanted_figures(settings)
         if wanted:
             connection = connections[self._alias]
-            params = [param for name in wanted for param in (
-                [connection.ops.quote_name(self._table)] if name == "autovacuum"
-                else [helper_name()] if _SESSIONS in _FIGURES[name] else [])]
+            # each figure's parameters, in the order of its placeholders
+            own = {"autovacuum": [connection.ops.quote_name(self._table)],
+                   "active_backends": [helper_name()], "transaction_age": [helper_name()]}
+            params = [param for name in wanted for param in own.get(name, [])]
             with connection.cursor() as cursor:
                 cursor.execute("SELECT " + ", ".join(f"({_FIGURES[name]})" for name in wanted),
                                params)

@@ -113,7 +113,7 @@ class KeyRange:
     upto: Any
 
 
-def _range_sql(connection: BaseDatabaseWrapper, key: Field[Any, Any], column: str,
+def range_sql(connection: BaseDatabaseWrapper, key: Field[Any, Any], column: str,
                rows: KeyRange) -> tuple[str, list[Any]]:
     sql, params = "", []
     if rows.upto is not None:
@@ -161,7 +161,7 @@ def write_back(
         bounds, bound_params = (f" AND {key_column} >= %s AND {key_column} <= %s",
                                 [values[0][0], values[0][-1]])
     else:
-        bounds, bound_params = _range_sql(connection, key, key_column, within)
+        bounds, bound_params = range_sql(connection, key, key_column, within)
     return backend.update_from_values(
         table, key_column, [quote(c.column) for c in columns], values, bounds, bound_params,
         [psycopg3 and binary_safe(c) for c in columns],
