@@ -313,3 +313,25 @@ def test_reading_ahead_stops_while_batches_come_far_apart_and_resumes_after(
     start(400, reads_now=False)
     assert reads == [0, 100, 300]
     ahead.close()
+
+
+def test_a_running_read_ahead_stops_once_batches_come_far_apart(django_setup: None) -> None:
+    """A read-ahead under way when the batches start coming more than half of FRESH_FOR
+    apart (a run paced from the start: its first gap is seen only at the second batch)
+    hands over the batch it has, still fresh, and reads no more."""
+    from chunkwise.django.prefetch import FRESH_FOR, Ahead, ReadAhead
+
+    now = [100.0]
+
+    def read(after: int, limit: int, cancelled: threading.Event) -> Ahead:
+        return Ahead((after, 10_000), [object()] * limit, ["1"] * limit, after + limit,
+                     full=True, read_at=now[0])  # more follow: the thread reads on
+
+    ahead = ReadAhead("default", clock=lambda: now[0])
+    ahead.limit = 100
+    ahead.start(0, read)
+    assert ahead.take((0, 10_000)) is not None  # the first: no gap seen yet
+    now[0] += FRESH_FOR * 0.6
+    assert ahead.take((100, 10_000)) is not None  # read at once: still fresh, used
+    assert not ahead.pending  # and nothing more is read
+    ahead.close()

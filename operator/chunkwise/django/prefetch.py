@@ -178,8 +178,8 @@ class ReadAhead:
                 or not got.rows:  # an empty range is read by the batch: never on old news
             self.discard()
             return None
-        if not got.full:  # the last batch: nothing follows
-            self.discard()
+        if not got.full or not self._follows:  # the last batch, or batches too far apart
+            self.discard()  # for more to be used fresh: nothing more is read
         return got
 
     def discard(self) -> None:
